@@ -1,0 +1,208 @@
+"""Wire messages: frozen, keyword-only, tagged msgspec structs encoded as MessagePack.
+
+Schema-evolution rules (tested in tests/contracts/test_evolution.py):
+1. A new field always has a default, so a message from the previous version still decodes.
+2. A field's type and meaning never change; a field is never renamed. Retire a field by keeping it
+   with a default and ignoring it.
+3. Unknown fields are ignored (never ``forbid_unknown_fields``), so an old consumer decodes a newer
+   producer's message.
+4. A tag (``type``) is never reused for another shape. A new message type is a new tag; an old
+   consumer answers an unknown tag with an error event rather than crashing.
+5. Times are integer nanoseconds since the Unix epoch (``*_ns``), durations are ``*_ms`` floats,
+   rates are ``sample_rate_hz``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+#: A session id is one subject token: letters, digits, ``_`` and ``-``.
+SESSION_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+#: 200 ms of 48 kHz stereo PCM16: anything larger is an oversized frame.
+MAX_FRAME_BYTES: Final = 48_000 * 2 * 2 // 5
+MAX_TEXT_CHARS: Final = 8_000
+
+SessionId = Annotated[str, Meta(pattern=SESSION_PATTERN)]
+NonNegative = Annotated[int, Meta(ge=0)]
+SampleRate = Annotated[int, Meta(ge=8_000, le=48_000)]
+Channels = Annotated[int, Meta(ge=1, le=2)]
+Pcm = Annotated[bytes, Meta(max_length=MAX_FRAME_BYTES)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every message carries. ``turn`` numbers the user's utterances, starting at 1;
+    0 means "not part of a turn"."""
+
+    session: SessionId
+    turn: NonNegative = 0
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+class AudioIn(Message, kw_only=True, tag="audio.in"):
+    """PCM16 little-endian frames from a participant's microphone."""
+
+    seq: NonNegative
+    sample_rate_hz: SampleRate
+    channels: Channels = 1
+    capture_ns: int
+    pcm: Pcm
+    participant: str = ""
+
+
+class Transcript(Message, kw_only=True, tag="stt.transcript"):
+    """A partial (``is_final`` false) or final transcript of the user's utterance ``turn``."""
+
+    seq: NonNegative
+    text: Text
+    is_final: bool
+    speech_start_ns: int
+    speech_end_ns: int = 0
+    decode_ms: float = 0.0
+    language: str = "en"
+    emitted_ns: int = 0
+
+
+class ReplyText(Message, kw_only=True, tag="llm.reply.text"):
+    """A clause-sized chunk of the agent's reply; ``char_start``/``char_end`` index the reply."""
+
+    seq: NonNegative
+    text: Text
+    char_start: NonNegative
+    char_end: NonNegative
+    emitted_ns: int = 0
+
+
+class ReplyEnd(Message, kw_only=True, tag="llm.reply.end"):
+    """The reply of ``turn`` is complete (or was cut short: see ``reason``)."""
+
+    text: Text
+    reason: Literal["done", "interrupted", "error", "length"] = "done"
+    end_call: bool = False
+    emitted_ns: int = 0
+
+
+class AudioOut(Message, kw_only=True, tag="audio.out"):
+    """A small frame of synthesized speech. ``text_start``/``text_end`` is the span of the reply
+    text this frame covers; ``last`` marks the end of the reply's audio."""
+
+    seq: NonNegative
+    sample_rate_hz: SampleRate
+    channels: Channels = 1
+    pcm: Pcm
+    text_start: NonNegative = 0
+    text_end: NonNegative = 0
+    last: bool = False
+    emitted_ns: int = 0
+
+
+# ---- control --------------------------------------------------------------------------------
+
+
+class SessionStarted(Message, kw_only=True, tag="ctl.session.started"):
+    room: str = ""
+    participant: str = ""
+    at_ns: int = 0
+
+
+class SessionEnded(Message, kw_only=True, tag="ctl.session.ended"):
+    reason: str = ""
+    at_ns: int = 0
+
+
+class UserStartedSpeaking(Message, kw_only=True, tag="ctl.speech.started"):
+    at_ns: int
+
+
+class UserStoppedSpeaking(Message, kw_only=True, tag="ctl.speech.stopped"):
+    at_ns: int
+
+
+class EndOfTurn(Message, kw_only=True, tag="ctl.turn.end"):
+    """The user finished utterance ``turn``; carries its final transcript."""
+
+    transcript: Text
+    speech_start_ns: int
+    speech_end_ns: int
+    decode_ms: float = 0.0
+    at_ns: int = 0
+
+
+class Interrupt(Message, kw_only=True, tag="ctl.interrupt"):
+    """Barge-in: stop everything for turns <= ``turn`` of this session now."""
+
+    at_ns: int
+    reason: str = "barge_in"
+
+
+class AgentSpoke(Message, kw_only=True, tag="ctl.spoken"):
+    """What the agent actually got to say of reply ``turn`` (the first ``char_end`` characters)."""
+
+    text: Text
+    char_end: NonNegative
+    interrupted: bool
+    at_ns: int = 0
+
+
+class ErrorEvent(Message, kw_only=True, tag="ctl.error"):
+    code: str
+    message: str
+    stage: str = ""
+    subject: str = ""
+    at_ns: int = 0
+
+
+class PurgeRequested(Message, kw_only=True, tag="ops.purge.requested"):
+    """Erase everything of ``session`` in ``region``. Only the operator identity may publish it."""
+
+    region: str
+    request_id: str = ""
+    requested_by: str = ""
+
+
+class PurgeCompleted(Message, kw_only=True, tag="ops.purge.completed"):
+    region: str
+    request_id: str = ""
+    removed: dict[str, int] = msgspec.field(default_factory=dict)
+    at_ns: int = 0
+
+
+ControlEvent = (
+    SessionStarted
+    | SessionEnded
+    | UserStartedSpeaking
+    | UserStoppedSpeaking
+    | EndOfTurn
+    | Interrupt
+    | AgentSpoke
+    | ErrorEvent
+)
+
+AnyMessage = (
+    AudioIn
+    | Transcript
+    | ReplyText
+    | ReplyEnd
+    | AudioOut
+    | ControlEvent
+    | PurgeRequested
+    | PurgeCompleted
+)
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes) -> AnyMessage:
+    """Decode any voxbus message. Raises ``msgspec.DecodeError`` (malformed, unknown tag) or
+    ``msgspec.ValidationError`` (constraint violated, e.g. an oversized frame)."""
+    return _decoder.decode(data)

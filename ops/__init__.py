@@ -1,0 +1,1 @@
+"""Operating voxbus: embedded and clustered NATS, provisioning, permissions and purge."""

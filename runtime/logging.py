@@ -1,0 +1,39 @@
+"""structlog JSON logs. Transcripts, prompts and replies go only under a ``pii`` key, so a
+deployment can drop or redact that one key."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def _drop_pii(
+    _logger: object, _name: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    if "pii" in event:
+        event["pii"] = "<redacted>"
+    return event
+
+
+def configure(level: str | None = None, *, log_pii: bool | None = None) -> None:
+    """JSON lines to stderr. ``VOXBUS_LOG_LEVEL`` sets the level; ``VOXBUS_LOG_PII=1`` keeps the
+    ``pii`` values (off by default)."""
+    lvl = (level or os.environ.get("VOXBUS_LOG_LEVEL", "info")).upper()
+    keep_pii = log_pii if log_pii is not None else os.environ.get("VOXBUS_LOG_PII") == "1"
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if not keep_pii:
+        processors.append(_drop_pii)
+    processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(lvl)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
