@@ -131,7 +131,7 @@ def region_buckets(region: str, *, retention: Retention | None = None) -> list[B
         BucketSpec(bucket=state_bucket(region), ttl_s=r.state_s, description="session state"),
         BucketSpec(
             bucket=lease_bucket(region),
-            ttl_s=4.0,
+            ttl_s=5.0,
             description="stage partition leases",
             holds_sessions=False,
         ),

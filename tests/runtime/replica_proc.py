@@ -1,0 +1,58 @@
+"""A stage replica in its own process, for the scale-out test: records what it handles on a core
+subject. Run: python -m tests.runtime.replica_proc NATS_URL REGION NAME DELAY_MS"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+from contracts.messages import AnyMessage, AudioIn, Message
+from contracts.subjects import Kind
+from runtime import logging as vlog
+from runtime.bus import Bus
+from runtime.stage import Context
+from runtime.worker import Worker, WorkerOptions
+
+
+class RecorderStage:
+    name = "recorder"
+    inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
+    urgent: tuple[Kind, ...] = ()
+
+    def __init__(self, replica: str, delay_s: float) -> None:
+        self.replica = replica
+        self.delay_s = delay_s
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        assert isinstance(msg, AudioIn)
+        await asyncio.sleep(self.delay_s)
+        record = {"session": msg.session, "seq": msg.seq, "replica": self.replica}
+        await ctx.bus.nc.publish("test.processed", json.dumps(record).encode())
+        return
+        yield  # an async generator that yields nothing
+
+
+async def main(url: str, region: str, name: str, delay_ms: float) -> None:
+    vlog.configure("warning")
+    bus = await Bus.connect(url, regions=[region], partitions=16, name=name)
+    worker = Worker(bus, RecorderStage(name, delay_ms / 1000), WorkerOptions(replica=name))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await worker.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await worker.stop()
+    await bus.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])))
