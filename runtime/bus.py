@@ -127,8 +127,15 @@ class Bus:
     async def publish(
         self, region: str, msg: Message, *, headers: Mapping[str, str] | None = None
     ) -> None:
-        """Publish a session message into its region's stream (waits for the stream's ack)."""
-        self.check_region(region)
+        """Publish a session message into its region's stream (waits for the stream's ack).
+        A region this deployment doesn't serve raises ``UnknownRegion`` after an error event."""
+        if region not in self.regions:
+            log.warning("unknown_region", region=region, session=msg.session)
+            await self.publish_error(
+                region, msg.session, turn=msg.turn, code="unknown_region",
+                message=f"region {region!r} is not served here", stage="bus",
+            )
+            self.check_region(region)
         subj = subject_for(region, msg)
         hdrs = {"Content-Type": CONTENT_TYPE, **tracing.inject_for(msg), **(headers or {})}
         await self.js.publish(subj, encode(msg), headers=hdrs)
