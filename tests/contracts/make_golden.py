@@ -1,0 +1,36 @@
+"""Writes golden_v1.msgpack: one encoded message of every type as version 1 produced them.
+Never regenerate it for a new version: it is the proof that old messages still decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+import contracts.messages as m
+
+SAMPLES: list[m.Message] = [
+    m.AudioIn(session="s1", turn=1, seq=7, sample_rate_hz=48000, channels=2, capture_ns=1,
+              pcm=b"\x01\x00" * 8, participant="caller"),
+    m.Transcript(session="s1", turn=1, seq=0, text="hello there", is_final=True,
+                 speech_start_ns=10, speech_end_ns=20, decode_ms=1.5),
+    m.ReplyText(session="s1", turn=1, seq=0, text="Hi,", char_start=0, char_end=3),
+    m.ReplyEnd(session="s1", turn=1, text="Hi, how can I help?", reason="done"),
+    m.AudioOut(session="s1", turn=1, seq=3, sample_rate_hz=24000, pcm=b"\0\0" * 4, text_end=3),
+    m.SessionStarted(session="s1", room="r", participant="caller", at_ns=5),
+    m.SessionEnded(session="s1", reason="left", at_ns=6),
+    m.UserStartedSpeaking(session="s1", turn=1, at_ns=7),
+    m.UserStoppedSpeaking(session="s1", turn=1, at_ns=8),
+    m.EndOfTurn(session="s1", turn=1, transcript="hello there", speech_start_ns=10,
+                speech_end_ns=20),
+    m.Interrupt(session="s1", turn=1, at_ns=9),
+    m.AgentSpoke(session="s1", turn=1, text="Hi,", char_end=3, interrupted=True),
+    m.ErrorEvent(session="s1", code="bad_message", message="x"),
+    m.PurgeRequested(session="s1", region="eu", request_id="r1", requested_by="ops"),
+    m.PurgeCompleted(session="s1", region="eu", request_id="r1", removed={"VOXBUS_EU_AUDIO": 3}),
+]
+
+if __name__ == "__main__":
+    out = Path(__file__).with_name("golden_v1.msgpack")
+    out.write_bytes(msgspec.msgpack.encode([m.encode(s) for s in SAMPLES]))
+    print(f"wrote {out}")
