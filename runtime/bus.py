@@ -47,13 +47,15 @@ class Bus:
         name: str = "voxbus",
         user: str | None = None,
         password: str | None = None,
+        max_reconnect_attempts: int = -1,
     ) -> Bus:
         nc = await nats.connect(
             url,
             name=name,
             user=user,
             password=password,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=max_reconnect_attempts,
+            allow_reconnect=max_reconnect_attempts != 0,
             reconnect_time_wait=0.5,
         )
         return cls(nc, regions=regions, partitions=partitions)
