@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import count
+
+from services.llm.engine import TextDelta, ToolCallDelta
+from services.llm.toolcall_parser import ToolCallExtractor
+
+
+def extract(pieces: Iterable[str]) -> tuple[list[TextDelta | ToolCallDelta], ToolCallExtractor]:
+    ids = count(1)
+    extractor = ToolCallExtractor(id_factory=lambda: f"c{next(ids)}")
+    out: list[TextDelta | ToolCallDelta] = []
+    for piece in pieces:
+        out.extend(extractor.feed(piece))
+    out.extend(extractor.finish())
+    return out, extractor
+
+
+def joined_text(deltas: list[TextDelta | ToolCallDelta]) -> str:
+    return "".join(d.text for d in deltas if isinstance(d, TextDelta))
+
+
+def test_plain_text_streams_through_immediately() -> None:
+    extractor = ToolCallExtractor()
+    assert extractor.feed("Hello") == [TextDelta("Hello")]
+    assert extractor.feed(" world <") == [TextDelta(" world ")]  # "<" may open a tag
+    assert extractor.feed("3 things") == [TextDelta("<3 things")]
+
+
+def test_tool_call_split_across_pieces() -> None:
+    text = (
+        'Let me check.<tool_call>\n{"name": "get_current_time", '
+        '"arguments": {"timezone": "UTC"}}\n</tool_call>'
+    )
+    out, extractor = extract(list(text))
+    assert joined_text(out) == "Let me check."
+    calls = [d for d in out if isinstance(d, ToolCallDelta)]
+    expected = ToolCallDelta(id="c1", name="get_current_time", arguments='{"timezone": "UTC"}')
+    assert calls == [expected]
+    assert extractor.calls == 1
+
+
+def test_smollm2_list_form_and_unclosed_block() -> None:
+    out, _ = extract(
+        ['<tool_call>[{"name": "end_call", "arguments": {}}, {"name": "get_current_time"}]']
+    )
+    assert [d.name for d in out if isinstance(d, ToolCallDelta)] == ["end_call", "get_current_time"]
+    assert [d.arguments for d in out if isinstance(d, ToolCallDelta)] == ["{}", "{}"]
+
+
+def test_malformed_block_is_dropped_not_spoken() -> None:
+    out, extractor = extract(["Hi <tool_call>{broken</tool_call> there"])
+    assert joined_text(out) == "Hi  there"
+    assert extractor.malformed == 1 and extractor.calls == 0
+
+
+def test_partial_tag_at_the_end_is_flushed_as_text() -> None:
+    out, _ = extract(["See you <tool"])
+    assert joined_text(out) == "See you <tool"
