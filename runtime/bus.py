@@ -14,13 +14,13 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from contracts import encode, streams, subject_for
-from contracts.messages import ErrorEvent, Message
+from contracts.messages import AudioIn, AudioOut, ErrorEvent, Message
 from contracts.subjects import Kind, subject
 from runtime import tracing
 
 log = structlog.get_logger("voxbus.bus")
 
-CONTENT_TYPE = "application/vnd.voxbus+msgpack"
+_AUDIO = (AudioIn, AudioOut)
 
 
 class UnknownRegion(ValueError):
@@ -36,6 +36,8 @@ class Bus:
         self.regions = list(regions)
         self.partitions = partitions
         self._kv: dict[str, KeyValue] = {}
+        #: Trace context goes into headers only when tracing is on (decided at connect).
+        self.tracing = tracing.enabled()
 
     @classmethod
     async def connect(
@@ -127,9 +129,18 @@ class Bus:
     # ---- publishing ---------------------------------------------------------------------------
 
     async def publish(
-        self, region: str, msg: Message, *, headers: Mapping[str, str] | None = None
+        self,
+        region: str,
+        msg: Message,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ack: bool | None = None,
     ) -> None:
-        """Publish a session message into its region's stream (waits for the stream's ack).
+        """Publish a session message into its region's stream.
+
+        Text and control messages wait for the stream's ack. Audio frames (``ack=None`` picks by
+        kind) are fire-and-forget: the stream stores them all the same, and on a broken
+        connection a lost 20 ms frame is worth less than a frame delayed by an ack round trip.
         A region this deployment doesn't serve raises ``UnknownRegion`` after an error event."""
         if region not in self.regions:
             log.warning("unknown_region", region=region, session=msg.session)
@@ -139,8 +150,13 @@ class Bus:
             )
             self.check_region(region)
         subj = subject_for(region, msg)
-        hdrs = {"Content-Type": CONTENT_TYPE, **tracing.inject_for(msg), **(headers or {})}
-        await self.js.publish(subj, encode(msg), headers=hdrs)
+        hdrs = dict(headers or {})
+        if self.tracing:
+            hdrs.update(tracing.inject_for(msg))
+        if ack is False or (ack is None and type(msg) in _AUDIO):
+            await self.nc.publish(subj, encode(msg), headers=hdrs or None)
+        else:
+            await self.js.publish(subj, encode(msg), headers=hdrs or None)
 
     async def publish_error(
         self, region: str, session: str, *, turn: int, code: str, message: str, stage: str,

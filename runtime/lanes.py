@@ -29,7 +29,7 @@ Skip = Callable[[Delivery], Awaitable[None]]
 
 class Lane:
     def __init__(
-        self, session: str, *, process: Process, skip: Skip, maxsize: int, idle_s: float,
+        self, session: str, *, process: Process, skip: Skip, maxsize: int,
         on_exit: Callable[[Lane], None],
     ) -> None:
         self.session = session
@@ -38,7 +38,7 @@ class Lane:
         self.interrupted_turn = 0
         self._process = process
         self._skip = skip
-        self._idle_s = idle_s
+        self.last_active = time.monotonic()
         self._on_exit = on_exit
         self._interrupting = False
         self.task: asyncio.Task[None] | None = None
@@ -58,15 +58,17 @@ class Lane:
         items = list(self.queue._queue)  # type: ignore[attr-defined]  # read-only peek
         return ([self.current] if self.current else []) + items
 
+    def idle_for(self, now: float) -> float:
+        """Seconds since the lane last finished a message; 0 while it has work."""
+        if self.current is not None or not self.queue.empty():
+            return 0.0
+        return now - self.last_active
+
     async def run(self) -> None:
+        """Handle queued messages until cancelled (the worker cancels idle lanes)."""
         try:
             while True:
-                try:
-                    d = await asyncio.wait_for(self.queue.get(), self._idle_s)
-                except TimeoutError:
-                    if self.queue.empty():
-                        return
-                    continue
+                d = await self.queue.get()
                 self.current = d
                 try:
                     if self.stale(d):
@@ -82,6 +84,7 @@ class Lane:
                     await self._skip(d)
                 finally:
                     self.current = None
+                    self.last_active = time.monotonic()
                     self.queue.task_done()
         finally:
             self._on_exit(self)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -28,6 +29,9 @@ class Retryable(Exception):
     order) with backoff, up to ``max_deliver`` attempts."""
 
 
+_log = structlog.get_logger("voxbus.stage")
+
+
 @dataclass
 class Context:
     """What a handler knows about the message it handles."""
@@ -37,10 +41,14 @@ class Context:
     session: str
     subject: str
     headers: Mapping[str, str]
+    turn: int = 0
+    stage: str = ""
     attempt: int = 1
-    log: structlog.typing.FilteringBoundLogger = field(
-        default_factory=lambda: structlog.get_logger("voxbus.stage")
-    )
+
+    @cached_property
+    def log(self) -> Any:
+        """A logger bound to the stage, session and turn (built on first use)."""
+        return _log.bind(stage=self.stage, session=self.session, turn=self.turn)
 
 
 class Stage(Protocol):

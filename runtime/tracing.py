@@ -8,6 +8,7 @@ audio frame of an utterance, say) is parented to a span context whose trace id i
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
@@ -22,6 +23,37 @@ TRACER_NAME = "voxbus"
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
+
+
+def enabled() -> bool:
+    """True once an OpenTelemetry SDK tracer provider is installed (``configure`` or the
+    application's own). Without one, spans and trace headers are skipped on the hot path."""
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
+def configure(service: str, exporter: object | None = None) -> None:
+    """Install an SDK tracer provider. With ``OTEL_EXPORTER_OTLP_ENDPOINT`` set and the OTLP
+    exporter installed, spans go there; an explicit ``exporter`` (e.g. in-memory, for tests and
+    benchmarks) is used as given."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
+    elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            pass
+        else:
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
 
 
 def turn_trace_id(session: str, turn: int) -> int:

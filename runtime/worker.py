@@ -131,7 +131,6 @@ class Partition:
                 process=w.process,
                 skip=w.skip,
                 maxsize=w.opts.lane_queue,
-                idle_s=w.opts.lane_idle_s,
                 on_exit=self._lane_exit,
             )
             self.lanes[msg.session] = lane
@@ -202,26 +201,25 @@ class Worker:
     async def process(self, d: Delivery) -> None:
         msg = d.msg
         headers = d.raw.headers or {}
-        ctx = Context(
-            bus=self.bus, region=d.region, session=msg.session, subject=d.subject,
-            headers=headers, log=self.log.bind(session=msg.session, turn=msg.turn),
-        )
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": d.subject,
-            "messaging.message.conversation_id": msg.session,
-            "voxbus.turn": msg.turn,
-            "voxbus.stage": self.stage.name,
-        }
-        tracer = tracing.tracer()
+        ctx = Context(bus=self.bus, region=d.region, session=msg.session, subject=d.subject,
+                      headers=headers, turn=msg.turn, stage=self.stage.name)
         while True:
             try:
-                with tracer.start_as_current_span(
-                    f"{self.stage.name} {type(msg).__name__}",
-                    context=tracing.parent_for(msg, headers),
-                    kind=tracing.CONSUMER,
-                    attributes=attributes,
-                ):
+                if self.bus.tracing:
+                    with tracing.tracer().start_as_current_span(
+                        f"{self.stage.name} {type(msg).__name__}",
+                        context=tracing.parent_for(msg, headers),
+                        kind=tracing.CONSUMER,
+                        attributes={
+                            "messaging.system": "nats",
+                            "messaging.destination.name": d.subject,
+                            "messaging.message.conversation_id": msg.session,
+                            "voxbus.turn": msg.turn,
+                            "voxbus.stage": self.stage.name,
+                        },
+                    ):
+                        await self._run_handler(d, ctx)
+                else:
                     await self._run_handler(d, ctx)
                 await d.raw.ack()
                 self.handled += 1
@@ -282,6 +280,9 @@ class Worker:
                     if now - d.touched >= every:
                         d.touched = now
                         await d.raw.in_progress()
+                for lane in list(part.lanes.values()):
+                    if lane.idle_for(now) >= self.opts.lane_idle_s and lane.task is not None:
+                        lane.task.cancel()
 
     async def _acquired(self, region: str, p: int) -> None:
         part = Partition(self, region, p)

@@ -1,0 +1,174 @@
+"""``voxbus``: one command with a subcommand per job. Imports are lazy so each job loads only
+what it needs (the bus tools don't load models)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _nats(args: argparse.Namespace) -> int:
+    from ops.auth import Credentials, server_config
+    from ops.nats import EmbeddedNats
+    from runtime.bus import Bus
+
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    conf: Path | None = None
+    creds: Credentials | None = None
+    if args.secure:
+        creds = Credentials.generate()
+        conf = Path(args.store or ".voxbus-nats") / "auth.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(server_config(regions, creds))
+        conf.chmod(0o600)
+    server = EmbeddedNats(
+        port=args.port, store_dir=Path(args.store) if args.store else None, config_file=conf
+    ).start()
+
+    async def provision() -> None:
+        bus = await Bus.connect(server.url, regions=regions, partitions=args.partitions,
+                                user="operator" if creds else None,
+                                password=creds.operator if creds else None)
+        await bus.provision()
+        await bus.close()
+
+    asyncio.run(provision())
+    print(f"NATS_URL={server.url}  regions={','.join(regions)}  partitions={args.partitions}")
+    if creds:
+        print(f"credentials (operator/stage/analytics) in {conf}")
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from runtime.serve import connect
+    from runtime.settings import BusSettings
+
+    async def run() -> None:
+        bus = await connect(BusSettings.from_env(), name="voxbus-provision")
+        await bus.provision()
+        await bus.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from ops.purge import purge_session, request_purge
+    from runtime.serve import connect
+    from runtime.settings import BusSettings
+
+    async def run() -> dict[str, int]:
+        settings = BusSettings.from_env()
+        bus = await connect(settings, name="voxbus-purge")
+        if args.region not in bus.regions:
+            bus.regions.append(args.region)
+        try:
+            if args.via_service:
+                return (await request_purge(bus, args.region, args.session)).removed
+            return await purge_session(bus, args.region, args.session)
+        finally:
+            await bus.close()
+
+    removed = asyncio.run(run())
+    for stream, n in removed.items():
+        print(f"{stream}: {n} removed")
+    return 0
+
+
+def _purger(args: argparse.Namespace) -> int:
+    from ops.purge import PurgeService
+    from runtime import logging
+    from runtime.serve import connect
+    from runtime.settings import BusSettings
+
+    logging.configure()
+
+    async def run() -> None:
+        bus = await connect(BusSettings.from_env(), name="voxbus-purger")
+        try:
+            await PurgeService(bus).run()
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _module_main(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        main = importlib.import_module(module).main
+        rc = main(args.rest) if inspect.signature(main).parameters else main()
+        return int(rc or 0)
+
+    return run
+
+
+def _bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"bench.{args.which}")
+    return int(module.main(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voxbus", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    n = sub.add_parser("nats", help="run an embedded JetStream nats-server and provision it")
+    n.add_argument("--port", type=int, default=4222)
+    n.add_argument("--store", help="JetStream store directory (default: a temporary one)")
+    n.add_argument("--regions", default=os.environ.get("VOXBUS_REGIONS", "local"))
+    n.add_argument("--partitions", type=int, default=16)
+    n.add_argument("--secure", action="store_true",
+                   help="require operator/stage/analytics users with fresh passwords")
+    n.set_defaults(fn=_nats)
+
+    pv = sub.add_parser("provision", help="create/update streams and buckets on NATS_URL")
+    pv.set_defaults(fn=_provision)
+
+    pg = sub.add_parser("purge", help="erase everything of a session in a region")
+    pg.add_argument("session")
+    pg.add_argument("--region", required=True)
+    pg.add_argument("--via-service", action="store_true",
+                    help="publish a purge request and wait for the purge service's answer")
+    pg.set_defaults(fn=_purge)
+
+    ps = sub.add_parser("purger", help="run the purge service")
+    ps.set_defaults(fn=_purger)
+
+    for name, module, text in [
+        ("stt", "services.stt.__main__", "run an STT stage worker"),
+        ("llm", "services.llm.__main__", "run an LLM stage worker"),
+        ("tts", "services.tts.__main__", "run a TTS stage worker"),
+        ("bridge", "services.bridge.__main__", "run the LiveKit bridge"),
+        ("demo", "voxbus.demo", "run the whole voice loop with a scripted caller"),
+        ("dispatch", "services.bridge.dispatch", "send the agent into a LiveKit room"),
+    ]:
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(fn=_module_main(module))
+
+    b = sub.add_parser("bench", help="run a benchmark; writes bench/results/<name>.json")
+    b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    return fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
