@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent setup from the package registries alone: .venv, llama.cpp built with the flags this
+# machine needs, the project and its pinned dependencies, and livekit-server in .bin/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  { echo "voxbus needs Python >= 3.11 (found $("$PY" --version))" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip wheel setuptools
+
+# llama-cpp-python from source: the native build crashes here (AMX) and OpenMP makes streaming
+# about 3x slower. Never reuse a wheel built without these flags: --no-binary, --no-cache-dir,
+# and a stamp of the flags inside the venv.
+LLAMA_VERSION=0.3.36
+LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"
+STAMP=.venv/.llama-cpp-build
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$LLAMA_VERSION $LLAMA_FLAGS" ] ||
+   ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  echo "==> building llama-cpp-python $LLAMA_VERSION from source ($LLAMA_FLAGS; ~5 min on 2 cores)"
+  CMAKE_ARGS="$LLAMA_FLAGS" FORCE_CMAKE=1 "${PIP[@]}" install -q --force-reinstall --no-deps \
+    --no-binary llama-cpp-python --no-cache-dir "llama-cpp-python==$LLAMA_VERSION"
+  echo "$LLAMA_VERSION $LLAMA_FLAGS" > "$STAMP"
+fi
+
+echo "==> installing voxbus and its pinned dependencies"
+"${PIP[@]}" install -q -e ".[test]"
+
+if [ -f scripts/install-livekit.sh ]; then
+  bash scripts/install-livekit.sh
+fi
+echo "==> setup done"
