@@ -20,9 +20,9 @@ SESSIONS = 60
 PER_SESSION = 30
 
 
-def _spawn(url: str, name: str) -> subprocess.Popen[bytes]:
+def _spawn(url: str, name: str, delay_ms: int = 2) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.replica_proc", url, REGION, name, "2"],
+        [sys.executable, "-m", "tests.runtime.replica_proc", url, REGION, name, str(delay_ms)],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
