@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -108,16 +107,18 @@ async def _floor_load(bus: Bus, sessions: int, seconds: float) -> list[float]:
 
 async def _run(sessions: list[int], seconds: float) -> dict[str, Any]:
     server = EmbeddedNats().start()
-    proc: subprocess.Popen[bytes] | None = None
+    proc: asyncio.subprocess.Process | None = None
     try:
         bus = await Bus.connect(server.url, regions=[REGION], name="bench-load")
         await bus.provision()
-        prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
-        proc = subprocess.Popen([sys.executable, *prof, "-m", "bench.bus", "--worker", server.url],
-                                stdout=subprocess.PIPE)
+        profile = os.environ.get("BENCH_PROFILE")  # write a cProfile of the worker here
+        prof = ["-m", "cProfile", "-o", profile] if profile else []
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *prof, "-m", "bench.bus", "--worker", server.url,
+            stdout=asyncio.subprocess.PIPE,
+        )
         assert proc.stdout is not None
-        line = await asyncio.to_thread(proc.stdout.readline)
-        if line.strip() != b"ready":
+        if (await proc.stdout.readline()).strip() != b"ready":
             raise RuntimeError("bench worker did not start")
         await _session_load(bus, 1, 1.0)  # warm-up: consumers, leases, lanes
         rows: list[dict[str, Any]] = []
@@ -137,14 +138,13 @@ async def _run(sessions: list[int], seconds: float) -> dict[str, Any]:
         await bus.close()
         return {"seconds_per_level": seconds, "frame_ms": 20, "rows": rows}
     finally:
-        if proc is not None:
+        if proc is not None and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
                 proc.kill()
-            if proc.stdout is not None:
-                proc.stdout.close()
+                await proc.wait()
         server.stop()
 
 

@@ -14,7 +14,7 @@ Schema-evolution rules (tested in tests/contracts/test_evolution.py):
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -44,7 +44,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 # ---- data -----------------------------------------------------------------------------------
 
 
-class AudioIn(Message, kw_only=True, tag="audio.in"):
+class AudioIn(Message, frozen=True, kw_only=True, tag="audio.in"):
     """PCM16 little-endian frames from a participant's microphone."""
 
     seq: NonNegative
@@ -55,7 +55,7 @@ class AudioIn(Message, kw_only=True, tag="audio.in"):
     participant: str = ""
 
 
-class Transcript(Message, kw_only=True, tag="stt.transcript"):
+class Transcript(Message, frozen=True, kw_only=True, tag="stt.transcript"):
     """A partial (``is_final`` false) or final transcript of the user's utterance ``turn``."""
 
     seq: NonNegative
@@ -68,7 +68,7 @@ class Transcript(Message, kw_only=True, tag="stt.transcript"):
     emitted_ns: int = 0
 
 
-class ReplyText(Message, kw_only=True, tag="llm.reply.text"):
+class ReplyText(Message, frozen=True, kw_only=True, tag="llm.reply.text"):
     """A clause-sized chunk of the agent's reply; ``char_start``/``char_end`` index the reply."""
 
     seq: NonNegative
@@ -78,7 +78,7 @@ class ReplyText(Message, kw_only=True, tag="llm.reply.text"):
     emitted_ns: int = 0
 
 
-class ReplyEnd(Message, kw_only=True, tag="llm.reply.end"):
+class ReplyEnd(Message, frozen=True, kw_only=True, tag="llm.reply.end"):
     """The reply of ``turn`` is complete (or was cut short: see ``reason``)."""
 
     text: Text
@@ -87,7 +87,7 @@ class ReplyEnd(Message, kw_only=True, tag="llm.reply.end"):
     emitted_ns: int = 0
 
 
-class AudioOut(Message, kw_only=True, tag="audio.out"):
+class AudioOut(Message, frozen=True, kw_only=True, tag="audio.out"):
     """A small frame of synthesized speech. ``text_start``/``text_end`` is the span of the reply
     text this frame covers; ``last`` marks the end of the reply's audio."""
 
@@ -104,26 +104,26 @@ class AudioOut(Message, kw_only=True, tag="audio.out"):
 # ---- control --------------------------------------------------------------------------------
 
 
-class SessionStarted(Message, kw_only=True, tag="ctl.session.started"):
+class SessionStarted(Message, frozen=True, kw_only=True, tag="ctl.session.started"):
     room: str = ""
     participant: str = ""
     at_ns: int = 0
 
 
-class SessionEnded(Message, kw_only=True, tag="ctl.session.ended"):
+class SessionEnded(Message, frozen=True, kw_only=True, tag="ctl.session.ended"):
     reason: str = ""
     at_ns: int = 0
 
 
-class UserStartedSpeaking(Message, kw_only=True, tag="ctl.speech.started"):
+class UserStartedSpeaking(Message, frozen=True, kw_only=True, tag="ctl.speech.started"):
     at_ns: int
 
 
-class UserStoppedSpeaking(Message, kw_only=True, tag="ctl.speech.stopped"):
+class UserStoppedSpeaking(Message, frozen=True, kw_only=True, tag="ctl.speech.stopped"):
     at_ns: int
 
 
-class EndOfTurn(Message, kw_only=True, tag="ctl.turn.end"):
+class EndOfTurn(Message, frozen=True, kw_only=True, tag="ctl.turn.end"):
     """The user finished utterance ``turn``; carries its final transcript."""
 
     transcript: Text
@@ -133,14 +133,14 @@ class EndOfTurn(Message, kw_only=True, tag="ctl.turn.end"):
     at_ns: int = 0
 
 
-class Interrupt(Message, kw_only=True, tag="ctl.interrupt"):
+class Interrupt(Message, frozen=True, kw_only=True, tag="ctl.interrupt"):
     """Barge-in: stop everything for turns <= ``turn`` of this session now."""
 
     at_ns: int
     reason: str = "barge_in"
 
 
-class AgentSpoke(Message, kw_only=True, tag="ctl.spoken"):
+class AgentSpoke(Message, frozen=True, kw_only=True, tag="ctl.spoken"):
     """What the agent actually got to say of reply ``turn`` (the first ``char_end`` characters)."""
 
     text: Text
@@ -149,7 +149,7 @@ class AgentSpoke(Message, kw_only=True, tag="ctl.spoken"):
     at_ns: int = 0
 
 
-class ErrorEvent(Message, kw_only=True, tag="ctl.error"):
+class ErrorEvent(Message, frozen=True, kw_only=True, tag="ctl.error"):
     code: str
     message: str
     stage: str = ""
@@ -157,7 +157,7 @@ class ErrorEvent(Message, kw_only=True, tag="ctl.error"):
     at_ns: int = 0
 
 
-class PurgeRequested(Message, kw_only=True, tag="ops.purge.requested"):
+class PurgeRequested(Message, frozen=True, kw_only=True, tag="ops.purge.requested"):
     """Erase everything of ``session`` in ``region``. Only the operator identity may publish it."""
 
     region: str
@@ -165,14 +165,14 @@ class PurgeRequested(Message, kw_only=True, tag="ops.purge.requested"):
     requested_by: str = ""
 
 
-class PurgeCompleted(Message, kw_only=True, tag="ops.purge.completed"):
+class PurgeCompleted(Message, frozen=True, kw_only=True, tag="ops.purge.completed"):
     region: str
     request_id: str = ""
     removed: dict[str, int] = msgspec.field(default_factory=dict)
     at_ns: int = 0
 
 
-ControlEvent = (
+ControlEvent: TypeAlias = (
     SessionStarted
     | SessionEnded
     | UserStartedSpeaking
@@ -183,7 +183,7 @@ ControlEvent = (
     | ErrorEvent
 )
 
-AnyMessage = (
+AnyMessage: TypeAlias = (
     AudioIn
     | Transcript
     | ReplyText
@@ -195,7 +195,9 @@ AnyMessage = (
 )
 
 _encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder(AnyMessage)
+_decoder: Final[msgspec.msgpack.Decoder[AnyMessage]] = msgspec.msgpack.Decoder(
+    AnyMessage
+)
 
 
 def encode(msg: Message) -> bytes:

@@ -6,6 +6,7 @@ own prefix (``STT_``, ``LLM_``, ``TTS_``, ``BRIDGE_``).
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,28 +26,28 @@ class Env:
         self.prefix = prefix
         self.environ = os.environ if environ is None else environ
 
-    def _raw(self, name: str) -> str | None:
+    def _raw(self, name: builtins.str) -> builtins.str | None:
         return self.environ.get(f"{self.prefix}_{name}")
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         v = self._raw(name)
         return default if v is None or v == "" else v
 
-    def int(self, name: str, default: int) -> int:
+    def int(self, name: builtins.str, default: builtins.int) -> builtins.int:
         v = self._raw(name)
         try:
             return default if not v else int(v)
         except ValueError:
             raise SettingsError(f"{self.prefix}_{name}={v!r} is not an integer") from None
 
-    def float(self, name: str, default: float) -> float:
+    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
         v = self._raw(name)
         try:
             return default if not v else float(v)
         except ValueError:
             raise SettingsError(f"{self.prefix}_{name}={v!r} is not a number") from None
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         v = self._raw(name)
         if not v:
             return default

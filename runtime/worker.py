@@ -15,6 +15,7 @@ Failure rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -253,7 +254,9 @@ class Worker:
                     break
                 await self.bus.publish(d.region, out)
         finally:
-            await gen.aclose()
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:  # an async generator: run its cleanup now
+                await aclose()
 
     async def _reject(self, d: Delivery, code: str, message: str) -> None:
         self.log.warning("message_rejected", code=code, subject=d.subject, session=d.msg.session,
@@ -303,8 +306,8 @@ class Worker:
                 stage=self.stage.name,
                 replica=self.replica,
                 partitions=self.bus.partitions,
-                on_acquire=lambda p, r=region: self._acquired(r, p),
-                on_release=lambda p, r=region: self._released(r, p),
+                on_acquire=functools.partial(self._acquired, region),
+                on_release=functools.partial(self._released, region),
                 tick_s=self.opts.lease_tick_s,
             )
             self._leases.append(leases)

@@ -67,7 +67,9 @@ async def test_one_turn_is_one_trace(nats_url: str) -> None:
             if names.count("ticker ReplyText") >= 2:
                 break
             await asyncio.sleep(0.05)
-        spans = [s for s in exporter.get_finished_spans() if s.name.split()[0] in ("hear", "ticker")]
+        spans = [
+            s for s in exporter.get_finished_spans() if s.name.split()[0] in ("hear", "ticker")
+        ]
         for turn in (3, 4):
             tid = tracing.turn_trace_id("tr1", turn)
             of_turn = [s for s in spans if s.context is not None and s.context.trace_id == tid]
