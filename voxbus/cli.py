@@ -153,19 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "voxbus.demo", "run the whole voice loop with a scripted caller"),
         ("dispatch", "services.bridge.dispatch", "send the agent into a LiveKit room"),
     ]:
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("rest", nargs=argparse.REMAINDER)
-        sp.set_defaults(fn=_module_main(module))
+        sp = sub.add_parser(name, help=text, add_help=False)
+        sp.set_defaults(fn=_module_main(module), passthrough=True)
 
     b = sub.add_parser("bench", help="run a benchmark; writes bench/results/<name>.json")
     b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice"])
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(fn=_bench)
+    b.set_defaults(fn=_bench, passthrough=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     fn: Callable[[argparse.Namespace], int] = args.fn
     return fn(args)
 
