@@ -1,0 +1,359 @@
+"""The bridge with a real livekit-server, a real nats-server and the echo stage as the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contracts.messages import (
+    AgentSpoke,
+    AudioOut,
+    ErrorEvent,
+    Interrupt,
+    ReplyEnd,
+    ReplyText,
+    SessionEnded,
+    SessionStarted,
+    Transcript,
+    UserStartedSpeaking,
+)
+from ops.nats import EmbeddedNats
+from runtime.bus import Bus
+from runtime.worker import Worker
+from services.bridge.audio import rms
+from services.bridge.bridge import Bridge
+from services.bridge.server import LiveKitServer
+from services.bridge.settings import BridgeSettings
+from tests.bridge.caller import Caller, Tap, load_wav, resample, tone
+from tests.conftest import REGION
+
+pytestmark = pytest.mark.livekit
+
+TIMINGS: dict[str, float] = {}
+
+
+def caller_for(lk: LiveKitServer, room: str, **kw: object) -> Caller:
+    return Caller(lk.url, lk.config.api_key, lk.config.api_secret, room, **kw)  # type: ignore[arg-type]
+
+
+async def started(tap: Tap, identity: str = "caller-1") -> SessionStarted:
+    return await tap.wait_for(SessionStarted, where=lambda m: m.participant == identity)
+
+
+def report(name: str, **values: float) -> None:
+    line = {k: round(v * 1000, 1) for k, v in values.items()}
+    print(f"\nTIMING {name} (ms): {json.dumps(line)}")
+
+
+async def test_echo_through_the_room(
+    livekit: LiveKitServer, bridge: Bridge, echo: Worker, tap: Tap
+) -> None:
+    t0 = time.perf_counter()
+    agent = await bridge.dispatch("echo-room")
+    dispatch_s = time.perf_counter() - t0
+    caller = caller_for(livekit, "echo-room")
+    await caller.join()
+    sess = await started(tap)
+    assert sess.room == "echo-room"
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    pcm, rate = load_wav("traffic.wav")
+    assert rate == 16_000
+    await caller.play(pcm[: rate * 2])  # 0.5 s silence + 1.5 s speech
+    await asyncio.sleep(0.6)
+
+    frames = tap.audio_in(sess.session)
+    assert len(frames) > 50
+    assert all(f.sample_rate_hz == 16_000 and f.channels == 1 and len(f.pcm) == 640
+               for f in frames)
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    heard = caller.first_voice_heard()
+    assert heard is not None, "the caller never heard the agent"
+    assert caller.voiced_after(heard) > 50  # ~0.5 s of voiced 10 ms frames at least
+    voiced_in = next(f for f in frames if rms(f.pcm) > 200)
+    voiced_out = next(t for t, m in tap.timed(AudioOut) if rms(m.pcm) > 200)
+    latency = heard - caller.first_voice_sent
+    TIMINGS["echo_latency_s"] = latency
+    report(
+        "echo", dispatch=dispatch_s, agent_connect=agent.timings["connect_s"],
+        caller_connect=caller.connect_s,
+        caller_to_bridge=voiced_in.capture_ns / 1e9 - (
+            time.time() - (time.monotonic() - caller.first_voice_sent)),
+        bus_to_caller=heard - voiced_out,
+        first_frame_latency=latency,
+    )
+    assert latency < 1.0
+    await caller.leave()
+    ended = await tap.wait_for(SessionEnded, session=sess.session)
+    assert ended.reason == "participant_left"
+
+
+REPLY = (
+    "Sure. The museum opens at nine in the morning on weekdays and at ten on weekends; "
+    "tickets are sold at the entrance until one hour before closing, and the guided tours "
+    "start every half hour from the main hall next to the cafe."
+)
+
+
+async def speak(bus: Bus, session: str, turn: int, text: str, seconds: float) -> None:
+    """What the LLM and TTS stages would publish: the reply text, then its audio (24 kHz, 20 ms
+    frames) as fast as the bus takes it, each frame covering its share of the text."""
+    await bus.publish(REGION, ReplyText(session=session, turn=turn, seq=0, text=text,
+                                        char_start=0, char_end=len(text)))
+    await bus.publish(REGION, ReplyEnd(session=session, turn=turn, text=text))
+    pcm = tone(seconds)
+    n = len(pcm) // 480
+    for i in range(n):
+        await bus.publish(REGION, AudioOut(
+            session=session, turn=turn, seq=i, sample_rate_hz=24_000,
+            pcm=pcm[i * 480:(i + 1) * 480].tobytes(),
+            text_start=i * len(text) // n, text_end=(i + 1) * len(text) // n, last=i == n - 1,
+        ))
+
+
+async def test_barge_in_stops_agent_audio(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    await bridge.dispatch("barge-room")
+    caller = caller_for(livekit, "barge-room")
+    await caller.join()
+    sess = (await started(tap)).session
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    await speak(bus, sess, 1, REPLY, 5.0)
+    t_first = None
+    for _ in range(100):
+        t_first = caller.first_voice_heard()
+        if t_first:
+            break
+        await asyncio.sleep(0.02)
+    assert t_first is not None
+    await asyncio.sleep(1.5)
+    t_barge = time.monotonic()
+    await bus.publish(REGION, UserStartedSpeaking(session=sess, turn=2, at_ns=time.time_ns()))
+    spoke = await tap.wait_for(AgentSpoke, session=sess)
+    intr = await tap.wait_for(Interrupt, session=sess)
+    await asyncio.sleep(0.8)
+    silent = caller.silent_since(t_barge)
+    assert silent is not None, "the agent kept talking"
+    stop_s = silent - t_barge
+    assert intr.turn == 1 and spoke.turn == 1 and spoke.interrupted
+    assert 0 < spoke.char_end < len(REPLY)
+    assert spoke.text == REPLY[: spoke.char_end]
+    # The caller heard about (1.5 s + the stop time) of 5 s: the text says so too.
+    heard_s = silent - t_first
+    assert abs(spoke.char_end / len(REPLY) * 5.0 - heard_s) < 0.3, (spoke.char_end, heard_s)
+    assert caller.voiced_after(silent + 0.2) == 0
+    report("barge_in", audio_stops=stop_s, heard=heard_s,
+           text_vs_heard=spoke.char_end / len(REPLY) * 5.0 - heard_s,
+           interrupt_on_bus=next(t for t, m in tap.timed(Interrupt)) - t_barge)
+    assert stop_s < 0.25
+    await caller.leave()
+
+
+async def test_reply_plays_to_the_end(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    await bridge.dispatch("full-room")
+    caller = caller_for(livekit, "full-room")
+    await caller.join()
+    sess = (await started(tap)).session
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    text = "The meeting starts at ten."
+    t0 = time.monotonic()
+    await speak(bus, sess, 1, text, 1.0)
+    spoke = await tap.wait_for(AgentSpoke, session=sess, within_s=5)
+    assert not spoke.interrupted and spoke.char_end == len(text) and spoke.text == text
+    assert 0.9 < time.monotonic() - t0 < 1.6
+    assert not tap.of(Interrupt, sess)
+    await asyncio.sleep(0.3)
+    agent_captions = [c for c in caller.captions if c[0] == "voxbus-agent"]
+    assert agent_captions and agent_captions[0][1] == text
+    assert agent_captions[0][2].get("lk.transcription_final") == "true"
+    await caller.leave()
+
+
+async def test_caller_leaves_while_agent_speaks(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    agent = await bridge.dispatch("leave-room")
+    caller = caller_for(livekit, "leave-room")
+    await caller.join()
+    sess = (await started(tap)).session
+    await speak(bus, sess, 1, REPLY, 5.0)
+    await asyncio.sleep(1.0)
+    await caller.leave()
+    ended = await tap.wait_for(SessionEnded, session=sess)
+    assert ended.reason == "participant_left"
+    spoke = await tap.wait_for(AgentSpoke, session=sess)
+    assert spoke.interrupted and spoke.char_end < len(REPLY)
+    assert await tap.wait_for(Interrupt, session=sess)
+    assert not agent.sessions and agent.playout.pending_frames() == 0
+    # late frames of the gone session are not played or queued
+    await speak(bus, sess, 2, "late", 0.2)
+    await asyncio.sleep(0.2)
+    assert agent.playout.pending_frames() == 0
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(48_000, 2), (8_000, 1)])
+async def test_odd_caller_formats_arrive_as_16k_mono(
+    livekit: LiveKitServer, bridge: Bridge, tap: Tap, rate: int, channels: int
+) -> None:
+    await bridge.dispatch("fmt-room")
+    caller = caller_for(livekit, "fmt-room", rate=rate, channels=channels)
+    await caller.join()
+    sess = (await started(tap)).session
+    pcm, src_rate = load_wav("museum.wav")
+    x = resample(pcm[: src_rate * 2], src_rate, rate)
+    if channels == 2:
+        x = np.stack([x, x // 2], axis=1).reshape(-1)
+    await caller.play(x)
+    await asyncio.sleep(0.5)
+    frames = tap.audio_in(sess)
+    assert len(frames) > 60
+    assert all(f.sample_rate_hz == 16_000 and f.channels == 1 and len(f.pcm) == 640
+               for f in frames)
+    voiced = [f for f in frames if rms(f.pcm) > 200]
+    assert len(voiced) > 20, "speech did not come through"
+    # the speech is in the speech band: most energy below 4 kHz, and real content above 200 Hz
+    y = np.frombuffer(b"".join(f.pcm for f in voiced), dtype="<i2").astype(np.float64)
+    spec = np.abs(np.fft.rfft(y)) ** 2
+    freqs = np.fft.rfftfreq(len(y), 1 / 16_000)
+    assert spec[(freqs > 200) & (freqs < 4000)].sum() > 0.8 * spec.sum()
+    await caller.leave()
+
+
+async def test_room_closed_mid_turn(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    from livekit import api
+
+    agent = await bridge.dispatch("doomed-room")
+    caller = caller_for(livekit, "doomed-room")
+    await caller.join()
+    sess = (await started(tap)).session
+    await speak(bus, sess, 1, REPLY, 5.0)
+    await asyncio.sleep(0.8)
+    async with api.LiveKitAPI(bridge.s.api_url, bridge.s.api_key, bridge.s.api_secret) as lk:
+        await lk.room.delete_room(api.DeleteRoomRequest(room="doomed-room"))
+    ended = await tap.wait_for(SessionEnded, session=sess)
+    assert ended.reason == "room_closed"
+    spoke = await tap.wait_for(AgentSpoke, session=sess)
+    assert spoke.interrupted
+    await asyncio.wait_for(agent.closed.wait(), 5)
+    for _ in range(50):
+        if "doomed-room" not in bridge.rooms:
+            break
+        await asyncio.sleep(0.05)
+    assert "doomed-room" not in bridge.rooms
+    await caller.leave()
+
+
+async def test_auto_join(
+    livekit: LiveKitServer, bus: Bus, bridge_settings: BridgeSettings, tap: Tap
+) -> None:
+    from dataclasses import replace
+
+    b = Bridge(bus, replace(bridge_settings, auto_join=True, poll_s=0.2))
+    await b.start()
+    try:
+        caller = caller_for(livekit, "walk-in")
+        t0 = time.monotonic()
+        await caller.join()
+        sess = await started(tap)
+        report("auto_join", caller_joined_to_session=time.monotonic() - t0)
+        assert sess.room == "walk-in" and "walk-in" in b.rooms
+        await caller.leave()
+        await tap.wait_for(SessionEnded, session=sess.session)
+    finally:
+        await b.close()
+
+
+async def test_dispatch_over_nats(
+    livekit: LiveKitServer, bridge: Bridge, nats_url: str, tap: Tap
+) -> None:
+    from services.bridge.dispatch import request_dispatch
+
+    t0 = time.perf_counter()
+    answer = await request_dispatch("nats-room", nats_url=nats_url, region=REGION)
+    report("dispatch_over_nats", roundtrip=time.perf_counter() - t0)
+    assert answer["ok"] and answer["room"] == "nats-room"
+    assert "nats-room" in bridge.rooms
+    again = await request_dispatch("nats-room", nats_url=nats_url, region=REGION)
+    assert again["ok"] and len(bridge.rooms) == 1
+
+
+async def test_stale_reply_is_never_played(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    """The user began turn 2 before any audio of reply 1 came: reply 1 is dropped, not played."""
+    await bridge.dispatch("stale-room")
+    caller = caller_for(livekit, "stale-room")
+    await caller.join()
+    sess = (await started(tap)).session
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    await bus.publish(REGION, UserStartedSpeaking(session=sess, turn=2, at_ns=time.time_ns()))
+    await bus.publish(REGION, Transcript(session=sess, turn=2, seq=0, text="hello there",
+                                         is_final=True, speech_start_ns=time.time_ns()))
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    await speak(bus, sess, 1, REPLY, 1.0)
+    spoke = await tap.wait_for(AgentSpoke, session=sess)
+    intr = await tap.wait_for(Interrupt, session=sess)
+    assert spoke.turn == 1 and spoke.interrupted and spoke.char_end == 0 and intr.turn == 1
+    await asyncio.sleep(1.0)
+    assert caller.voiced_after(t0) == 0
+    users = [c for c in caller.captions if c[0] == "caller-1"]
+    assert users and users[0][1] == "hello there"
+    assert users[0][2].get("lk.transcription_final") == "true"
+    await caller.leave()
+
+
+async def test_bus_outage_drops_frames_and_recovers(
+    livekit: LiveKitServer, bridge_settings: BridgeSettings, tmp_path: Path
+) -> None:
+    server = EmbeddedNats(store_dir=tmp_path / "js").start()
+    bus = await Bus.connect(server.url, regions=[REGION], partitions=8, name="outage")
+    await bus.provision()
+    tap = Tap(bus)
+    await tap.start()
+    b = Bridge(bus, bridge_settings)
+    await b.start()
+    restarted: EmbeddedNats | None = None
+    try:
+        agent = await b.dispatch("outage-room")
+        caller = caller_for(livekit, "outage-room")
+        await caller.join()
+        sess = (await started(tap)).session
+        pcm, rate = load_wav("meeting.wav")
+        talking = asyncio.create_task(caller.play(np.concatenate([pcm, pcm])))
+        await asyncio.sleep(1.5)
+        before = len(tap.audio_in(sess))
+        server.stop()
+        await asyncio.sleep(3.0)
+        restarted = EmbeddedNats(port=server.port, store_dir=tmp_path / "js").start()
+        err = await tap.wait_for(ErrorEvent, session=sess, within_s=10,
+                                 where=lambda e: e.code == "audio_dropped")
+        session = agent.sessions["caller-1"]
+        assert session.frames_dropped > 50  # ~3 s at 50 frames/s, minus what was in flight
+        await asyncio.sleep(1.0)
+        frames = tap.audio_in(sess)
+        assert len(frames) > before + 40  # audio flows again
+        seqs = [f.seq for f in frames]
+        assert seqs == sorted(seqs) and seqs[-1] + 1 > len(seqs)  # a gap, not a backlog
+        assert "frames dropped" in err.message
+        report("bus_outage", outage_dropped_frames=session.frames_dropped / 1000)
+        await talking
+        await caller.leave()
+        ended = await tap.wait_for(SessionEnded, session=sess)
+        assert ended.reason == "participant_left"
+    finally:
+        await b.close()
+        await tap.stop()
+        await bus.close()
+        for s in (restarted, server):
+            if s is not None:
+                s.stop()
