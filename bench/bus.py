@@ -23,6 +23,7 @@ from contracts import decode, encode
 from contracts.messages import AudioIn, AudioOut
 from contracts.subjects import Kind
 from ops.nats import EmbeddedNats
+from runtime import logging as vlog
 from runtime.bus import Bus
 
 REGION = "bench"
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", default="1,50,200")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    vlog.configure("warning")
     if args.worker:
         asyncio.run(_worker(args.worker))
         return 0

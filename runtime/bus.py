@@ -150,9 +150,13 @@ class Bus:
             )
             self.check_region(region)
         subj = subject_for(region, msg)
-        hdrs = dict(headers or {})
-        if self.tracing:
-            hdrs.update(tracing.inject_for(msg))
+        if not self.tracing:
+            await self._send(subj, msg, dict(headers or {}), ack)
+            return
+        with tracing.publishing(msg) as trace_headers:
+            await self._send(subj, msg, {**trace_headers, **(headers or {})}, ack)
+
+    async def _send(self, subj: str, msg: Message, hdrs: dict[str, str], ack: bool | None) -> None:
         if ack is False or (ack is None and type(msg) in _AUDIO):
             await self.nc.publish(subj, encode(msg), headers=hdrs or None)
         else:

@@ -7,6 +7,7 @@ import signal
 
 import structlog
 
+from runtime import tracing
 from runtime.bus import Bus
 from runtime.settings import BusSettings
 from runtime.stage import Stage
@@ -24,6 +25,7 @@ async def connect(settings: BusSettings, *, name: str) -> Bus:
 
 async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None = None) -> None:
     """Run ``stage`` until SIGTERM or SIGINT, then drain cleanly."""
+    tracing.configure_from_env(stage.name)
     bus = await connect(settings, name=f"voxbus-{stage.name}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

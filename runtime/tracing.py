@@ -8,8 +8,11 @@ audio frame of an utterance, say) is parented to a span context whose trace id i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -80,16 +83,72 @@ def parent_for(msg: Message, headers: Mapping[str, str] | None) -> otel_context.
     return turn_context(msg.session, msg.turn)
 
 
-def inject_for(msg: Message) -> dict[str, str]:
-    """Trace headers for publishing ``msg``: the current span if it belongs to the message's turn,
-    else the turn's own context."""
-    carrier: dict[str, str] = {}
-    current = trace.get_current_span().get_span_context()
-    if current.is_valid and current.trace_id == turn_trace_id(msg.session, msg.turn):
-        inject(carrier)
-    else:
-        inject(carrier, context=turn_context(msg.session, msg.turn))
-    return carrier
-
-
 CONSUMER = SpanKind.CONSUMER
+PRODUCER = SpanKind.PRODUCER
+
+
+@contextmanager
+def publishing(msg: Message) -> Iterator[dict[str, str]]:
+    """Around a publish: yields the trace headers for ``msg``. Inside a handler span of the same
+    turn the publish is an event on that span; otherwise (e.g. the STT's end of turn, emitted
+    while handling a frame of no turn) a short producer span in the message's turn trace, so
+    the turn's trace shows when each stage emitted what."""
+    name = f"publish {type(msg).__name__}"
+    current = trace.get_current_span()
+    sc = current.get_span_context()
+    if sc.is_valid and sc.trace_id == turn_trace_id(msg.session, msg.turn):
+        current.add_event(name)
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        yield carrier
+        return
+    links = [trace.Link(sc)] if sc.is_valid else None
+    with tracer().start_as_current_span(
+        name, context=turn_context(msg.session, msg.turn), kind=PRODUCER, links=links,
+        attributes={"messaging.system": "nats", "messaging.message.conversation_id": msg.session,
+                    "voxbus.turn": msg.turn},
+    ):
+        carrier = {}
+        inject(carrier)
+        yield carrier
+
+
+class JsonLinesExporter:
+    """Writes finished spans as JSON lines (for benchmarks that read per-stage timings back)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 - closed in shutdown()
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        for s in spans:
+            ctx, parent = s.context, s.parent
+            self._file.write(json.dumps({
+                "name": s.name,
+                "trace_id": f"{ctx.trace_id:032x}",
+                "span_id": f"{ctx.span_id:016x}",
+                "parent_id": f"{parent.span_id:016x}" if parent else None,
+                "start_ns": s.start_time,
+                "end_ns": s.end_time,
+                "attributes": dict(s.attributes or {}),
+                "events": [{"name": e.name, "ts_ns": e.timestamp} for e in s.events],
+            }) + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._file.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._file.flush()
+        return True
+
+
+def configure_from_env(service: str) -> None:
+    """``VOXBUS_TRACE_DIR``: spans to ``<dir>/<service>.jsonl``; ``OTEL_EXPORTER_OTLP_ENDPOINT``:
+    spans to an OTLP collector (when the exporter package is installed); neither: tracing off."""
+    trace_dir = os.environ.get("VOXBUS_TRACE_DIR")
+    if trace_dir:
+        configure(service, exporter=JsonLinesExporter(os.path.join(trace_dir, f"{service}.jsonl")))
+    elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        configure(service)
