@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -62,9 +63,15 @@ class Bus:
         )
         return cls(nc, regions=regions, partitions=partitions)
 
-    async def close(self) -> None:
-        if not self.nc.is_closed:
-            await self.nc.drain()
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Drain (deliver what is buffered, both ways) and close; close anyway after the timeout."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout_s)
+        except Exception as e:  # noqa: BLE001 - closing must not fail
+            log.warning("bus_drain_failed", error=repr(e))
+            await self.nc.close()
 
     def check_region(self, region: str) -> str:
         if region not in self.regions:

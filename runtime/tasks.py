@@ -36,11 +36,17 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel every task and wait for them, at most ``timeout_s`` (a task that swallows its
+        cancellation is logged and left behind rather than hanging the shutdown)."""
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for t in pending:
+            log.error("task_did_not_stop", owner=self.name, task=t.get_name())
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
