@@ -1,0 +1,399 @@
+"""The STT stage on a real nats-server: AudioIn frames in; speech events and transcripts out.
+
+Whisper tests (``model``) share the session's warmed-up tiny.en engine for finals
+(tests/stt/conftest.py) and this module's second one for partials, built at low priority as the
+stage builds it. Control-flow tests use the real Silero VAD with scripted, sleeping
+FakeTranscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import pytest
+from nats.aio.msg import Msg
+
+from contracts import decode
+from contracts.messages import (
+    AnyMessage,
+    AudioIn,
+    EndOfTurn,
+    ErrorEvent,
+    Transcript,
+    UserStartedSpeaking,
+    UserStoppedSpeaking,
+)
+from contracts.streams import state_bucket
+from runtime.bus import Bus
+from runtime.worker import Worker
+from services.stt.audio import float32_to_pcm16, read_wav, resample
+from services.stt.decoding import DecodeSlot
+from services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
+from services.stt.frontend import Timeline
+from services.stt.normalize import normalize_text, word_errors
+from services.stt.settings import SttSettings
+from services.stt.stage import SttStage, state_key
+from tests.conftest import REGION
+from tests.stt.conftest import FIXTURES, SpeechFixture, fixture_named
+
+M = TypeVar("M", bound=AnyMessage)
+FRAME_MS = 20
+TOLERANCE_NS = 150_000_000
+T0_NS = 1_700_000_000_000_000_000  # the audio timeline of every test starts here
+
+
+@pytest.fixture(scope="module")
+def partial_whisper() -> Iterator[WhisperEngine]:
+    """A second tiny.en for partials. The stage builds its own at nice 19 (``partial_nice``);
+    this one runs at normal priority, because on a busy shared test machine a nice-19 engine
+    starves and partials would come too late to be published."""
+    engine = WhisperEngine()
+    engine.warmup()
+    yield engine
+
+
+@pytest.fixture
+def stage(whisper: WhisperEngine, partial_whisper: WhisperEngine) -> SttStage:
+    """A fresh stage on the shared Whisper engines."""
+    return SttStage(engine=whisper, partial_engine=partial_whisper)
+
+
+@dataclass
+class Tap:
+    """Everything the stage publishes, with the monotonic time it arrived."""
+
+    got: list[tuple[float, AnyMessage]] = field(default_factory=list)
+
+    async def on(self, raw: Msg) -> None:
+        self.got.append((time.monotonic(), decode(raw.data)))
+
+    def of(self, kind: type[M], session: str | None = None) -> list[M]:
+        return [
+            m for _, m in self.got
+            if isinstance(m, kind) and (session is None or m.session == session)
+        ]
+
+    def arrival(self, pred: Callable[[AnyMessage], bool]) -> float:
+        return next(t for t, m in self.got if pred(m))
+
+    async def until(self, pred: Callable[[Tap], bool], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not pred(self):
+            assert time.monotonic() < deadline, "timed out; got " + ", ".join(
+                f"{type(m).__name__}({m.session}, {m.turn})" for _, m in self.got
+            )
+            await asyncio.sleep(0.02)
+
+    def finals(self, session: str) -> list[Transcript]:
+        return [t for t in self.of(Transcript, session) if t.is_final]
+
+
+@asynccontextmanager
+async def running(bus: Bus, stage: SttStage) -> AsyncIterator[Tap]:
+    tap = Tap()
+    subs = [
+        await bus.nc.subscribe(f"voxbus.{REGION}.*.stt.transcript", cb=tap.on),
+        await bus.nc.subscribe(f"voxbus.{REGION}.*.ctl.>", cb=tap.on),
+    ]
+    worker = Worker(bus, stage)
+    await worker.start()
+    try:
+        yield tap
+    finally:
+        await worker.stop()
+        for sub in subs:
+            await sub.unsubscribe()
+
+
+@dataclass
+class Feed:
+    """A session's audio stream: 20 ms frames on one audio timeline."""
+
+    bus: Bus
+    session: str
+    speed: float = 2.0  # times real time; 0: as fast as the bus takes them
+    seq: int = 0
+    position_ns: int = T0_NS
+
+    async def play(self, pcm: bytes, *, rate_hz: int = 16_000, channels: int = 1) -> int:
+        """Stream ``pcm``; return the audio-timeline time it started at."""
+        started_ns = self.position_ns
+        frame_bytes = rate_hz * FRAME_MS // 1000 * 2 * channels
+        wall = time.monotonic()
+        for i, off in enumerate(range(0, len(pcm), frame_bytes)):
+            chunk = pcm[off : off + frame_bytes]
+            await self.frame(chunk, rate_hz=rate_hz, channels=channels)
+            self.position_ns += len(chunk) // (2 * channels) * 1_000_000_000 // rate_hz
+            if self.speed:
+                delay = wall + (i + 1) * FRAME_MS / 1000 / self.speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        return started_ns
+
+    async def frame(self, pcm: bytes, *, rate_hz: int = 16_000, channels: int = 1) -> None:
+        await self.bus.publish(REGION, AudioIn(
+            session=self.session, seq=self.seq, sample_rate_hz=rate_hz, channels=channels,
+            capture_ns=self.position_ns, pcm=pcm,
+        ))
+        self.seq += 1
+
+
+def pcm_of(fx: SpeechFixture) -> bytes:
+    return read_wav(fx.path).pcm
+
+
+def stereo_48k(fx: SpeechFixture) -> bytes:
+    left = resample(fx.audio(), in_rate_hz=16_000, out_rate_hz=48_000)
+    return float32_to_pcm16(np.stack([left, 0.8 * left], axis=1))
+
+
+def check_turn(tap: Tap, session: str, turn: int, fx: SpeechFixture, started_ns: int) -> None:
+    """The turn's final matches the fixture; its times match the fixture's truth; its partials
+    came before its final."""
+    true_start = started_ns + fx.speech_start_ms * 1_000_000
+    true_end = started_ns + fx.speech_end_ms * 1_000_000
+    (eot,) = [e for e in tap.of(EndOfTurn, session) if e.turn == turn]
+    assert word_errors(fx.text, eot.transcript) <= 1, (fx.name, eot.transcript)
+    assert abs(eot.speech_start_ns - true_start) <= TOLERANCE_NS, (fx.name, "start")
+    assert abs(eot.speech_end_ns - true_end) <= TOLERANCE_NS, (fx.name, "end")
+    (uss,) = [e for e in tap.of(UserStartedSpeaking, session) if e.turn == turn]
+    assert abs(uss.at_ns - true_start) <= TOLERANCE_NS, (fx.name, "started speaking")
+    (stopped,) = [e for e in tap.of(UserStoppedSpeaking, session) if e.turn == turn]
+    assert stopped.at_ns == eot.speech_end_ns
+    (final,) = [t for t in tap.finals(session) if t.turn == turn]
+    assert final.text == eot.transcript and final.decode_ms > 0
+    assert (final.speech_start_ns, final.speech_end_ns) == (eot.speech_start_ns, eot.speech_end_ns)
+    final_at = tap.arrival(lambda m: m is final)
+    for p in [t for t in tap.of(Transcript, session) if t.turn == turn and not t.is_final]:
+        assert tap.arrival(lambda m, p=p: m is p) < final_at  # type: ignore[misc]
+        assert p.seq < final.seq and p.speech_start_ns == final.speech_start_ns
+
+
+# ---- with Whisper tiny.en -----------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_a_conversation_of_six_utterances(bus: Bus, stage: SttStage) -> None:
+    """Every fixture, one after the other in one session: one turn each, numbered from 1; any
+    partials before their final."""
+    async with running(bus, stage) as tap:
+        feed = Feed(bus, "talk")
+        starts = [await feed.play(pcm_of(fx)) for fx in FIXTURES]
+        await tap.until(lambda t: len(t.of(EndOfTurn, "talk")) == len(FIXTURES))
+    assert [e.turn for e in tap.of(EndOfTurn, "talk")] == list(range(1, len(FIXTURES) + 1))
+    for turn, (fx, started) in enumerate(zip(FIXTURES, starts, strict=True), start=1):
+        check_turn(tap, "talk", turn, fx, started)
+    assert not tap.of(ErrorEvent)
+
+
+@pytest.mark.model
+async def test_partials_come_before_the_final(bus: Bus, stage: SttStage) -> None:
+    """In real time, partials of the utterance so far arrive (about every 400 ms of speech, when
+    no other decode runs), each before the final."""
+    fx = fixture_named("traffic")
+    async with running(bus, stage) as tap:
+        started = await Feed(bus, "live", speed=1.0).play(pcm_of(fx))
+        await tap.until(lambda t: len(t.of(EndOfTurn, "live")) == 1)
+    partials = [t for t in tap.of(Transcript, "live") if not t.is_final]
+    assert partials, "no partial transcript"
+    assert [p.seq for p in partials] == list(range(len(partials)))
+    assert normalize_text(partials[0].text).split()[0] == "turn"
+    check_turn(tap, "live", 1, fx, started)  # ... and every partial arrived before the final
+
+
+@pytest.mark.model
+async def test_two_sessions_at_once_never_mix_words(bus: Bus, stage: SttStage) -> None:
+    a, b = fixture_named("traffic"), fixture_named("museum")
+    async with running(bus, stage) as tap:
+        starts = await asyncio.gather(
+            Feed(bus, "alice").play(pcm_of(a)), Feed(bus, "bob").play(pcm_of(b))
+        )
+        await tap.until(lambda t: len(t.of(EndOfTurn)) == 2)
+    check_turn(tap, "alice", 1, a, starts[0])
+    check_turn(tap, "bob", 1, b, starts[1])
+    only_a = set(normalize_text(a.text).split()) - set(normalize_text(b.text).split())
+    only_b = set(normalize_text(b.text).split()) - set(normalize_text(a.text).split())
+    for session, foreign in (("alice", only_b), ("bob", only_a)):
+        for t in tap.of(Transcript, session):
+            assert not set(normalize_text(t.text).split()) & foreign, (session, t.text)
+
+
+@pytest.mark.model
+async def test_48k_stereo_and_a_format_change_mid_session(
+    bus: Bus, stage: SttStage
+) -> None:
+    """16 kHz mono, then 48 kHz stereo in the same session: the converter restarts and the
+    audio timeline goes on."""
+    first, second = fixture_named("museum"), fixture_named("jacket")
+    async with running(bus, stage) as tap:
+        feed = Feed(bus, "hifi")
+        s1 = await feed.play(pcm_of(first))
+        s2 = await feed.play(stereo_48k(second), rate_hz=48_000, channels=2)
+        await tap.until(lambda t: len(t.of(EndOfTurn, "hifi")) == 2)
+    check_turn(tap, "hifi", 1, first, s1)
+    check_turn(tap, "hifi", 2, second, s2)
+
+
+@pytest.mark.model
+async def test_bad_pcm_is_an_error_event_and_the_session_goes_on(
+    bus: Bus, stage: SttStage
+) -> None:
+    fx = fixture_named("battery")
+    async with running(bus, stage) as tap:
+        feed = Feed(bus, "glitch")
+        await feed.frame(b"\x00" * 641)  # odd length: not PCM16
+        await feed.frame(b"\x00" * 1280, channels=2)
+        await feed.frame(b"\x00" * 962, channels=2)  # not a whole number of stereo frames
+        started = await feed.play(pcm_of(fx))
+        await tap.until(lambda t: len(t.of(EndOfTurn, "glitch")) == 1)
+    errors = tap.of(ErrorEvent, "glitch")
+    assert [(e.code, e.stage) for e in errors] == [("bad_pcm", "stt")] * 2
+    assert all(e.subject.endswith("glitch.audio.in") for e in errors)
+    check_turn(tap, "glitch", 1, fx, started)
+
+
+# ---- control flow with a scripted engine --------------------------------------------------------
+
+
+def slow_engine(decode_s: float, text: str = "hello there") -> FakeTranscriber:
+    return FakeTranscriber(replies=[ScriptedReply(text=text, decode_s=decode_s)], sleep=True)
+
+
+async def test_a_running_partial_never_holds_up_the_final(bus: Bus) -> None:
+    """Partials take 3 s on their own engine; finals 0.1 s: the final is out as soon as the turn
+    ends, without waiting for the partial (a shared engine would hold it up for seconds)."""
+    stage = SttStage(engine=slow_engine(0.1, "done"), partial_engine=slow_engine(3.0, "part"))
+    async with running(bus, stage) as tap:
+        await Feed(bus, "eager", speed=4.0).play(pcm_of(fixture_named("meeting")))
+        await tap.until(lambda t: len(t.of(EndOfTurn, "eager")) == 1)
+    stopped = tap.arrival(lambda m: isinstance(m, UserStoppedSpeaking))
+    final = tap.arrival(lambda m: isinstance(m, Transcript) and m.is_final)
+    assert final - stopped < 1.0
+    assert [t.text for t in tap.of(Transcript)] == ["done"]  # the late partial was dropped
+    assert stage.stats.partials_skipped > 0 and stage.stats.partials_published == 0
+
+
+async def test_speech_start_never_waits_behind_a_decode(bus: Bus) -> None:
+    """Decodes take 1 s: the second utterance's UserStartedSpeaking is out long before the first
+    utterance's final; partials due while a decode runs are skipped, not queued."""
+    engine = slow_engine(1.0)
+    stage = SttStage(engine=engine)
+    async with running(bus, stage) as tap:
+        feed = Feed(bus, "quick", speed=4.0)
+        await feed.play(pcm_of(fixture_named("museum")))
+        await feed.play(pcm_of(fixture_named("jacket")))
+        await tap.until(lambda t: len(t.of(EndOfTurn, "quick")) == 2)
+    started_2 = tap.arrival(lambda m: isinstance(m, UserStartedSpeaking) and m.turn == 2)
+    final_1 = tap.arrival(lambda m: isinstance(m, Transcript) and m.is_final and m.turn == 1)
+    assert started_2 < final_1
+    assert [e.transcript for e in tap.of(EndOfTurn)] == ["hello there"] * 2
+    assert stage.stats.partials_skipped > 0
+    assert sum(1 for _, partial in engine.calls if not partial) >= 2
+
+
+async def test_turn_numbers_survive_a_failover(bus: Bus) -> None:
+    """The last turn lives in the state bucket: a fresh worker goes on from it."""
+    kv = await bus.kv(state_bucket(REGION))
+    await kv.put(state_key("phoenix"), json.dumps({"turn": 7}).encode())
+    pcm = pcm_of(fixture_named("table"))
+    feed = Feed(bus, "phoenix", speed=0)
+    async with running(bus, SttStage(engine=FakeTranscriber(default_text="one"))) as tap:
+        await feed.play(pcm)
+        await tap.until(lambda t: len(t.of(EndOfTurn, "phoenix")) == 1)
+    assert [e.turn for e in tap.of(UserStartedSpeaking, "phoenix")] == [8]
+    async with running(bus, SttStage(engine=FakeTranscriber(default_text="two"))) as tap2:
+        await feed.play(pcm)
+        await tap2.until(lambda t: len(t.of(EndOfTurn, "phoenix")) == 1)
+    assert [(e.turn, e.transcript) for e in tap2.of(EndOfTurn, "phoenix")] == [(9, "two")]
+    assert json.loads((await kv.get(state_key("phoenix"))).value or b"") == {"turn": 9}
+
+
+async def test_a_turn_of_noise_is_closed_with_an_empty_transcript(bus: Bus) -> None:
+    async with running(bus, SttStage(engine=FakeTranscriber(default_text=""))) as tap:
+        await Feed(bus, "hum", speed=0).play(pcm_of(fixture_named("museum")))
+        await tap.until(lambda t: len(t.of(EndOfTurn, "hum")) == 1)
+    kinds = [(type(m).__name__, m.turn) for _, m in tap.got]
+    assert kinds == [("UserStartedSpeaking", 1), ("UserStoppedSpeaking", 1), ("Transcript", 1),
+                     ("EndOfTurn", 1)]
+    assert tap.of(EndOfTurn)[0].transcript == "" and tap.of(Transcript)[0].is_final
+
+
+async def test_extra_sessions_wait_and_idle_sessions_are_dropped(bus: Bus) -> None:
+    """max_sessions=1: the second session waits until the first one idles out, then runs."""
+    settings = SttSettings(max_sessions=1, session_idle_s=0.4)
+    stage = SttStage(settings, engine=FakeTranscriber(default_text="fine"))
+    pcm = pcm_of(fixture_named("traffic"))
+    held: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            held.append(stage.sessions)
+            await asyncio.sleep(0.01)
+
+    async with running(bus, stage) as tap, asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(watch())
+        await asyncio.gather(Feed(bus, "first", speed=8).play(pcm),
+                             Feed(bus, "second", speed=8).play(pcm))
+        await tap.until(lambda t: len(t.of(EndOfTurn)) == 2)
+        watcher.cancel()
+    order = [m.session for _, m in tap.got if isinstance(m, EndOfTurn)]
+    later = order[1]
+    first_final = tap.arrival(lambda m: isinstance(m, EndOfTurn))
+    assert tap.arrival(lambda m: isinstance(m, UserStartedSpeaking) and m.session == later) > (
+        first_final
+    )
+    assert max(held) == 1
+    assert stage.stats.sessions_waited == 1 and stage.stats.sessions_evicted >= 1
+    assert [e.transcript for e in tap.of(EndOfTurn)] == ["fine", "fine"]
+
+
+# ---- units --------------------------------------------------------------------------------------
+
+
+async def test_decode_slot_hands_over_in_order_and_partials_never_wait() -> None:
+    slot = DecodeSlot()
+    assert slot.try_take() and slot.busy and not slot.try_take()
+    order: list[str] = []
+
+    async def final(name: str) -> None:
+        await slot.take()
+        order.append(name)
+        await asyncio.sleep(0)
+        slot.give()
+
+    tasks = [asyncio.create_task(final(n)) for n in ("a", "b")]
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(final("never"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    slot.give()
+    await asyncio.gather(*tasks)
+    assert order == ["a", "b"] and not slot.busy and slot.try_take()
+
+
+def test_timeline_maps_samples_to_capture_times() -> None:
+    tl = Timeline()
+    tl.mark(0, 1_000)
+    tl.mark(320, 30_000_000)  # a 10 ms gap in capture times after the first frame
+    assert tl.ns_at(0) == 1_000 and tl.ns_at(160) == 1_000 + 10_000_000
+    assert tl.ns_at(480) == 40_000_000
+    assert tl.ns_at(-16) == 1_000 - 1_000_000
+
+
+def test_settings_from_env() -> None:
+    s = SttSettings.from_env({"STT_MODEL": "base", "STT_END_SILENCE_MS": "250",
+                              "STT_PARTIALS": "off", "STT_MAX_SESSIONS": "3"})
+    assert (s.model, s.end_silence_ms, s.partials, s.max_sessions) == ("base", 250, False, 3)
+    assert s.cpu_threads == 2 and s.turn_config().end_silence_ms == 250
+    with pytest.raises(ValueError):
+        SttSettings.from_env({"STT_END_SILENCE_MS": "0"})
+    with pytest.raises(ValueError):
+        SttSettings.from_env({"STT_DEVICE": "tpu"})
+
