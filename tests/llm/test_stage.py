@@ -1,0 +1,404 @@
+"""The LLM stage on a real nats-server: turns in, clause chunks out, history in KV, barge-in,
+restarts, backend failures and tools. Real-model tests (SmolLM2-135M, temperature 0) are marked
+``model`` and share one loaded engine per module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import socket
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from contracts import decode
+from contracts.messages import (
+    AgentSpoke,
+    AnyMessage,
+    EndOfTurn,
+    ErrorEvent,
+    Interrupt,
+    ReplyEnd,
+    ReplyText,
+    SessionEnded,
+)
+from contracts.streams import state_bucket
+from runtime.bus import Bus
+from runtime.worker import Worker
+from services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolCallDelta, ToolSpec
+from services.llm.fake import FakeLLM, FakeTurn
+from services.llm.history import History, HistoryStore, reply_text
+from services.llm.llama_engine import LlamaCppEngine
+from services.llm.openai_engine import OpenAICompatEngine
+from services.llm.settings import DEFAULT_APOLOGY, LlmSettings
+from services.llm.stage import LlmStage
+from services.llm.tools import ToolExecutor
+from tests.conftest import REGION
+from tests.llm.scripted_openai_server import ScriptedOpenAIServer, Step, text_chunk, tool_chunk
+
+NOW = datetime(2026, 11, 24, 13, 5, tzinfo=UTC)
+SETTINGS = LlmSettings(temperature=0.0, max_tokens=96)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+class Recording:
+    """An engine wrapper that remembers every prompt and when the last stream was closed."""
+
+    def __init__(self, inner: LLMEngine) -> None:
+        self.inner = inner
+        self.prompts: list[list[ChatMessage]] = []
+        self.closed_at = 0.0
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] | None = None
+    ) -> AsyncGenerator[LLMDelta, None]:
+        self.prompts.append(list(messages))
+        try:
+            async with contextlib.aclosing(self.inner.stream(messages, tools=tools)) as stream:
+                async for delta in stream:
+                    yield delta
+        finally:
+            self.closed_at = time.monotonic()
+
+    async def warmup(self, messages: Sequence[ChatMessage] = ()) -> None:
+        await self.inner.warmup(messages)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Outputs:
+    """Everything the stage publishes (replies and errors), with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, AnyMessage]] = []
+
+    async def subscribe(self, bus: Bus) -> Outputs:
+        for kind in ("llm.reply", "ctl.error"):
+            await bus.nc.subscribe(f"voxbus.{REGION}.*.{kind}", cb=self._on)
+        return self
+
+    async def _on(self, raw: Msg) -> None:
+        self.got.append((time.monotonic(), decode(raw.data)))
+
+    def of(self, session: str, turn: int) -> list[AnyMessage]:
+        return [m for _, m in self.got if m.session == session and m.turn == turn]
+
+    def chunks(self, session: str, turn: int) -> list[ReplyText]:
+        return [m for m in self.of(session, turn) if isinstance(m, ReplyText)]
+
+    async def end(self, session: str, turn: int, timeout_s: float = 30.0) -> ReplyEnd:
+        ends: list[ReplyEnd] = []
+
+        def ended() -> bool:
+            ends.extend(m for m in self.of(session, turn) if isinstance(m, ReplyEnd))
+            return bool(ends)
+
+        await eventually(ended, timeout_s=timeout_s)
+        return ends[0]
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = 5.0, step_s: float = 0.01
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = check()
+        if await ok if inspect.isawaitable(ok) else ok:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout_s} s")
+        await asyncio.sleep(step_s)
+
+
+@contextlib.asynccontextmanager
+async def running(bus: Bus, stage: LlmStage) -> AsyncIterator[Worker]:
+    worker = Worker(bus, stage)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+def turn(session: str, n: int, text: str) -> EndOfTurn:
+    now = time.time_ns()
+    return EndOfTurn(session=session, turn=n, transcript=text, speech_start_ns=now,
+                     speech_end_ns=now, at_ns=now)
+
+
+async def history(bus: Bus, session: str) -> History:
+    return await HistoryStore(await bus.kv(state_bucket(REGION))).load(session)
+
+
+def assert_well_formed(chunks: list[ReplyText], end: ReplyEnd) -> None:
+    assert chunks, "no ReplyText"
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].char_start == 0
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert a.char_end == b.char_start, "spans are not contiguous"
+    for c in chunks:
+        assert c.char_end - c.char_start == len(c.text)
+    assert "".join(c.text for c in chunks) == end.text
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path: Path) -> Iterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(model_path=smollm2_path, n_threads=1, temperature=0.0, max_tokens=96)
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+# ---- real model -----------------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_smollm2_answers_in_clauses(bus: Bus, smollm2: LlamaCppEngine) -> None:
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(smollm2, SETTINGS, close_engine=False)):
+        await bus.publish(REGION, turn("s1", 1, "Hi! What is the capital of France?"))
+        end = await out.end("s1", 1)
+    chunks = out.chunks("s1", 1)
+    assert_well_formed(chunks, end)
+    assert end.reason in ("done", "length") and not end.end_call
+    assert len(chunks[0].text.split()) <= SETTINGS.first_clause_words
+    saved = (await history(bus, "s1")).messages()
+    assert saved[0] == {"role": "user", "content": "Hi! What is the capital of France?"}
+    assert reply_text(saved[1:]).startswith(end.text)
+
+
+@pytest.mark.model
+async def test_smollm2_through_llama_cpp_server(bus: Bus, llama_server: str) -> None:
+    engine = OpenAICompatEngine(base_url=llama_server, temperature=0.0, max_tokens=48)
+    settings = LlmSettings(backend="openai", temperature=0.0, max_tokens=48)
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(engine, settings)):
+        await bus.publish(REGION, turn("s1", 1, "What is the capital of France?"))
+        end = await out.end("s1", 1)
+        await bus.publish(REGION, turn("s1", 2, "And of Italy?"))
+        end2 = await out.end("s1", 2)
+    assert_well_formed(out.chunks("s1", 1), end)
+    assert_well_formed(out.chunks("s1", 2), end2)
+    assert [m["role"] for m in (await history(bus, "s1")).messages()] == [
+        "user", "assistant", "user", "assistant"
+    ]
+
+
+@pytest.mark.model
+async def test_barge_in_stops_the_engine_and_publishes_nothing_stale(
+    bus: Bus, smollm2: LlamaCppEngine
+) -> None:
+    engine = Recording(smollm2)
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(engine, SETTINGS, close_engine=False)):
+        await bus.publish(REGION, turn("s1", 1, "Tell me a long story about a brave dragon."))
+        await eventually(lambda: bool(out.chunks("s1", 1)), step_s=0.002)
+        t_interrupt = time.monotonic()
+        await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
+        await smollm2.wait_idle()
+        t_idle = time.monotonic()
+        await asyncio.sleep(0.3)
+        late = [t for t, m in out.got if isinstance(m, ReplyText) and t > t_interrupt + 0.05]
+        assert not late, "ReplyText of the interrupted turn after the interrupt"
+        assert not any(isinstance(m, ReplyEnd) for m in out.of("s1", 1))
+        # the stage leaves the engine's stream (bus delivery + cancellation), then llama.cpp's
+        # thread stops within a token; each well under 50 ms even on a busy machine
+        assert engine.closed_at - t_interrupt < 0.05, "stream read on after the interrupt"
+        assert t_idle - engine.closed_at < 0.05, "llama.cpp kept generating"
+        assert smollm2.last_stats is not None and smollm2.last_stats.finish is None
+
+        heard = "".join(c.text for c in out.chunks("s1", 1))
+        saved = (await history(bus, "s1")).turns
+        assert saved[0].user == "Tell me a long story about a brave dragon."
+        assert reply_text(saved[0].reply) == heard  # what was published, not what was generated
+
+        cut = max(1, len(heard) // 2)
+        await bus.publish(REGION, AgentSpoke(session="s1", turn=1, text=heard, char_end=cut,
+                                             interrupted=True))
+        await bus.publish(REGION, turn("s1", 2, "What is two plus two?"))
+        end = await out.end("s1", 2)
+    assert_well_formed(out.chunks("s1", 2), end)
+    assert engine.prompts[-1][1:] == [
+        {"role": "user", "content": "Tell me a long story about a brave dragon."},
+        {"role": "assistant", "content": heard[:cut]},
+        {"role": "user", "content": "What is two plus two?"},
+    ]
+
+
+@pytest.mark.model
+async def test_context_survives_a_worker_restart(
+    bus: Bus, smollm2: LlamaCppEngine, smollm2_path: Path
+) -> None:
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(smollm2, SETTINGS, close_engine=False)):
+        await bus.publish(REGION, turn("s1", 1, "My name is Alice."))
+        first = await out.end("s1", 1)
+    fresh = Recording(LlamaCppEngine(model_path=smollm2_path, temperature=0.0, max_tokens=32))
+    async with running(bus, LlmStage(fresh, SETTINGS)):
+        await bus.publish(REGION, turn("s1", 2, "What is my name?"))
+        await out.end("s1", 2)
+    saved = (await history(bus, "s1")).turns
+    assert [(r.turn, r.user) for r in saved] == [(1, "My name is Alice."), (2, "What is my name?")]
+    prompt = fresh.prompts[-1]
+    assert prompt[0] == {"role": "system", "content": SETTINGS.system_prompt}
+    assert prompt[1] == {"role": "user", "content": "My name is Alice."}
+    assert prompt[2]["role"] == "assistant" and (prompt[2]["content"] or "").startswith(first.text)
+    assert prompt[3] == {"role": "user", "content": "What is my name?"}
+
+
+# ---- control flow (scripted engines) --------------------------------------------------------
+
+
+async def test_agent_spoke_cuts_the_reply_to_what_was_heard(bus: Bus) -> None:
+    said = "Sure, we open at nine. We close at seven."
+    fake = FakeLLM([FakeTurn.words(said)])
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(fake, SETTINGS)):
+        for n in (1, 2):
+            await bus.publish(REGION, turn("s1", n, f"Question {n}?"))
+            assert (await out.end("s1", n)).text == said
+        await bus.publish(REGION, Interrupt(session="s1", turn=2, at_ns=time.time_ns()))
+        for n, char_end in ((1, len("Sure, we open at nine.")), (2, 0)):
+            await bus.publish(REGION, AgentSpoke(session="s1", turn=n, text=said,
+                                                 char_end=char_end, interrupted=True))
+        await bus.publish(REGION, turn("s1", 3, "Question 3?"))
+        await out.end("s1", 3)
+    assert fake.calls[-1][0][1:] == [
+        {"role": "user", "content": "Question 1?"},
+        {"role": "assistant", "content": "Sure, we open at nine."},
+        {"role": "user", "content": "Question 2?"},  # nothing of reply 2 was heard
+        {"role": "user", "content": "Question 3?"},
+    ]
+
+
+async def test_empty_transcript_is_ignored(bus: Bus) -> None:
+    fake = FakeLLM([FakeTurn.words("Hello there.")])
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(fake, SETTINGS)):
+        await bus.publish(REGION, turn("s1", 1, "  \n "))
+        await bus.publish(REGION, turn("s1", 2, "Hello?"))
+        await out.end("s1", 2)
+    assert out.of("s1", 1) == []
+    assert len(fake.calls) == 1
+    assert [r.turn for r in (await history(bus, "s1")).turns] == [2]
+
+
+async def test_session_end_deletes_the_history(bus: Bus) -> None:
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(FakeLLM([FakeTurn.words("Hi.")]), SETTINGS)):
+        await bus.publish(REGION, turn("s1", 1, "Hello?"))
+        await out.end("s1", 1)
+        await bus.publish(REGION, SessionEnded(session="s1", reason="hangup"))
+        deleted: list[History] = []
+
+        async def gone() -> bool:
+            deleted.append(await history(bus, "s1"))
+            return not deleted[-1].turns
+
+        await eventually(gone)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("failure", ["connection_refused", "timeout"])
+async def test_backend_failure_gives_an_error_event_and_an_apology(
+    bus: Bus, failure: str
+) -> None:
+    engine: LLMEngine
+    if failure == "connection_refused":
+        engine = OpenAICompatEngine(base_url=f"http://127.0.0.1:{_closed_port()}")
+        settings = LlmSettings(backend="openai")
+    else:
+        engine = FakeLLM([FakeTurn.words("Too late.", first_token_delay_s=5.0)])
+        settings = LlmSettings(timeout_s=0.2)
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(engine, settings)):
+        await bus.publish(REGION, turn("s1", 1, "Hello?"))
+        end = await out.end("s1", 1)
+    assert end.reason == "error" and end.text == DEFAULT_APOLOGY
+    assert_well_formed(out.chunks("s1", 1), end)
+    errors = [m for m in out.of("s1", 1) if isinstance(m, ErrorEvent)]
+    assert [(e.code, e.stage) for e in errors] == [("llm_backend", "llm")]
+    assert (await history(bus, "s1")).messages()[-1] == {
+        "role": "assistant", "content": DEFAULT_APOLOGY
+    }
+
+
+def scripted_model(body: dict[str, Any]) -> Sequence[Step]:
+    """Says a few words and calls a tool; after a tool result, answers from it."""
+    last = body["messages"][-1]
+    if last["role"] == "user" and "Tokyo" in last["content"]:
+        return [
+            (0.0, text_chunk("Let me check.")),
+            (0.0, tool_chunk(0, call_id="call_1", name="get_current_time")),
+            (0.0, tool_chunk(0, arguments='{"timezone": "Asia/Tokyo"}')),
+            (0.0, text_chunk(finish="tool_calls")),
+            (0.0, "[DONE]"),
+        ]
+    if last["role"] == "user":  # "bye"
+        return [
+            (0.0, tool_chunk(0, call_id="call_2", name="end_call", arguments="{}")),
+            (0.0, text_chunk(finish="tool_calls")),
+            (0.0, "[DONE]"),
+        ]
+    result = json.loads(last["content"])
+    words = ["It", " is", f" {result['time']}", " in", " Tokyo."] if "time" in result else [
+        "Goodbye", ",", " have", " a", " nice", " day!"
+    ]
+    return [*((0.0, text_chunk(w)) for w in words), (0.0, text_chunk(finish="stop"))]
+
+
+async def test_tool_round_trip_and_end_call(bus: Bus) -> None:
+    out = await Outputs().subscribe(bus)
+    settings = LlmSettings(backend="openai", tools=True)
+    async with ScriptedOpenAIServer(scripted_model) as server:
+        engine = OpenAICompatEngine(base_url=server.base_url)
+        stage = LlmStage(engine, settings, executor=ToolExecutor(now=lambda: NOW))
+        async with running(bus, stage):
+            await bus.publish(REGION, turn("s1", 1, "What time is it in Tokyo?"))
+            end = await out.end("s1", 1)
+            await bus.publish(REGION, turn("s1", 2, "Thanks, bye."))
+            bye = await out.end("s1", 2)
+    assert end.text == "Let me check. It is 22:05 in Tokyo." and not end.end_call
+    chunks = out.chunks("s1", 1)
+    assert_well_formed(chunks, end)
+    assert chunks[0].text == "Let me check."  # spoken before the tool runs
+    warmup, first, second_request = server.requests[:3]
+    assert "tools" not in warmup
+    assert [t["function"]["name"] for t in first["tools"]] == ["end_call", "get_current_time"]
+    second = second_request["messages"]
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "get_current_time"
+    assert second[-1]["role"] == "tool" and json.loads(second[-1]["content"])["time"] == "22:05"
+    assert bye.end_call and bye.text == "Goodbye, have a nice day!"
+    roles = [m["role"] for m in (await history(bus, "s1")).messages()]
+    assert roles == ["user", "assistant", "tool", "assistant"] * 2
+
+
+async def test_tool_calls_are_not_offered_when_tools_are_off(bus: Bus) -> None:
+    fake = FakeLLM([FakeTurn(tool_calls=[ToolCallDelta(id="c", name="end_call", arguments="")])])
+    out = await Outputs().subscribe(bus)
+    async with running(bus, LlmStage(fake, SETTINGS)):
+        await bus.publish(REGION, turn("s1", 1, "Bye."))
+        end = await out.end("s1", 1)
+    assert fake.calls[0][1] is None and not end.end_call and len(fake.calls) == 1
