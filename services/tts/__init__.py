@@ -7,7 +7,9 @@ from .clauses import Unit, UnitSplitter, iter_units, split_units
 from .engine import (
     DEFAULT_VOICE,
     SAMPLE_RATE_HZ,
+    Abort,
     KokoroEngine,
+    SynthesisAborted,
     Synthesizer,
     UnknownVoice,
     check_voice,
@@ -21,10 +23,12 @@ from .models import ModelError, cache_dir, ensure_model
 __all__ = [
     "DEFAULT_VOICE",
     "SAMPLE_RATE_HZ",
+    "Abort",
     "AudioFrame",
     "FakeSynthesizer",
     "KokoroEngine",
     "ModelError",
+    "SynthesisAborted",
     "Synthesizer",
     "Unit",
     "UnitSplitter",

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .engine import DEFAULT_VOICE, SAMPLE_RATE_HZ, check_voice, empty_audio
+from .engine import (
+    DEFAULT_VOICE,
+    SAMPLE_RATE_HZ,
+    Abort,
+    SynthesisAborted,
+    check_voice,
+    empty_audio,
+)
 from .normalize import is_speakable
 
 FAKE_VOICES = ("af_heart", "am_michael", "bf_emma")
@@ -82,15 +89,24 @@ class FakeSynthesizer:
         """How long the audio for ``text`` will be."""
         return len(text.strip()) * self._seconds_per_char if is_speakable(text) else 0.0
 
-    def synthesize(self, text: str, voice: str | None = None) -> NDArray[np.float32]:
+    def synthesize(
+        self, text: str, voice: str | None = None, *, abort: Abort | None = None
+    ) -> NDArray[np.float32]:
+        """``abort``: with the default ``time.sleep`` the delay ends as soon as it is set;
+        with an injected ``sleep`` it is checked after the delay."""
         name = check_voice(self, voice)
         with self._lock:
             index = len(self.calls)
             self.calls.append(FakeCall(text, name, -1))
         delay = self._delays[min(index, len(self._delays) - 1)] if self._delays else 0.0
         delay += self._delay_per_char_s * len(text)
-        if delay > 0:
+        if abort is not None and self._sleep is time.sleep:
+            if abort.wait(max(delay, 0.0)):
+                raise SynthesisAborted("aborted")
+        elif delay > 0:
             self._sleep(delay)
+        if abort is not None and abort.is_set():
+            raise SynthesisAborted("aborted")
         if (error := self._errors.get(text)) is not None:
             raise error
         audio = self._audio(round(self.duration_s(text) * self._sample_rate_hz))

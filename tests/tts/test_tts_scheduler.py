@@ -1,0 +1,142 @@
+"""The worker-wide synthesis scheduler, the engines' ``Abort``, and trusted chunk boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from services.tts.clauses import UnitSplitter
+from services.tts.engine import Abort, KokoroEngine, SynthesisAborted
+from services.tts.fake import FakeSynthesizer
+from services.tts.scheduler import SynthScheduler
+
+LONG = (
+    "The quick brown fox jumps over the lazy dog while the pharmacy closes at nine tonight, "
+    "so please hurry."
+)
+
+
+async def test_earliest_deadline_first() -> None:
+    fake = FakeSynthesizer(delay_s=0.05)
+    scheduler = SynthScheduler(fake)
+    scheduler.start()
+    try:
+        busy = asyncio.ensure_future(scheduler.synthesize("busy", "af_heart", deadline=0))
+        await asyncio.sleep(0.01)  # "busy" runs; the rest queue up
+        late = asyncio.ensure_future(scheduler.synthesize("late", "af_heart", deadline=9))
+        soon = asyncio.ensure_future(scheduler.synthesize("soon", "af_heart", deadline=1))
+        await asyncio.gather(busy, late, soon)
+    finally:
+        await scheduler.close()
+    assert [c.text for c in fake.calls] == ["busy", "soon", "late"]
+    assert scheduler.stats.units == 3
+
+
+async def test_a_cancelled_caller_aborts_its_job() -> None:
+    fake = FakeSynthesizer(delay_s=[5.0, 0.0])
+    scheduler = SynthScheduler(fake)
+    scheduler.start()
+    try:
+        running = asyncio.ensure_future(scheduler.synthesize("slow", "af_heart", deadline=0))
+        queued = asyncio.ensure_future(scheduler.synthesize("queued", "af_heart", deadline=1))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        running.cancel()
+        queued.cancel()
+        after = await scheduler.synthesize("next", "af_heart", deadline=2)
+        waited = time.monotonic() - started
+    finally:
+        await scheduler.close()
+    assert after.audio.size > 0 and waited < 0.5
+    assert [c.text for c in fake.calls] == ["slow", "next"], "the queued job never ran"
+    assert scheduler.stats.aborted == 1
+
+
+async def test_short_units_are_cached() -> None:
+    fake = FakeSynthesizer()
+    scheduler = SynthScheduler(fake, cache_entries=2, cache_max_chars=10)
+    scheduler.start()
+    try:
+        for text in ("Sure,", "Sure,", "Okay.", "Right.", "Sure,", "A much longer unit."):
+            await scheduler.synthesize(text, "af_heart", deadline=0)
+        hit = await scheduler.synthesize("Right.", "af_heart", deadline=0)
+        other_voice = await scheduler.synthesize("Right.", "bf_emma", deadline=0)
+    finally:
+        await scheduler.close()
+    assert hit.cached and not other_voice.cached
+    assert [c.text for c in fake.calls] == [
+        "Sure,", "Okay.", "Right.", "Sure,", "A much longer unit.", "Right."
+    ]
+    assert not hit.audio.flags.writeable
+
+
+async def test_closing_fails_waiting_callers() -> None:
+    scheduler = SynthScheduler(FakeSynthesizer(delay_s=5.0))
+    scheduler.start()
+    job = asyncio.ensure_future(scheduler.synthesize("slow", "af_heart", deadline=0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await scheduler.close()
+    with pytest.raises(SynthesisAborted):
+        await job
+    assert time.monotonic() - started < 1.0
+
+
+def test_abort_hooks() -> None:
+    abort = Abort()
+    seen: list[str] = []
+    unregister = abort.on_set(lambda: seen.append("a"))
+    abort.on_set(lambda: seen.append("b"))
+    unregister()
+    abort.set()
+    abort.set()
+    abort.on_set(lambda: seen.append("late"))
+    assert seen == ["b", "late"] and abort.is_set()
+
+
+def test_boundary_chunks_cut_without_waiting() -> None:
+    def units(chunks: list[str], boundary: bool) -> list[list[str]]:
+        splitter = UnitSplitter(first_words=4)
+        out = [[u.text for u in splitter.push(c, boundary=boundary)] for c in chunks]
+        return [*out, [u.text for u in splitter.finish()]]
+
+    assert units(["Sure,", " I can help.", " Bye now."], True) == [
+        ["Sure,"], ["I can help."], ["Bye now."], []
+    ]
+    assert units(["Sure,", " I can help.", " Bye now."], False) == [
+        [], ["Sure,"], ["I can help."], ["Bye now."]
+    ]
+    # The producer's own first-words cut is a whole first unit.
+    assert units(["The pharmacy on Main", " Street closes at nine."], True) == [
+        ["The pharmacy on Main"], ["Street closes at nine."], []
+    ]
+    # Still no cut inside a number or after a single letter.
+    assert units(["1,", "000 people came."], True) == [[], ["1,000 people came."], []]
+
+
+@pytest.mark.model
+def test_abort_stops_a_kokoro_forward_pass(kokoro: KokoroEngine) -> None:
+    abort = Abort()
+    outcome: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            outcome.append(kokoro.synthesize(LONG, abort=abort).size)
+        except SynthesisAborted as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    abort.set()
+    thread.join()
+    stopped_s = time.monotonic() - started
+    assert isinstance(outcome[0], SynthesisAborted)
+    assert stopped_s < 0.25, f"the forward pass ran {stopped_s:.3f} s after the abort"
+    assert kokoro.synthesize("Still works.", abort=Abort()).size > 0
+    with pytest.raises(SynthesisAborted):
+        kokoro.synthesize("Too late.", abort=abort)
