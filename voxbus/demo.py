@@ -1,8 +1,14 @@
-"""``voxbus demo``: the voice loop end to end with a scripted caller.
+"""``voxbus demo``: the whole voice loop end to end with a scripted caller in a LiveKit room.
 
-Starts an embedded nats-server and the STT, LLM and TTS workers, speaks a question from a WAV,
-records the agent's spoken answer to a WAV and prints the transcript, the reply and the latency
-breakdown measured from the end of the caller's speech.
+Starts an embedded nats-server, livekit-server (loopback config), the LiveKit bridge and the STT,
+LLM and TTS workers; a scripted caller joins a room, speaks a question from a WAV, records the
+agent's spoken answer as heard in the room to a WAV, and prints the transcript, the reply and the
+latency breakdown measured from the end of the caller's speech.
+
+WebRTC clients ignore loopback, so where it can (root, ``unshare``) the demo re-runs itself inside
+a private network namespace (``services.bridge.netns``) and nothing touches the machine's network;
+elsewhere (a laptop) it runs as is. ``--bus-only`` skips LiveKit: the caller talks to the stages
+over the bus.
 """
 
 from __future__ import annotations
@@ -10,55 +16,139 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 
 from runtime import logging as vlog
+from services.bridge.server import LiveKitServerError, livekit_server_binary
 from services.stt.audio import write_wav
-from voxbus.voiceloop import TurnResult, VoiceLoop
+from voxbus.voiceloop import LoopError, TurnResult, VoiceLoop, run_supervised
 
 DATA = Path(__file__).with_name("data")
 QUESTION = DATA / "question.wav"  # "What time does the museum open?" (espeak-ng)
 QUESTION_SPEECH_END_MS = 2545
 
+_LABELS = {
+    "final_transcript_ms": "final transcript (STT)",
+    "end_of_turn_ms": "end of turn (STT)",
+    "first_llm_clause_ms": "first LLM clause",
+    "first_tts_audio_ms": "first TTS audio (bus)",
+    "caller_first_audio_ms": "first agent audio at the caller",
+}
 
-def _print_turn(r: TurnResult, out: Path) -> None:
+
+def _print_turn(r: TurnResult, out: Path, speech_end_ms: float) -> None:
     print(f"\nuser said       : {r.transcript!r}")
     print(f"agent answered  : {r.reply!r}")
     print(f"agent audio     : {out} ({len(r.audio) / 2 / r.audio_rate_hz:.2f} s)")
-    print("latency after the end of the caller's speech:")
+    print(f"latency after the end of the caller's speech ({speech_end_ms:.0f} ms into the WAV):")
+    print(f"  {'end of user speech':<33} {0.0:7.1f} ms")
     for k, v in r.breakdown().items():
-        print(f"  {k:<22} {'-' if v is None else f'{v:7.1f} ms'}")
+        print(f"  {_LABELS.get(k, k):<33} {'-' if v is None else f'{v:7.1f} ms'}")
     for e in r.errors:
         print(f"  error: {e}")
 
 
 async def _run(args: argparse.Namespace) -> int:
-    loop = VoiceLoop(region="demo")
-    print("starting nats-server and the stt, llm, tts workers (loading models)...", flush=True)
+    livekit = not args.bus_only
+    loop = VoiceLoop(region="demo", livekit=livekit)
+    what = "nats-server, livekit-server, the bridge and" if livekit else "nats-server and"
+    print(f"starting {what} the stt, llm, tts workers (loading models)...", flush=True)
     t0 = time.monotonic()
     try:
-        await loop.start()
+        try:
+            await loop.start(timeout_s=args.start_timeout)
+        except (LoopError, LiveKitServerError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"ready in {time.monotonic() - t0:.1f} s", flush=True)
-        caller = await loop.caller(f"demo-{int(time.time())}")
-        print(f"caller speaks {args.wav} ...", flush=True)
-        r = await caller.say(Path(args.wav), args.speech_end_ms)
         out = Path(args.out)
+        if livekit:
+            room = args.room or f"demo-{int(time.time())}"
+            try:
+                caller = await loop.room_caller(room)
+            except LoopError as e:
+                print(f"error: {e}\n(WebRTC never uses loopback: it needs a network interface "
+                      "other than lo. As root with unshare the demo makes a private network "
+                      "namespace for that; or try --bus-only.)", file=sys.stderr)
+                return 1
+            print(f"caller joined room {room!r} (session {caller.session}), "
+                  f"speaks {args.wav} ...", flush=True)
+            try:
+                r = await caller.say(Path(args.wav), args.speech_end_ms, timeout_s=args.timeout)
+            finally:
+                await caller.close()
+        else:
+            bus_caller = await loop.caller(f"demo-{int(time.time())}")
+            print(f"caller speaks {args.wav} over the bus ...", flush=True)
+            try:
+                r = await bus_caller.say(Path(args.wav), args.speech_end_ms,
+                                         timeout_s=args.timeout)
+            finally:
+                await bus_caller.close()
         write_wav(out, bytes(r.audio), sample_rate_hz=r.audio_rate_hz)
-        _print_turn(r, out)
+        _print_turn(r, out, args.speech_end_ms)
         if args.json:
             print(json.dumps({"transcript": r.transcript, "reply": r.reply, **r.breakdown()}))
-        return 0 if r.reply and r.audio else 1
+        if not (r.reply and r.audio):
+            print("error: no answer came back", file=sys.stderr)
+            return 1
+        return 0
     finally:
+        print("shutting down...", flush=True)
         await loop.stop()
 
 
+async def _main(args: argparse.Namespace) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _run(args)
+    except asyncio.CancelledError:
+        print("stopped", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="voxbus demo", description=__doc__)
-    ap.add_argument("--wav", default=str(QUESTION))
-    ap.add_argument("--speech-end-ms", type=float, default=QUESTION_SPEECH_END_MS)
-    ap.add_argument("--out", default="agent-answer.wav")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="voxbus demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wav", default=str(QUESTION), help="what the caller says (PCM16 WAV)")
+    ap.add_argument("--speech-end-ms", type=float, default=QUESTION_SPEECH_END_MS,
+                    help="where the speech in --wav ends (latencies are measured from there)")
+    ap.add_argument("--out", default="agent-answer.wav", help="the agent's answer as heard")
+    ap.add_argument("--bus-only", action="store_true",
+                    help="no LiveKit: the caller speaks to the stages over the bus")
+    ap.add_argument("--no-netns", action="store_true",
+                    help="never re-run inside a private network namespace")
+    ap.add_argument("--room", help="room name (default: demo-<time>)")
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds after the end of speech to wait for the whole answer")
+    ap.add_argument("--start-timeout", type=float, default=300.0,
+                    help="seconds to wait for the models to load")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if not args.bus_only:
+        try:
+            livekit_server_binary()
+        except LiveKitServerError:
+            print("error: livekit-server not found (.bin/server): run ./dev setup "
+                  "(or use --bus-only)", file=sys.stderr)
+            return 2
+    rc = run_supervised("voxbus.demo", argv, want_netns=not args.bus_only,
+                        no_netns=args.no_netns)
+    if rc is not None:
+        return rc
     vlog.configure("warning")
-    return asyncio.run(_run(args))
+    try:
+        return asyncio.run(_main(args))
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -144,22 +145,69 @@ def inner_main(argv: Sequence[str]) -> int:
     os.execvp(argv[0], list(argv))
 
 
-def run_in_netns(argv: Sequence[str], *, require: bool = False) -> int:
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def call(argv: Sequence[str], env: dict[str, str] | None = None, *, new_session: bool = False,
+         forward_to_grandchild: bool = False) -> int:
+    """``subprocess.call`` that lets the command shut down cleanly on Ctrl-C and SIGTERM.
+
+    ``subprocess.call`` kills the command 0.25 s after a Ctrl-C; here the parent only waits, and
+    passes SIGTERM on (to the command, or with ``forward_to_grandchild`` to the child of
+    ``unshare``, which blocks SIGTERM and passes nothing on). With ``new_session`` the command
+    runs in its own session, so a Ctrl-C in the terminal reaches only this parent, which passes
+    SIGINT on to the command alone: the command's own children (servers, workers) are spared
+    and it can stop them in order."""
+    proc = subprocess.Popen(list(argv), env=env, start_new_session=new_session)
+
+    def forward(signum: int, _frame: object) -> None:
+        targets = _children(proc.pid) if forward_to_grandchild else [proc.pid]
+        for pid in targets or [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    def ignore(_signum: int, _frame: object) -> None:
+        """The command got the same Ctrl-C from the terminal."""
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+        signal.SIGINT: signal.signal(signal.SIGINT, forward if new_session else ignore),
+    }
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_in_netns(argv: Sequence[str], *, require: bool = False, new_session: bool = False) -> int:
     """Run ``argv`` inside a fresh private namespace and return its exit status. If none can be
-    made: exit 3 with ``require``, else run ``argv`` here with the reason in the environment."""
+    made: exit 3 with ``require``, else run ``argv`` here with the reason in the environment.
+    ``new_session``: see ``call``."""
     if not argv:
         raise ValueError("no command")
     if in_private_netns():
-        return subprocess.call(list(argv))
+        return call(argv, new_session=new_session)
     reason = unavailable_reason()
     if reason is not None:
         print(f"netns: no private network namespace: {reason}", file=sys.stderr)
         if require:
             return 3
         print("netns: running the command without one (LiveKit tests will skip)", file=sys.stderr)
-        return subprocess.call(list(argv), env={**os.environ, ENV_UNAVAILABLE: reason})
+        return call(argv, env={**os.environ, ENV_UNAVAILABLE: reason}, new_session=new_session)
     inner = [sys.executable, "-m", "services.bridge.netns", "--inside", "--", *argv]
-    return subprocess.call(["unshare", "--net", "--fork", "--kill-child", "--", *inner])
+    return call(["unshare", "--net", "--fork", "--kill-child", "--", *inner],
+                new_session=new_session, forward_to_grandchild=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,3 +191,36 @@ def test_netns_detection_outside() -> None:
         assert netns.skip_reason()
     else:
         assert netns.node_ip() == "10.77.0.1" and netns.skip_reason() is None
+
+
+@pytest.mark.parametrize(("sig", "new_session"), [("SIGTERM", False), ("SIGINT", True)])
+def test_netns_call_passes_signals_on(tmp_path: Any, sig: str, new_session: bool) -> None:
+    """The parent survives SIGTERM (and, for a command in its own session, Ctrl-C) and passes
+    it on, so the command can shut down and its exit status comes back."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    ready = tmp_path / "ready"
+    child = (
+        "import pathlib, signal, sys, time\n"
+        f"signal.signal(signal.{sig}, lambda *a: sys.exit(7))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(20)\n"
+        "sys.exit(1)\n"
+    )
+
+    def send() -> None:
+        deadline = time.monotonic() + 15
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), getattr(signal, sig))
+
+    t = threading.Thread(target=send)
+    t.start()
+    try:
+        assert netns.call([sys.executable, "-c", child], new_session=new_session) == 7
+    finally:
+        t.join()

@@ -1,0 +1,238 @@
+"""The whole voice loop on real parts: a real livekit-server, the bridge, the real STT (Whisper
+tiny.en), LLM (SmolLM2 through llama.cpp) and TTS (Kokoro) stages as in-process workers on a real
+nats-server, and a caller in the room.
+
+(a) The caller asks a question; the answer arrives as audio in the room, and that audio, heard by
+    the caller through Opus and the jitter buffers, transcribes back to the reply the LLM wrote.
+(b) The caller speaks over the answer: the agent stops talking, the bridge reports how much of the
+    reply was heard, and the conversation in the state bucket keeps only that much of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from contracts.messages import (
+    AgentSpoke,
+    AudioOut,
+    EndOfTurn,
+    Interrupt,
+    ReplyEnd,
+    ReplyText,
+    SessionStarted,
+)
+from contracts.streams import state_bucket
+from runtime.bus import Bus
+from runtime.worker import Worker
+from services.bridge.bridge import Bridge
+from services.bridge.server import LiveKitServer
+from services.llm.history import HistoryStore, reply_text
+from services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
+from services.llm.stage import LlmStage, build_engine
+from services.stt.audio import pcm16_to_float32, resample
+from services.stt.engine import WhisperEngine
+from services.stt.normalize import normalize_text, word_edit_distance
+from services.stt.settings import SttSettings
+from services.stt.stage import SttStage
+from services.tts.engine import KokoroEngine
+from services.tts.settings import TtsSettings
+from services.tts.stage import TtsStage
+from tests.bridge.caller import Caller, Tap, load_wav
+from tests.conftest import REGION
+from voxbus.voiceloop import FIRST_AUDIO_RMS
+
+pytestmark = [pytest.mark.livekit, pytest.mark.model]
+
+LISTEN_RATE = 24_000
+#: Opus, the jitter buffers, Kokoro and Whisper tiny.en between the two texts.
+MAX_WER = 0.30
+MIN_OVERLAP = 0.7
+LONG_ANSWERS = (
+    "You are a friendly voice assistant on a phone call. Answer in four or five full spoken "
+    "sentences with plenty of detail. Never use lists, markdown, emoji, digits or symbols."
+)
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Iterator[WhisperEngine]:
+    engine = WhisperEngine()  # tiny.en, int8, 2 threads: the STT stage's default
+    engine.warmup()
+    yield engine
+
+
+@pytest.fixture(scope="module")
+def kokoro() -> KokoroEngine:
+    engine = KokoroEngine()
+    engine.warmup()
+    return engine
+
+
+@dataclass
+class Agent:
+    bus: Bus
+    bridge: Bridge
+    workers: list[Worker]
+
+
+async def start_agent(
+    bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: KokoroEngine, system_prompt: str
+) -> Agent:
+    llm = LlmSettings(temperature=0.0, max_tokens=128, system_prompt=system_prompt)
+    workers = [
+        Worker(bus, SttStage(SttSettings(), engine=whisper)),
+        Worker(bus, LlmStage(build_engine(llm), llm)),
+        Worker(bus, TtsStage(TtsSettings(), engine=kokoro)),
+    ]
+    started: list[Worker] = []
+    try:
+        for w in workers:
+            await w.start()
+            started.append(w)
+    except BaseException:
+        await asyncio.gather(*(w.stop() for w in started), return_exceptions=True)
+        raise
+    return Agent(bus, bridge, workers)
+
+
+@pytest.fixture
+async def agent_factory(
+    bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: KokoroEngine
+) -> AsyncIterator[list[Agent]]:
+    agents: list[Agent] = []
+    yield agents
+    for a in agents:
+        await asyncio.gather(*(w.stop() for w in a.workers), return_exceptions=True)
+
+
+async def in_room(
+    livekit: LiveKitServer, bridge: Bridge, tap: Tap, room: str
+) -> tuple[Caller, str]:
+    """The agent and a caller with a live microphone in ``room``; the caller's session id."""
+    await bridge.dispatch(room)
+    caller = Caller(livekit.url, livekit.config.api_key, livekit.config.api_secret, room)
+    await caller.join()
+    caller.start_mic()
+    sess = (await tap.wait_for(SessionStarted, where=lambda m: m.room == room)).session
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    await asyncio.wait_for(caller.mic_subscribed.wait(), 10)
+    await asyncio.sleep(0.3)  # the bridge's microphone pump is running
+    return caller, sess
+
+
+def transcribe(whisper: WhisperEngine, pcm: bytes) -> str:
+    audio = resample(pcm16_to_float32(pcm), in_rate_hz=LISTEN_RATE)
+    return whisper.transcribe(audio).text
+
+
+def wer(reference: str, hypothesis: str) -> tuple[float, float]:
+    """Word error rate and the share of reference words found in the hypothesis."""
+    ref, hyp = normalize_text(reference).split(), normalize_text(hypothesis).split()
+    assert ref, "empty reference"
+    found = sum(1 for w in set(ref) if w in hyp) / len(set(ref))
+    return word_edit_distance(ref, hyp) / len(ref), found
+
+
+def speech(name: str, *, from_ms: int = 0) -> tuple[np.ndarray, int]:
+    pcm, rate = load_wav(name)
+    assert rate == 16_000
+    return pcm[from_ms * rate // 1000:].copy(), rate
+
+
+async def test_answer_arrives_as_audio_in_the_room(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,
+    kokoro: KokoroEngine, agent_factory: list[Agent],
+) -> None:
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT))
+    caller, sess = await in_room(livekit, bridge, tap, "voice-room")
+    pcm, rate = speech("battery.wav")  # "My phone battery is almost empty." (ends at 2685 ms)
+    spoken = await caller.say(pcm)
+    speech_end = spoken.at(2.685)
+
+    end = await tap.wait_for(ReplyEnd, session=sess, within_s=40)
+    done = await tap.wait_for(AgentSpoke, session=sess, within_s=40,
+                              where=lambda m: m.turn == end.turn)
+    await asyncio.sleep(0.4)  # the last frames are on their way
+    eot = tap.of(EndOfTurn, sess)[0]
+    assert not done.interrupted and done.text == end.text and end.reason == "done"
+    assert end.text.strip(), "the LLM said nothing"
+
+    first = caller.first_frame_heard(speech_end, threshold=FIRST_AUDIO_RMS)
+    assert first is not None, "no agent audio reached the caller"
+    heard = caller.audio_between(first.t - 0.05)
+    heard_s = len(heard) / 2 / LISTEN_RATE
+    text = await asyncio.to_thread(transcribe, whisper, heard)
+    error, found = wer(end.text, text)
+    first_out = min(t for t, m in tap.timed(AudioOut) if m.session == sess and m.pcm)
+    print(f"\nuser: {eot.transcript!r}\nreply: {end.text!r}\nheard: {text!r}"
+          f"\nWER {error:.2f}, reply words heard {found:.2f}, {heard_s:.1f} s of audio; "
+          f"voice to voice {1000 * (first.t - speech_end):.0f} ms "
+          f"(first TTS frame on the bus {1000 * (first_out - speech_end):.0f} ms)")
+    assert error <= MAX_WER, (end.text, text)
+    assert found >= MIN_OVERLAP and len(normalize_text(text).split()) >= 3, (end.text, text)
+    # nothing of the agent's voice before the caller finished speaking
+    assert caller.voiced_after(spoken.started, until=speech_end) == 0
+    await caller.leave()
+
+
+async def test_caller_barges_in_and_history_keeps_what_was_said(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,
+    kokoro: KokoroEngine, agent_factory: list[Agent],
+) -> None:
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, LONG_ANSWERS))
+    caller, sess = await in_room(livekit, bridge, tap, "barge-room")
+    question, _ = speech("table.wav")  # "Can you book a table for four people?" (ends 2555 ms)
+    spoken = await caller.say(question)
+    speech_end = spoken.at(2.555)
+    first = await caller.wait_voice(speech_end, 40, threshold=FIRST_AUDIO_RMS)
+    assert first is not None, "the agent never answered"
+    turn = tap.of(EndOfTurn, sess)[0].turn
+
+    # Let the agent talk for a second, then speak over it ("Turn left at the next traffic
+    # light.", from its onset).
+    await asyncio.sleep(1.0)
+    over, _ = speech("traffic.wav", from_ms=400)
+    talking = asyncio.create_task(caller.say(over))
+    intr = await tap.wait_for(Interrupt, session=sess, within_s=10)
+    t_intr = next(t for t, m in tap.timed(Interrupt) if m.session == sess)
+    spoke = await tap.wait_for(AgentSpoke, session=sess, where=lambda m: m.turn == turn)
+    assert intr.turn == turn and intr.reason == "barge_in"
+    assert spoke.interrupted
+
+    # The reply as the bridge knew it: the LLM's whole text, or what it published before it
+    # was cut off.
+    ends = [m for m in tap.of(ReplyEnd, sess) if m.turn == turn]
+    chunks = sorted((m for m in tap.of(ReplyText, sess) if m.turn == turn),
+                    key=lambda m: m.char_start)
+    reply = ends[0].text if ends else "".join(m.text for m in chunks)
+    assert 0 < spoke.char_end < len(reply), (spoke.char_end, reply)  # > 0: it spoke for 1 s+
+    assert spoke.text == reply[: spoke.char_end]
+
+    # The agent's audio stops (and stays off while the caller talks).
+    await asyncio.sleep(1.0)
+    silent = caller.silent_since(t_intr, hold_s=0.3)
+    assert silent is not None and silent - t_intr < 0.5, "the agent kept talking"
+    assert caller.voiced_after(silent + 0.05, until=t_intr + 1.0) == 0
+
+    # The conversation keeps only what the caller heard of that reply.
+    store = HistoryStore(await bus.kv(state_bucket(REGION)))
+    deadline = time.monotonic() + 10
+    while True:
+        record = (await store.load(sess)).find(turn)
+        said = reply_text(record.reply) if record is not None else None
+        if record is not None and record.spoken == spoke.char_end and said == reply[
+            : spoke.char_end
+        ]:
+            break
+        assert time.monotonic() < deadline, (record, reply[: spoke.char_end])
+        await asyncio.sleep(0.1)
+    print(f"\nreply: {reply!r}\nheard: {reply[:spoke.char_end]!r} ({spoke.char_end}/{len(reply)}"
+          f" chars); voice at the caller {1000 * (first.t - speech_end):.0f} ms after the "
+          f"question, audio stopped {1000 * (silent - t_intr):.0f} ms after the Interrupt")
+    await talking
+    await caller.leave()
