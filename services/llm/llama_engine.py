@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
+from runtime.threads import lower_thread_priority
 from services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
 from services.llm.engine import (
     ChatMessage,
@@ -143,7 +144,10 @@ class LlamaCppEngine:
         prompt_chunk_tokens: int = 32,
         default_system_prompt: str | None = SMOLLM2_DEFAULT_SYSTEM,
         tool_mode: ToolMode = "off",
+        nice: int = 0,
     ) -> None:
+        """``nice`` > 0 lowers the priority of the generation thread (Linux), so on shared cores
+        the TTS's first clause and the STT's final win the CPU over later tokens."""
         self._opts = _Options(
             model_path=Path(model_path) if model_path is not None else None,
             n_ctx=n_ctx,
@@ -161,7 +165,10 @@ class LlamaCppEngine:
             default_system_prompt=default_system_prompt,
             tool_mode=tool_mode,
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-llama")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="llm-llama",
+            initializer=lower_thread_priority, initargs=(nice,),
+        )
         self._llm: Llama | None = None
         self._stop_ids: frozenset[int] = frozenset()
         # Worker-thread state below: touched only from the executor's single thread.

@@ -9,6 +9,7 @@
 | ``LLM_API_KEY`` | none | bearer token for the ``openai`` server |
 | ``LLM_N_THREADS`` | 1 | llama.cpp decoding threads (2 cores here, shared with STT and TTS) |
 | ``LLM_N_THREADS_BATCH`` | ``LLM_N_THREADS`` | llama.cpp threads for prompt evaluation |
+| ``LLM_NICE`` | 10 | nice value of the generation thread: later tokens yield the CPU to the first spoken clause |
 | ``LLM_N_CTX`` | 2048 | llama.cpp context length in tokens |
 | ``LLM_TEMPERATURE`` | 0.6 | sampling temperature (0: deterministic) |
 | ``LLM_MAX_TOKENS`` | 128 | longest reply, in tokens |
@@ -50,6 +51,9 @@ class LlmSettings:
     model: str = "default"
     api_key: str | None = field(default=None, repr=False)
     n_threads: int = 1
+    #: nice value of the generation thread: on cores shared with the TTS, tokens after the first
+    #: clause only need to stay ahead of playback, so synthesis of the first clause goes first.
+    nice: int = 10
     n_threads_batch: int | None = None
     n_ctx: int = 2048
     temperature: float = 0.6
@@ -86,6 +90,7 @@ class LlmSettings:
             model=env.str("MODEL", cls.model),
             api_key=env.str("API_KEY", "") or None,
             n_threads=env.int("N_THREADS", cls.n_threads),
+            nice=env.int("NICE", cls.nice),
             n_threads_batch=env.int("N_THREADS_BATCH", 0) or None,
             n_ctx=env.int("N_CTX", cls.n_ctx),
             temperature=env.float("TEMPERATURE", cls.temperature),

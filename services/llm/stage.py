@@ -82,6 +82,7 @@ def build_engine(settings: LlmSettings) -> LLMEngine:
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
         tool_mode="hermes" if settings.tools else "off",
+        nice=settings.nice,
     )
 
 

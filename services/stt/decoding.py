@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +14,7 @@ from typing import TypeVar
 
 import structlog
 
+from runtime.threads import lower_thread_priority
 from services.stt.audio import Float32Array
 from services.stt.engine import Transcriber, TranscriptResult, WhisperEngine
 from services.stt.settings import SttSettings
@@ -72,17 +70,6 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
     except RuntimeError:  # the loop is closed: nobody is left to wait for the slot
         pass
-
-
-def lower_thread_priority(nice: int) -> None:
-    """Raise the calling thread's nice value (Linux: per thread; threads it starts inherit it).
-    Elsewhere a no-op: there it would renice the whole process."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as e:
-        log.warning("thread_priority_not_set", nice=nice, error=str(e))
 
 
 def build_engine(settings: SttSettings) -> WhisperEngine:
