@@ -10,6 +10,11 @@ from runtime.settings import BusSettings
 from services.tts.settings import TtsSettings
 from services.tts.stage import TtsStage
 
-if __name__ == "__main__":
+
+def main() -> None:
     logging.configure()
     asyncio.run(serve(TtsStage(TtsSettings.from_env()), BusSettings.from_env()))
+
+
+if __name__ == "__main__":
+    main()
