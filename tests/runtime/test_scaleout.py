@@ -11,6 +11,8 @@ import sys
 import time
 from collections import defaultdict
 
+from nats.js.errors import KeyNotFoundError
+
 from contracts.messages import AudioIn
 from contracts.streams import lease_bucket
 from runtime.bus import Bus
@@ -33,7 +35,10 @@ async def _holders(bus: Bus) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for key in await kv.keys():
         if ".p" in key:
-            entry = await kv.get(key)
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:  # released between the listing and the read
+                continue
             if entry.value:
                 counts[entry.value.decode()] += 1
     return counts
