@@ -25,6 +25,7 @@ from contracts.subjects import Kind
 from ops.nats import EmbeddedNats
 from runtime import logging as vlog
 from runtime.bus import Bus
+from runtime.procs import stop_process
 
 REGION = "bench"
 FRAME = b"\x01\x00" * 320  # 20 ms of 16 kHz mono PCM16
@@ -107,7 +108,7 @@ async def _floor_load(bus: Bus, sessions: int, seconds: float) -> list[float]:
 
 
 async def _run(sessions: list[int], seconds: float) -> dict[str, Any]:
-    server = EmbeddedNats().start()
+    server = await asyncio.to_thread(EmbeddedNats().start)
     proc: asyncio.subprocess.Process | None = None
     try:
         bus = await Bus.connect(server.url, regions=[REGION], name="bench-load")
@@ -139,13 +140,7 @@ async def _run(sessions: list[int], seconds: float) -> dict[str, Any]:
         await bus.close()
         return {"seconds_per_level": seconds, "frame_ms": 20, "rows": rows}
     finally:
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 30)
         server.stop()
 
 

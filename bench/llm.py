@@ -119,7 +119,7 @@ def summarize(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    server = EmbeddedNats().start()
+    server = await asyncio.to_thread(EmbeddedNats().start)
     try:
         bus = await Bus.connect(server.url, regions=[REGION], partitions=4, name="bench-llm")
         await bus.provision()

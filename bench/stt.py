@@ -36,6 +36,7 @@ from contracts import decode
 from contracts.messages import AudioIn, EndOfTurn, Transcript, UserStartedSpeaking
 from ops.nats import EmbeddedNats
 from runtime.bus import Bus
+from runtime.procs import stop_process
 
 REGION = "bench"
 PARTITIONS = 8
@@ -250,7 +251,7 @@ def _summarise(level: Level) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     fixtures = load_fixtures()
-    server = EmbeddedNats().start()
+    server = await asyncio.to_thread(EmbeddedNats().start)
     proc: asyncio.subprocess.Process | None = None
     env = {**os.environ, "STT_PARTIALS": "off" if args.no_partials else "on",
            "STT_PARTIAL_NICE": str(args.partial_nice),
@@ -278,13 +279,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {n} session(s): final p50 {rows[-1]['final_p50_ms']} ms", flush=True)
         await bus.close()
     finally:
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 30)
         server.stop()
     base = rows[0]["final_p50_ms"] if rows and rows[0]["sessions"] == 1 else None
     held = None

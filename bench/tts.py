@@ -175,7 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     listener = Listener()
     load_before = os.getloadavg()[0]
-    server = EmbeddedNats().start()
+    server = await asyncio.to_thread(EmbeddedNats().start)
     try:
         bus = await Bus.connect(server.url, regions=[REGION], partitions=8, name="bench-tts")
         await bus.provision()

@@ -41,6 +41,7 @@ from contracts.messages import (
 )
 from ops.nats import EmbeddedNats
 from runtime.bus import Bus
+from runtime.procs import stop_process
 from services.bridge import netns
 from services.bridge.audio import convert
 from services.bridge.caller import LISTEN_RATE_HZ, Caller
@@ -172,15 +173,7 @@ class ChildProcess:
 
     async def stop(self, timeout_s: float = 20.0) -> None:
         self.stopping = True
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+        await stop_process(self.proc, timeout_s)
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
 
@@ -456,7 +449,7 @@ class VoiceLoop:
         self.bridge: ChildProcess | None = None
 
     async def start(self, timeout_s: float = 300.0) -> None:
-        self.server = EmbeddedNats().start()
+        self.server = await asyncio.to_thread(EmbeddedNats().start)
         self.bus = await Bus.connect(self.server.url, regions=[self.region], name="voice-caller")
         await self.bus.provision()
         self.progress(f"  [nats] ready at {self.server.url}")

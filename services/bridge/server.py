@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from runtime.procs import stop_popen
+
 REPO: Final = Path(__file__).resolve().parents[2]
 DEV_KEY: Final = "devkey"
 DEV_SECRET: Final = "voxbus-dev-secret-at-least-32-chars-long"
@@ -164,13 +166,7 @@ class LiveKitServer:
         raise LiveKitServerError(f"livekit-server did not answer on {self.http_url}")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_popen(self._proc)
         self._proc = None
         if self._tmp is not None:
             with contextlib.suppress(OSError):
