@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -20,7 +21,33 @@ class Delivery:
     region: str
     subject: str
     received: float = field(default_factory=time.monotonic)
+    # When JetStream's ack timer was last reset (by delivery or ``in_progress``), as far as we
+    # know; the keep-alive marks the message in progress when this gets old.
     touched: float = field(default_factory=time.monotonic)
+    key: tuple[str, int] = ("", 0)  # (stream, stream sequence): the same on a redelivery
+
+
+class RecentKeys:
+    """The last ``maxlen`` keys added, for membership tests in O(1)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._order: deque[Hashable] = deque()
+        self._keys: set[Hashable] = set()
+        self._maxlen = maxlen
+
+    def add(self, key: Hashable) -> None:
+        if key in self._keys:
+            return
+        self._order.append(key)
+        self._keys.add(key)
+        if len(self._order) > self._maxlen:
+            self._keys.discard(self._order.popleft())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._order)
 
 
 Process = Callable[[Delivery], Awaitable[None]]
@@ -57,6 +84,10 @@ class Lane:
     def pending(self) -> list[Delivery]:
         items = list(self.queue._queue)  # type: ignore[attr-defined]  # read-only peek
         return ([self.current] if self.current else []) + items
+
+    def holding(self, key: tuple[str, int]) -> Delivery | None:
+        """The delivery of this stream message that the lane holds (queued or in hand), if any."""
+        return next((d for d in self.pending() if d.key == key), None)
 
     def idle_for(self, now: float) -> float:
         """Seconds since the lane last finished a message; 0 while it has work."""

@@ -29,11 +29,11 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 
 from contracts import decode, streams
-from contracts.messages import Interrupt, Message
+from contracts.messages import AnyMessage, Interrupt, Message
 from contracts.subjects import InvalidSubject, Kind, parse_subject, partition_filter
 from runtime import tracing
 from runtime.bus import Bus
-from runtime.lanes import Delivery, Lane
+from runtime.lanes import Delivery, Lane, RecentKeys
 from runtime.leases import PartitionLeases
 from runtime.pull import PullConsumer
 from runtime.stage import BadInput, Context, Retryable, Stage
@@ -68,6 +68,8 @@ class Partition:
         self.region = region
         self.index = index
         self.lanes: dict[str, Lane] = {}
+        # Messages handled lately (any redelivery is of one of the last max_ack_pending).
+        self._done = RecentKeys(worker.opts.max_ack_pending * 2)
         self._pullers = TaskSet(f"pull-{region}-{index}")
         self._lanes = TaskSet(f"lanes-{region}-{index}")
 
@@ -121,15 +123,17 @@ class Partition:
                 source_subject=raw.subject,
             )
             return
-        d = Delivery(raw=raw, msg=msg, region=self.region, subject=raw.subject)
+        d = self._delivery(raw, msg)
         if subj.kind in w.stage.urgent:
             await self.urgent(d)
             return
         lane = self.lanes.get(msg.session)
+        if raw.metadata.num_delivered > 1 and await self._duplicate(d, lane):
+            return
         if lane is None:
             lane = Lane(
                 msg.session,
-                process=w.process,
+                process=self._process,
                 skip=w.skip,
                 maxsize=w.opts.lane_queue,
                 on_exit=self._lane_exit,
@@ -137,6 +141,40 @@ class Partition:
             self.lanes[msg.session] = lane
             lane.task = self._lanes.spawn(lane.run(), name=f"lane-{msg.session}")
         await lane.queue.put(d)
+
+    async def _process(self, d: Delivery) -> None:
+        await self.w.process(d)
+        self._done.add(d.key)
+
+    async def _duplicate(self, d: Delivery, lane: Lane | None) -> bool:
+        """A redelivered copy of a message this partition handled already, or still holds.
+
+        JetStream redelivers when our ack is late, e.g. while the message waited for a full
+        lane; handling the copy too would feed the stage the same input twice (a repeated audio
+        frame changes what the STT hears). A copy of a handled message is acked; a copy of a
+        held one is dropped and the held one marked in progress (its own ack settles both).
+        """
+        if d.key in self._done:
+            await d.raw.ack()
+        elif lane is not None and (held := lane.holding(d.key)) is not None:
+            held.touched = time.monotonic()
+            await held.raw.in_progress()
+        else:
+            return False  # taken over from another replica, or never handled: handle it
+        self.w.redeliveries_dropped += 1
+        log.info("redelivery_dropped", subject=d.subject, session=d.msg.session,
+                 stream_seq=d.key[1])
+        return True
+
+    def _delivery(self, raw: Msg, msg: AnyMessage) -> Delivery:
+        """A Delivery whose ack timer starts when the message was stored, not when our callback
+        got to it: messages can wait in the client's buffer while a lane is full, and the
+        keep-alive must mark those in progress before ``ack_wait`` runs out."""
+        meta = raw.metadata
+        now = time.monotonic()
+        waited = max(0.0, time.time() - meta.timestamp.timestamp())
+        return Delivery(raw=raw, msg=msg, region=self.region, subject=raw.subject, received=now,
+                        touched=now - waited, key=(meta.stream, meta.sequence.stream))
 
     def _lane_exit(self, lane: Lane) -> None:
         if self.lanes.get(lane.session) is lane:
@@ -163,6 +201,7 @@ class Worker:
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.interrupted: dict[str, int] = {}
         self.handled = 0
+        self.redeliveries_dropped = 0  # copies of messages a lane still held
         self._leases: list[PartitionLeases] = []
         self._tasks = TaskSet(f"worker-{stage.name}")
         self.log = log.bind(stage=stage.name, replica=self.replica)
