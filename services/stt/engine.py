@@ -22,6 +22,8 @@ from services.stt.audio import WHISPER_RATE_HZ, Float32Array
 from services.stt.models import DEFAULT_MODEL, resolve_model_dir
 
 Device = Literal["cpu", "cuda"]
+# float32 on CPU: int8 results depend on the CPU's int8 kernels (see WhisperEngine).
+DEFAULT_COMPUTE_TYPE: dict[str, str] = {"cpu": "float32", "cuda": "float16"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +72,13 @@ class WhisperEngine:
     Finals decode with greedy search (`beam_size`), no timestamps, no VAD filter and no
     conditioning on earlier text. Partials are cheaper: one temperature, no fallback re-decodes,
     and at most `partial_max_new_tokens` tokens.
+
+    On CPU the default compute type is float32 (the int8 weights are dequantized at load).
+    int8 is about 20% faster but not reproducible across machines: CTranslate2 and oneDNN pick
+    the int8 kernels by CPU feature (AVX-512 VNNI, AVX2's saturating ``vpmaddubsw``, MKL on
+    Intel), and those round differently, enough to flip a greedy decode ("Can you book a table"
+    on one machine, "Can you work at table" on another, for the same audio). float32 kernels
+    differ only in the last bits. Same audio, same machine: the same text either way.
     """
 
     def __init__(
@@ -99,7 +108,7 @@ class WhisperEngine:
         self._opts = _WhisperOptions(
             model_dir=resolve_model_dir(model, cache_dir=cache_dir),
             device=device,
-            compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
+            compute_type=compute_type or DEFAULT_COMPUTE_TYPE[device],
             cpu_threads=cpu_threads,
             language=language,
             beam_size=beam_size,

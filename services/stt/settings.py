@@ -23,7 +23,9 @@ class SttSettings:
 
     model: str = DEFAULT_MODEL  # "tiny.en", "base" or a CTranslate2 model directory
     device: Device = "cpu"
-    compute_type: str | None = None  # engine default: int8 on CPU, float16 on CUDA
+    # engine default: float32 on CPU (int8 is faster but its results vary with the CPU's int8
+    # kernels; see WhisperEngine), float16 on CUDA
+    compute_type: str | None = None
     cpu_threads: int = 2
     language: str = "en"
     beam_size: int = 1

@@ -61,7 +61,7 @@ LONG_ANSWERS = (
 
 @pytest.fixture(scope="module")
 def whisper() -> Iterator[WhisperEngine]:
-    engine = WhisperEngine()  # tiny.en, int8, 2 threads: the STT stage's default
+    engine = WhisperEngine()  # tiny.en, float32, 2 threads: the STT stage's default
     engine.warmup()
     yield engine
 

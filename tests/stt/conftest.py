@@ -59,6 +59,6 @@ def fixture_named(name: str) -> SpeechFixture:
 
 @pytest.fixture(scope="session")
 def whisper() -> Iterator[WhisperEngine]:
-    engine = WhisperEngine()  # tiny.en, int8, 2 threads
+    engine = WhisperEngine()  # tiny.en, float32, 2 threads
     engine.warmup()
     yield engine
