@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from ops.nats import EmbeddedNats
-from runtime.bus import Bus
+from voxbus.ops.nats import EmbeddedNats
+from voxbus.runtime.bus import Bus
 
 REGION = "test"
 

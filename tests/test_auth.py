@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from contracts import encode, streams
-from contracts.messages import AudioIn, PurgeRequested
-from contracts.subjects import purge_subject
-from ops.auth import Credentials, server_config
-from ops.nats import EmbeddedNats
-from ops.purge import PurgeError, PurgeService, purge_session
-from runtime.bus import Bus
-from runtime.echo import EchoStage
-from runtime.tasks import TaskSet
-from runtime.worker import Worker
+from voxbus.contracts import encode, streams
+from voxbus.contracts.messages import AudioIn, PurgeRequested
+from voxbus.contracts.subjects import purge_subject
+from voxbus.ops.auth import Credentials, server_config
+from voxbus.ops.nats import EmbeddedNats
+from voxbus.ops.purge import PurgeError, PurgeService, purge_session
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.echo import EchoStage
+from voxbus.runtime.tasks import TaskSet
+from voxbus.runtime.worker import Worker
 
 REGION = "eu"
 CREDS = Credentials.generate()

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from contracts import streams
-from contracts.messages import AudioIn, EndOfTurn, ReplyText, Transcript
-from ops.purge import PurgeService, request_purge
-from runtime.bus import Bus
-from runtime.tasks import TaskSet
 from tests.conftest import REGION
+from voxbus.contracts import streams
+from voxbus.contracts.messages import AudioIn, EndOfTurn, ReplyText, Transcript
+from voxbus.ops.purge import PurgeService, request_purge
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.tasks import TaskSet
 
 
 async def _store(bus: Bus, session: str) -> None:
@@ -60,7 +60,7 @@ async def test_purge_erases_one_session_only(bus: Bus, via: str) -> None:
         done = await request_purge(bus, REGION, "victim")
         removed = done.removed
     else:
-        from ops.purge import purge_session
+        from voxbus.ops.purge import purge_session
 
         removed = await purge_session(bus, REGION, "victim")
     await tasks.close()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 
 def _nats(args: argparse.Namespace) -> int:
-    from ops.auth import Credentials, server_config
-    from ops.nats import EmbeddedNats
-    from runtime.bus import Bus
+    from voxbus.ops.auth import Credentials, server_config
+    from voxbus.ops.nats import EmbeddedNats
+    from voxbus.runtime.bus import Bus
 
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
     conf: Path | None = None
@@ -51,8 +51,8 @@ def _nats(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from runtime.serve import connect
-    from runtime.settings import BusSettings
+    from voxbus.runtime.serve import connect
+    from voxbus.runtime.settings import BusSettings
 
     async def run() -> None:
         bus = await connect(BusSettings.from_env(), name="voxbus-provision")
@@ -64,9 +64,9 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from ops.purge import purge_session, request_purge
-    from runtime.serve import connect
-    from runtime.settings import BusSettings
+    from voxbus.ops.purge import purge_session, request_purge
+    from voxbus.runtime.serve import connect
+    from voxbus.runtime.settings import BusSettings
 
     async def run() -> dict[str, int]:
         settings = BusSettings.from_env()
@@ -87,10 +87,10 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _purger(args: argparse.Namespace) -> int:
-    from ops.purge import PurgeService
-    from runtime import logging
-    from runtime.serve import connect
-    from runtime.settings import BusSettings
+    from voxbus.ops.purge import PurgeService
+    from voxbus.runtime import logging
+    from voxbus.runtime.serve import connect
+    from voxbus.runtime.settings import BusSettings
 
     logging.configure()
 
@@ -115,7 +115,7 @@ def _module_main(module: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"bench.{args.which}")
+    module = importlib.import_module(f"voxbus.bench.{args.which}")
     return int(module.main(args.rest) or 0)
 
 
@@ -146,12 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(fn=_purger)
 
     for name, module, text in [
-        ("stt", "services.stt.__main__", "run an STT stage worker"),
-        ("llm", "services.llm.__main__", "run an LLM stage worker"),
-        ("tts", "services.tts.__main__", "run a TTS stage worker"),
-        ("bridge", "services.bridge.__main__", "run the LiveKit bridge"),
+        ("stt", "voxbus.services.stt.__main__", "run an STT stage worker"),
+        ("llm", "voxbus.services.llm.__main__", "run an LLM stage worker"),
+        ("tts", "voxbus.services.tts.__main__", "run a TTS stage worker"),
+        ("bridge", "voxbus.services.bridge.__main__", "run the LiveKit bridge"),
         ("demo", "voxbus.demo", "run the whole voice loop with a scripted caller"),
-        ("dispatch", "services.bridge.dispatch", "send the agent into a LiveKit room"),
+        ("dispatch", "voxbus.services.bridge.dispatch", "send the agent into a LiveKit room"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
         sp.set_defaults(fn=_module_main(module), passthrough=True)

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from runtime import logging as vlog
-from services.bridge.server import LiveKitServerError, livekit_server_binary
-from services.stt.audio import write_wav
+from voxbus.runtime import logging as vlog
+from voxbus.services.bridge.server import LiveKitServerError, livekit_server_binary
+from voxbus.services.stt.audio import write_wav
 from voxbus.voiceloop import LoopError, TurnResult, VoiceLoop, run_supervised
 
 DATA = Path(__file__).with_name("data")

@@ -28,8 +28,8 @@ import numpy as np
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from contracts import decode
-from contracts.messages import (
+from voxbus.contracts import decode
+from voxbus.contracts.messages import (
     AgentSpoke,
     AudioIn,
     AudioOut,
@@ -39,14 +39,14 @@ from contracts.messages import (
     ReplyText,
     Transcript,
 )
-from ops.nats import EmbeddedNats
-from runtime.bus import Bus
-from runtime.procs import stop_process
-from services.bridge import netns
-from services.bridge.audio import convert
-from services.bridge.caller import LISTEN_RATE_HZ, Caller
-from services.bridge.server import LiveKitServer
-from services.stt.audio import read_wav
+from voxbus.ops.nats import EmbeddedNats
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.procs import stop_process
+from voxbus.services.bridge import netns
+from voxbus.services.bridge.audio import convert
+from voxbus.services.bridge.caller import LISTEN_RATE_HZ, Caller
+from voxbus.services.bridge.server import LiveKitServer
+from voxbus.services.stt.audio import read_wav
 
 FRAME_MS = 20
 STAGES = ("stt", "llm", "tts")
@@ -361,8 +361,8 @@ class RoomCaller:
     @classmethod
     async def connect(cls, loop: VoiceLoop, room: str, identity: str = "caller",
                       *, timeout_s: float = 20.0) -> RoomCaller:
-        from services.bridge.dispatch import request_dispatch
-        from services.bridge.session import session_id_for
+        from voxbus.services.bridge.dispatch import request_dispatch
+        from voxbus.services.bridge.session import session_id_for
 
         lk, bus, server = loop.livekit, loop.bus, loop.server
         if lk is None or bus is None or server is None:

@@ -15,11 +15,11 @@ import numpy as np
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from contracts import decode
-from contracts.messages import AnyMessage, AudioIn, Message
-from runtime.bus import Bus
-from services.bridge.caller import SILENT_RMS, Caller, Heard
 from tests.conftest import REGION
+from voxbus.contracts import decode
+from voxbus.contracts.messages import AnyMessage, AudioIn, Message
+from voxbus.runtime.bus import Bus
+from voxbus.services.bridge.caller import SILENT_RMS, Caller, Heard
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 M = TypeVar("M", bound=Message)

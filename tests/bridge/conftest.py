@@ -1,5 +1,5 @@
 """LiveKit bridge fixtures. Tests marked ``livekit`` need a real livekit-server and run only inside
-the private network namespace (``python -m services.bridge.netns -- python -m pytest
+the private network namespace (``python -m voxbus.services.bridge.netns -- python -m pytest
 tests/bridge``); elsewhere they skip and say why."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from runtime.bus import Bus
-from runtime.echo import EchoStage
-from runtime.worker import Worker
-from services.bridge import netns
-from services.bridge.bridge import Bridge
-from services.bridge.server import LiveKitServer, LiveKitServerError, livekit_server_binary
-from services.bridge.settings import BridgeSettings
 from tests.bridge.caller import Tap
 from tests.conftest import REGION
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.echo import EchoStage
+from voxbus.runtime.worker import Worker
+from voxbus.services.bridge import netns
+from voxbus.services.bridge.bridge import Bridge
+from voxbus.services.bridge.server import LiveKitServer, LiveKitServerError, livekit_server_binary
+from voxbus.services.bridge.settings import BridgeSettings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

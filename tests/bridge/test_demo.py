@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.bridge.server import LiveKitServerError
 from voxbus import demo, voiceloop
+from voxbus.services.bridge.server import LiveKitServerError
 
 REPO = Path(__file__).resolve().parents[2]
 

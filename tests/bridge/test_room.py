@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contracts.messages import (
+from tests.bridge.caller import Caller, Tap, load_wav, resample, tone
+from tests.conftest import REGION
+from voxbus.contracts.messages import (
     AgentSpoke,
     AudioOut,
     ErrorEvent,
@@ -22,15 +24,13 @@ from contracts.messages import (
     Transcript,
     UserStartedSpeaking,
 )
-from ops.nats import EmbeddedNats
-from runtime.bus import Bus
-from runtime.worker import Worker
-from services.bridge.audio import rms
-from services.bridge.bridge import Bridge
-from services.bridge.server import LiveKitServer
-from services.bridge.settings import BridgeSettings
-from tests.bridge.caller import Caller, Tap, load_wav, resample, tone
-from tests.conftest import REGION
+from voxbus.ops.nats import EmbeddedNats
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.worker import Worker
+from voxbus.services.bridge.audio import rms
+from voxbus.services.bridge.bridge import Bridge
+from voxbus.services.bridge.server import LiveKitServer
+from voxbus.services.bridge.settings import BridgeSettings
 
 pytestmark = pytest.mark.livekit
 
@@ -275,7 +275,7 @@ async def test_auto_join(
 async def test_dispatch_over_nats(
     livekit: LiveKitServer, bridge: Bridge, nats_url: str, tap: Tap
 ) -> None:
-    from services.bridge.dispatch import request_dispatch
+    from voxbus.services.bridge.dispatch import request_dispatch
 
     t0 = time.perf_counter()
     answer = await request_dispatch("nats-room", nats_url=nats_url, region=REGION)

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from contracts.messages import SESSION_PATTERN
-from contracts.streams import ops_streams, region_streams
-from ops.auth import stage_permissions
-from runtime.settings import SettingsError
-from services.bridge import netns
-from services.bridge.audio import AgentFrame, FrameBatcher, PlayoutLedger, convert, rms
-from services.bridge.bridge import dispatch_subject
-from services.bridge.playout import Playout
-from services.bridge.server import LiveKitConfig
-from services.bridge.session import session_id_for
-from services.bridge.settings import BridgeSettings
+from voxbus.contracts.messages import SESSION_PATTERN
+from voxbus.contracts.streams import ops_streams, region_streams
+from voxbus.ops.auth import stage_permissions
+from voxbus.runtime.settings import SettingsError
+from voxbus.services.bridge import netns
+from voxbus.services.bridge.audio import AgentFrame, FrameBatcher, PlayoutLedger, convert, rms
+from voxbus.services.bridge.bridge import dispatch_subject
+from voxbus.services.bridge.playout import Playout
+from voxbus.services.bridge.server import LiveKitConfig
+from voxbus.services.bridge.session import session_id_for
+from voxbus.services.bridge.settings import BridgeSettings
 
 
 def nats_match(pattern: str, subj: str) -> bool:

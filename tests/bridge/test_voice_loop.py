@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from contracts.messages import (
+from tests.bridge.caller import Caller, Tap, load_wav
+from tests.conftest import REGION
+from voxbus.contracts.messages import (
     AgentSpoke,
     AudioOut,
     EndOfTurn,
@@ -27,24 +29,22 @@ from contracts.messages import (
     ReplyText,
     SessionStarted,
 )
-from contracts.streams import state_bucket
-from runtime.bus import Bus
-from runtime.worker import Worker
-from services.bridge.bridge import Bridge
-from services.bridge.server import LiveKitServer
-from services.llm.history import HistoryStore, reply_text
-from services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
-from services.llm.stage import LlmStage, build_engine
-from services.stt.audio import pcm16_to_float32, resample
-from services.stt.engine import WhisperEngine
-from services.stt.normalize import normalize_text, word_edit_distance
-from services.stt.settings import SttSettings
-from services.stt.stage import SttStage
-from services.tts.engine import KokoroEngine
-from services.tts.settings import TtsSettings
-from services.tts.stage import TtsStage
-from tests.bridge.caller import Caller, Tap, load_wav
-from tests.conftest import REGION
+from voxbus.contracts.streams import state_bucket
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.worker import Worker
+from voxbus.services.bridge.bridge import Bridge
+from voxbus.services.bridge.server import LiveKitServer
+from voxbus.services.llm.history import HistoryStore, reply_text
+from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
+from voxbus.services.llm.stage import LlmStage, build_engine
+from voxbus.services.stt.audio import pcm16_to_float32, resample
+from voxbus.services.stt.engine import WhisperEngine
+from voxbus.services.stt.normalize import normalize_text, word_edit_distance
+from voxbus.services.stt.settings import SttSettings
+from voxbus.services.stt.stage import SttStage
+from voxbus.services.tts.engine import KokoroEngine
+from voxbus.services.tts.settings import TtsSettings
+from voxbus.services.tts.stage import TtsStage
 from voxbus.voiceloop import FIRST_AUDIO_RMS
 
 pytestmark = [pytest.mark.livekit, pytest.mark.model]

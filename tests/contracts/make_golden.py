@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-import contracts.messages as m
+import voxbus.contracts.messages as m
 
 SAMPLES: list[m.Message] = [
     m.AudioIn(session="s1", turn=1, seq=7, sample_rate_hz=48000, channels=2, capture_ns=1,

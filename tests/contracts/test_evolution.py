@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-import contracts.messages as m
+import voxbus.contracts.messages as m
 from tests.contracts.make_golden import SAMPLES
 
 GOLDEN = Path(__file__).with_name("golden_v1.msgpack")

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-import contracts.messages as m
-from contracts import streams
-from contracts.subjects import (
+import voxbus.contracts.messages as m
+from voxbus.contracts import streams
+from voxbus.contracts.subjects import (
     InvalidSubject,
     Kind,
     parse_subject,

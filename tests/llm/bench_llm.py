@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from services.llm.engine import ChatMessage, LLMEngine, TextDelta, assistant_message
-from services.llm.llama_engine import LlamaCppEngine, default_model_path
 from tests.llm.test_llama_engine import LONG_SYSTEM
+from voxbus.services.llm.engine import ChatMessage, LLMEngine, TextDelta, assistant_message
+from voxbus.services.llm.llama_engine import LlamaCppEngine, default_model_path
 
 STORY = "Tell me a long story about a brave dragon and a little girl."
 
@@ -98,7 +98,7 @@ async def in_process(reps: int) -> list[dict[str, Any]]:
 
 
 async def through_server(reps: int, threads: int) -> dict[str, Any]:
-    from services.llm.openai_engine import OpenAICompatEngine
+    from voxbus.services.llm.openai_engine import OpenAICompatEngine
 
     port = 18500 + threads
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),

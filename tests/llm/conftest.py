@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.llm.llama_engine import LlamaCppEngine, default_model_path
+from voxbus.services.llm.llama_engine import LlamaCppEngine, default_model_path
 
 SERVER_READY_TIMEOUT_S = 60.0
 

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-from services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
-from services.llm.engine import ChatMessage, ToolCallDelta, assistant_message, tool_result_message
-from services.llm.tools import GET_CURRENT_TIME
+from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
+from voxbus.services.llm.engine import (
+    ChatMessage,
+    ToolCallDelta,
+    assistant_message,
+    tool_result_message,
+)
+from voxbus.services.llm.tools import GET_CURRENT_TIME
 
 
 def text(parts: list[PromptPart]) -> str:

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from services.llm.clauses import ClauseChunker, chunk_clauses
+from voxbus.services.llm.clauses import ClauseChunker, chunk_clauses
 
 
 def run(tokens: Iterable[str], **kwargs: int) -> list[str]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from services.llm.engine import FinishDelta, LLMDelta, LLMEngine, TextDelta, ToolCallDelta
-from services.llm.fake import FakeLLM, FakeTurn
+from voxbus.services.llm.engine import FinishDelta, LLMDelta, LLMEngine, TextDelta, ToolCallDelta
+from voxbus.services.llm.fake import FakeLLM, FakeTurn
 
 
 async def collect(engine: LLMEngine) -> list[LLMDelta]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from contracts.streams import state_bucket
-from runtime.bus import Bus
-from services.llm.engine import ChatMessage, ToolCallDelta, assistant_message, tool_result_message
-from services.llm.history import HistoryLimits, HistoryStore, reply_text, truncate_reply
 from tests.conftest import REGION
+from voxbus.contracts.streams import state_bucket
+from voxbus.runtime.bus import Bus
+from voxbus.services.llm.engine import (
+    ChatMessage,
+    ToolCallDelta,
+    assistant_message,
+    tool_result_message,
+)
+from voxbus.services.llm.history import HistoryLimits, HistoryStore, reply_text, truncate_reply
 
 CALL = ToolCallDelta(id="c1", name="get_current_time", arguments="{}")
 REPLY: list[ChatMessage] = [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.llm.engine import (
+from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
     LLMBackendError,
@@ -19,7 +19,7 @@ from services.llm.engine import (
     TextDelta,
     assistant_message,
 )
-from services.llm.llama_engine import LlamaCppEngine
+from voxbus.services.llm.llama_engine import LlamaCppEngine
 
 pytestmark = pytest.mark.model
 log = logging.getLogger(__name__)

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from services.llm.engine import (
+from tests.llm.scripted_openai_server import (
+    ScriptedOpenAIServer,
+    Step,
+    text_chunk,
+    tool_chunk,
+)
+from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
     LLMBackendError,
@@ -20,13 +26,7 @@ from services.llm.engine import (
     ToolCallDelta,
     assistant_message,
 )
-from services.llm.openai_engine import OpenAICompatEngine, SSEChatParser
-from tests.llm.scripted_openai_server import (
-    ScriptedOpenAIServer,
-    Step,
-    text_chunk,
-    tool_chunk,
-)
+from voxbus.services.llm.openai_engine import OpenAICompatEngine, SSEChatParser
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def test_accumulates_streamed_tool_calls_by_index() -> None:
 
     async with ScriptedOpenAIServer(script) as server:
         engine = OpenAICompatEngine(base_url=server.base_url)
-        from services.llm.tools import DEFAULT_TOOLS
+        from voxbus.services.llm.tools import DEFAULT_TOOLS
 
         deltas = [d async for d in engine.stream(QUESTION, tools=DEFAULT_TOOLS)]
         await engine.aclose()

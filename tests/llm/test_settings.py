@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.settings import SettingsError
-from services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
+from voxbus.runtime.settings import SettingsError
+from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
 
 
 def test_defaults_are_the_in_process_model_without_tools() -> None:

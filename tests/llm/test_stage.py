@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from contracts import decode
-from contracts.messages import (
+from tests.conftest import REGION
+from tests.llm.scripted_openai_server import ScriptedOpenAIServer, Step, text_chunk, tool_chunk
+from voxbus.contracts import decode
+from voxbus.contracts.messages import (
     AgentSpoke,
     AnyMessage,
     EndOfTurn,
@@ -36,19 +38,17 @@ from contracts.messages import (
     ReplyText,
     SessionEnded,
 )
-from contracts.streams import state_bucket
-from runtime.bus import Bus
-from runtime.worker import Worker
-from services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolCallDelta, ToolSpec
-from services.llm.fake import FakeLLM, FakeTurn
-from services.llm.history import History, HistoryStore, reply_text
-from services.llm.llama_engine import LlamaCppEngine
-from services.llm.openai_engine import OpenAICompatEngine
-from services.llm.settings import DEFAULT_APOLOGY, LlmSettings
-from services.llm.stage import LlmStage
-from services.llm.tools import ToolExecutor
-from tests.conftest import REGION
-from tests.llm.scripted_openai_server import ScriptedOpenAIServer, Step, text_chunk, tool_chunk
+from voxbus.contracts.streams import state_bucket
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.worker import Worker
+from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolCallDelta, ToolSpec
+from voxbus.services.llm.fake import FakeLLM, FakeTurn
+from voxbus.services.llm.history import History, HistoryStore, reply_text
+from voxbus.services.llm.llama_engine import LlamaCppEngine
+from voxbus.services.llm.openai_engine import OpenAICompatEngine
+from voxbus.services.llm.settings import DEFAULT_APOLOGY, LlmSettings
+from voxbus.services.llm.stage import LlmStage
+from voxbus.services.llm.tools import ToolExecutor
 
 NOW = datetime(2026, 11, 24, 13, 5, tzinfo=UTC)
 SETTINGS = LlmSettings(temperature=0.0, max_tokens=96)

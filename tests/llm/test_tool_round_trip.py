@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from services.llm.engine import (
+from tests.llm.scripted_openai_server import ScriptedOpenAIServer, Step, text_chunk, tool_chunk
+from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
     LLMEngine,
@@ -26,11 +27,10 @@ from services.llm.engine import (
     ToolSpec,
     assistant_message,
 )
-from services.llm.fake import FakeLLM, FakeTurn
-from services.llm.llama_engine import LlamaCppEngine
-from services.llm.openai_engine import OpenAICompatEngine
-from services.llm.tools import DEFAULT_TOOLS, GET_CURRENT_TIME, ToolExecutor, ToolResult
-from tests.llm.scripted_openai_server import ScriptedOpenAIServer, Step, text_chunk, tool_chunk
+from voxbus.services.llm.fake import FakeLLM, FakeTurn
+from voxbus.services.llm.llama_engine import LlamaCppEngine
+from voxbus.services.llm.openai_engine import OpenAICompatEngine
+from voxbus.services.llm.tools import DEFAULT_TOOLS, GET_CURRENT_TIME, ToolExecutor, ToolResult
 
 log = logging.getLogger(__name__)
 NOW = datetime(2026, 11, 24, 13, 5, tzinfo=UTC)

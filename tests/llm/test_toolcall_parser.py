@@ -3,8 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import count
 
-from services.llm.engine import TextDelta, ToolCallDelta
-from services.llm.toolcall_parser import ToolCallExtractor
+from voxbus.services.llm.engine import TextDelta, ToolCallDelta
+from voxbus.services.llm.toolcall_parser import ToolCallExtractor
 
 
 def extract(pieces: Iterable[str]) -> tuple[list[TextDelta | ToolCallDelta], ToolCallExtractor]:

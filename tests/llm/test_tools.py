@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.llm.engine import ToolCallDelta
-from services.llm.tools import DEFAULT_TOOLS, END_CALL, GET_CURRENT_TIME, ToolExecutor
+from voxbus.services.llm.engine import ToolCallDelta
+from voxbus.services.llm.tools import DEFAULT_TOOLS, END_CALL, GET_CURRENT_TIME, ToolExecutor
 
 NOW = datetime(2026, 11, 24, 13, 5, 0, tzinfo=UTC)
 

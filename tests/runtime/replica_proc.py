@@ -9,12 +9,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 
-from contracts.messages import AnyMessage, AudioIn, Message
-from contracts.subjects import Kind
-from runtime import logging as vlog
-from runtime.bus import Bus
-from runtime.stage import Context
-from runtime.worker import Worker, WorkerOptions
+from voxbus.contracts.messages import AnyMessage, AudioIn, Message
+from voxbus.contracts.subjects import Kind
+from voxbus.runtime import logging as vlog
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.stage import Context
+from voxbus.runtime.worker import Worker, WorkerOptions
 
 
 class RecorderStage:

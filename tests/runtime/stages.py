@@ -6,9 +6,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from contracts.messages import AnyMessage, AudioIn, AudioOut, Interrupt, Message, ReplyText
-from contracts.subjects import Kind
-from runtime.stage import BadInput, Context, Retryable
+from voxbus.contracts.messages import AnyMessage, AudioIn, AudioOut, Interrupt, Message, ReplyText
+from voxbus.contracts.subjects import Kind
+from voxbus.runtime.stage import BadInput, Context, Retryable
 
 
 class PickyStage:

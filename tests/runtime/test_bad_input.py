@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from contracts import decode, encode
-from contracts.messages import AudioIn, AudioOut, ErrorEvent
-from contracts.subjects import Kind, subject
-from runtime.bus import Bus, UnknownRegion
-from runtime.worker import Worker
 from tests.conftest import REGION
 from tests.runtime.stages import PickyStage
+from voxbus.contracts import decode, encode
+from voxbus.contracts.messages import AudioIn, AudioOut, ErrorEvent
+from voxbus.contracts.subjects import Kind, subject
+from voxbus.runtime.bus import Bus, UnknownRegion
+from voxbus.runtime.worker import Worker
 
 
 def frame(session: str, seq: int, pcm: bytes = b"\0\0" * 320) -> AudioIn:

@@ -8,9 +8,9 @@ import json
 import signal
 import time
 
-from contracts.messages import AudioIn
-from runtime.bus import Bus
 from tests.runtime.test_scaleout import REGION, _spawn
+from voxbus.contracts.messages import AudioIn
+from voxbus.runtime.bus import Bus
 
 
 async def test_sigterm_drains_and_hands_over(nats_url: str) -> None:

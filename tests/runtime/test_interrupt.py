@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from contracts import decode
-from contracts.messages import AudioOut, Interrupt, ReplyText
-from runtime.bus import Bus
-from runtime.worker import Worker
 from tests.conftest import REGION
 from tests.runtime.stages import TickerStage
+from voxbus.contracts import decode
+from voxbus.contracts.messages import AudioOut, Interrupt, ReplyText
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.worker import Worker
 
 
 async def test_interrupt_stops_in_flight_turn(bus: Bus) -> None:

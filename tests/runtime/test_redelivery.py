@@ -8,12 +8,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from contracts.messages import AnyMessage, AudioIn, Message
-from contracts.subjects import Kind
-from runtime.bus import Bus
-from runtime.stage import Context
-from runtime.worker import Worker, WorkerOptions
 from tests.conftest import REGION
+from voxbus.contracts.messages import AnyMessage, AudioIn, Message
+from voxbus.contracts.subjects import Kind
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.stage import Context
+from voxbus.runtime.worker import Worker, WorkerOptions
 
 
 class SlowStage:

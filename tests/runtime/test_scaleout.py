@@ -13,9 +13,9 @@ from collections import defaultdict
 
 from nats.js.errors import KeyNotFoundError
 
-from contracts.messages import AudioIn
-from contracts.streams import lease_bucket
-from runtime.bus import Bus
+from voxbus.contracts.messages import AudioIn
+from voxbus.contracts.streams import lease_bucket
+from voxbus.runtime.bus import Bus
 
 REGION = "scale"
 SESSIONS = 60

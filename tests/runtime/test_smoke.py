@@ -3,13 +3,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from contracts import decode
-from contracts.messages import AudioIn, AudioOut
-from contracts.subjects import Kind, subject
-from runtime.bus import Bus
-from runtime.echo import EchoStage
-from runtime.worker import Worker
 from tests.conftest import REGION
+from voxbus.contracts import decode
+from voxbus.contracts.messages import AudioIn, AudioOut
+from voxbus.contracts.subjects import Kind, subject
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.echo import EchoStage
+from voxbus.runtime.worker import Worker
 
 
 async def test_echo_roundtrip(bus: Bus) -> None:

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from contracts.messages import AnyMessage, AudioIn, Message, ReplyText
-from contracts.subjects import Kind
-from runtime import tracing
-from runtime.bus import Bus
-from runtime.stage import Context
-from runtime.worker import Worker
 from tests.runtime.stages import TickerStage
+from voxbus.contracts.messages import AnyMessage, AudioIn, Message, ReplyText
+from voxbus.contracts.subjects import Kind
+from voxbus.runtime import tracing
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.stage import Context
+from voxbus.runtime.worker import Worker
 
 REGION = "trace"
 

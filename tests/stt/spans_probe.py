@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from services.stt.engine import WhisperEngine
+from voxbus.services.stt.engine import WhisperEngine
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.stt.audio import (
+from voxbus.services.stt.audio import (
     PcmError,
     PcmTo16kMono,
     Resampler,

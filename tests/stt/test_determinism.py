@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contracts.messages import EndOfTurn
-from runtime.bus import Bus
-from services.stt import turns
-from services.stt.audio import Float32Array, pcm16_to_float32
-from services.stt.engine import DEFAULT_COMPUTE_TYPE, WhisperEngine
-from services.stt.settings import SttSettings
-from services.stt.stage import SttStage
-from services.stt.vad import SileroVad
 from tests.stt.conftest import FIXTURES
 from tests.stt.test_stage import Feed, pcm_of, running
+from voxbus.contracts.messages import EndOfTurn
+from voxbus.runtime.bus import Bus
+from voxbus.services.stt import turns
+from voxbus.services.stt.audio import Float32Array, pcm16_to_float32
+from voxbus.services.stt.engine import DEFAULT_COMPUTE_TYPE, WhisperEngine
+from voxbus.services.stt.settings import SttSettings
+from voxbus.services.stt.stage import SttStage
+from voxbus.services.stt.vad import SileroVad
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 4.0  # times real time: several turns' decodes overlap the next utterance's frames

@@ -6,21 +6,21 @@ import time
 import numpy as np
 import pytest
 
-from services.stt.audio import (
+from tests.stt.conftest import FIXTURE_IDS, FIXTURES, NARROWBAND_OK, SpeechFixture, fixture_named
+from voxbus.services.stt.audio import (
     PcmTo16kMono,
     float32_to_pcm16,
     load_wav_16k_mono,
     resample,
 )
-from services.stt.engine import (
+from voxbus.services.stt.engine import (
     FakeTranscriber,
     ScriptedReply,
     Transcriber,
     TranscriptResult,
     WhisperEngine,
 )
-from services.stt.normalize import word_errors
-from tests.stt.conftest import FIXTURE_IDS, FIXTURES, NARROWBAND_OK, SpeechFixture, fixture_named
+from voxbus.services.stt.normalize import word_errors
 
 
 def test_fake_transcriber_replays_its_script() -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.stt import models
-from services.stt.engine import WhisperEngine
-from services.stt.models import (
+from tests.stt.conftest import fixture_named
+from voxbus.services.stt import models
+from voxbus.services.stt.engine import WhisperEngine
+from voxbus.services.stt.models import (
     BASE,
     BASE_DIR_NAME,
     BASE_MODEL_BIN_SHA256,
@@ -19,8 +20,7 @@ from services.stt.models import (
     ensure_base_model,
     resolve_model_dir,
 )
-from services.stt.normalize import word_errors
-from tests.stt.conftest import fixture_named
+from voxbus.services.stt.normalize import word_errors
 
 
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

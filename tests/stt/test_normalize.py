@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.stt.normalize import normalize_text, number_to_words, word_errors
+from voxbus.services.stt.normalize import normalize_text, number_to_words, word_errors
 
 
 @pytest.mark.parametrize(

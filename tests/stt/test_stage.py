@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
-from contracts import decode
-from contracts.messages import (
+from tests.conftest import REGION
+from tests.stt.conftest import FIXTURES, SpeechFixture, fixture_named
+from voxbus.contracts import decode
+from voxbus.contracts.messages import (
     AnyMessage,
     AudioIn,
     EndOfTurn,
@@ -30,18 +32,16 @@ from contracts.messages import (
     UserStartedSpeaking,
     UserStoppedSpeaking,
 )
-from contracts.streams import state_bucket
-from runtime.bus import Bus
-from runtime.worker import Worker
-from services.stt.audio import float32_to_pcm16, read_wav, resample
-from services.stt.decoding import DecodeSlot
-from services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
-from services.stt.frontend import Timeline
-from services.stt.normalize import normalize_text, word_errors
-from services.stt.settings import SttSettings
-from services.stt.stage import SttStage, state_key
-from tests.conftest import REGION
-from tests.stt.conftest import FIXTURES, SpeechFixture, fixture_named
+from voxbus.contracts.streams import state_bucket
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.worker import Worker
+from voxbus.services.stt.audio import float32_to_pcm16, read_wav, resample
+from voxbus.services.stt.decoding import DecodeSlot
+from voxbus.services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
+from voxbus.services.stt.frontend import Timeline
+from voxbus.services.stt.normalize import normalize_text, word_errors
+from voxbus.services.stt.settings import SttSettings
+from voxbus.services.stt.stage import SttStage, state_key
 
 M = TypeVar("M", bound=AnyMessage)
 FRAME_MS = 20

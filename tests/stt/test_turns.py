@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from services.stt.turns import (
+from voxbus.services.stt.turns import (
     AudioBuffer,
     EndOfTurn,
     PartialDue,
@@ -19,7 +19,7 @@ from services.stt.turns import (
     TurnDetector,
     TurnEvent,
 )
-from services.stt.vad import ScriptedVad
+from voxbus.services.stt.vad import ScriptedVad
 
 W = 512  # samples per VAD window
 MS = 16  # samples per millisecond

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.stt.turns import EndOfTurn, Segmenter, SpeechStarted, TurnEvent
-from services.stt.vad import ScriptedVad, SileroVad
 from tests.stt.conftest import FIXTURE_IDS, FIXTURES, SpeechFixture
+from voxbus.services.stt.turns import EndOfTurn, Segmenter, SpeechStarted, TurnEvent
+from voxbus.services.stt.vad import ScriptedVad, SileroVad
 
 TOLERANCE_MS = 150
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.tts.engine import KokoroEngine
+from voxbus.services.tts.engine import KokoroEngine
 
 
 def pytest_configure(config: pytest.Config) -> None:

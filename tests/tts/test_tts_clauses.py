@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.tts.clauses import Unit, UnitSplitter, iter_units, split_units
+from voxbus.services.tts.clauses import Unit, UnitSplitter, iter_units, split_units
 
 REPLIES = [
     "Sure, I can help you with that. The pharmacy closes at nine tonight, but the late-night "

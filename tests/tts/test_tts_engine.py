@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from services.tts.engine import (
+from voxbus.services.tts.engine import (
     DEFAULT_VOICE,
     SAMPLE_RATE_HZ,
     KokoroEngine,

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from services.tts.engine import Synthesizer, UnknownVoice
-from services.tts.fake import FakeSynthesizer
+from voxbus.services.tts.engine import Synthesizer, UnknownVoice
+from voxbus.services.tts.fake import FakeSynthesizer
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.tts.framing import (
+from voxbus.services.tts.framing import (
     frame_audio,
     frame_spans,
     samples_per_frame,

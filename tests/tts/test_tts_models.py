@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.tts import models
-from services.tts.models import (
+from voxbus.services.tts import models
+from voxbus.services.tts.models import (
     MODEL_FILENAME,
     MODEL_SHA256,
     MODEL_SIZE,

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from services.tts.clauses import UnitSplitter
-from services.tts.engine import Abort, KokoroEngine, SynthesisAborted
-from services.tts.fake import FakeSynthesizer
-from services.tts.scheduler import SynthScheduler
+from voxbus.services.tts.clauses import UnitSplitter
+from voxbus.services.tts.engine import Abort, KokoroEngine, SynthesisAborted
+from voxbus.services.tts.fake import FakeSynthesizer
+from voxbus.services.tts.scheduler import SynthScheduler
 
 LONG = (
     "The quick brown fox jumps over the lazy dog while the pharmacy closes at nine tonight, "

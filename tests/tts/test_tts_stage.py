@@ -17,18 +17,18 @@ import pytest
 import structlog
 from nats.aio.msg import Msg
 
-from contracts import decode
-from contracts.messages import AudioOut, ErrorEvent, Interrupt, ReplyEnd, ReplyText
-from runtime.bus import Bus
-from runtime.worker import Worker
-from services.stt.audio import resample
-from services.stt.engine import WhisperEngine
-from services.stt.normalize import normalize_text, word_errors
-from services.tts.engine import KokoroEngine, Synthesizer
-from services.tts.fake import FakeSynthesizer
-from services.tts.settings import TtsSettings
-from services.tts.stage import TtsStage
 from tests.conftest import REGION
+from voxbus.contracts import decode
+from voxbus.contracts.messages import AudioOut, ErrorEvent, Interrupt, ReplyEnd, ReplyText
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.worker import Worker
+from voxbus.services.stt.audio import resample
+from voxbus.services.stt.engine import WhisperEngine
+from voxbus.services.stt.normalize import normalize_text, word_errors
+from voxbus.services.tts.engine import KokoroEngine, Synthesizer
+from voxbus.services.tts.fake import FakeSynthesizer
+from voxbus.services.tts.settings import TtsSettings
+from voxbus.services.tts.stage import TtsStage
 
 SENTENCE = "Hello there, how are you doing today?"
 LONG_REPLY = (

@@ -1,0 +1,191 @@
+"""Voice-to-voice benchmark: end of the caller's speech to the first agent audio, through the
+real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
+
+    voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
+
+Bus mode (the default): the caller publishes its audio on the bus and "hears" the first
+``AudioOut`` frame on the bus. ``--livekit``: livekit-server (loopback config) and the bridge
+process run too, and each caller is a participant in a LiveKit room with a live microphone;
+voice to voice is measured at the caller, from the end of its speech (as it went into its
+microphone track) to the first agent audio frame it received from the room (Opus, the SFU and the
+jitter buffer included). Like ``voxbus demo``, ``--livekit`` re-runs itself inside a private
+network namespace where root and ``unshare`` allow (WebRTC ignores loopback), else runs as is.
+Results: ``bench/results/voice.json`` (bus) and ``bench/results/voice-livekit.json``.
+
+The per-stage breakdown is taken from the stages' OpenTelemetry traces (each worker writes its
+spans to a JSON-lines file; one conversational turn is one trace): STT end of turn published,
+LLM first clause published, TTS first audio frame published, each measured from the end of
+speech. Then the same with several sessions ("rooms") talking at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from voxbus.bench.report import percentile, print_table, write_json
+from voxbus.runtime import logging as vlog
+from voxbus.runtime.tracing import turn_trace_id
+from voxbus.voiceloop import LoopError, RoomCaller, TurnResult, VoiceLoop, run_supervised
+
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech"
+
+
+def _fixtures() -> list[tuple[Path, float]]:
+    manifest = json.loads((FIXTURES / "manifest.json").read_text())
+    return [(FIXTURES / it["file"], float(it["speech_end_ms"])) for it in manifest["items"]]
+
+
+def _spans(trace_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for f in trace_dir.glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            span = json.loads(line)
+            by_trace.setdefault(span["trace_id"], []).append(span)
+    return by_trace
+
+
+def _first(spans: list[dict[str, Any]], span_prefix: str, publish: str) -> int | None:
+    """Earliest time (ns) a span named ``span_prefix...`` published a ``publish`` message:
+    either as an event on the handler span or as the handler span's own producer span."""
+    times: list[int] = []
+    for s in spans:
+        if s["name"] == f"publish {publish}" and s.get("stage", "") in ("", span_prefix):
+            times.append(s["start_ns"])
+        if s["name"].startswith(span_prefix):
+            times += [e["ts_ns"] for e in s["events"] if e["name"] == f"publish {publish}"]
+    return min(times) if times else None
+
+
+def _breakdown(r: TurnResult, turn: int, traces: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    spans = traces.get(f"{turn_trace_id(r.session, r.turn or turn):032x}", [])
+    end_ns = int(r.speech_end * 1e9)
+
+    def ms(t: int | None) -> float | None:
+        return None if t is None else round((t - end_ns) / 1e6, 1)
+
+    producer = [s for s in spans if s["name"] == "publish EndOfTurn"]
+    bd = r.breakdown()
+    row = {
+        "stt_end_of_turn_ms": ms(min((s["start_ns"] for s in producer), default=None)),
+        "llm_first_clause_ms": ms(_first(spans, "llm ", "ReplyText")),
+        "tts_first_audio_ms": ms(_first(spans, "tts ", "AudioOut")),
+        # bus mode: the caller hears the first AudioOut on the bus; livekit: in the room
+        "caller_first_audio_ms": bd.get("caller_first_audio_ms", bd["first_tts_audio_ms"]),
+    }
+    if "caller_first_audio_ms" in bd:
+        row["bus_first_audio_ms"] = bd["first_tts_audio_ms"]
+    return row
+
+
+async def _conversation(loop: VoiceLoop, session: str, turns: int,
+                        fixtures: list[tuple[Path, float]], offset: int) -> list[TurnResult]:
+    caller = await loop.caller(session)
+    results = []
+    try:
+        for i in range(turns):
+            wav, end_ms = fixtures[(offset + i) % len(fixtures)]
+            results.append(await caller.say(wav, end_ms))
+            await asyncio.sleep(0.5)
+    finally:
+        await caller.close()
+    return results
+
+
+async def _room_conversation(loop: VoiceLoop, room: str, turns: int,
+                             fixtures: list[tuple[Path, float]], offset: int) -> list[TurnResult]:
+    caller = await RoomCaller.connect(loop, room)
+    results = []
+    try:
+        for i in range(turns):
+            wav, end_ms = fixtures[(offset + i) % len(fixtures)]
+            results.append(await caller.say(wav, end_ms, timeout_s=60.0))
+            await asyncio.sleep(0.5)
+    finally:
+        await caller.close()
+    return results
+
+
+def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"setting": label, "turns": len(rows)}
+    keys = ["caller_first_audio_ms", "stt_end_of_turn_ms", "llm_first_clause_ms",
+            "tts_first_audio_ms"]
+    if any("bus_first_audio_ms" in r for r in rows):
+        keys.append("bus_first_audio_ms")
+    for key in keys:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[f"{key[:-3]}_p50"] = round(percentile(vals, 50), 1) if vals else None
+        if key == "caller_first_audio_ms":
+            out[f"{key[:-3]}_p95"] = round(percentile(vals, 95), 1) if vals else None
+    out["failed"] = sum(
+        1 for r in rows if r.get("caller_first_audio_ms") is None
+        or any("no complete answer" in e for e in r["errors"])
+    )
+    return out
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    fixtures = _fixtures()
+    with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
+        loop = VoiceLoop(region="bench", echo=False, livekit=args.livekit,
+                         env={"VOXBUS_TRACE_DIR": td})
+        await loop.start()
+        talk = _room_conversation if args.livekit else _conversation
+        try:
+            single = await talk(loop, "solo", args.turns, fixtures, 0)
+            multi_lists = await asyncio.gather(*(
+                talk(loop, f"room{i}", args.room_turns, fixtures, i)
+                for i in range(args.rooms)
+            ))
+        finally:
+            await loop.stop()
+        traces = _spans(Path(td))
+
+    def row(r: TurnResult, i: int) -> dict[str, Any]:
+        return {**_breakdown(r, i + 1, traces), "reply": r.reply, "heard": r.transcript,
+                "errors": r.errors}
+
+    rows_single = [row(r, i) for i, r in enumerate(single)]
+    rows_multi = [row(r, i) for results in multi_lists for i, r in enumerate(results)]
+    where = "rooms" if args.livekit else "sessions"
+    summary = [_summarize(f"1 {where[:-1]}", rows_single),
+               _summarize(f"{args.rooms} {where} at once", rows_multi)]
+    return {"mode": "livekit" if args.livekit else "bus", "summary": summary,
+            "turns_single": rows_single, "turns_concurrent": rows_multi}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="voxbus bench voice")
+    ap.add_argument("--livekit", action="store_true",
+                    help="callers in LiveKit rooms through the bridge (default: over the bus)")
+    ap.add_argument("--no-netns", action="store_true",
+                    help="with --livekit: never re-run inside a private network namespace")
+    ap.add_argument("--turns", type=int, default=20)
+    ap.add_argument("--rooms", type=int, default=3)
+    ap.add_argument("--room-turns", type=int, default=6)
+    args = ap.parse_args(argv)
+    rc = run_supervised("voxbus.bench.voice", argv, want_netns=args.livekit, no_netns=args.no_netns)
+    if rc is not None:
+        return rc
+    vlog.configure("warning")
+    try:
+        result = asyncio.run(_run(args))
+    except LoopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    where = "in the room" if args.livekit else "on the bus"
+    print_table(f"voice to voice ({result['mode']}), ms after the end of the caller's speech; "
+                f"caller_first_audio = first agent audio {where} (p50 unless noted)",
+                result["summary"])
+    write_json("voice-livekit" if args.livekit else "voice", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""JetStream streams and KV buckets per region, each with a retention limit.
+
+Session streams store subjects with a partition token inserted by the server
+(``voxbus.<r>.<session>.<stage>.<kind>`` is stored as ``voxbus.<r>.<p>.<session>.<stage>.<kind>``,
+``p = fnv1a32(session) % partitions``): stage replicas lease partitions, so a session is always
+handled by one replica at a time and sessions spread over all replicas.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from voxbus.contracts.subjects import OPS, PREFIX, Kind, check_region
+
+DEFAULT_PARTITIONS: Final = 16
+HOUR: Final = 3600.0
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    subjects: list[str]
+    max_age_s: float
+    description: str = ""
+    #: Source/destination of the server-side partition transform, if any.
+    transform: tuple[str, str] | None = None
+    max_msg_size: int = -1
+
+
+class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: str
+    ttl_s: float
+    description: str = ""
+    holds_sessions: bool = True
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """Maximum ages. Audio is the most sensitive and the least useful later: it goes first."""
+
+    audio_s: float = 1 * HOUR
+    text_s: float = 24 * HOUR
+    control_s: float = 24 * HOUR
+    state_s: float = 24 * HOUR
+    ops_s: float = 30 * 24 * HOUR
+
+
+def _token(region: str) -> str:
+    return check_region(region).upper().replace("-", "_")
+
+
+def _kinds(region: str, *kinds: Kind) -> list[str]:
+    return [f"{PREFIX}.{region}.*.{k.value}" for k in kinds]
+
+
+def partition_transform(region: str, partitions: int) -> tuple[str, str]:
+    return (
+        f"{PREFIX}.{region}.*.*.*",
+        f"{PREFIX}.{region}.{{{{partition({partitions},1)}}}}"
+        ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}",
+    )
+
+
+def audio_stream(region: str) -> str:
+    return f"VOXBUS_{_token(region)}_AUDIO"
+
+
+def text_stream(region: str) -> str:
+    return f"VOXBUS_{_token(region)}_TEXT"
+
+
+def control_stream(region: str) -> str:
+    return f"VOXBUS_{_token(region)}_CTL"
+
+
+def ops_stream() -> str:
+    return "VOXBUS_OPS"
+
+
+def state_bucket(region: str) -> str:
+    """Per-session state (conversation history, session info); keys start with ``<session>.``."""
+    return f"voxbus_{_token(region).lower()}_state"
+
+
+def lease_bucket(region: str) -> str:
+    """Partition leases and replica membership of the stage workers (no session data)."""
+    return f"voxbus_{_token(region).lower()}_leases"
+
+
+def stream_of(region: str, kind: Kind) -> str:
+    if kind in (Kind.AUDIO_IN, Kind.AUDIO_OUT):
+        return audio_stream(region)
+    if kind in (Kind.TRANSCRIPT, Kind.REPLY):
+        return text_stream(region)
+    return control_stream(region)
+
+
+def region_streams(
+    region: str, *, partitions: int = DEFAULT_PARTITIONS, retention: Retention | None = None
+) -> list[StreamSpec]:
+    r = retention or Retention()
+    transform = partition_transform(region, partitions)
+    return [
+        StreamSpec(
+            name=audio_stream(region),
+            subjects=_kinds(region, Kind.AUDIO_IN, Kind.AUDIO_OUT),
+            max_age_s=r.audio_s,
+            description="participant audio in, synthesized audio out",
+            transform=transform,
+        ),
+        StreamSpec(
+            name=text_stream(region),
+            subjects=_kinds(region, Kind.TRANSCRIPT, Kind.REPLY),
+            max_age_s=r.text_s,
+            description="user transcripts and agent replies",
+            transform=transform,
+        ),
+        StreamSpec(
+            name=control_stream(region),
+            subjects=[f"{PREFIX}.{region}.*.ctl.*"],
+            max_age_s=r.control_s,
+            description="session, speech, turn, interrupt, spoken and error events",
+            transform=transform,
+        ),
+    ]
+
+
+def region_buckets(region: str, *, retention: Retention | None = None) -> list[BucketSpec]:
+    r = retention or Retention()
+    return [
+        BucketSpec(bucket=state_bucket(region), ttl_s=r.state_s, description="session state"),
+        BucketSpec(
+            bucket=lease_bucket(region),
+            ttl_s=5.0,
+            description="stage partition leases",
+            holds_sessions=False,
+        ),
+    ]
+
+
+def ops_streams(regions: list[str], *, retention: Retention | None = None) -> list[StreamSpec]:
+    r = retention or Retention()
+    return [
+        StreamSpec(
+            name=ops_stream(),
+            subjects=[f"{PREFIX}.{OPS}.{check_region(x)}.*" for x in regions],
+            max_age_s=r.ops_s,
+            description="purge requests and completions (session ids only, no content)",
+        )
+    ]

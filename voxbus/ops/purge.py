@@ -1,0 +1,121 @@
+"""Erase everything of one session in one region: every stored message of its subjects in the
+region's streams and every KV entry under its key prefix. The purge service answers
+``PurgeRequested`` on ``voxbus.ops.<region>.purge`` (only the operator identity may publish there:
+see ``ops.auth``) with ``PurgeCompleted`` on ``voxbus.ops.<region>.purged``.
+
+Purge a session after it ended: a stage still working on it could write again afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from voxbus.contracts import decode, encode, streams
+from voxbus.contracts.messages import PurgeCompleted, PurgeRequested
+from voxbus.contracts.subjects import (
+    OPS,
+    PREFIX,
+    check_session,
+    purge_subject,
+    purged_subject,
+    stored_session_wildcard,
+)
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.pull import PullConsumer
+
+log = structlog.get_logger("voxbus.purge")
+
+
+class PurgeError(RuntimeError):
+    pass
+
+
+async def _purge_filter(bus: Bus, stream: str, subject_filter: str) -> int:
+    req = json.dumps({"filter": subject_filter}).encode()
+    resp = json.loads((await bus.nc.request(f"$JS.API.STREAM.PURGE.{stream}", req, 5)).data)
+    if "error" in resp:
+        raise PurgeError(f"purge of {stream} refused: {resp['error'].get('description')}")
+    return int(resp.get("purged", 0))
+
+
+async def purge_session(bus: Bus, region: str, session: str) -> dict[str, int]:
+    """Erase the session's messages and state; returns how many messages each stream lost."""
+    bus.check_region(region)
+    check_session(session)
+    removed: dict[str, int] = {}
+    stored = stored_session_wildcard(region, session)
+    for spec in streams.region_streams(region, partitions=bus.partitions):
+        removed[spec.name] = await _purge_filter(bus, spec.name, stored)
+    for b in streams.region_buckets(region):
+        if b.holds_sessions:
+            removed[f"KV_{b.bucket}"] = await _purge_filter(
+                bus, f"KV_{b.bucket}", f"$KV.{b.bucket}.{session}.>"
+            )
+    log.info("session_purged", region=region, session=session, removed=removed)
+    return removed
+
+
+async def request_purge(bus: Bus, region: str, session: str, *, timeout_s: float = 10.0,
+                        requested_by: str = "cli") -> PurgeCompleted:
+    """Publish a purge request and wait for the purge service's answer."""
+    done: asyncio.Future[PurgeCompleted] = asyncio.get_running_loop().create_future()
+    request_id = f"{session}-{time.time_ns()}"
+
+    async def on_done(m) -> None:  # type: ignore[no-untyped-def]
+        msg = decode(m.data)
+        if isinstance(msg, PurgeCompleted) and msg.request_id == request_id and not done.done():
+            done.set_result(msg)
+
+    sub = await bus.nc.subscribe(purged_subject(region), cb=on_done)
+    try:
+        req = PurgeRequested(session=session, region=region, request_id=request_id,
+                             requested_by=requested_by)
+        await bus.js.publish(purge_subject(region), encode(req))
+        return await asyncio.wait_for(done, timeout_s)
+    finally:
+        await sub.unsubscribe()
+
+
+class PurgeService:
+    """Consumes purge requests of every served region from the ops stream."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def run(self) -> None:
+        await self.bus.js.add_consumer(
+            streams.ops_stream(),
+            js_api.ConsumerConfig(
+                durable_name="purger",
+                filter_subject=f"{PREFIX}.{OPS}.*.purge",
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=30,
+                deliver_policy=js_api.DeliverPolicy.NEW,
+            ),
+        )
+        await PullConsumer(
+            self.bus.nc, stream=streams.ops_stream(), consumer="purger", handler=self._handle,
+            batch=8,
+        ).run()
+
+    async def _handle(self, m: Msg) -> None:
+        try:
+            req = decode(m.data)
+            if not isinstance(req, PurgeRequested):
+                raise msgspec.ValidationError(f"expected a purge request, got {type(req).__name__}")
+            removed = await purge_session(self.bus, req.region, req.session)
+        except (msgspec.DecodeError, ValueError, PurgeError) as e:
+            log.error("purge_rejected", subject=m.subject, error=str(e))
+            await m.term()
+            return
+        done = PurgeCompleted(session=req.session, region=req.region, request_id=req.request_id,
+                              removed=removed, at_ns=time.time_ns())
+        await self.bus.js.publish(purged_subject(req.region), encode(done))
+        await m.ack()

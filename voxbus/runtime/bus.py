@@ -1,0 +1,187 @@
+"""The bus: one NATS connection, JetStream provisioning and message publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from voxbus.contracts import encode, streams, subject_for
+from voxbus.contracts.messages import AudioIn, AudioOut, ErrorEvent, Message
+from voxbus.contracts.subjects import Kind, subject
+from voxbus.runtime import tracing
+
+log = structlog.get_logger("voxbus.bus")
+
+_AUDIO = (AudioIn, AudioOut)
+
+
+class UnknownRegion(ValueError):
+    pass
+
+
+class Bus:
+    """A connection to NATS with the regions this deployment serves."""
+
+    def __init__(self, nc: Client, *, regions: list[str], partitions: int) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.regions = list(regions)
+        self.partitions = partitions
+        self._kv: dict[str, KeyValue] = {}
+        #: Trace context goes into headers only when tracing is on (decided at connect).
+        self.tracing = tracing.enabled()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        regions: list[str],
+        partitions: int = streams.DEFAULT_PARTITIONS,
+        name: str = "voxbus",
+        user: str | None = None,
+        password: str | None = None,
+        max_reconnect_attempts: int = -1,
+    ) -> Bus:
+        nc = await nats.connect(
+            url,
+            name=name,
+            user=user,
+            password=password,
+            max_reconnect_attempts=max_reconnect_attempts,
+            allow_reconnect=max_reconnect_attempts != 0,
+            reconnect_time_wait=0.5,
+        )
+        return cls(nc, regions=regions, partitions=partitions)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Drain (deliver what is buffered, both ways) and close; close anyway after the timeout."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout_s)
+        except Exception as e:  # noqa: BLE001 - closing must not fail
+            log.warning("bus_drain_failed", error=repr(e))
+            await self.nc.close()
+
+    def check_region(self, region: str) -> str:
+        if region not in self.regions:
+            raise UnknownRegion(f"region {region!r} is not served here (serving {self.regions})")
+        return region
+
+    # ---- provisioning -------------------------------------------------------------------------
+
+    async def provision(self, retention: streams.Retention | None = None) -> None:
+        """Create or update every stream and bucket of the served regions (idempotent)."""
+        for spec in streams.ops_streams(self.regions, retention=retention):
+            await self._ensure_stream(spec)
+        for region in self.regions:
+            for spec in streams.region_streams(
+                region, partitions=self.partitions, retention=retention
+            ):
+                await self._ensure_stream(spec)
+            for b in streams.region_buckets(region, retention=retention):
+                await self._ensure_bucket(b)
+
+    async def _ensure_stream(self, spec: streams.StreamSpec) -> None:
+        cfg = js_api.StreamConfig(
+            name=spec.name,
+            subjects=spec.subjects,
+            description=spec.description,
+            max_age=spec.max_age_s,
+            storage=js_api.StorageType.FILE,
+            retention=js_api.RetentionPolicy.LIMITS,
+            allow_direct=True,
+            subject_transform=(
+                js_api.SubjectTransform(src=spec.transform[0], dest=spec.transform[1])
+                if spec.transform
+                else None
+            ),
+        )
+        try:
+            await self.js.stream_info(spec.name)
+        except NotFoundError:
+            await self.js.add_stream(cfg)
+            log.info("stream_created", stream=spec.name, max_age_s=spec.max_age_s)
+            return
+        try:
+            await self.js.update_stream(cfg)
+        except BadRequestError as e:
+            log.warning("stream_update_refused", stream=spec.name, error=str(e))
+
+    async def _ensure_bucket(self, spec: streams.BucketSpec) -> None:
+        try:
+            self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
+        except (NotFoundError, nats.js.errors.BucketNotFoundError):
+            self._kv[spec.bucket] = await self.js.create_key_value(
+                js_api.KeyValueConfig(
+                    bucket=spec.bucket, ttl=spec.ttl_s, description=spec.description, history=1
+                )
+            )
+
+    async def kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            self._kv[bucket] = await self.js.key_value(bucket)
+        return self._kv[bucket]
+
+    # ---- publishing ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        region: str,
+        msg: Message,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ack: bool | None = None,
+    ) -> None:
+        """Publish a session message into its region's stream.
+
+        Text and control messages wait for the stream's ack. Audio frames (``ack=None`` picks by
+        kind) are fire-and-forget: the stream stores them all the same, and on a broken
+        connection a lost 20 ms frame is worth less than a frame delayed by an ack round trip.
+        A region this deployment doesn't serve raises ``UnknownRegion`` after an error event."""
+        if region not in self.regions:
+            log.warning("unknown_region", region=region, session=msg.session)
+            await self.publish_error(
+                region, msg.session, turn=msg.turn, code="unknown_region",
+                message=f"region {region!r} is not served here", stage="bus",
+            )
+            self.check_region(region)
+        subj = subject_for(region, msg)
+        if not self.tracing:
+            await self._send(subj, msg, dict(headers or {}), ack)
+            return
+        with tracing.publishing(msg) as trace_headers:
+            await self._send(subj, msg, {**trace_headers, **(headers or {})}, ack)
+
+    async def _send(self, subj: str, msg: Message, hdrs: dict[str, str], ack: bool | None) -> None:
+        if ack is False or (ack is None and type(msg) in _AUDIO):
+            await self.nc.publish(subj, encode(msg), headers=hdrs or None)
+        else:
+            await self.js.publish(subj, encode(msg), headers=hdrs or None)
+
+    async def publish_error(
+        self, region: str, session: str, *, turn: int, code: str, message: str, stage: str,
+        source_subject: str = "",
+    ) -> None:
+        """Answer bad input on the session's control subject; never raises."""
+        event = ErrorEvent(
+            session=session, turn=turn, code=code, message=message[:500], stage=stage,
+            subject=source_subject, at_ns=time.time_ns(),
+        )
+        try:
+            if region in self.regions:
+                await self.publish(region, event)
+            else:  # no stream stores it; whoever published there hears it on core NATS
+                await self.nc.publish(subject(region, session, Kind.ERROR), encode(event))
+        except Exception as e:  # noqa: BLE001 - an error report must not raise
+            log.error("error_event_not_published", code=code, error=str(e))

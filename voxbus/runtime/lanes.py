@@ -1,0 +1,125 @@
+"""Per-session lanes: a session's messages are handled one at a time, in order, while different
+sessions run concurrently. A lane's queue is bounded (backpressure) and its task ends when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+
+from voxbus.contracts.messages import AnyMessage
+
+
+@dataclass(eq=False)
+class Delivery:
+    raw: Msg
+    msg: AnyMessage
+    region: str
+    subject: str
+    received: float = field(default_factory=time.monotonic)
+    # When JetStream's ack timer was last reset (by delivery or ``in_progress``), as far as we
+    # know; the keep-alive marks the message in progress when this gets old.
+    touched: float = field(default_factory=time.monotonic)
+    key: tuple[str, int] = ("", 0)  # (stream, stream sequence): the same on a redelivery
+
+
+class RecentKeys:
+    """The last ``maxlen`` keys added, for membership tests in O(1)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._order: deque[Hashable] = deque()
+        self._keys: set[Hashable] = set()
+        self._maxlen = maxlen
+
+    def add(self, key: Hashable) -> None:
+        if key in self._keys:
+            return
+        self._order.append(key)
+        self._keys.add(key)
+        if len(self._order) > self._maxlen:
+            self._keys.discard(self._order.popleft())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+Process = Callable[[Delivery], Awaitable[None]]
+Skip = Callable[[Delivery], Awaitable[None]]
+
+
+class Lane:
+    def __init__(
+        self, session: str, *, process: Process, skip: Skip, maxsize: int,
+        on_exit: Callable[[Lane], None],
+    ) -> None:
+        self.session = session
+        self.queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize)
+        self.current: Delivery | None = None
+        self.interrupted_turn = 0
+        self._process = process
+        self._skip = skip
+        self.last_active = time.monotonic()
+        self._on_exit = on_exit
+        self._interrupting = False
+        self.task: asyncio.Task[None] | None = None
+
+    def stale(self, d: Delivery) -> bool:
+        return 0 < d.msg.turn <= self.interrupted_turn
+
+    def interrupt(self, turn: int) -> None:
+        """Cancel in-flight work of turns <= ``turn``; queued ones are skipped when dequeued."""
+        self.interrupted_turn = max(self.interrupted_turn, turn)
+        cur = self.current
+        if cur is not None and self.stale(cur) and self.task is not None:
+            self._interrupting = True
+            self.task.cancel()
+
+    def pending(self) -> list[Delivery]:
+        items = list(self.queue._queue)  # type: ignore[attr-defined]  # read-only peek
+        return ([self.current] if self.current else []) + items
+
+    def holding(self, key: tuple[str, int]) -> Delivery | None:
+        """The delivery of this stream message that the lane holds (queued or in hand), if any."""
+        return next((d for d in self.pending() if d.key == key), None)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the lane last finished a message; 0 while it has work."""
+        if self.current is not None or not self.queue.empty():
+            return 0.0
+        return now - self.last_active
+
+    async def run(self) -> None:
+        """Handle queued messages until cancelled (the worker cancels idle lanes)."""
+        try:
+            while True:
+                d = await self.queue.get()
+                self.current = d
+                try:
+                    if self.stale(d):
+                        await self._skip(d)
+                    else:
+                        await self._process(d)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not self._interrupting or task is None:
+                        raise
+                    self._interrupting = False
+                    task.uncancel()
+                    await self._skip(d)
+                finally:
+                    self.current = None
+                    self.last_active = time.monotonic()
+                    self.queue.task_done()
+        finally:
+            self._on_exit(self)
+
+    async def drained(self) -> None:
+        """Wait until everything queued so far has been handled."""
+        await self.queue.join()

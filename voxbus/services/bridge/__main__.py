@@ -1,0 +1,38 @@
+"""``voxbus bridge [ROOM...]``: run the LiveKit bridge (``BRIDGE_*`` and bus settings from the
+environment), joining the given rooms at once and any other on dispatch or auto-join."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from voxbus.runtime import logging as vlog
+from voxbus.runtime.serve import connect
+from voxbus.runtime.settings import BusSettings
+from voxbus.services.bridge.bridge import Bridge
+from voxbus.services.bridge.settings import BridgeSettings
+
+
+async def run(settings: BridgeSettings, bus_settings: BusSettings, rooms: list[str]) -> None:
+    bus = await connect(bus_settings, name="voxbus-bridge")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await Bridge(bus, settings).run_until(stop, rooms)
+    finally:
+        await bus.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    vlog.configure()
+    rooms = list(sys.argv[1:] if argv is None else argv)
+    asyncio.run(run(BridgeSettings.from_env(), BusSettings.from_env(), rooms))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

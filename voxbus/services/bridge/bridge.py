@@ -1,0 +1,177 @@
+"""The bridge service: puts the agent into LiveKit rooms and connects each caller to the bus.
+
+Rooms are joined on request (``Bridge.dispatch(room)``, also reachable over NATS: see
+``services.bridge.dispatch``) and, with ``BRIDGE_AUTO_JOIN``, whenever the RoomService lists a
+room with participants that the agent is not in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import structlog
+from livekit import api
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from voxbus.contracts.subjects import PREFIX, check_region
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.tasks import TaskSet
+from voxbus.services.bridge.room import RoomAgent
+from voxbus.services.bridge.settings import BridgeSettings
+
+log = structlog.get_logger("voxbus.bridge")
+
+#: Queue group of the dispatch subject: one bridge replica answers each request.
+DISPATCH_QUEUE = "voxbus-bridge"
+
+
+def dispatch_subject(region: str) -> str:
+    """``voxbus.<region>._bridge.bridge.dispatch``: inside the stage identity's permissions
+    (``voxbus.<region>.*.*.*``) and outside every stream's subjects, so no stream stores it."""
+    return f"{PREFIX}.{check_region(region)}._bridge.bridge.dispatch"
+
+
+class BridgeError(RuntimeError):
+    pass
+
+
+class Bridge:
+    def __init__(self, bus: Bus, settings: BridgeSettings) -> None:
+        if settings.region not in bus.regions:
+            raise BridgeError(
+                f"BRIDGE_REGION={settings.region!r} is not served by the bus ({bus.regions})"
+            )
+        self.bus = bus
+        self.s = settings
+        self.rooms: dict[str, RoomAgent] = {}
+        self._joining: dict[str, asyncio.Future[RoomAgent]] = {}
+        self._tasks = TaskSet("bridge")
+        self._sub: Subscription | None = None
+        self._api: api.LiveKitAPI | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sub = await self.bus.nc.subscribe(
+            dispatch_subject(self.s.region), queue=DISPATCH_QUEUE, cb=self._on_dispatch
+        )
+        if self.s.auto_join:
+            self._tasks.spawn(self._auto_join(), name="auto-join")
+        log.info("bridge_started", livekit=self.s.livekit_url, region=self.s.region,
+                 auto_join=self.s.auto_join)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        await self._tasks.close()
+        await asyncio.gather(*(r.close("bridge_stopped") for r in list(self.rooms.values())),
+                             return_exceptions=True)
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+        log.info("bridge_stopped")
+
+    async def run_until(self, stop: asyncio.Event, rooms: list[str] | None = None) -> None:
+        await self.start()
+        try:
+            for r in rooms or []:
+                await self.dispatch(r)
+            await stop.wait()
+        finally:
+            await self.close()
+
+    def livekit_api(self) -> api.LiveKitAPI:
+        if self._api is None:
+            self._api = api.LiveKitAPI(self.s.api_url, self.s.api_key, self.s.api_secret)
+        return self._api
+
+    # ---- rooms --------------------------------------------------------------------------------
+
+    async def dispatch(self, room: str) -> RoomAgent:
+        """Join ``room`` (once: a second call returns the same agent)."""
+        if not room or len(room) > 256:
+            raise BridgeError(f"invalid room name {room!r}")
+        if (agent := self.rooms.get(room)) is not None and not agent.closed.is_set():
+            return agent
+        if (pending := self._joining.get(room)) is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[RoomAgent] = asyncio.get_running_loop().create_future()
+        self._joining[room] = fut
+        agent = RoomAgent(self.bus, self.s, room, on_gone=self._gone)
+        t0 = time.perf_counter()
+        try:
+            await agent.join()
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
+            await agent.close("join_failed")
+            log.error("dispatch_failed", room=room, error=repr(e))
+            raise
+        finally:
+            self._joining.pop(room, None)
+        self.rooms[room] = agent
+        fut.set_result(agent)
+        log.info("dispatched", room=room, ms=round((time.perf_counter() - t0) * 1000, 1))
+        return agent
+
+    async def leave(self, room: str, reason: str = "agent_left") -> None:
+        agent = self.rooms.get(room)
+        if agent is not None:
+            await agent.close(reason)
+
+    def _gone(self, agent: RoomAgent) -> None:
+        if self.rooms.get(agent.name) is agent:
+            del self.rooms[agent.name]
+
+    async def _on_dispatch(self, msg: Msg) -> None:
+        try:
+            room = str(json.loads(msg.data)["room"])
+        except (ValueError, KeyError, TypeError) as e:
+            await msg.respond(json.dumps({"ok": False, "error": f"bad request: {e}"}).encode())
+            return
+        t0 = time.perf_counter()
+        try:
+            agent = await self.dispatch(room)
+        except Exception as e:  # noqa: BLE001 - the requester hears why
+            await msg.respond(json.dumps({"ok": False, "room": room, "error": repr(e)}).encode())
+            return
+        await msg.respond(json.dumps({
+            "ok": True, "room": room, "sessions": [s.id for s in agent.sessions.values()],
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
+        }).encode())
+
+    async def _has_caller(self, room: str) -> bool:
+        """The room's participant count in ``list_rooms`` lags by seconds: ask for the list."""
+        resp = await self.livekit_api().room.list_participants(
+            api.ListParticipantsRequest(room=room)
+        )
+        return any(
+            p.identity != self.s.identity and p.kind != api.ParticipantInfo.Kind.AGENT
+            for p in resp.participants
+        )
+
+    async def _auto_join(self) -> None:
+        """Poll the RoomService; join every room with a caller that we are not in."""
+        failures: dict[str, float] = {}
+        while True:
+            try:
+                resp = await self.livekit_api().room.list_rooms(api.ListRoomsRequest())
+                now = time.monotonic()
+                for r in resp.rooms:
+                    if r.name in self.rooms or r.name in self._joining:
+                        continue
+                    if now - failures.get(r.name, -1e9) < 10 * self.s.poll_s:
+                        continue
+                    if r.num_participants <= 0 and not await self._has_caller(r.name):
+                        continue
+                    try:
+                        await self.dispatch(r.name)
+                    except Exception:  # noqa: BLE001 - logged by dispatch; try later
+                        failures[r.name] = now
+            except Exception as e:  # noqa: BLE001 - the server may be restarting
+                log.warning("list_rooms_failed", error=repr(e))
+            await asyncio.sleep(self.s.poll_s)

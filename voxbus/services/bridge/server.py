@@ -1,0 +1,180 @@
+"""A local livekit-server for tests and the demo: a loopback-only config and a subprocess.
+
+``--dev --bind 127.0.0.1`` alone still advertises the machine's address, binds RTC ports on its
+interfaces and offers public STUN servers; the config rendered here keeps everything on the given
+interface. Outside a private network namespace that is ``lo``/``127.0.0.1``; inside one
+(``services.bridge.netns``) it must be the veth end (clients gather candidates only there).
+
+The binary is ``<repo>/.bin/server`` (``scripts/install-livekit.sh``), ``$LIVEKIT_SERVER_BIN``,
+or ``livekit-server`` on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from voxbus.runtime.procs import stop_popen
+
+REPO: Final = Path(__file__).resolve().parents[3]
+DEV_KEY: Final = "devkey"
+DEV_SECRET: Final = "voxbus-dev-secret-at-least-32-chars-long"
+
+
+class LiveKitServerError(RuntimeError):
+    pass
+
+
+def livekit_server_binary() -> Path:
+    candidates: list[Path] = []
+    if env := os.environ.get("LIVEKIT_SERVER_BIN"):
+        candidates.append(Path(env))
+    candidates.append(REPO / ".bin" / "server")
+    if found := shutil.which("livekit-server"):
+        candidates.append(Path(found))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise LiveKitServerError(
+        "livekit-server not found: run scripts/install-livekit.sh (or set LIVEKIT_SERVER_BIN)"
+    )
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveKitConfig:
+    """What the config file says. ``node_ip``/``interface`` are the address and the interface the
+    server gathers RTC candidates on: loopback by default, the veth end inside a namespace."""
+
+    port: int = 7880
+    udp_port: int = 7882
+    node_ip: str = "127.0.0.1"
+    interface: str = "lo"
+    api_key: str = DEV_KEY
+    api_secret: str = DEV_SECRET
+    #: Seconds an empty room lives (rooms are auto-created on join).
+    empty_timeout_s: int = 10
+    departure_timeout_s: int = 2
+    log_level: str = "warn"
+
+    def render(self) -> str:
+        """YAML (written by hand: every value is a plain scalar)."""
+        return "\n".join(
+            [
+                f"port: {self.port}",
+                "bind_addresses:",
+                "  - 127.0.0.1",
+                "rtc:",
+                "  tcp_port: 0",
+                f"  udp_port: {self.udp_port}",
+                "  use_external_ip: false",
+                "  enable_loopback_candidate: true",
+                f"  node_ip: {self.node_ip}",
+                "  interfaces:",
+                "    includes:",
+                f"      - {self.interface}",
+                "  ips:",
+                "    includes:",
+                f"      - {self.node_ip}/32",
+                "  stun_servers:",
+                "    - 127.0.0.1:3478",
+                "keys:",
+                f"  {self.api_key}: {self.api_secret}",
+                "room:",
+                f"  empty_timeout: {self.empty_timeout_s}",
+                f"  departure_timeout: {self.departure_timeout_s}",
+                "logging:",
+                f"  level: {self.log_level}",
+                "",
+            ]
+        )
+
+
+@dataclass
+class LiveKitServer:
+    """``server --dev --config FILE`` as a child process."""
+
+    config: LiveKitConfig = field(default_factory=LiveKitConfig)
+    log_path: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+    started_s: float = 0.0
+
+    @classmethod
+    def local(cls, *, node_ip: str = "127.0.0.1", interface: str | None = None) -> LiveKitServer:
+        """A server on free ports; ``interface`` defaults to ``lo`` for loopback, else ``vb0``."""
+        iface = interface or ("lo" if node_ip.startswith("127.") else "vb0")
+        cfg = LiveKitConfig(
+            port=free_port(), udp_port=free_port(socket.SOCK_DGRAM, node_ip),
+            node_ip=node_ip, interface=iface,
+        )
+        return cls(cfg)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.config.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.http_url, timeout=0.5) as r:  # noqa: S310
+                return int(r.status) == 200
+        except OSError:
+            return False
+
+    def start(self, timeout_s: float = 15.0) -> LiveKitServer:
+        binary = livekit_server_binary()
+        self._tmp = tempfile.TemporaryDirectory(prefix="voxbus-livekit-")
+        cfg_file = Path(self._tmp.name) / "livekit.yaml"
+        cfg_file.write_text(self.config.render())
+        log_path = self.log_path or Path(self._tmp.name) / "server.log"
+        self.log_path = log_path
+        t0 = time.monotonic()
+        with log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [str(binary), "--dev", "--config", str(cfg_file)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = t0 + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                out = log_path.read_text(errors="replace")[-2000:]
+                self.stop()
+                raise LiveKitServerError(f"livekit-server exited: {out}")
+            if self._answers():
+                self.started_s = time.monotonic() - t0
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise LiveKitServerError(f"livekit-server did not answer on {self.http_url}")
+
+    def stop(self) -> None:
+        stop_popen(self._proc)
+        self._proc = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LiveKitServer:
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

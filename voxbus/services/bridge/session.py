@@ -1,0 +1,513 @@
+"""One caller in one room = one voxbus session.
+
+Up: the caller's microphone, resampled by the SDK to 16 kHz mono, cut into 20 ms ``AudioIn``
+frames and published to the bus (dropped, with a log line, while the bus is down).
+Down: the session's ``AudioOut`` frames go to the room's playout; transcripts and reply text go
+to the room as captions; ``UserStartedSpeaking`` (or a transcript of a newer turn) while a reply
+plays is a barge-in.
+
+Turn 0 frames ("not part of a turn", e.g. the echo stage's) are played but are no reply: they are
+never interrupted by turn logic and produce no ``AgentSpoke``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats.errors
+import structlog
+from livekit import rtc
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from voxbus.contracts import decode
+from voxbus.contracts.messages import (
+    AgentSpoke,
+    AudioIn,
+    AudioOut,
+    ErrorEvent,
+    Interrupt,
+    Message,
+    ReplyEnd,
+    ReplyText,
+    SessionEnded,
+    SessionStarted,
+    Transcript,
+    UserStartedSpeaking,
+)
+from voxbus.contracts.subjects import Kind, subject
+from voxbus.runtime.bus import Bus
+from voxbus.runtime.tasks import TaskSet, cancel_and_wait
+from voxbus.services.bridge.audio import AgentFrame, FrameBatcher, convert
+from voxbus.services.bridge.playout import Playout
+from voxbus.services.bridge.settings import BridgeSettings
+
+log = structlog.get_logger("voxbus.bridge.session")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+#: How long a control message waits for the bus to come back before it is given up.
+CTL_RETRY_S = 15.0
+
+
+def session_id_for(room: str, identity: str, participant_sid: str = "") -> str:
+    """A session id (one subject token, ``[A-Za-z0-9_-]{1,64}``) for a caller in a room: readable
+    parts of both names plus a hash of the exact names and the participant's sid, so two joins of
+    the same identity are two sessions and odd characters never collide."""
+    digest = hashlib.sha256(f"{room}\0{identity}\0{participant_sid}".encode()).hexdigest()[:10]
+    r = _UNSAFE.sub("-", room).strip("-")[:24] or "room"
+    p = _UNSAFE.sub("-", identity).strip("-")[:24] or "caller"
+    return f"{r}_{p}_{digest}"
+
+
+@dataclass
+class Reply:
+    """What the bridge knows of the agent's reply to user turn ``turn``."""
+
+    turn: int
+    text: str = ""
+    final: bool = False
+    frames_in: int = 0
+    played_frames: int = 0
+    played_char_end: int = 0
+    first_frame_ns: int = 0
+    first_played_ns: int = 0
+    done: bool = False
+    caption: rtc.TextStreamWriter | None = None
+    caption_events: list[str] = field(default_factory=list)
+
+    def add_text(self, chunk: ReplyText) -> None:
+        if chunk.char_start >= len(self.text):
+            self.text += chunk.text
+        elif chunk.char_end > len(self.text):  # overlap (redelivery): keep the new tail only
+            self.text += chunk.text[len(self.text) - chunk.char_start:]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomLink:
+    """What a session needs of its room."""
+
+    bus: Bus
+    settings: BridgeSettings
+    room_name: str
+    room: rtc.Room
+    playout: Playout
+    agent_track_sid: Callable[[], str]
+
+
+class CallerSession:
+    def __init__(self, link: RoomLink, participant: rtc.RemoteParticipant) -> None:
+        self.link = link
+        self.s = link.settings
+        self.bus = link.bus
+        self.region = link.settings.region
+        self.identity = participant.identity
+        self.participant_sid = participant.sid
+        self.id = session_id_for(link.room_name, participant.identity, participant.sid)
+        self.log = log.bind(session=self.id, room=link.room_name)
+        self.replies: dict[int, Reply] = {}
+        self.user_turn = 0
+        self.interrupted_turn = 0
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self.started_ns = time.time_ns()
+        self.first_audio_in_ns = 0
+        self.first_audio_out_played_ns = 0
+        self.frames_in = 0
+        self.frames_dropped = 0
+        self._outage_started = 0.0
+        self._seq = 0
+        self._subs: list[Subscription] = []
+        self._ctl: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._captions: asyncio.Queue[Callable[[], Any]] = asyncio.Queue(maxsize=256)
+        self._tasks = TaskSet(f"session-{self.id}")
+        self._ctl_task: asyncio.Task[None] | None = None
+        self._mic_task: asyncio.Task[None] | None = None
+        self._mic_track: rtc.Track | None = None
+        self._ready = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._ctl_task = asyncio.create_task(self._ctl_loop(), name=f"ctl-{self.id}")
+        self._tasks.spawn(self._caption_loop(), name=f"captions-{self.id}")
+        self.publish_ctl(SessionStarted(
+            session=self.id, room=self.link.room_name, participant=self.identity,
+            at_ns=self.started_ns,
+        ))
+        nc = self.bus.nc
+        subs = [
+            (Kind.AUDIO_OUT, self._on_audio_out),
+            (Kind.SPEECH, self._on_control),
+            (Kind.TRANSCRIPT, self._on_control),
+            (Kind.REPLY, self._on_control),
+        ]
+        for kind, cb in subs:
+            self._subs.append(await nc.subscribe(subject(self.region, self.id, kind), cb=cb))
+        if self.ended.is_set():  # the caller left while we were subscribing
+            await self._unsubscribe()
+            return
+        self._ready = True
+        self.log.info("session_started", participant_sid=self.participant_sid)
+        if self._mic_track is not None:
+            self._start_mic(self._mic_track)
+
+    def attach_track(self, track: rtc.Track) -> None:
+        if self._mic_track is not None and self._mic_task is not None and not self._mic_task.done():
+            self.log.info("extra_audio_track_ignored", track=track.sid)
+            return
+        self._mic_track = track
+        if self._ready and not self.ended.is_set():
+            self._start_mic(track)
+
+    def detach_track(self, track: rtc.Track) -> None:
+        if self._mic_track is not None and self._mic_track.sid == track.sid:
+            self._mic_track = None
+            if self._mic_task is not None:
+                self._mic_task.cancel()
+
+    def _start_mic(self, track: rtc.Track) -> None:
+        self._mic_task = self._tasks.spawn(self._mic(track), name=f"mic-{self.id}")
+
+    async def end(self, reason: str) -> None:
+        """Stop everything of this session: its audio leaves the room at once; the bus hears
+        what the agent got to say and ``SessionEnded``. Idempotent."""
+        if self.ended.is_set():
+            return
+        self.ended.set()
+        self.end_reason = reason
+        self.link.playout.cancel(lambda f: f.session == self.id)
+        active = [r for r in self.active_replies() if r.turn > 0]
+        if active:
+            self.publish_ctl(Interrupt(
+                session=self.id, turn=active[-1].turn, at_ns=time.time_ns(), reason=reason,
+            ))
+        for reply in active:
+            self._interrupted(reply, reason=reason)
+        await self._unsubscribe()
+        await cancel_and_wait(self._mic_task)
+        self.publish_ctl(SessionEnded(session=self.id, reason=reason, at_ns=time.time_ns()))
+        self._ctl.put_nowait(None)
+        if self._ctl_task is not None:
+            try:
+                async with asyncio.timeout(CTL_RETRY_S + 2):
+                    await asyncio.shield(self._ctl_task)
+            except TimeoutError:
+                await cancel_and_wait(self._ctl_task)
+        await self._tasks.close()
+        self.log.info("session_ended", reason=reason, frames_in=self.frames_in,
+                      frames_dropped=self.frames_dropped)
+
+    async def _unsubscribe(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # ---- bus publishing -----------------------------------------------------------------------
+
+    def publish_ctl(self, msg: Message) -> None:
+        """Control messages go out in order from one task; they wait (bounded) for the bus."""
+        self._ctl.put_nowait(msg)
+
+    async def _ctl_loop(self) -> None:
+        n = 0
+        while (msg := await self._ctl.get()) is not None:
+            deadline = time.monotonic() + CTL_RETRY_S
+            # A retry after a timeout may follow a copy that nats-py buffered while reconnecting:
+            # JetStream drops the duplicate by its message id.
+            msg_id = {"Nats-Msg-Id": f"{self.id}-ctl-{self.started_ns}-{n}"}
+            n += 1
+            while True:
+                try:
+                    async with asyncio.timeout(self.s.publish_timeout_s * 2):
+                        await self.bus.publish(self.region, msg, headers=msg_id)
+                    break
+                except (TimeoutError, nats.errors.Error) as e:
+                    if time.monotonic() >= deadline:
+                        self.log.error("control_message_lost", kind=type(msg).__name__,
+                                       turn=msg.turn, error=repr(e))
+                        break
+                    await asyncio.sleep(0.2)
+
+    async def _publish_audio(self, pcm: bytes) -> None:
+        now_ns = time.time_ns()
+        msg = AudioIn(
+            session=self.id, seq=self._seq, sample_rate_hz=self.s.input_sample_rate_hz,
+            capture_ns=now_ns, pcm=pcm, participant=self.identity,
+        )
+        self._seq += 1
+        if not self.bus.nc.is_connected:
+            self._audio_dropped("bus_disconnected")
+            return
+        try:
+            async with asyncio.timeout(self.s.publish_timeout_s):
+                await self.bus.publish(self.region, msg)
+        except (TimeoutError, nats.errors.Error) as e:
+            self._audio_dropped(type(e).__name__)
+            return
+        if self.frames_in == 0:
+            self.first_audio_in_ns = now_ns
+        self.frames_in += 1
+        if self._outage_started:
+            outage_s = time.monotonic() - self._outage_started
+            self._outage_started = 0.0
+            self.log.warning("bus_back_audio_resumed", dropped=self.frames_dropped,
+                             outage_s=round(outage_s, 2))
+            self.publish_ctl(ErrorEvent(
+                session=self.id, code="audio_dropped", stage="bridge", at_ns=time.time_ns(),
+                message=f"{self.frames_dropped} caller frames dropped during a "
+                        f"{outage_s:.1f} s bus outage",
+            ))
+
+    def _audio_dropped(self, why: str) -> None:
+        self.frames_dropped += 1
+        if not self._outage_started:
+            self._outage_started = time.monotonic()
+            self.log.warning("bus_down_audio_dropped", reason=why, seq=self._seq - 1)
+
+    # ---- microphone ---------------------------------------------------------------------------
+
+    async def _mic(self, track: rtc.Track) -> None:
+        rate = self.s.input_sample_rate_hz
+        batcher = FrameBatcher(rate * self.s.frame_ms // 1000)
+        stream = rtc.AudioStream(
+            track, sample_rate=rate, num_channels=1, frame_size_ms=self.s.frame_ms,
+            capacity=self.s.mic_queue_frames,
+        )
+        self.log.info("mic_attached", track=track.sid)
+        try:
+            async for ev in stream:
+                for pcm in batcher.push(ev.frame.data.tobytes()):
+                    await self._publish_audio(pcm)
+        finally:
+            await stream.aclose()
+            self.log.info("mic_detached", track=track.sid, frames_in=self.frames_in)
+
+    # ---- from the bus -------------------------------------------------------------------------
+
+    def _decode(self, raw: Msg) -> Any:
+        try:
+            msg = decode(raw.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            self.log.warning("bad_message", subject=raw.subject, error=str(e))
+            return None
+        if msg.session != self.id:
+            self.log.warning("session_mismatch", subject=raw.subject)
+            return None
+        return msg
+
+    def _reply(self, turn: int) -> Reply:
+        r = self.replies.get(turn)
+        if r is None:
+            r = self.replies[turn] = Reply(turn=turn)
+            # Old replies that are done are forgotten (the bus keeps the history).
+            for t in [t for t, x in self.replies.items() if x.done and t < turn - 2]:
+                del self.replies[t]
+        return r
+
+    def active_replies(self) -> list[Reply]:
+        return sorted((r for r in self.replies.values() if not r.done), key=lambda r: r.turn)
+
+    def _stale(self, turn: int) -> bool:
+        """A reply to turn ``turn`` is stale once it was interrupted or the user began a newer
+        utterance."""
+        return turn <= self.interrupted_turn or turn < self.user_turn
+
+    async def _on_audio_out(self, raw: Msg) -> None:
+        msg = self._decode(raw)
+        if not isinstance(msg, AudioOut) or self.ended.is_set():
+            return
+        if msg.turn > 0:
+            if self._stale(msg.turn):
+                self._stale_reply(msg.turn)
+                return
+            reply = self._reply(msg.turn)
+            reply.frames_in += 1
+            if not reply.first_frame_ns:
+                reply.first_frame_ns = time.time_ns()
+        try:
+            pcm = convert(msg.pcm, rate=msg.sample_rate_hz, channels=msg.channels,
+                          out_rate=self.link.playout.rate)
+        except ValueError as e:
+            self.log.warning("bad_agent_frame", turn=msg.turn, seq=msg.seq, error=str(e))
+            return
+        self.link.playout.push(AgentFrame(
+            session=self.id, turn=msg.turn, seq=msg.seq, pcm=pcm,
+            duration_s=len(pcm) / 2 / self.link.playout.rate, text_end=msg.text_end,
+            last=msg.last,
+        ))
+
+    async def _on_control(self, raw: Msg) -> None:
+        msg = self._decode(raw)
+        if msg is None or self.ended.is_set():
+            return
+        if isinstance(msg, UserStartedSpeaking):
+            self.barge_in(msg.turn, reason="barge_in")
+        elif isinstance(msg, Transcript):
+            if msg.turn > self.user_turn:
+                self.barge_in(msg.turn, reason="barge_in")
+            if msg.is_final and msg.text:
+                self._caption_user(msg)
+        elif isinstance(msg, ReplyText):
+            if msg.turn > 0 and self._stale(msg.turn):
+                self._stale_reply(msg.turn)
+                return
+            reply = self._reply(msg.turn)
+            reply.add_text(msg)
+            self._caption_agent(reply, msg.text)
+        elif isinstance(msg, ReplyEnd):
+            if msg.turn > 0 and self._stale(msg.turn):
+                return
+            reply = self._reply(msg.turn)
+            if msg.text:
+                reply.text = msg.text
+            reply.final = True
+            self._caption_agent_end(reply, interrupted=False)
+
+    # ---- barge-in and completion --------------------------------------------------------------
+
+    def _stale_reply(self, turn: int) -> None:
+        """A reply to a turn the user already spoke over: stopped before a word of it played."""
+        reply = self.replies.get(turn)
+        if reply is None or not reply.done:
+            self._reply(turn)
+            self.barge_in(turn + 1, reason="stale_reply")
+
+    def barge_in(self, user_turn: int, *, reason: str) -> None:
+        """The user began utterance ``user_turn``: every reply to an earlier turn stops now."""
+        if user_turn <= 0:
+            return
+        self.user_turn = max(self.user_turn, user_turn)
+        victims = [r for r in self.active_replies() if 0 < r.turn < user_turn]
+        if not victims and self.interrupted_turn >= user_turn - 1:
+            return
+        t0 = time.perf_counter()
+        up_to = user_turn - 1
+        self.interrupted_turn = max(self.interrupted_turn, up_to)
+        n_pending, n_queued = self.link.playout.cancel(
+            lambda f: f.session == self.id and 0 < f.turn <= up_to
+        )
+        if victims:
+            self.publish_ctl(Interrupt(
+                session=self.id, turn=up_to, at_ns=time.time_ns(), reason=reason,
+            ))
+        for reply in victims:
+            self._interrupted(reply, reason=reason)
+        self.log.info("barge_in", user_turn=user_turn, interrupted=[r.turn for r in victims],
+                      frames_dropped=n_pending + n_queued, queued_dropped=n_queued,
+                      clear_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    def _interrupted(self, reply: Reply, *, reason: str) -> None:
+        reply.done = True
+        char_end = min(reply.played_char_end, len(reply.text)) if reply.text else 0
+        self.publish_ctl(AgentSpoke(
+            session=self.id, turn=reply.turn, text=reply.text[:char_end], char_end=char_end,
+            interrupted=True, at_ns=time.time_ns(),
+        ))
+        self._caption_agent_end(reply, interrupted=True, char_end=char_end)
+        self.log.info("reply_interrupted", turn=reply.turn, reason=reason, char_end=char_end,
+                      chars=len(reply.text), played_frames=reply.played_frames)
+
+    def frame_started(self, f: AgentFrame) -> None:
+        """Playout: ``f`` began playing (the caller hears it)."""
+        if not self.first_audio_out_played_ns:
+            self.first_audio_out_played_ns = time.time_ns()
+        reply = self.replies.get(f.turn) if f.turn > 0 else None
+        if reply is None:
+            return
+        reply.played_frames += 1
+        reply.played_char_end = max(reply.played_char_end, f.text_end)
+        if not reply.first_played_ns:
+            reply.first_played_ns = time.time_ns()
+
+    def frame_finished(self, f: AgentFrame) -> None:
+        """Playout: the last frame of reply ``f.turn`` finished playing."""
+        reply = self.replies.get(f.turn) if f.turn > 0 else None
+        if reply is None or reply.done:
+            return
+        reply.done = True
+        self.publish_ctl(AgentSpoke(
+            session=self.id, turn=reply.turn, text=reply.text, char_end=len(reply.text),
+            interrupted=False, at_ns=time.time_ns(),
+        ))
+        self._caption_agent_end(reply, interrupted=False)
+        self.log.info("reply_played", turn=reply.turn, frames=reply.played_frames,
+                      chars=len(reply.text))
+
+    # ---- captions (LiveKit text streams, topic lk.transcription) -------------------------------
+
+    def _queue_caption(self, job: Callable[[], Any]) -> None:
+        if not self.s.captions:
+            return
+        try:
+            self._captions.put_nowait(job)
+        except asyncio.QueueFull:
+            self.log.warning("caption_dropped")
+
+    async def _caption_loop(self) -> None:
+        while True:
+            job = await self._captions.get()
+            try:
+                async with asyncio.timeout(5.0):
+                    await job()
+            except Exception as e:  # noqa: BLE001 - captions never take the session down
+                self.log.warning("caption_failed", error=repr(e))
+
+    def _caption_user(self, t: Transcript) -> None:
+        lp = self.link.room.local_participant
+        attrs = {
+            "lk.transcription_final": "true",
+            "lk.segment_id": f"{self.id}-user-{t.turn}-{t.seq}",
+            "lk.transcribed_track_id": self._mic_track.sid if self._mic_track else "",
+            "voxbus.turn": str(t.turn),
+        }
+
+        async def job() -> None:
+            w = await lp.stream_text(topic=self.s.caption_topic, attributes=attrs,
+                                     sender_identity=self.identity)
+            await w.write(t.text)
+            await w.aclose()
+
+        self._queue_caption(job)
+        self.log.debug("user_caption", turn=t.turn, pii={"text": t.text})
+
+    def _caption_agent(self, reply: Reply, text: str) -> None:
+        lp = self.link.room.local_participant
+
+        async def job() -> None:
+            if reply.caption is None:
+                reply.caption = await lp.stream_text(
+                    topic=self.s.caption_topic,
+                    attributes={
+                        "lk.transcription_final": "false",
+                        "lk.segment_id": f"{self.id}-agent-{reply.turn}",
+                        "lk.transcribed_track_id": self.link.agent_track_sid(),
+                        "voxbus.turn": str(reply.turn),
+                    },
+                )
+            await reply.caption.write(text)
+
+        self._queue_caption(job)
+
+    def _caption_agent_end(self, reply: Reply, *, interrupted: bool, char_end: int = 0) -> None:
+        if "end" in reply.caption_events:
+            return
+        reply.caption_events.append("end")
+        attrs = {"lk.transcription_final": "true"}
+        if interrupted:
+            attrs |= {"voxbus.interrupted": "true", "voxbus.char_end": str(char_end)}
+
+        async def job() -> None:
+            if reply.caption is not None:
+                w, reply.caption = reply.caption, None
+                await w.aclose(attributes=attrs)
+
+        self._queue_caption(job)

@@ -1,0 +1,92 @@
+"""Bridge settings from ``BRIDGE_*`` environment variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from voxbus.contracts.subjects import check_region
+from voxbus.runtime.settings import Env, SettingsError
+from voxbus.services.bridge.server import DEV_KEY, DEV_SECRET
+
+_INPUT_RATES = (8_000, 16_000, 24_000, 48_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeSettings:
+    #: The LiveKit signalling URL (``ws://`` or ``wss://``); the HTTP API is derived from it.
+    livekit_url: str = "ws://127.0.0.1:7880"
+    api_key: str = DEV_KEY
+    api_secret: str = DEV_SECRET
+    #: The agent's participant identity in every room it joins.
+    identity: str = "voxbus-agent"
+    name: str = "voxbus"
+    #: Join every room that has a participant (found by polling the RoomService).
+    auto_join: bool = False
+    poll_s: float = 1.0
+    region: str = "local"
+    #: The agent track's AudioSource queue: small, so barge-in and latency stay short.
+    queue_size_ms: int = 100
+    #: Rate of the AudioIn frames published to the bus (mono, 20 ms frames).
+    input_sample_rate_hz: int = 16_000
+    #: Rate of the agent's track; AudioOut frames at another rate are resampled.
+    output_sample_rate_hz: int = 24_000
+    frame_ms: int = 20
+    #: Agent audio the bridge holds per room beyond the source queue (TTS runs ahead of playout).
+    max_pending_s: float = 120.0
+    #: A JetStream publish that takes longer is given up (the frame is dropped).
+    publish_timeout_s: float = 1.0
+    #: Subscriber frames the SDK may hold for the microphone pump before dropping the oldest.
+    mic_queue_frames: int = 50
+    captions: bool = True
+    caption_topic: str = "lk.transcription"
+    connect_timeout_s: float = 10.0
+    #: Leave a room that has had no caller this long (0: stay).
+    idle_leave_s: float = 30.0
+
+    @property
+    def api_url(self) -> str:
+        u = self.livekit_url
+        if u.startswith("ws://"):
+            return "http://" + u[len("ws://"):]
+        if u.startswith("wss://"):
+            return "https://" + u[len("wss://"):]
+        return u
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeSettings:
+        env = Env("BRIDGE", environ)
+        d = cls()
+        s = cls(
+            livekit_url=env.str("LIVEKIT_URL", d.livekit_url),
+            api_key=env.str("API_KEY", d.api_key),
+            api_secret=env.str("API_SECRET", d.api_secret),
+            identity=env.str("IDENTITY", d.identity),
+            name=env.str("NAME", d.name),
+            auto_join=env.bool("AUTO_JOIN", d.auto_join),
+            poll_s=env.float("POLL_S", d.poll_s),
+            region=check_region(env.str("REGION", d.region)),
+            queue_size_ms=env.int("QUEUE_SIZE_MS", d.queue_size_ms),
+            input_sample_rate_hz=env.int("INPUT_SAMPLE_RATE_HZ", d.input_sample_rate_hz),
+            output_sample_rate_hz=env.int("OUTPUT_SAMPLE_RATE_HZ", d.output_sample_rate_hz),
+            max_pending_s=env.float("MAX_PENDING_S", d.max_pending_s),
+            publish_timeout_s=env.float("PUBLISH_TIMEOUT_S", d.publish_timeout_s),
+            mic_queue_frames=env.int("MIC_QUEUE_FRAMES", d.mic_queue_frames),
+            captions=env.bool("CAPTIONS", d.captions),
+            caption_topic=env.str("CAPTION_TOPIC", d.caption_topic),
+            connect_timeout_s=env.float("CONNECT_TIMEOUT_S", d.connect_timeout_s),
+            idle_leave_s=env.float("IDLE_LEAVE_S", d.idle_leave_s),
+        )
+        s.check()
+        return s
+
+    def check(self) -> None:
+        for name in ("input_sample_rate_hz", "output_sample_rate_hz"):
+            if getattr(self, name) not in _INPUT_RATES:
+                raise SettingsError(f"BRIDGE_{name.upper()} must be one of {_INPUT_RATES}")
+        if not 10 <= self.queue_size_ms <= 1000:
+            raise SettingsError("BRIDGE_QUEUE_SIZE_MS must be within 10..1000")
+        if not self.livekit_url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise SettingsError(f"BRIDGE_LIVEKIT_URL={self.livekit_url!r} is not a ws(s) URL")
+        if self.poll_s <= 0 or self.publish_timeout_s <= 0:
+            raise SettingsError("BRIDGE_POLL_S and BRIDGE_PUBLISH_TIMEOUT_S must be > 0")

@@ -1,0 +1,212 @@
+"""Conversation state on the bus: one msgspec value per session in the region's state bucket.
+
+The key is ``<session>.llm`` (so a purge of ``<session>.>`` erases it). Every change is a
+compare-and-set on the key's revision, retried on conflict, so two writers (the turn's handler and
+an ``AgentSpoke`` handled outside the session's lane) never lose each other's update.
+
+The history is a list of turns, each with the user's words and the reply's messages (assistant
+text, tool calls and tool results, exactly as generated, so the next prompt renders the same tokens
+and the engine reuses its cache). ``spoken`` records how much of an interrupted reply the user
+heard; the reply is cut there whichever of the two writes lands first. The history is bounded:
+past ``max_turns`` or ``max_chars`` the oldest turns go, down to half the limits at once, so the
+prompt prefix (and the engine's cache) changes rarely rather than every turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from voxbus.services.llm.engine import ChatMessage
+
+KEY_SUFFIX: Final = "llm"
+_CAS_ATTEMPTS: Final = 16
+
+
+class TurnRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    turn: int
+    user: str
+    reply: list[ChatMessage] = msgspec.field(default_factory=list)
+    #: Characters of the reply the user heard before barging in; None: all of it.
+    spoken: int | None = None
+
+
+class History(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = 1
+    turns: list[TurnRecord] = msgspec.field(default_factory=list)
+
+    def messages(self) -> list[ChatMessage]:
+        """The conversation as chat messages (without the system prompt)."""
+        out: list[ChatMessage] = []
+        for record in self.turns:
+            out.append({"role": "user", "content": record.user})
+            out.extend(record.reply)
+        return out
+
+    def find(self, turn: int) -> TurnRecord | None:
+        for record in self.turns:
+            if record.turn == turn:
+                return record
+        return None
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(History)
+
+
+# ---- reply text: the joining rule behind the stage's published offsets ------------------------
+
+
+def needs_space(before: str, after: str) -> bool:
+    """Text of two model rounds (before and after a tool call) is joined with one space."""
+    return bool(before) and bool(after) and not before[-1].isspace() and not after[0].isspace()
+
+
+def reply_text(reply: Sequence[ChatMessage]) -> str:
+    """The reply as the user hears it: the assistant contents joined (tool traffic is silent)."""
+    text = ""
+    for message in reply:
+        content = message.get("content") or ""
+        if message["role"] == "assistant" and content:
+            text += (" " if needs_space(text, content) else "") + content
+    return text
+
+
+def truncate_reply(reply: Sequence[ChatMessage], char_end: int) -> list[ChatMessage]:
+    """The reply cut after its first ``char_end`` characters of text. Messages are kept in order up
+    to the cut; the message the cut falls in keeps its heard text only (the tool calls it led to
+    were never heard of), and nothing after it stays."""
+    out: list[ChatMessage] = []
+    text = ""
+    for message in reply:
+        content = message.get("content") or ""
+        if message["role"] == "assistant" and content:
+            sep = " " if needs_space(text, content) else ""
+            start = len(text) + len(sep)
+            text += sep + content
+            if start >= char_end:
+                break
+            if len(text) > char_end:
+                out.append({"role": "assistant", "content": content[: char_end - start]})
+                break
+        out.append(message)
+    return out
+
+
+def _chars(record: TurnRecord) -> int:
+    return len(record.user) + sum(len(m.get("content") or "") for m in record.reply)
+
+
+def _trim(history: History, max_turns: int, max_chars: int) -> None:
+    turns = history.turns
+    if len(turns) <= max_turns and sum(map(_chars, turns)) <= max_chars:
+        return
+    keep_turns, keep_chars = max(1, max_turns // 2), max_chars // 2
+    while len(turns) > 1 and (
+        len(turns) > keep_turns or sum(map(_chars, turns)) > keep_chars
+    ):
+        turns.pop(0)
+
+
+# ---- the store --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryLimits:
+    max_turns: int = 24
+    max_chars: int = 6000
+
+
+class HistoryConflict(RuntimeError):
+    """Compare-and-set kept failing: someone else writes the key continuously."""
+
+
+class HistoryStore:
+    def __init__(self, kv: KeyValue, limits: HistoryLimits | None = None) -> None:
+        self._kv = kv
+        self._limits = limits or HistoryLimits()
+
+    @staticmethod
+    def key(session: str) -> str:
+        return f"{session}.{KEY_SUFFIX}"
+
+    async def _read(self, session: str) -> tuple[History, int | None]:
+        try:
+            entry = await self._kv.get(self.key(session))
+        except KeyNotFoundError:  # also a deleted or purged key
+            return History(), None
+        if not entry.value:
+            return History(), entry.revision
+        return _decoder.decode(entry.value), entry.revision
+
+    async def load(self, session: str) -> History:
+        history, _ = await self._read(session)
+        return history
+
+    async def update(self, session: str, change: Callable[[History], bool]) -> History:
+        """Apply ``change`` (returns False: nothing to write) with compare-and-set, retrying on
+        conflict; returns the history as written."""
+        for _ in range(_CAS_ATTEMPTS):
+            history, revision = await self._read(session)
+            if not change(history):
+                return history
+            data = _encoder.encode(history)
+            try:
+                if revision is None:
+                    await self._kv.create(self.key(session), data)
+                else:
+                    await self._kv.update(self.key(session), data, last=revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return history
+        raise HistoryConflict(f"history of {session!r} kept changing under us")
+
+    async def begin_turn(self, session: str, turn: int, user: str) -> History:
+        """Record the user's words of ``turn`` (a redelivered turn starts over)."""
+
+        def change(history: History) -> bool:
+            record = history.find(turn)
+            if record is None:
+                history.turns.append(TurnRecord(turn=turn, user=user))
+                history.turns.sort(key=lambda r: r.turn)
+            else:
+                record.user, record.reply, record.spoken = user, [], None
+            _trim(history, self._limits.max_turns, self._limits.max_chars)
+            return True
+
+        return await self.update(session, change)
+
+    async def set_reply(self, session: str, turn: int, reply: list[ChatMessage]) -> History:
+        """Record what the agent replied to ``turn`` (cut to what was heard, if that is known)."""
+
+        def change(history: History) -> bool:
+            record = history.find(turn)
+            if record is None:  # trimmed away meanwhile, or the session was reset
+                return False
+            record.reply = (
+                truncate_reply(reply, record.spoken) if record.spoken is not None else reply
+            )
+            return True
+
+        return await self.update(session, change)
+
+    async def mark_spoken(self, session: str, turn: int, char_end: int) -> History:
+        """The user heard only the first ``char_end`` characters of the reply to ``turn``."""
+
+        def change(history: History) -> bool:
+            record = history.find(turn)
+            if record is None or record.spoken == char_end:
+                return False
+            record.spoken = char_end
+            record.reply = truncate_reply(record.reply, char_end)
+            return True
+
+        return await self.update(session, change)
+
+    async def delete(self, session: str) -> None:
+        await self._kv.delete(self.key(session))

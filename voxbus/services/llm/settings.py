@@ -1,0 +1,105 @@
+"""LLM service settings, read once from ``LLM_*`` environment variables.
+
+| variable | default | meaning |
+|---|---|---|
+| ``LLM_BACKEND`` | ``llama`` | ``llama``: in-process llama.cpp; ``openai``: OpenAI-compatible |
+| ``LLM_MODEL_PATH`` | SmolLM2-135M-Instruct Q4_1 | GGUF file for ``llama`` |
+| ``LLM_BASE_URL`` | ``http://127.0.0.1:8000`` | server root for ``openai`` (``/v1`` is added) |
+| ``LLM_MODEL`` | ``default`` | model name sent to the ``openai`` server |
+| ``LLM_API_KEY`` | none | bearer token for the ``openai`` server |
+| ``LLM_N_THREADS`` | 1 | llama.cpp decoding threads (2 cores here, shared with STT and TTS) |
+| ``LLM_N_THREADS_BATCH`` | ``LLM_N_THREADS`` | llama.cpp threads for prompt evaluation |
+| ``LLM_NICE`` | 10 | nice of the generation thread: later tokens yield to the first clause |
+| ``LLM_N_CTX`` | 2048 | llama.cpp context length in tokens |
+| ``LLM_TEMPERATURE`` | 0.6 | sampling temperature (0: deterministic) |
+| ``LLM_MAX_TOKENS`` | 128 | longest reply, in tokens |
+| ``LLM_SYSTEM_PROMPT`` | a short voice persona | the system prompt (the engine's cached prefix) |
+| ``LLM_TOOLS`` | on for ``openai``, off for ``llama`` | offer ``end_call`` / ``get_current_time`` |
+| ``LLM_TIMEOUT_S`` | 15 | longest wait for the backend's next token (first one included) |
+| ``LLM_HISTORY_MAX_TURNS`` | 24 | turns kept in the conversation state |
+| ``LLM_HISTORY_MAX_CHARS`` | 6000 | characters kept in the conversation state |
+| ``LLM_FIRST_CLAUSE_WORDS`` | 5 | the first chunk leaves after this many words (or a break) |
+| ``LLM_APOLOGY`` | a short apology | spoken when the backend fails |
+
+Tools are off by default for the in-process model: SmolLM2-135M cannot call them reliably (it
+answers in text instead of emitting a tool call), so offering them only lengthens the prompt.
+Turn them on for a bigger model behind an OpenAI-compatible server (vLLM, llama.cpp's servers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias, get_args
+
+from voxbus.runtime.settings import Env, SettingsError
+
+Backend: TypeAlias = Literal["llama", "openai"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant on a phone call. Answer in one or two short spoken "
+    "sentences. Never use lists, markdown, emoji or symbols."
+)
+DEFAULT_APOLOGY = "Sorry, I'm having trouble answering right now."
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlmSettings:
+    backend: Backend = "llama"
+    model_path: str | None = None
+    base_url: str = "http://127.0.0.1:8000"
+    model: str = "default"
+    api_key: str | None = field(default=None, repr=False)
+    n_threads: int = 1
+    #: nice value of the generation thread: on cores shared with the TTS, tokens after the first
+    #: clause only need to stay ahead of playback, so synthesis of the first clause goes first.
+    nice: int = 10
+    n_threads_batch: int | None = None
+    n_ctx: int = 2048
+    temperature: float = 0.6
+    max_tokens: int = 128
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    tools: bool = False
+    timeout_s: float = 15.0
+    history_max_turns: int = 24
+    history_max_chars: int = 6000
+    first_clause_words: int = 5
+    apology: str = DEFAULT_APOLOGY
+    max_tool_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.backend not in get_args(Backend):
+            raise SettingsError(f"LLM_BACKEND={self.backend!r}: expected {get_args(Backend)}")
+        for name in ("n_threads", "n_ctx", "max_tokens", "history_max_turns",
+                     "history_max_chars", "first_clause_words", "max_tool_rounds"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise SettingsError(f"LLM_{name.upper()} must be at least 1")
+        if self.timeout_s <= 0 or self.temperature < 0:
+            raise SettingsError("LLM_TIMEOUT_S must be positive and LLM_TEMPERATURE not negative")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LlmSettings:
+        env = Env("LLM", environ)
+        backend = env.str("BACKEND", cls.backend)
+        if backend not in get_args(Backend):
+            raise SettingsError(f"LLM_BACKEND={backend!r}: expected {get_args(Backend)}")
+        return cls(
+            backend=backend,  # type: ignore[arg-type]  # checked just above
+            model_path=env.str("MODEL_PATH", "") or None,
+            base_url=env.str("BASE_URL", cls.base_url),
+            model=env.str("MODEL", cls.model),
+            api_key=env.str("API_KEY", "") or None,
+            n_threads=env.int("N_THREADS", cls.n_threads),
+            nice=env.int("NICE", cls.nice),
+            n_threads_batch=env.int("N_THREADS_BATCH", 0) or None,
+            n_ctx=env.int("N_CTX", cls.n_ctx),
+            temperature=env.float("TEMPERATURE", cls.temperature),
+            max_tokens=env.int("MAX_TOKENS", cls.max_tokens),
+            system_prompt=env.str("SYSTEM_PROMPT", cls.system_prompt),
+            tools=env.bool("TOOLS", backend == "openai"),
+            timeout_s=env.float("TIMEOUT_S", cls.timeout_s),
+            history_max_turns=env.int("HISTORY_MAX_TURNS", cls.history_max_turns),
+            history_max_chars=env.int("HISTORY_MAX_CHARS", cls.history_max_chars),
+            first_clause_words=env.int("FIRST_CLAUSE_WORDS", cls.first_clause_words),
+            apology=env.str("APOLOGY", cls.apology),
+        )

@@ -1,0 +1,340 @@
+"""The LLM stage: a user's turn in, the agent's reply out as clause-sized chunks.
+
+On ``EndOfTurn`` it records the user's words in the session's history (on the bus, so any replica
+can take the next turn), streams the engine on system prompt + history, and yields a ``ReplyText``
+as soon as each clause is complete (the first one after a natural break or a few words), then
+``ReplyEnd`` once the reply and the updated history are saved. Tool calls run in the same turn
+and the model continues after their results; ``end_call`` ends the call after the goodbye. A
+failing or silent backend gives an ``ErrorEvent`` and a spoken apology rather than silence.
+
+Barge-in: the runtime cancels the handler of the interrupted turn; leaving the engine's stream
+stops generation at once. What was published of the reply is saved; the bridge's ``AgentSpoke``
+then cuts it to what the user actually heard. ``AgentSpoke`` is an *urgent* kind here, not a lane
+input: the runtime skips lane messages of an interrupted turn, and ``AgentSpoke`` for that very
+turn is the one message that must not be skipped. History writes are compare-and-set, so the two
+paths may land in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from voxbus.contracts.messages import (
+    AgentSpoke,
+    AnyMessage,
+    EndOfTurn,
+    ErrorEvent,
+    Interrupt,
+    Message,
+    ReplyEnd,
+    ReplyText,
+    SessionEnded,
+)
+from voxbus.contracts.streams import state_bucket
+from voxbus.contracts.subjects import Kind
+from voxbus.runtime.stage import Context
+from voxbus.runtime.tasks import cancel_and_wait
+from voxbus.services.llm.clauses import ClauseChunker
+from voxbus.services.llm.engine import (
+    ChatMessage,
+    FinishDelta,
+    LLMBackendError,
+    LLMEngine,
+    TextDelta,
+    ToolCallDelta,
+    assistant_message,
+)
+from voxbus.services.llm.history import HistoryLimits, HistoryStore, needs_space, truncate_reply
+from voxbus.services.llm.llama_engine import LlamaCppEngine
+from voxbus.services.llm.openai_engine import OpenAICompatEngine
+from voxbus.services.llm.settings import LlmSettings
+from voxbus.services.llm.tools import ToolExecutor
+
+log = structlog.get_logger("voxbus.llm")
+EndReason = Literal["done", "interrupted", "error", "length"]
+SAVE_GRACE_S = 5.0
+
+
+def build_engine(settings: LlmSettings) -> LLMEngine:
+    """The engine the settings ask for (not loaded yet: the stage warms it up in ``start``)."""
+    if settings.backend == "openai":
+        return OpenAICompatEngine(
+            base_url=settings.base_url,
+            model=settings.model,
+            api_key=settings.api_key,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            read_timeout_s=settings.timeout_s,
+        )
+    return LlamaCppEngine(
+        model_path=settings.model_path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads_batch,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        tool_mode="hermes" if settings.tools else "off",
+        nice=settings.nice,
+    )
+
+
+@dataclass(slots=True)
+class TurnStats:
+    """Timings of one handled turn (``time.time_ns`` clock, comparable with ``EndOfTurn.at_ns``)."""
+
+    session: str
+    turn: int
+    started_ns: int
+    first_token_ns: int | None = None
+    first_clause_ns: int | None = None
+    done_ns: int | None = None
+    text_deltas: int = 0
+    rounds: int = 0
+    reason: EndReason | None = None
+
+    def ms(self, at_ns: int | None) -> float | None:
+        return None if at_ns is None else round((at_ns - self.started_ns) / 1e6, 1)
+
+
+class _Reply:
+    """The reply of one turn as it is generated: the text (model rounds joined), the chunker, the
+    end of what was already published, and the history messages produced so far."""
+
+    def __init__(self, session: str, turn: int, first_words: int) -> None:
+        self.session = session
+        self.turn = turn
+        self.text = ""
+        self.sent = 0  # text[:sent] has been yielded as ReplyText
+        self.messages: list[ChatMessage] = []  # finished rounds: assistant, tool results
+        self.round: list[str] = []  # raw text of the round in progress
+        self.end_call = False  # end_call ran: hang up after this reply
+        self._seq = 0
+        self._new_round = False
+        self._chunker = ClauseChunker(first_max_words=first_words)
+
+    @property
+    def published(self) -> str:
+        return self.text[: self.sent]
+
+    def push(self, piece: str) -> list[ReplyText]:
+        self.round.append(piece)
+        if self._new_round:
+            self._new_round = False
+            if needs_space(self.text, piece):
+                piece = " " + piece
+        self.text += piece
+        return self._spans(self._chunker.push(piece))
+
+    def end_round(self, calls: list[ToolCallDelta]) -> list[ReplyText]:
+        """Close the model's round; with tool calls, what it said so far is spoken now."""
+        self.messages.append(assistant_message("".join(self.round), calls))
+        self.round = []
+        self._new_round = True
+        return self.flush() if calls else []
+
+    def flush(self) -> list[ReplyText]:
+        return self._spans(self._chunker.flush())
+
+    def say(self, text: str) -> list[ReplyText]:
+        """Replace the unpublished rest with ``text`` (the apology)."""
+        self._chunker.reset()
+        self.text = self.text[: self.sent]
+        self.text += (" " if needs_space(self.text, text) else "") + text
+        end = len(self.text)
+        self.messages = [assistant_message(self.text)]
+        return [self._chunk(end)] if end > self.sent else []
+
+    def heard_so_far(self) -> list[ChatMessage]:
+        """History messages of an unfinished reply, cut at what was published."""
+        pending = [assistant_message("".join(self.round))] if self.round else []
+        return truncate_reply(self.messages + pending, self.sent)
+
+    def _spans(self, chunks: list[str]) -> list[ReplyText]:
+        # A chunk is the stripped head of text[sent:]; its span starts right after the last one,
+        # so spans are contiguous and their texts concatenate to the reply.
+        return [self._chunk(self.text.index(c, self.sent) + len(c)) for c in chunks]
+
+    def _chunk(self, end: int) -> ReplyText:
+        out = ReplyText(
+            session=self.session, turn=self.turn, seq=self._seq, text=self.text[self.sent : end],
+            char_start=self.sent, char_end=end, emitted_ns=time.time_ns(),
+        )
+        self._seq += 1
+        self.sent = end
+        return out
+
+
+class LlmStage:
+    name = "llm"
+    inputs: tuple[Kind, ...] = (Kind.TURN, Kind.SESSION)
+    urgent: tuple[Kind, ...] = (Kind.INTERRUPT, Kind.SPOKEN)
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        settings: LlmSettings | None = None,
+        *,
+        executor: ToolExecutor | None = None,
+        close_engine: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or LlmSettings()
+        self._executor = executor or ToolExecutor()
+        self._tools = list(self._executor.specs) if self.settings.tools else None
+        self._system: ChatMessage = {"role": "system", "content": self.settings.system_prompt}
+        self._limits = HistoryLimits(
+            max_turns=self.settings.history_max_turns, max_chars=self.settings.history_max_chars
+        )
+        self._close_engine = close_engine
+        self._saving: set[asyncio.Task[None]] = set()
+        #: The last turns handled here, for benchmarks and diagnostics.
+        self.recent: deque[TurnStats] = deque(maxlen=256)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the model and evaluate the system prompt, so the first turn starts warm. A remote
+        backend that is down now may be up by the first turn: that is only logged."""
+        try:
+            await self.engine.warmup([self._system])
+        except LLMBackendError as exc:
+            if self.settings.backend == "llama":
+                raise
+            log.warning("llm_warmup_failed", error=str(exc))
+
+    async def stop(self) -> None:
+        if self._saving:
+            await asyncio.wait(self._saving, timeout=SAVE_GRACE_S)
+        for task in list(self._saving):
+            await cancel_and_wait(task)
+        if self._close_engine:
+            await self.engine.aclose()
+
+    # ---- messages ---------------------------------------------------------------------------
+
+    async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        if isinstance(msg, EndOfTurn):
+            async for out in self._turn(msg, ctx):
+                yield out
+        elif isinstance(msg, AgentSpoke):
+            if msg.interrupted:
+                await (await self._store(ctx)).mark_spoken(msg.session, msg.turn, msg.char_end)
+                ctx.log.info("llm_reply_cut", char_end=msg.char_end,
+                             pii={"heard": msg.text[: msg.char_end]})
+        elif isinstance(msg, Interrupt):
+            ctx.log.info("llm_interrupted", reason=msg.reason)
+        elif isinstance(msg, SessionEnded):
+            await (await self._store(ctx)).delete(msg.session)
+            ctx.log.info("llm_history_deleted", reason=msg.reason)
+
+    async def _store(self, ctx: Context) -> HistoryStore:
+        return HistoryStore(await ctx.bus.kv(state_bucket(ctx.region)), self._limits)
+
+    async def _turn(self, msg: EndOfTurn, ctx: Context) -> AsyncIterator[Message]:
+        user = msg.transcript.strip()
+        if not user:
+            ctx.log.info("llm_turn_ignored", reason="empty_transcript")
+            return
+        stats = TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns())
+        store = await self._store(ctx)
+        history = await store.begin_turn(msg.session, msg.turn, user)
+        prompt = [self._system, *history.messages()]
+        ctx.log.info("llm_turn_started", history_turns=len(history.turns), pii={"user": user})
+        reply = _Reply(msg.session, msg.turn, self.settings.first_clause_words)
+        saved = False
+        try:
+            try:
+                async with contextlib.aclosing(self._generate(prompt, reply, stats, ctx)) as gen:
+                    async for out in gen:
+                        if stats.first_clause_ns is None:
+                            stats.first_clause_ns = time.time_ns()
+                        yield out
+            except (LLMBackendError, TimeoutError) as exc:
+                stats.reason = "error"
+                detail = str(exc) or f"no token from the backend in {self.settings.timeout_s} s"
+                ctx.log.warning("llm_backend_failed", error=detail)
+                for out in reply.say(self.settings.apology):
+                    yield out
+                yield ErrorEvent(
+                    session=msg.session, turn=msg.turn, code="llm_backend", message=detail[:500],
+                    stage=self.name, at_ns=time.time_ns(),
+                )
+            await store.set_reply(msg.session, msg.turn, reply.messages)
+            saved = True
+            reason = stats.reason or "done"
+            stats.done_ns = time.time_ns()
+            self.recent.append(stats)
+            ctx.log.info(
+                "llm_turn_done", reason=reason, rounds=stats.rounds, deltas=stats.text_deltas,
+                first_token_ms=stats.ms(stats.first_token_ns),
+                first_clause_ms=stats.ms(stats.first_clause_ns), total_ms=stats.ms(stats.done_ns),
+                pii={"reply": reply.published},
+            )
+            yield ReplyEnd(
+                session=msg.session, turn=msg.turn, text=reply.published, reason=reason,
+                end_call=reply.end_call, emitted_ns=time.time_ns(),
+            )
+        finally:
+            if not saved:  # interrupted (cancelled or closed): keep what was published
+                ctx.log.info("llm_turn_cut", published_chars=reply.sent)
+                self._save_later(store.set_reply(msg.session, msg.turn, reply.heard_so_far()), ctx)
+
+    async def _generate(
+        self, prompt: list[ChatMessage], reply: _Reply, stats: TurnStats, ctx: Context
+    ) -> AsyncGenerator[ReplyText, None]:
+        """Model rounds until a round calls no tool; raises LLMBackendError or TimeoutError."""
+        max_rounds = self.settings.max_tool_rounds
+        while True:
+            stats.rounds += 1
+            tools = self._tools if stats.rounds <= max_rounds else None
+            calls: list[ToolCallDelta] = []
+            async with contextlib.aclosing(
+                self.engine.stream([*prompt, *reply.messages], tools=tools)
+            ) as stream:
+                while True:
+                    async with asyncio.timeout(self.settings.timeout_s):
+                        delta = await anext(stream, None)
+                    if delta is None:
+                        break
+                    if isinstance(delta, TextDelta):
+                        if stats.first_token_ns is None:
+                            stats.first_token_ns = time.time_ns()
+                        stats.text_deltas += 1
+                        for out in reply.push(delta.text):
+                            yield out
+                    elif isinstance(delta, ToolCallDelta):
+                        calls.append(delta)
+                    elif isinstance(delta, FinishDelta) and delta.reason == "length":
+                        stats.reason = "length"
+            calls = calls if tools else []
+            for out in reply.end_round(calls):
+                yield out
+            if not calls:
+                break
+            for call in calls:
+                result, message = self._executor.run(call)
+                ctx.log.info("llm_tool_called", tool=call.name, ok=result.ok,
+                             pii={"arguments": call.arguments, "result": result.content})
+                reply.messages.append(message)
+                reply.end_call |= result.end_call
+        for out in reply.flush():
+            yield out
+
+    def _save_later(self, save: Coroutine[Any, Any, object], ctx: Context) -> None:
+        async def run() -> None:
+            try:
+                await save
+            except Exception as exc:  # noqa: BLE001 - a lost partial reply is only logged
+                ctx.log.warning("llm_history_save_failed", error=repr(exc))
+
+        task = asyncio.create_task(run(), name="llm-save-partial")
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)

@@ -1,0 +1,88 @@
+"""Streaming extraction of Hermes-style ``<tool_call>{...}</tool_call>`` blocks from model text.
+
+Text outside the blocks passes through as soon as it cannot be the start of a ``<tool_call>`` tag;
+each block becomes one ``ToolCallDelta`` (a JSON list inside one block gives several).
+A malformed block is dropped (and counted), never spoken.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+from voxbus.services.llm.chatml import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from voxbus.services.llm.engine import TextDelta, ToolCallDelta
+
+
+def new_call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def _partial_tag_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+class ToolCallExtractor:
+    def __init__(self, *, id_factory: Callable[[], str] = new_call_id) -> None:
+        self._id_factory = id_factory
+        self._buf = ""
+        self._inside = False
+        self.calls = 0
+        self.malformed = 0
+
+    def feed(self, text: str) -> list[TextDelta | ToolCallDelta]:
+        self._buf += text
+        out: list[TextDelta | ToolCallDelta] = []
+        while True:
+            if self._inside:
+                end = self._buf.find(TOOL_CALL_CLOSE)
+                if end < 0:
+                    return out
+                out.extend(self._parse(self._buf[:end]))
+                self._buf = self._buf[end + len(TOOL_CALL_CLOSE) :]
+                self._inside = False
+            else:
+                start = self._buf.find(TOOL_CALL_OPEN)
+                if start < 0:
+                    keep = _partial_tag_suffix(self._buf, TOOL_CALL_OPEN)
+                    emit = self._buf[: len(self._buf) - keep]
+                    self._buf = self._buf[len(self._buf) - keep :]
+                    if emit:
+                        out.append(TextDelta(emit))
+                    return out
+                if start:
+                    out.append(TextDelta(self._buf[:start]))
+                self._buf = self._buf[start + len(TOOL_CALL_OPEN) :]
+                self._inside = True
+
+    def finish(self) -> list[TextDelta | ToolCallDelta]:
+        """Flush at the end of generation (an unclosed block is parsed if it is complete JSON)."""
+        buf, self._buf = self._buf, ""
+        if self._inside:
+            self._inside = False
+            return list(self._parse(buf))
+        return [TextDelta(buf)] if buf else []
+
+    def _parse(self, body: str) -> list[ToolCallDelta]:
+        try:
+            parsed: object = json.loads(body)
+        except json.JSONDecodeError:
+            self.malformed += 1
+            return []
+        items = parsed if isinstance(parsed, list) else [parsed]
+        calls: list[ToolCallDelta] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                self.malformed += 1
+                continue
+            args = item.get("arguments", {})
+            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+            call_id = self._id_factory()
+            calls.append(ToolCallDelta(id=call_id, name=item["name"], arguments=arguments))
+        self.calls += len(calls)
+        return calls

@@ -1,0 +1,109 @@
+"""STT stage settings: ``STT_*`` environment variables read once into a frozen object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from voxbus.runtime.settings import Env, SettingsError
+from voxbus.services.stt.models import DEFAULT_MODEL
+from voxbus.services.stt.turns import TurnConfig
+
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SttSettings:
+    """Model, turn detection and capacity of one STT worker.
+
+    One decode runs at a time per worker (the engine serves one call at a time and uses
+    ``cpu_threads`` cores); scale out with more workers.
+    """
+
+    model: str = DEFAULT_MODEL  # "tiny.en", "base" or a CTranslate2 model directory
+    device: Device = "cpu"
+    # engine default: float32 on CPU (int8 is faster but its results vary with the CPU's int8
+    # kernels; see WhisperEngine), float16 on CUDA
+    compute_type: str | None = None
+    cpu_threads: int = 2
+    language: str = "en"
+    beam_size: int = 1
+    # turn detection (see services.stt.turns)
+    end_silence_ms: int = 300
+    min_speech_ms: int = 200
+    pre_roll_ms: int = 200
+    start_threshold: float = 0.5
+    stop_threshold: float = 0.35
+    max_utterance_ms: int = 30_000
+    # transcripts
+    partials: bool = True
+    partial_interval_ms: int = 400
+    # Partials decode on a second engine whose threads run at this nice value, so a final never
+    # waits for or shares the CPU with a partial; 0: partials share the final's engine.
+    partial_nice: int = 19
+    speculative_final: bool = True
+    speculative_silence_ms: int = 0  # silence before the speculative final starts (0: at once)
+    no_speech_threshold: float = 0.6  # with avg_logprob < -1: a decode of noise, text dropped
+    # capacity
+    max_sessions: int = 32  # sessions with state in this worker; more wait (backpressure)
+    session_idle_s: float = 60.0  # a session's state is dropped after this long without frames
+    drain_timeout_s: float = 10.0  # on stop, how long finals still decoding may take
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise SettingsError(f"STT_DEVICE must be cpu or cuda, got {self.device!r}")
+        for name in ("cpu_threads", "beam_size", "max_sessions"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"STT_{name.upper()} must be >= 1")
+        if not 0 <= self.partial_nice <= 19:
+            raise SettingsError("STT_PARTIAL_NICE must be 0..19")
+        if self.session_idle_s <= 0 or self.drain_timeout_s < 0:
+            raise SettingsError("STT_SESSION_IDLE_S must be > 0 and STT_DRAIN_TIMEOUT_S >= 0")
+        try:
+            self.turn_config()
+        except ValueError as e:
+            raise SettingsError(f"STT turn detection settings: {e}") from None
+
+    def turn_config(self) -> TurnConfig:
+        return TurnConfig(
+            start_threshold=self.start_threshold,
+            stop_threshold=self.stop_threshold,
+            min_speech_ms=self.min_speech_ms,
+            end_silence_ms=self.end_silence_ms,
+            speculative_silence_ms=self.speculative_silence_ms,
+            pre_roll_ms=self.pre_roll_ms,
+            partial_interval_ms=self.partial_interval_ms,
+            max_utterance_ms=self.max_utterance_ms,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SttSettings:
+        env = Env("STT", environ)
+        d = cls()
+        device = env.str("DEVICE", d.device)
+        if device not in ("cpu", "cuda"):
+            raise SettingsError(f"STT_DEVICE must be cpu or cuda, got {device!r}")
+        return cls(
+            model=env.str("MODEL", d.model),
+            device="cuda" if device == "cuda" else "cpu",
+            compute_type=env.str("COMPUTE_TYPE", "") or None,
+            cpu_threads=env.int("CPU_THREADS", d.cpu_threads),
+            language=env.str("LANGUAGE", d.language),
+            beam_size=env.int("BEAM_SIZE", d.beam_size),
+            end_silence_ms=env.int("END_SILENCE_MS", d.end_silence_ms),
+            min_speech_ms=env.int("MIN_SPEECH_MS", d.min_speech_ms),
+            pre_roll_ms=env.int("PRE_ROLL_MS", d.pre_roll_ms),
+            start_threshold=env.float("START_THRESHOLD", d.start_threshold),
+            stop_threshold=env.float("STOP_THRESHOLD", d.stop_threshold),
+            max_utterance_ms=env.int("MAX_UTTERANCE_MS", d.max_utterance_ms),
+            partials=env.bool("PARTIALS", d.partials),
+            partial_interval_ms=env.int("PARTIAL_INTERVAL_MS", d.partial_interval_ms),
+            partial_nice=env.int("PARTIAL_NICE", d.partial_nice),
+            speculative_final=env.bool("SPECULATIVE_FINAL", d.speculative_final),
+            speculative_silence_ms=env.int("SPECULATIVE_SILENCE_MS", d.speculative_silence_ms),
+            no_speech_threshold=env.float("NO_SPEECH_THRESHOLD", d.no_speech_threshold),
+            max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
+            session_idle_s=env.float("SESSION_IDLE_S", d.session_idle_s),
+            drain_timeout_s=env.float("DRAIN_TIMEOUT_S", d.drain_timeout_s),
+        )

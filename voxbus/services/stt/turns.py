@@ -1,0 +1,388 @@
+"""Turn detection from voice-activity probabilities: pure and clock-free.
+
+Time is the number of 16 kHz samples consumed, so the same input always gives the same events.
+
+`TurnDetector` turns (probability, window length) pairs into events:
+
+- `SpeechStarted`: once `min_speech_ms` of speech has accumulated (clicks never get there); it
+  reports the onset, the first window at or above `start_threshold`.
+- `PartialDue`: every `partial_interval_ms` of speech while the user speaks.
+- `SilenceBegan`: the probability fell below `stop_threshold` (after `speculative_silence_ms`);
+  a speculative final may start on the audio span it names.
+- `SpeechResumed`: speech (>= `start_threshold`) came back before the turn ended: drop the
+  speculative final.
+- `EndOfTurn`: `end_silence_ms` of silence; its audio span is exactly the last SilenceBegan's, so
+  a speculative result for that span is the final. `forced=True` when the turn hit
+  `max_utterance_ms` (a new turn starts at once if the user is still speaking) or the stream ended.
+
+`Segmenter` runs a `VoiceActivity` over audio chunks of any length, feeds the detector and keeps a
+bounded buffer of the current utterance (with `pre_roll_ms` before the onset), so each event
+arrives with the audio it refers to.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxbus.services.stt.audio import WHISPER_RATE_HZ, Float32Array
+from voxbus.services.stt.vad import VoiceActivity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnConfig:
+    sample_rate_hz: int = WHISPER_RATE_HZ
+    start_threshold: float = 0.5
+    stop_threshold: float = 0.35
+    min_speech_ms: int = 200
+    end_silence_ms: int = 300
+    speculative_silence_ms: int = 0  # 0: SilenceBegan on the first silent window
+    pre_roll_ms: int = 200
+    partial_interval_ms: int = 400
+    max_utterance_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stop_threshold <= self.start_threshold <= 1.0:
+            raise ValueError("need 0 <= stop_threshold <= start_threshold <= 1")
+        if self.min_speech_ms < 0 or self.pre_roll_ms < 0 or self.speculative_silence_ms < 0:
+            raise ValueError("durations must be >= 0")
+        if self.end_silence_ms <= 0 or self.partial_interval_ms <= 0:
+            raise ValueError("end_silence_ms and partial_interval_ms must be > 0")
+        if self.speculative_silence_ms > self.end_silence_ms:
+            raise ValueError("speculative_silence_ms must not exceed end_silence_ms")
+        if self.max_utterance_ms <= self.pre_roll_ms + self.min_speech_ms:
+            raise ValueError("max_utterance_ms is too short")
+
+    def samples(self, ms: int) -> int:
+        return ms * self.sample_rate_hz // 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechStarted:
+    at_sample: int  # stream position when confirmed
+    speech_start_sample: int  # onset
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartialDue:
+    at_sample: int
+    speech_start_sample: int
+    audio_start_sample: int  # decode [audio_start_sample, at_sample)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SilenceBegan:
+    at_sample: int
+    speech_start_sample: int
+    speech_end_sample: int
+    audio_start_sample: int  # a speculative final decodes [audio_start, audio_end)
+    audio_end_sample: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechResumed:
+    at_sample: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfTurn:
+    at_sample: int
+    speech_start_sample: int
+    speech_end_sample: int
+    audio_start_sample: int
+    audio_end_sample: int
+    forced: bool = False
+
+
+TurnEvent = SpeechStarted | PartialDue | SilenceBegan | SpeechResumed | EndOfTurn
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    PENDING = "pending"  # above threshold, not yet min_speech_ms of speech
+    SPEAKING = "speaking"
+
+
+class TurnDetector:
+    """Feed `push(probability, num_samples)` per VAD window, in stream order."""
+
+    def __init__(self, config: TurnConfig | None = None) -> None:
+        self.config = config or TurnConfig()
+        c = self.config
+        self._min_speech = c.samples(c.min_speech_ms)
+        self._end_silence = c.samples(c.end_silence_ms)
+        self._speculative = c.samples(c.speculative_silence_ms)
+        self._pre_roll = c.samples(c.pre_roll_ms)
+        self._partial_every = c.samples(c.partial_interval_ms)
+        self._max_span = c.samples(c.max_utterance_ms)
+        self.reset()
+
+    def reset(self) -> None:
+        self._now = 0
+        self._state = _State.IDLE
+        self._onset = 0
+        self._audio_start = 0
+        self._speech_end = 0
+        self._speech_total = 0
+        self._since_partial = 0
+        self._silent = False
+        self._silence_run = 0
+        self._announced: SilenceBegan | None = None
+
+    @property
+    def position(self) -> int:
+        """Samples consumed so far."""
+        return self._now
+
+    @property
+    def speaking(self) -> bool:
+        """A confirmed turn is open (it may be in its trailing silence)."""
+        return self._state is _State.SPEAKING
+
+    @property
+    def retain_from_sample(self) -> int:
+        """Earliest sample any later event can refer to; older audio may be dropped."""
+        if self._state is _State.IDLE:
+            return max(0, self._now - self._pre_roll)
+        return self._audio_start
+
+    def push(self, probability: float, num_samples: int) -> list[TurnEvent]:
+        if num_samples <= 0:
+            raise ValueError("num_samples must be > 0")
+        c = self.config
+        start, end = self._now, self._now + num_samples
+        self._now = end
+        events: list[TurnEvent] = []
+        if self._state is _State.IDLE:
+            if probability >= c.start_threshold:
+                self._open(start, self._pre_roll)
+                self._speech_window(start, end, events)
+            return events
+
+        # PENDING or SPEAKING: hysteresis, entering silence below stop, leaving it at start.
+        is_speech = probability >= (c.start_threshold if self._silent else c.stop_threshold)
+        if is_speech:
+            if self._silent and self._announced is not None:
+                events.append(SpeechResumed(at_sample=end))
+            self._silent = False
+            self._silence_run = 0
+            self._announced = None
+            self._speech_window(start, end, events)
+        else:
+            self._silence_window(end, num_samples, events)
+        # Force a final before the next window of this size would overflow the buffer.
+        if self._open_span(end) + num_samples > self._max_span:
+            self._force(end, is_speech, events)
+        return events
+
+    def finish(self) -> list[TurnEvent]:
+        """End of stream: close an open turn (forced); drop an unconfirmed one."""
+        events: list[TurnEvent] = []
+        if self._state is _State.SPEAKING:
+            events.append(self._end_of_turn(self._now, forced=True))
+        self._state = _State.IDLE
+        self._silent = False
+        self._announced = None
+        return events
+
+    def _open_span(self, at: int) -> int:
+        """Samples of audio the open turn holds at `at` (0 when idle)."""
+        return 0 if self._state is _State.IDLE else at - self._audio_start
+
+    def _open(self, onset: int, pre_roll: int) -> None:
+        self._state = _State.PENDING
+        self._onset = onset
+        self._audio_start = max(0, onset - pre_roll)
+        self._speech_total = 0
+        self._since_partial = 0
+        self._silent = False
+        self._silence_run = 0
+        self._announced = None
+
+    def _speech_window(self, start: int, end: int, events: list[TurnEvent]) -> None:
+        n = end - start
+        self._speech_end = end
+        self._speech_total += n
+        self._since_partial += n
+        if self._state is _State.PENDING and self._speech_total >= self._min_speech:
+            self._state = _State.SPEAKING
+            events.append(SpeechStarted(at_sample=end, speech_start_sample=self._onset))
+        if self._state is _State.SPEAKING and self._since_partial >= self._partial_every:
+            self._since_partial = 0
+            events.append(
+                PartialDue(
+                    at_sample=end,
+                    speech_start_sample=self._onset,
+                    audio_start_sample=self._audio_start,
+                )
+            )
+
+    def _silence_window(self, end: int, n: int, events: list[TurnEvent]) -> None:
+        self._silent = True
+        self._silence_run += n
+        if self._state is _State.PENDING:
+            if self._silence_run >= self._end_silence:
+                self._state = _State.IDLE  # too little speech: a click or a breath
+            return
+        if self._announced is None and self._silence_run >= self._speculative:
+            self._announced = SilenceBegan(
+                at_sample=end,
+                speech_start_sample=self._onset,
+                speech_end_sample=self._speech_end,
+                audio_start_sample=self._audio_start,
+                audio_end_sample=end,
+            )
+            events.append(self._announced)
+        if self._silence_run >= self._end_silence:
+            events.append(self._end_of_turn(end, forced=False))
+            self._state = _State.IDLE
+            self._silent = False
+            self._announced = None
+
+    def _end_of_turn(self, at: int, *, forced: bool) -> EndOfTurn:
+        if self._announced is not None and not forced:
+            audio_end = self._announced.audio_end_sample
+        else:
+            audio_end = at
+        return EndOfTurn(
+            at_sample=at,
+            speech_start_sample=self._onset,
+            speech_end_sample=self._speech_end if self._silent else at,
+            audio_start_sample=self._audio_start,
+            audio_end_sample=audio_end,
+            forced=forced,
+        )
+
+    def _force(self, at: int, still_speaking: bool, events: list[TurnEvent]) -> None:
+        if self._state is _State.PENDING:
+            self._state = _State.IDLE
+            return
+        events.append(self._end_of_turn(at, forced=True))
+        self._state = _State.IDLE
+        self._announced = None
+        if still_speaking:
+            # The user is still talking: the next turn starts here, confirmed, without pre-roll
+            # (that audio went into the forced final).
+            self._open(at, 0)
+            self._state = _State.SPEAKING
+            self._speech_end = at
+            events.append(SpeechStarted(at_sample=at, speech_start_sample=at))
+        else:
+            self._silent = False
+
+
+class AudioBuffer:
+    """A window of the stream addressed by absolute sample index, without per-append copying of
+    the whole history (live data is compacted only when the free tail runs out)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data: Float32Array = np.zeros(max(capacity, 1), dtype=np.float32)
+        self._lo = 0  # index in _data of absolute sample `start_sample`
+        self._hi = 0
+        self._start = 0
+
+    @property
+    def start_sample(self) -> int:
+        return self._start
+
+    @property
+    def end_sample(self) -> int:
+        return self._start + self._hi - self._lo
+
+    def append(self, audio: Float32Array) -> None:
+        n = audio.size
+        if self._hi + n > self._data.size:
+            live = self._hi - self._lo
+            if live + n > self._data.size:
+                grown = np.zeros(max(live + n, 2 * self._data.size), dtype=np.float32)
+                grown[:live] = self._data[self._lo : self._hi]
+                self._data = grown
+            else:
+                self._data[:live] = self._data[self._lo : self._hi]
+            self._lo, self._hi = 0, live
+        self._data[self._hi : self._hi + n] = audio
+        self._hi += n
+
+    def discard_before(self, sample: int) -> None:
+        drop = min(max(0, sample - self._start), self._hi - self._lo)
+        self._lo += drop
+        self._start += drop
+
+    def slice(self, start: int, end: int) -> Float32Array:
+        """A copy of [start, end), clipped to what the buffer holds."""
+        a = min(max(start, self._start), self.end_sample)
+        b = min(max(end, a), self.end_sample)
+        return self._data[self._lo + a - self._start : self._lo + b - self._start].copy()
+
+    def clear(self) -> None:
+        self._lo = self._hi = self._start = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A turn event with its audio: PartialDue -> the utterance so far; SilenceBegan and
+    EndOfTurn -> the span to decode as (speculative) final; other events -> None."""
+
+    event: TurnEvent
+    audio: Float32Array | None = None
+
+
+class Segmenter:
+    """VAD + TurnDetector + utterance buffer for one 16 kHz mono stream. Not thread-safe."""
+
+    def __init__(self, *, vad: VoiceActivity, config: TurnConfig | None = None) -> None:
+        self.detector = TurnDetector(config)
+        self.config = self.detector.config
+        self._vad = vad
+        c = self.config
+        self._buffer = AudioBuffer(
+            c.samples(c.max_utterance_ms + c.pre_roll_ms) + 4 * vad.window_samples
+        )
+
+    @property
+    def position(self) -> int:
+        """Samples received (the detector lags by less than one VAD window)."""
+        return self._buffer.end_sample
+
+    def push(self, audio: Float32Array) -> list[Segment]:
+        chunk = np.asarray(audio, dtype=np.float32)
+        self._buffer.append(chunk)
+        out: list[Segment] = []
+        for window in self._vad.process(chunk):
+            n = window.end_sample - window.start_sample
+            out.extend(self._with_audio(e) for e in self.detector.push(window.probability, n))
+        self._buffer.discard_before(self.detector.retain_from_sample)
+        return out
+
+    def finish(self) -> list[Segment]:
+        """End of stream: a turn still open ends (forced) with the audio received so far."""
+        out: list[Segment] = []
+        for event in self.detector.finish():
+            if isinstance(event, EndOfTurn):
+                event = EndOfTurn(
+                    at_sample=self.position,
+                    speech_start_sample=event.speech_start_sample,
+                    speech_end_sample=event.speech_end_sample,
+                    audio_start_sample=event.audio_start_sample,
+                    audio_end_sample=self.position,
+                    forced=True,
+                )
+            out.append(self._with_audio(event))
+        return out
+
+    def reset(self) -> None:
+        self._vad.reset()
+        self.detector.reset()
+        self._buffer.clear()
+
+    def _with_audio(self, event: TurnEvent) -> Segment:
+        match event:
+            case PartialDue():
+                return Segment(event, self._buffer.slice(event.audio_start_sample, event.at_sample))
+            case SilenceBegan() | EndOfTurn():
+                audio = self._buffer.slice(event.audio_start_sample, event.audio_end_sample)
+                return Segment(event, audio)
+            case _:
+                return Segment(event)

