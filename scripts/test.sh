@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 
 "$PY" -m pytest -q -m "not livekit" "$@"
-"$PY" -m voxbus.services.bridge.netns --require -- "$PY" -m pytest -q -m livekit tests/bridge "$@"
+"$PY" -m voxbus.dev.netns --require -- "$PY" -m pytest -q -m livekit tests/bridge "$@"

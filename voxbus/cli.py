@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("llm", "voxbus.services.llm.__main__", "run an LLM stage worker"),
         ("tts", "voxbus.services.tts.__main__", "run a TTS stage worker"),
         ("bridge", "voxbus.services.bridge.__main__", "run the LiveKit bridge"),
-        ("demo", "voxbus.demo", "run the whole voice loop with a scripted caller"),
+        ("demo", "voxbus.dev.demo", "run the whole voice loop with a scripted caller"),
         ("dispatch", "voxbus.services.bridge.dispatch", "send the agent into a LiveKit room"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
@@ -169,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     fn: Callable[[argparse.Namespace], int] = args.fn
-    return fn(args)
+    from voxbus.runtime.settings import SettingsError
+
+    try:
+        return fn(args)
+    except SettingsError as e:  # bad configuration: one line, no traceback
+        print(f"voxbus {args.cmd}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Test helpers: the scripted LiveKit caller (``services.bridge.caller``), fixture audio and a bus
-tap."""
+"""Test helpers: the scripted LiveKit caller (``voxbus.dev.livekit_caller``), fixture audio
+and a bus tap."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from nats.aio.subscription import Subscription
 from tests.conftest import REGION
 from voxbus.contracts import decode
 from voxbus.contracts.messages import AnyMessage, AudioIn, Message
+from voxbus.dev.livekit_caller import SILENT_RMS, Caller, Heard
 from voxbus.runtime.bus import Bus
-from voxbus.services.bridge.caller import SILENT_RMS, Caller, Heard
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 M = TypeVar("M", bound=Message)

@@ -1,5 +1,5 @@
 """LiveKit bridge fixtures. Tests marked ``livekit`` need a real livekit-server and run only inside
-the private network namespace (``python -m voxbus.services.bridge.netns -- python -m pytest
+the private network namespace (``python -m voxbus.dev.netns -- python -m pytest
 tests/bridge``); elsewhere they skip and say why."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 
 from tests.bridge.caller import Tap
 from tests.conftest import REGION
+from voxbus.dev import netns
+from voxbus.dev.livekit_server import LiveKitServer, LiveKitServerError, livekit_server_binary
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.echo import EchoStage
 from voxbus.runtime.worker import Worker
-from voxbus.services.bridge import netns
 from voxbus.services.bridge.bridge import Bridge
-from voxbus.services.bridge.server import LiveKitServer, LiveKitServerError, livekit_server_binary
 from voxbus.services.bridge.settings import BridgeSettings
 
 

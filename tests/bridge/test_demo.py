@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from voxbus import demo, voiceloop
-from voxbus.services.bridge.server import LiveKitServerError
+from voxbus.dev import demo, supervise
+from voxbus.dev.livekit_server import LiveKitServerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,17 +28,17 @@ def test_missing_livekit_server_says_run_dev_setup(
 
 
 def test_supervised_child_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(voiceloop.SUPERVISED_ENV, "1")
-    assert voiceloop.run_supervised("voxbus.demo", [], want_netns=True) is None
+    monkeypatch.setenv(supervise.SUPERVISED_ENV, "1")
+    assert supervise.run_supervised("voxbus.dev.demo", [], want_netns=True) is None
 
 
 @pytest.mark.livekit
 @pytest.mark.model
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "answer.wav"
-    env = {k: v for k, v in os.environ.items() if k != voiceloop.SUPERVISED_ENV}
+    env = {k: v for k, v in os.environ.items() if k != supervise.SUPERVISED_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", "voxbus.demo", "--out", str(out)], cwd=REPO, env=env,
+        [sys.executable, "-m", "voxbus.dev.demo", "--out", str(out)], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=240, check=False,
     )
     print(proc.stdout[-3000:], proc.stderr[-3000:])

@@ -24,12 +24,12 @@ from voxbus.contracts.messages import (
     Transcript,
     UserStartedSpeaking,
 )
+from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
 from voxbus.services.bridge.audio import rms
 from voxbus.services.bridge.bridge import Bridge
-from voxbus.services.bridge.server import LiveKitServer
 from voxbus.services.bridge.settings import BridgeSettings
 
 pytestmark = pytest.mark.livekit

@@ -12,13 +12,13 @@ from livekit import rtc
 
 from voxbus.contracts.messages import SESSION_PATTERN
 from voxbus.contracts.streams import ops_streams, region_streams
+from voxbus.dev import netns
+from voxbus.dev.livekit_server import LiveKitConfig
 from voxbus.ops.auth import stage_permissions
 from voxbus.runtime.settings import SettingsError
-from voxbus.services.bridge import netns
 from voxbus.services.bridge.audio import AgentFrame, FrameBatcher, PlayoutLedger, convert, rms
 from voxbus.services.bridge.bridge import dispatch_subject
 from voxbus.services.bridge.playout import Playout
-from voxbus.services.bridge.server import LiveKitConfig
 from voxbus.services.bridge.session import session_id_for
 from voxbus.services.bridge.settings import BridgeSettings
 

@@ -30,10 +30,11 @@ from voxbus.contracts.messages import (
     SessionStarted,
 )
 from voxbus.contracts.streams import state_bucket
+from voxbus.dev.livekit_server import LiveKitServer
+from voxbus.dev.probes import FIRST_AUDIO_RMS
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
 from voxbus.services.bridge.bridge import Bridge
-from voxbus.services.bridge.server import LiveKitServer
 from voxbus.services.llm.history import HistoryStore, reply_text
 from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
 from voxbus.services.llm.stage import LlmStage, build_engine
@@ -45,7 +46,6 @@ from voxbus.services.stt.stage import SttStage
 from voxbus.services.tts.engine import KokoroEngine
 from voxbus.services.tts.settings import TtsSettings
 from voxbus.services.tts.stage import TtsStage
-from voxbus.voiceloop import FIRST_AUDIO_RMS
 
 pytestmark = [pytest.mark.livekit, pytest.mark.model]
 

@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from voxbus.bench.report import percentile, print_table, write_json
+from voxbus.dev.callers import RoomCaller
+from voxbus.dev.loop import VoiceLoop
+from voxbus.dev.probes import TurnResult
+from voxbus.dev.supervise import LoopError, run_supervised
 from voxbus.runtime import logging as vlog
 from voxbus.runtime.tracing import turn_trace_id
-from voxbus.voiceloop import LoopError, RoomCaller, TurnResult, VoiceLoop, run_supervised
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech"
 

@@ -40,6 +40,7 @@ class BridgeError(RuntimeError):
 
 class Bridge:
     def __init__(self, bus: Bus, settings: BridgeSettings) -> None:
+        settings.require_credentials()
         if settings.region not in bus.regions:
             raise BridgeError(
                 f"BRIDGE_REGION={settings.region!r} is not served by the bus ({bus.regions})"

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from voxbus.contracts.subjects import check_region
 from voxbus.runtime.settings import Env, SettingsError
-from voxbus.services.bridge.server import DEV_KEY, DEV_SECRET
 
 _INPUT_RATES = (8_000, 16_000, 24_000, 48_000)
 
@@ -16,8 +15,9 @@ _INPUT_RATES = (8_000, 16_000, 24_000, 48_000)
 class BridgeSettings:
     #: The LiveKit signalling URL (``ws://`` or ``wss://``); the HTTP API is derived from it.
     livekit_url: str = "ws://127.0.0.1:7880"
-    api_key: str = DEV_KEY
-    api_secret: str = DEV_SECRET
+    #: The LiveKit API key and secret: no default (the dev harness passes its dev server's).
+    api_key: str = ""
+    api_secret: str = ""
     #: The agent's participant identity in every room it joins.
     identity: str = "voxbus-agent"
     name: str = "voxbus"
@@ -79,6 +79,13 @@ class BridgeSettings:
         )
         s.check()
         return s
+
+    def require_credentials(self) -> None:
+        """The bridge mints room tokens and calls the RoomService: it needs both."""
+        if not self.api_key or not self.api_secret:
+            raise SettingsError(
+                "BRIDGE_API_KEY and BRIDGE_API_SECRET must be set (the LiveKit server's API key)"
+            )
 
     def check(self) -> None:
         for name in ("input_sample_rate_hz", "output_sample_rate_hz"):

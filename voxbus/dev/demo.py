@@ -6,7 +6,7 @@ agent's spoken answer as heard in the room to a WAV, and prints the transcript, 
 latency breakdown measured from the end of the caller's speech.
 
 WebRTC clients ignore loopback, so where it can (root, ``unshare``) the demo re-runs itself inside
-a private network namespace (``services.bridge.netns``) and nothing touches the machine's network;
+a private network namespace (``voxbus.dev.netns``) and nothing touches the machine's network;
 elsewhere (a laptop) it runs as is. ``--bus-only`` skips LiveKit: the caller talks to the stages
 over the bus.
 """
@@ -21,10 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from voxbus.dev.livekit_server import LiveKitServerError, livekit_server_binary
+from voxbus.dev.loop import VoiceLoop
+from voxbus.dev.probes import TurnResult
+from voxbus.dev.supervise import LoopError, run_supervised
 from voxbus.runtime import logging as vlog
-from voxbus.services.bridge.server import LiveKitServerError, livekit_server_binary
 from voxbus.services.stt.audio import write_wav
-from voxbus.voiceloop import LoopError, TurnResult, VoiceLoop, run_supervised
 
 DATA = Path(__file__).with_name("data")
 QUESTION = DATA / "question.wav"  # "What time does the museum open?" (espeak-ng)
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: livekit-server not found (.bin/server): run ./dev setup "
                   "(or use --bus-only)", file=sys.stderr)
             return 2
-    rc = run_supervised("voxbus.demo", argv, want_netns=not args.bus_only,
+    rc = run_supervised("voxbus.dev.demo", argv, want_netns=not args.bus_only,
                         no_netns=args.no_netns)
     if rc is not None:
         return rc

@@ -7,7 +7,7 @@ machine's real interfaces. The recipe that works (see docs/notes on LiveKit): as
 that exists only there. livekit-server, the bridge, the callers and nats-server all run inside it;
 nothing touches the machine's interfaces.
 
-    python -m voxbus.services.bridge.netns [--require] -- python -m pytest tests/bridge
+    python -m voxbus.dev.netns [--require] -- python -m pytest tests/bridge
 
 runs the command inside such a namespace. Where that is impossible (not root, no ``unshare``/``ip``,
 or the kernel refuses) it says why on stderr and runs the command as is, with
@@ -114,7 +114,7 @@ def skip_reason() -> str | None:
         return None
     why = os.environ.get(ENV_UNAVAILABLE) or unavailable_reason()
     how = (
-        "run: .venv/bin/python -m voxbus.services.bridge.netns -- "
+        "run: .venv/bin/python -m voxbus.dev.netns -- "
         ".venv/bin/python -m pytest tests/bridge"
     )
     if why:
@@ -205,7 +205,7 @@ def run_in_netns(argv: Sequence[str], *, require: bool = False, new_session: boo
             return 3
         print("netns: running the command without one (LiveKit tests will skip)", file=sys.stderr)
         return call(argv, env={**os.environ, ENV_UNAVAILABLE: reason}, new_session=new_session)
-    inner = [sys.executable, "-m", "voxbus.services.bridge.netns", "--inside", "--", *argv]
+    inner = [sys.executable, "-m", "voxbus.dev.netns", "--inside", "--", *argv]
     return call(["unshare", "--net", "--fork", "--kill-child", "--", *inner],
                 new_session=new_session, forward_to_grandchild=True)
 
@@ -220,13 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif flag == "--require":
             require = True
         else:
-            print(f"usage: python -m voxbus.services.bridge.netns [--require] -- CMD...  ({flag}?)",
+            print(f"usage: python -m voxbus.dev.netns [--require] -- CMD...  ({flag}?)",
                   file=sys.stderr)
             return 2
     if args and args[0] == "--":
         args.pop(0)
     if not args:
-        print("usage: python -m voxbus.services.bridge.netns [--require] -- CMD...",
+        print("usage: python -m voxbus.dev.netns [--require] -- CMD...",
               file=sys.stderr)
         return 2
     return inner_main(args) if inside else run_in_netns(args, require=require)

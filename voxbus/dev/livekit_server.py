@@ -3,7 +3,7 @@
 ``--dev --bind 127.0.0.1`` alone still advertises the machine's address, binds RTC ports on its
 interfaces and offers public STUN servers; the config rendered here keeps everything on the given
 interface. Outside a private network namespace that is ``lo``/``127.0.0.1``; inside one
-(``services.bridge.netns``) it must be the veth end (clients gather candidates only there).
+(``voxbus.dev.netns``) it must be the veth end (clients gather candidates only there).
 
 The binary is ``<repo>/.bin/server`` (``scripts/install-livekit.sh``), ``$LIVEKIT_SERVER_BIN``,
 or ``livekit-server`` on PATH.
