@@ -280,10 +280,10 @@ async def test_dispatch_over_nats(
     t0 = time.perf_counter()
     answer = await request_dispatch("nats-room", nats_url=nats_url, region=REGION)
     report("dispatch_over_nats", roundtrip=time.perf_counter() - t0)
-    assert answer["ok"] and answer["room"] == "nats-room"
+    assert answer.ok and answer.room == "nats-room"
     assert "nats-room" in bridge.rooms
     again = await request_dispatch("nats-room", nats_url=nats_url, region=REGION)
-    assert again["ok"] and len(bridge.rooms) == 1
+    assert again.ok and len(bridge.rooms) == 1
 
 
 async def test_stale_reply_is_never_played(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from voxbus.contracts.control import dispatch_subject
 from voxbus.contracts.messages import SESSION_PATTERN
 from voxbus.contracts.streams import ops_streams, region_streams
 from voxbus.dev import netns
@@ -17,7 +18,6 @@ from voxbus.dev.livekit_server import LiveKitConfig
 from voxbus.ops.auth import stage_permissions
 from voxbus.runtime.settings import SettingsError
 from voxbus.services.bridge.audio import AgentFrame, FrameBatcher, PlayoutLedger, convert, rms
-from voxbus.services.bridge.bridge import dispatch_subject
 from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.session import session_id_for
 from voxbus.services.bridge.settings import BridgeSettings

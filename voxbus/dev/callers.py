@@ -99,8 +99,8 @@ class RoomCaller:
             raise LoopError("the loop runs without LiveKit (VoiceLoop(livekit=True))")
         answer = await request_dispatch(room, nats_url=server.url, region=loop.region,
                                         timeout_s=timeout_s)
-        if not answer.get("ok"):
-            raise LoopError(f"the bridge did not join room {room!r}: {answer.get('error')}")
+        if not answer.ok:
+            raise LoopError(f"the bridge did not join room {room!r}: {answer.error}")
         caller = Caller(lk.url, lk.config.api_key, lk.config.api_secret, room,
                         identity=identity)
         try:

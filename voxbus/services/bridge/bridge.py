@@ -8,31 +8,27 @@ room with participants that the agent is not in.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
+import msgspec
 import structlog
 from livekit import api
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voxbus.contracts.subjects import PREFIX, check_region
+from voxbus.contracts.control import (
+    DISPATCH_QUEUE,
+    DispatchReply,
+    decode_dispatch_request,
+    dispatch_subject,
+    encode_json,
+)
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet
 from voxbus.services.bridge.room import RoomAgent
 from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge")
-
-#: Queue group of the dispatch subject: one bridge replica answers each request.
-DISPATCH_QUEUE = "voxbus-bridge"
-
-
-def dispatch_subject(region: str) -> str:
-    """``voxbus.<region>._bridge.bridge.dispatch``: inside the stage identity's permissions
-    (``voxbus.<region>.*.*.*``) and outside every stream's subjects, so no stream stores it."""
-    return f"{PREFIX}.{check_region(region)}._bridge.bridge.dispatch"
-
 
 class BridgeError(RuntimeError):
     pass
@@ -130,20 +126,20 @@ class Bridge:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            room = str(json.loads(msg.data)["room"])
-        except (ValueError, KeyError, TypeError) as e:
-            await msg.respond(json.dumps({"ok": False, "error": f"bad request: {e}"}).encode())
+            room = decode_dispatch_request(msg.data).room
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            await msg.respond(encode_json(DispatchReply(ok=False, error=f"bad request: {e}")))
             return
         t0 = time.perf_counter()
         try:
             agent = await self.dispatch(room)
         except Exception as e:  # noqa: BLE001 - the requester hears why
-            await msg.respond(json.dumps({"ok": False, "room": room, "error": repr(e)}).encode())
+            await msg.respond(encode_json(DispatchReply(ok=False, room=room, error=repr(e))))
             return
-        await msg.respond(json.dumps({
-            "ok": True, "room": room, "sessions": [s.id for s in agent.sessions.values()],
-            "ms": round((time.perf_counter() - t0) * 1000, 1),
-        }).encode())
+        await msg.respond(encode_json(DispatchReply(
+            ok=True, room=room, sessions=[s.id for s in agent.sessions.values()],
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )))
 
     async def _has_caller(self, room: str) -> bool:
         """The room's participant count in ``list_rooms`` lags by seconds: ask for the list."""

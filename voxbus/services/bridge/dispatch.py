@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 
+from voxbus.contracts.control import (
+    DispatchReply,
+    DispatchRequest,
+    decode_dispatch_reply,
+    dispatch_subject,
+    encode_json,
+)
 from voxbus.runtime.settings import BusSettings
-from voxbus.services.bridge.bridge import dispatch_subject
 from voxbus.services.bridge.settings import BridgeSettings
 
 
 async def request_dispatch(
     room: str, *, nats_url: str, region: str, timeout_s: float = 15.0,
     user: str | None = None, password: str | None = None,
-) -> dict[str, Any]:
-    """The bridge's answer: ``{"ok": true, "room": ..., "ms": ...}`` or ``{"ok": false, ...}``."""
+) -> DispatchReply:
+    """The bridge's answer, or an ``ok=False`` reply saying why there was none."""
     async def quiet(e: Exception) -> None:  # the answer below says what went wrong
         return None
 
@@ -30,17 +35,18 @@ async def request_dispatch(
                                 max_reconnect_attempts=1,
                                 connect_timeout=2, error_cb=quiet)
     except (OSError, nats.errors.Error) as e:
-        return {"ok": False, "room": room, "error": f"cannot reach NATS at {nats_url}: {e!r}"}
+        return DispatchReply(ok=False, room=room, error=f"cannot reach NATS at {nats_url}: {e!r}")
     try:
         reply = await nc.request(
-            dispatch_subject(region), json.dumps({"room": room}).encode(), timeout=timeout_s
+            dispatch_subject(region), encode_json(DispatchRequest(room=room)), timeout=timeout_s
         )
-        answer: dict[str, Any] = json.loads(reply.data)
-        return answer
+        return decode_dispatch_reply(reply.data)
     except nats.errors.NoRespondersError:
-        return {"ok": False, "room": room, "error": "no bridge is running for this region"}
+        return DispatchReply(ok=False, room=room, error="no bridge is running for this region")
     except nats.errors.TimeoutError:
-        return {"ok": False, "room": room, "error": f"no answer in {timeout_s} s"}
+        return DispatchReply(ok=False, room=room, error=f"no answer in {timeout_s} s")
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return DispatchReply(ok=False, room=room, error=f"unreadable answer: {e}")
     finally:
         await nc.close()
 
@@ -60,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.room, nats_url=bus.url, region=region, timeout_s=args.timeout,
         user=bus.user, password=bus.password,
     ))
-    print(json.dumps(answer))
-    return 0 if answer.get("ok") else 1
+    print(encode_json(answer).decode())
+    return 0 if answer.ok else 1
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from voxbus.contracts.control import LLM_STATE, state_key
 from voxbus.services.llm.engine import ChatMessage
 
-KEY_SUFFIX: Final = "llm"
 _CAS_ATTEMPTS: Final = 16
 
 
@@ -133,7 +133,7 @@ class HistoryStore:
 
     @staticmethod
     def key(session: str) -> str:
-        return f"{session}.{KEY_SUFFIX}"
+        return state_key(session, LLM_STATE)
 
     async def _read(self, session: str) -> tuple[History, int | None]:
         try:

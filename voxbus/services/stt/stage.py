@@ -48,17 +48,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 
+from voxbus.contracts import control
 from voxbus.contracts.messages import (
     MAX_TEXT_CHARS,
     AnyMessage,
@@ -84,12 +85,11 @@ from voxbus.services.stt.vad import SileroVad, VoiceActivity
 
 log = structlog.get_logger("voxbus.stt")
 
-STATE_KEY_SUFFIX = "stt"
 
 
 def state_key(session: str) -> str:
     """The session's key in the region's state bucket (``<session>.stt``)."""
-    return f"{session}.{STATE_KEY_SUFFIX}"
+    return control.state_key(session, control.STT_STATE)
 
 
 # ---- per-session state --------------------------------------------------------------------------
@@ -279,9 +279,8 @@ class SttStage:
         except (NatsError, TimeoutError) as e:
             raise Retryable(f"state bucket unavailable: {e}") from e
         try:
-            value = json.loads(entry.value or b"{}")
-            return max(0, int(value["turn"]))
-        except (ValueError, KeyError, TypeError):
+            return control.decode_stt_state(entry.value or b"").turn
+        except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("bad_turn_state", session=session)
             return 0
 
@@ -295,7 +294,8 @@ class SttStage:
         turn = max(st.turn, stored) + 1
         try:
             kv = await st.bus.kv(state_bucket(st.region))
-            await kv.put(state_key(st.session), json.dumps({"turn": turn}).encode())
+            await kv.put(state_key(st.session),
+                         control.encode_json(control.SttTurnState(turn=turn)))
         except (NatsError, TimeoutError) as e:
             st.log.warning("turn_state_not_saved", turn=turn, error=str(e))
         return turn

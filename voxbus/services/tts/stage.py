@@ -14,8 +14,9 @@ Barge-in: the runtime cancels the running handler of an interrupted turn and dro
 output; cancelling aborts the unit's job (a running Kokoro forward pass stops within a few ms, a
 queued one never starts). The ``Interrupt`` itself drops the turn's state.
 
-Voice: ``TTS_VOICE``, or per reply a ``Voxbus-Voice`` header on its first message (the contracts
-have no voice field). An unknown voice falls back to the default one, with a warning.
+Voice: ``TTS_VOICE``, or per reply a ``Voxbus-Voice`` header on its first message
+(``contracts.control.VOICE_HEADER``). An unknown voice falls back to the default one, with a
+warning.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
 
+from voxbus.contracts.control import VOICE_HEADER, header
 from voxbus.contracts.messages import AnyMessage, AudioOut, Interrupt, Message, ReplyEnd, ReplyText
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.stage import BadInput, Context
@@ -41,7 +43,6 @@ from .settings import TtsSettings
 
 log = structlog.get_logger("voxbus.tts")
 
-VOICE_HEADER: Final = "voxbus-voice"
 MAX_REPLY_CHARS: Final = 200_000
 MAX_GAP_CHARS: Final = 8_000
 # Audio per character of text (af_heart, speed 1), until a unit's real length is known: only to
@@ -233,7 +234,7 @@ class TtsStage:
             return None
         await self._admit(msg, ctx)
         voice = self._voice
-        if requested := _header(ctx.headers, VOICE_HEADER):
+        if requested := header(ctx.headers, VOICE_HEADER):
             voice = self._check_voice(requested, ctx.log)
         s = self.settings
         reply = _Reply(
@@ -358,10 +359,3 @@ def _place(reply: _Reply, msg: ReplyText) -> str | None:
         raise BadInput("reply_too_long", f"a reply longer than {MAX_REPLY_CHARS} characters")
     reply.text += piece
     return piece
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value.strip()
-    return ""

@@ -1,0 +1,98 @@
+"""Wire facts outside the session message union: the bridge's dispatch request and answer, the
+header that picks a reply's voice, and what stages keep in a region's state bucket.
+
+Dispatch and state values are JSON (an operator's shell or another language can speak them);
+the structs below are their schema. The evolution rules of ``messages`` apply: new fields get
+defaults, a field's meaning never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Final
+
+import msgspec
+
+from voxbus.contracts.subjects import PREFIX, check_region, check_session
+
+# ---- dispatch: send the agent into a LiveKit room ------------------------------------------
+
+#: Queue group of the dispatch subject: one bridge replica answers each request.
+DISPATCH_QUEUE: Final = "voxbus-bridge"
+
+
+def dispatch_subject(region: str) -> str:
+    """``voxbus.<region>._bridge.bridge.dispatch``: inside the stage identity's permissions
+    (``voxbus.<region>.*.*.*``) and outside every stream's subjects, so no stream stores it."""
+    return f"{PREFIX}.{check_region(region)}._bridge.bridge.dispatch"
+
+
+RoomName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class DispatchRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Request on ``dispatch_subject(region)``: join ``room``."""
+
+    room: RoomName
+
+
+class DispatchReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The bridge's answer: ``ok`` with the sessions it runs in the room, or ``error``."""
+
+    ok: bool
+    room: str = ""
+    sessions: list[str] = msgspec.field(default_factory=list)
+    ms: float = 0.0
+    error: str = ""
+
+
+def encode_json(value: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def decode_dispatch_request(data: bytes) -> DispatchRequest:
+    """Raises ``msgspec.ValidationError`` / ``msgspec.DecodeError`` on a bad request."""
+    return msgspec.json.decode(data, type=DispatchRequest)
+
+
+def decode_dispatch_reply(data: bytes) -> DispatchReply:
+    return msgspec.json.decode(data, type=DispatchReply)
+
+
+# ---- headers ---------------------------------------------------------------------------------
+
+#: On the first ``ReplyText`` of a reply: the TTS voice to speak it with (case-insensitive name).
+VOICE_HEADER: Final = "Voxbus-Voice"
+
+
+def header(headers: Mapping[str, str] | None, name: str) -> str:
+    """A header's value by case-insensitive name ("" when absent)."""
+    wanted = name.lower()
+    for key, value in (headers or {}).items():
+        if key.lower() == wanted:
+            return value.strip()
+    return ""
+
+
+# ---- the state bucket ----------------------------------------------------------------------
+
+
+def state_key(session: str, owner: str) -> str:
+    """``<session>.<owner>``: every key of a session shares the ``<session>.`` prefix, so a purge
+    of ``<session>.>`` erases them all."""
+    return f"{check_session(session)}.{owner}"
+
+
+class SttTurnState(msgspec.Struct, frozen=True, kw_only=True):
+    """``<session>.stt``: the session's last user turn, so a replica that takes the session over
+    never reuses a turn number."""
+
+    turn: Annotated[int, msgspec.Meta(ge=0)]
+
+
+STT_STATE: Final = "stt"
+LLM_STATE: Final = "llm"
+
+
+def decode_stt_state(data: bytes) -> SttTurnState:
+    return msgspec.json.decode(data, type=SttTurnState)
