@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tests.conftest import REGION
+from voxbus.audio import convert_pcm16
 from voxbus.contracts import decode
 from voxbus.contracts.messages import AnyMessage, AudioIn, Message
 from voxbus.dev.livekit_caller import SILENT_RMS, Caller, Heard
@@ -33,10 +34,9 @@ def load_wav(name: str) -> tuple[np.ndarray, int]:
 
 
 def resample(x: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
-    n = round(len(x) * out_rate / rate)
-    y = np.interp(np.arange(n) * (rate / out_rate), np.arange(len(x)), x.astype(np.float64))
-    out: np.ndarray = np.rint(y).astype("<i2")
-    return out
+    """PCM16 samples at ``rate`` as PCM16 samples at ``out_rate`` (the one resampler)."""
+    pcm = convert_pcm16(x.astype("<i2").tobytes(), rate=rate, channels=1, out_rate=out_rate)
+    return np.frombuffer(pcm, dtype="<i2").copy()
 
 
 def tone(seconds: float, rate: int = 24_000, hz: float = 300.0, amp: int = 8000) -> np.ndarray:

@@ -17,7 +17,7 @@ from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitConfig
 from voxbus.ops.auth import stage_permissions
 from voxbus.runtime.settings import SettingsError
-from voxbus.services.bridge.audio import AgentFrame, FrameBatcher, PlayoutLedger, convert, rms
+from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher, PlayoutLedger, rms
 from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.session import session_id_for
 from voxbus.services.bridge.settings import BridgeSettings
@@ -54,15 +54,22 @@ def test_batcher_cuts_20ms_frames() -> None:
     assert len(b) == 320
 
 
-def test_convert_formats() -> None:
-    stereo48 = np.stack([np.full(960, 1000), np.full(960, 3000)], axis=1).astype("<i2")
-    mono24 = np.frombuffer(convert(stereo48.tobytes(), rate=48_000, channels=2, out_rate=24_000),
-                           dtype="<i2")
-    assert len(mono24) == 480 and abs(int(mono24.mean()) - 2000) <= 1
-    up = convert(np.zeros(320, "<i2").tobytes(), rate=16_000, channels=1, out_rate=24_000)
-    assert len(up) == 960
+def test_agent_audio_is_one_stream_per_session() -> None:
+    """Frames of another rate or layout come out mono at the track's rate, as one resampled
+    stream: the frames of a reply add up to its length once the last one flushes."""
+    audio = AgentAudio(24_000)
+    stereo48 = np.stack([np.full(960, 1000), np.full(960, 3000)], axis=1).astype("<i2").tobytes()
+    out = b"".join(audio.push(stereo48, rate=48_000, channels=2) for _ in range(10))
+    out += audio.push(b"", rate=48_000, channels=2, last=True)
+    mono24 = np.frombuffer(out, dtype="<i2")
+    assert len(mono24) == 4800 and abs(int(np.median(mono24)) - 2000) <= 1
+    up = b"".join(audio.push(bytes(640), rate=16_000, channels=1) for _ in range(5))
+    up += audio.push(b"", rate=16_000, channels=1, last=True)
+    assert len(up) == 5 * 960
     same = np.arange(480, dtype="<i2").tobytes()
-    assert convert(same, rate=24_000, channels=1, out_rate=24_000) == same
+    assert audio.push(same, rate=24_000, channels=1) == same
+    with pytest.raises(ValueError):
+        audio.push(b"\0" * 3, rate=24_000, channels=1)
     assert rms(np.full(10, 100, "<i2").tobytes()) == pytest.approx(100)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from tests.bridge.caller import Caller, Tap, load_wav
 from tests.conftest import REGION
+from voxbus.audio import pcm16_to_float32, resample
 from voxbus.contracts.messages import (
     AgentSpoke,
     AudioOut,
@@ -38,7 +39,6 @@ from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.llm.history import HistoryStore, reply_text
 from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
 from voxbus.services.llm.stage import LlmStage, build_engine
-from voxbus.services.stt.audio import pcm16_to_float32, resample
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import normalize_text, word_edit_distance
 from voxbus.services.stt.settings import SttSettings
@@ -126,7 +126,7 @@ async def in_room(
 
 
 def transcribe(whisper: WhisperEngine, pcm: bytes) -> str:
-    audio = resample(pcm16_to_float32(pcm), in_rate_hz=LISTEN_RATE)
+    audio = resample(pcm16_to_float32(pcm), in_rate_hz=LISTEN_RATE, out_rate_hz=16_000)
     return whisper.transcribe(audio).text
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from voxbus.runtime.procs import free_port
 from voxbus.services.llm.llama_engine import LlamaCppEngine, default_model_path
 
 SERVER_READY_TIMEOUT_S = 60.0
@@ -40,17 +40,10 @@ async def llama_engine(smollm2_path: Path) -> AsyncIterator[LlamaCppEngine]:
         await engine.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def llama_server(smollm2_path: Path) -> Iterator[str]:
     """``python -m llama_cpp.server`` on a free loopback port, chatml-function-calling format."""
-    port = _free_port()
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
     cmd = [
         sys.executable, "-m", "llama_cpp.server",

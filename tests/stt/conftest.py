@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from voxbus.services.stt.audio import Float32Array, load_wav_16k_mono
+from voxbus.audio import Float32Array
+from voxbus.services.stt.audio import load_wav_16k_mono
 from voxbus.services.stt.engine import WhisperEngine
 
 SPEECH_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "speech"

@@ -27,10 +27,10 @@ import pytest
 
 from tests.stt.conftest import FIXTURES
 from tests.stt.test_stage import Feed, pcm_of, running
+from voxbus.audio import Float32Array, pcm16_to_float32
 from voxbus.contracts.messages import EndOfTurn
 from voxbus.runtime.bus import Bus
 from voxbus.services.stt import turns
-from voxbus.services.stt.audio import Float32Array, pcm16_to_float32
 from voxbus.services.stt.engine import DEFAULT_COMPUTE_TYPE, WhisperEngine
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.stage import SttStage

@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 
 from tests.stt.conftest import FIXTURE_IDS, FIXTURES, NARROWBAND_OK, SpeechFixture, fixture_named
-from voxbus.services.stt.audio import (
-    PcmTo16kMono,
-    float32_to_pcm16,
-    load_wav_16k_mono,
-    resample,
-)
+from voxbus.audio import PcmConverter, float32_to_pcm16, resample
+from voxbus.services.stt.audio import WHISPER_RATE_HZ, load_wav_16k_mono
 from voxbus.services.stt.engine import (
     FakeTranscriber,
     ScriptedReply,
@@ -84,7 +80,7 @@ def test_whisper_transcribes_48k_stereo_pcm_through_the_converter(
     left = resample(mono16, in_rate_hz=16_000, out_rate_hz=48_000)
     stereo = np.stack([left, 0.8 * left], axis=1)
     pcm = float32_to_pcm16(stereo)
-    conv = PcmTo16kMono(sample_rate_hz=48_000, channels=2)
+    conv = PcmConverter(sample_rate_hz=48_000, channels=2, out_rate_hz=WHISPER_RATE_HZ)
     frame = 960 * 2 * 2  # 20 ms of 48 kHz stereo PCM16
     audio = np.concatenate(
         [conv.push(pcm[i : i + frame]) for i in range(0, len(pcm), frame)] + [conv.flush()]
@@ -99,7 +95,7 @@ def test_whisper_transcribes_48k_stereo_pcm_through_the_converter(
 def test_whisper_transcribes_8k_audio(whisper: WhisperEngine, name: str) -> None:
     fx = fixture_named(name)
     pcm8k = float32_to_pcm16(resample(fx.audio(), in_rate_hz=16_000, out_rate_hz=8_000))
-    conv = PcmTo16kMono(sample_rate_hz=8_000)
+    conv = PcmConverter(sample_rate_hz=8_000, out_rate_hz=WHISPER_RATE_HZ)
     audio = np.concatenate(
         [conv.push(pcm8k[i : i + 320]) for i in range(0, len(pcm8k), 320)] + [conv.flush()]
     )

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from tests.conftest import REGION
 from tests.stt.conftest import FIXTURES, SpeechFixture, fixture_named
+from voxbus.audio import float32_to_pcm16, read_wav, resample
 from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AnyMessage,
@@ -35,7 +36,6 @@ from voxbus.contracts.messages import (
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
-from voxbus.services.stt.audio import float32_to_pcm16, read_wav, resample
 from voxbus.services.stt.decoding import DecodeSlot
 from voxbus.services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
 from voxbus.services.stt.frontend import Timeline

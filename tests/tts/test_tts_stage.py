@@ -18,11 +18,11 @@ import structlog
 from nats.aio.msg import Msg
 
 from tests.conftest import REGION
+from voxbus.audio import resample
 from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioOut, ErrorEvent, Interrupt, ReplyEnd, ReplyText
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
-from voxbus.services.stt.audio import resample
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import normalize_text, word_errors
 from voxbus.services.tts.engine import KokoroEngine, Synthesizer
@@ -316,7 +316,7 @@ async def test_round_trip_through_whisper(
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, text, cuts=[35])
         await wait_for(lambda: heard.done(1), 30)
-    audio_16k = resample(pcm_of(heard.of(1)[:-1]), in_rate_hz=24_000)
+    audio_16k = resample(pcm_of(heard.of(1)[:-1]), in_rate_hz=24_000, out_rate_hz=16_000)
     result = await asyncio.to_thread(whisper.transcribe, audio_16k)
     assert word_errors(text, result.text) <= 1, (normalize_text(text), result.text)
 

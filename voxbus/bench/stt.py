@@ -55,7 +55,7 @@ class Fixture:
 
 
 def load_fixtures() -> list[Fixture]:
-    from voxbus.services.stt.audio import read_wav
+    from voxbus.audio import read_wav
 
     manifest = json.loads((SPEECH_DIR / "manifest.json").read_text())
     out = []
@@ -87,9 +87,9 @@ class Clock:
 async def _worker(url: str) -> None:
     import numpy as np
 
+    from voxbus.audio import pcm16_to_float32
     from voxbus.runtime import logging as vlog
     from voxbus.runtime.worker import Worker
-    from voxbus.services.stt.audio import pcm16_to_float32
     from voxbus.services.stt.settings import SttSettings
     from voxbus.services.stt.stage import SttStage
 

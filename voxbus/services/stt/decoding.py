@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import structlog
 
+from voxbus.audio import Float32Array
 from voxbus.runtime.threads import lower_thread_priority
-from voxbus.services.stt.audio import Float32Array
 from voxbus.services.stt.engine import Transcriber, TranscriptResult, WhisperEngine
 from voxbus.services.stt.settings import SttSettings
 

@@ -18,7 +18,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from voxbus.services.stt.audio import WHISPER_RATE_HZ, Float32Array
+from voxbus.audio import Float32Array
+from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.models import DEFAULT_MODEL, resolve_model_dir
 
 Device = Literal["cpu", "cuda"]

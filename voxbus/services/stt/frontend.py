@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import bisect
 
+from voxbus.audio import PcmConverter, PcmError
 from voxbus.contracts.messages import AudioIn
 from voxbus.services.stt import turns
-from voxbus.services.stt.audio import WHISPER_RATE_HZ, PcmError, PcmTo16kMono
+from voxbus.services.stt.audio import WHISPER_RATE_HZ
 
 _NS_PER_SAMPLE = 1e9 / WHISPER_RATE_HZ
 
@@ -44,7 +45,7 @@ class AudioFrontend:
     def __init__(self, segmenter: turns.Segmenter) -> None:
         self.segmenter = segmenter
         self.timeline = Timeline()
-        self._conv: PcmTo16kMono | None = None
+        self._conv: PcmConverter | None = None
         self._conv_start = 0  # stream position where the converter's output begins
         self._conv_frames = 0  # input frames (samples per channel) the converter has taken
 
@@ -63,8 +64,9 @@ class AudioFrontend:
         ):
             if conv is not None:  # format changed: release the old converter's tail, start anew
                 out += self.segmenter.push(conv.flush())
-            conv = self._conv = PcmTo16kMono(
-                sample_rate_hz=frame.sample_rate_hz, channels=frame.channels
+            conv = self._conv = PcmConverter(
+                sample_rate_hz=frame.sample_rate_hz, channels=frame.channels,
+                out_rate_hz=WHISPER_RATE_HZ,
             )
             self._conv_start = self.segmenter.position
             self._conv_frames = 0

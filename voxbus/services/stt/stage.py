@@ -2,7 +2,7 @@
 
 Each frame is handled in its session's lane, in order:
 
-    PCM16 -> 16 kHz mono (PcmTo16kMono) -> Silero VAD + turn detector (Segmenter)
+    PCM16 -> 16 kHz mono (PcmConverter) -> Silero VAD + turn detector (Segmenter)
 
 on one "frontend" thread, so the event loop only routes messages. The turn events become:
 
@@ -59,6 +59,7 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 
+from voxbus.audio import Float32Array, PcmError
 from voxbus.contracts import control
 from voxbus.contracts.messages import (
     MAX_TEXT_CHARS,
@@ -76,7 +77,6 @@ from voxbus.runtime.bus import Bus
 from voxbus.runtime.stage import BadInput, Context, Retryable
 from voxbus.runtime.tasks import TaskSet
 from voxbus.services.stt import turns
-from voxbus.services.stt.audio import Float32Array, PcmError
 from voxbus.services.stt.decoding import Decoder, build_engine
 from voxbus.services.stt.engine import Transcriber, TranscriptResult
 from voxbus.services.stt.frontend import AudioFrontend

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxbus.services.stt.audio import WHISPER_RATE_HZ, Float32Array
+from voxbus.audio import Float32Array
+from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.vad import VoiceActivity
 
 

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from voxbus.services.stt.audio import WHISPER_RATE_HZ, Float32Array
+from voxbus.audio import Float32Array
+from voxbus.services.stt.audio import WHISPER_RATE_HZ
 
 
 @dataclass(frozen=True, slots=True)
