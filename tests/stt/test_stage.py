@@ -36,7 +36,6 @@ from voxbus.contracts.messages import (
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
-from voxbus.services.stt.decoding import DecodeSlot
 from voxbus.services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
 from voxbus.services.stt.frontend import Timeline
 from voxbus.services.stt.normalize import normalize_text, word_errors
@@ -355,27 +354,6 @@ async def test_extra_sessions_wait_and_idle_sessions_are_dropped(bus: Bus) -> No
 
 
 # ---- units --------------------------------------------------------------------------------------
-
-
-async def test_decode_slot_hands_over_in_order_and_partials_never_wait() -> None:
-    slot = DecodeSlot()
-    assert slot.try_take() and slot.busy and not slot.try_take()
-    order: list[str] = []
-
-    async def final(name: str) -> None:
-        await slot.take()
-        order.append(name)
-        await asyncio.sleep(0)
-        slot.give()
-
-    tasks = [asyncio.create_task(final(n)) for n in ("a", "b")]
-    await asyncio.sleep(0)
-    cancelled = asyncio.create_task(final("never"))
-    await asyncio.sleep(0)
-    cancelled.cancel()
-    slot.give()
-    await asyncio.gather(*tasks)
-    assert order == ["a", "b"] and not slot.busy and slot.try_take()
 
 
 def test_timeline_maps_samples_to_capture_times() -> None:

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from voxbus.runtime.engine_thread import Abort
 from voxbus.services.tts.clauses import UnitSplitter
-from voxbus.services.tts.engine import Abort, KokoroEngine, SynthesisAborted
+from voxbus.services.tts.engine import KokoroEngine, SynthesisAborted
 from voxbus.services.tts.fake import FakeSynthesizer
 from voxbus.services.tts.scheduler import SynthScheduler
 
@@ -83,18 +84,6 @@ async def test_closing_fails_waiting_callers() -> None:
     with pytest.raises(SynthesisAborted):
         await job
     assert time.monotonic() - started < 1.0
-
-
-def test_abort_hooks() -> None:
-    abort = Abort()
-    seen: list[str] = []
-    unregister = abort.on_set(lambda: seen.append("a"))
-    abort.on_set(lambda: seen.append("b"))
-    unregister()
-    abort.set()
-    abort.set()
-    abort.on_set(lambda: seen.append("late"))
-    assert seen == ["b", "late"] and abort.is_set()
 
 
 def test_boundary_chunks_cut_without_waiting() -> None:

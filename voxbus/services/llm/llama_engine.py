@@ -1,10 +1,10 @@
 """In-process llama.cpp engine (``llama_cpp.Llama``), by default on SmolLM2-135M-Instruct Q4_1.
 
-One llama context per engine, so generations are serialized: every job runs on the engine's single
-worker thread, which feeds the consumer's asyncio queue through ``loop.call_soon_threadsafe``.
-Cancellation sets a flag the worker checks before every prompt chunk and every token; the consumer
-side returns at once; the worker stops within one token (~15 ms at 1 thread) or one prompt chunk
-(32 tokens: up to ~170 ms during a cold prompt at 1 thread).
+One llama context per engine, so generations are serialized: every job runs on the engine's
+``EngineThread`` (one thread, at ``nice``), which streams the deltas back to the consumer.
+Leaving the stream aborts the job: the thread checks before every prompt chunk and every token;
+the consumer side returns at once; the thread stops within one token (~15 ms at 1 thread) or one
+prompt chunk (32 tokens: up to ~170 ms during a cold prompt at 1 thread).
 
 Prefix reuse: the prompt is rendered and tokenized message by message (``chatml``) and assistant
 replies are re-entered as the exact tokens that were sampled, so turn N+1 starts with turn N's
@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import importlib.util
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
-from voxbus.runtime.threads import lower_thread_priority
+from voxbus.runtime.engine_thread import Abort, EngineClosed, EngineThread
 from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
 from voxbus.services.llm.engine import (
     ChatMessage,
@@ -101,26 +100,11 @@ class _Options:
 
 
 @dataclass(frozen=True, slots=True)
-class _End:
-    error: Exception | None = None
-
-
-_Item = LLMDelta | _End
-
-
-@dataclass(eq=False, slots=True)
 class _Job:
     messages: list[ChatMessage]
     tools: list[ToolSpec] | None
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[_Item]
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def post(self, item: _Item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening
-            self.cancel.set()
+    abort: Abort
+    emit: Callable[[LLMDelta], None]
 
 
 class LlamaCppEngine:
@@ -165,17 +149,11 @@ class LlamaCppEngine:
             default_system_prompt=default_system_prompt,
             tool_mode=tool_mode,
         )
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="llm-llama",
-            initializer=lower_thread_priority, initargs=(nice,),
-        )
+        self._thread = EngineThread("llm-llama", nice=nice)
         self._llm: Llama | None = None
         self._stop_ids: frozenset[int] = frozenset()
         # Worker-thread state below: touched only from the executor's single thread.
         self._replies: OrderedDict[str, list[int]] = OrderedDict()
-        # Owned by the event loop.
-        self._active: set[_Job] = set()
-        self._pending: set[asyncio.Future[None]] = set()
         self._closed = False
         self._warned_tools = False
         self.load_s: float | None = None
@@ -198,52 +176,41 @@ class LlamaCppEngine:
         if tools and self._opts.tool_mode == "off" and not self._warned_tools:
             self._warned_tools = True
             log.warning("llm_tools_ignored", reason="tool_mode is off for this model")
-        loop = asyncio.get_running_loop()
         use_tools = list(tools) if tools and self._opts.tool_mode == "hermes" else None
-        job = _Job(list(messages), use_tools, loop, asyncio.Queue())
-        self._active.add(job)
-        future = loop.run_in_executor(self._executor, self._run, job)
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        messages = list(messages)
+
+        def generate(abort: Abort, emit: Callable[[LLMDelta], None]) -> None:
+            self._generate(_Job(messages, use_tools, abort, emit))
+
         try:
-            while True:
-                item = await job.queue.get()
-                if isinstance(item, _End):
-                    if item.error is None:
-                        return
-                    if isinstance(item.error, LLMBackendError):
-                        raise item.error
-                    raise LLMBackendError(f"llama.cpp failed: {item.error!r}") from item.error
-                yield item
-        finally:
-            job.cancel.set()
-            self._active.discard(job)
+            async with contextlib.aclosing(self._thread.stream(generate)) as deltas:
+                async for delta in deltas:  # leaving it closes the stream: the job aborts now
+                    yield delta
+        except LLMBackendError:
+            raise
+        except EngineClosed as exc:
+            raise LLMBackendError("engine is closed") from exc
+        except Exception as exc:
+            raise LLMBackendError(f"llama.cpp failed: {exc!r}") from exc
 
     async def wait_idle(self) -> None:
         """Wait until the worker has finished every job handed to it (cancelled ones included)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._thread.wait_idle()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for job in list(self._active):
-            job.cancel.set()
-        await self.wait_idle()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload)
-        self._executor.shutdown(wait=False)  # idle by now: its thread just exits
+        await self._thread.close()  # aborts what runs; its thread ends
+        await asyncio.to_thread(self._unload)
 
     # ---- loop side helpers ------------------------------------------------------------------
 
     async def _call(self, fn: _SyncFn, messages: list[ChatMessage]) -> None:
         if self._closed:
             raise LLMBackendError("engine is closed")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, messages)
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
         try:
-            await asyncio.shield(future)
+            await self._thread.run(lambda _abort: fn(messages))
         except LLMBackendError:
             raise
         except Exception as exc:
@@ -299,16 +266,7 @@ class LlamaCppEngine:
         )
         tokens = self._tokenize(llm, parts)
         if tokens:
-            self._prefill(llm, tokens, threading.Event())
-
-    def _run(self, job: _Job) -> None:
-        try:
-            if not job.cancel.is_set():
-                self._generate(job)
-        except Exception as exc:  # handed to the consumer, raised there as LLMBackendError
-            job.post(_End(exc))
-        else:
-            job.post(_End())
+            self._prefill(llm, tokens, Abort())
 
     def _tokenize(self, llm: Llama, parts: Sequence[PromptPart]) -> list[int]:
         tokens: list[int] = []
@@ -350,7 +308,7 @@ class LlamaCppEngine:
         while len(self._replies) > _REPLY_CACHE_SIZE:
             self._replies.popitem(last=False)
 
-    def _prefill(self, llm: Llama, tokens: list[int], cancel: threading.Event) -> int | None:
+    def _prefill(self, llm: Llama, tokens: list[int], cancel: Abort) -> int | None:
         """Evaluate ``tokens`` after the longest cached prefix, in chunks; None if cancelled.
 
         At least the last token is evaluated so its logits are fresh for sampling.
@@ -380,7 +338,7 @@ class LlamaCppEngine:
         n_ctx = llm.n_ctx()
         if len(prompt) >= n_ctx - 1:
             raise LLMBackendError(f"prompt is {len(prompt)} tokens; n_ctx is {n_ctx}")
-        reused = self._prefill(llm, prompt, job.cancel)
+        reused = self._prefill(llm, prompt, job.abort)
         prefilled = time.perf_counter()
         if reused is None:
             return
@@ -401,7 +359,7 @@ class LlamaCppEngine:
         )
         try:
             for token in generator:
-                if job.cancel.is_set():
+                if job.abort.is_set():
                     finish = None
                     break
                 if token in self._stop_ids:
@@ -425,7 +383,7 @@ class LlamaCppEngine:
         self._remember("".join(text), sampled)
         if finish is not None and extractor is not None:
             for delta in extractor.finish():
-                job.post(delta)
+                job.emit(delta)
             if extractor.calls and finish == "stop":
                 finish = "tool_calls"
         self.last_stats = GenerationStats(
@@ -438,15 +396,15 @@ class LlamaCppEngine:
             finish=finish,
         )
         if finish is not None:
-            job.post(FinishDelta(finish))
+            job.emit(FinishDelta(finish))
 
     @staticmethod
     def _emit(job: _Job, extractor: ToolCallExtractor | None, piece: str) -> None:
-        if job.cancel.is_set():
+        if job.abort.is_set():
             return
         if extractor is None:
-            job.post(TextDelta(piece))
+            job.emit(TextDelta(piece))
             return
         delta: TextDelta | ToolCallDelta
         for delta in extractor.feed(piece):
-            job.post(delta)
+            job.emit(delta)

@@ -18,13 +18,13 @@ on one "frontend" thread, so the event loop only routes messages. The turn event
   waits for it in the lane (backpressure), which also keeps finals in turn order. A user who
   speaks again at once may get ``UserStartedSpeaking(n+1)`` before ``EndOfTurn(n)``.
 
-Finals decode on one dedicated thread behind a worker-wide slot (one at a time, FIFO: the engine
+Finals decode on one engine thread of the worker (one at a time, FIFO: the engine
 serves one call at a time with ``cpu_threads`` cores). Partials decode on a second engine whose
 thread and CTranslate2 threads run at low priority (``partial_nice``, default 19): when speech ends
 during a partial, the speculative final starts at once and takes the CPU from it, so a partial
 never delays a final (measured: a final's decode time is unchanged with a partial running beside
 it at nice 19, and 1.5x longer at nice 0). With ``partial_nice`` 0 partials share the finals'
-engine and slot.
+engine and its thread.
 
 Empty finals (noise, or a decode Whisper marks as no speech) are still published, as a final
 ``Transcript`` and an ``EndOfTurn`` with an empty transcript, so every ``UserStartedSpeaking(n)`` is
@@ -429,10 +429,10 @@ class SttStage:
     def _partial_decoder(self) -> Decoder | None:
         """Where a partial may decode right now; None while any decode runs (never queued)."""
         final = self._final
-        if final is None or final.slot.busy:
+        if final is None or final.busy:
             return None
         dec = self._partial or final
-        return None if dec.slot.busy else dec
+        return None if dec.busy else dec
 
     def _text(self, result: TranscriptResult) -> str:
         nsp, logprob = result.no_speech_prob, result.avg_logprob
@@ -446,10 +446,10 @@ class SttStage:
         self, st: _Session, turn: int, audio: Float32Array, start_ns: int, end_ns: int
     ) -> None:
         dec = self._partial_decoder()
-        if dec is None or not dec.slot.try_take():  # busy since the event: skip, never queue
+        if dec is None:  # busy since the event: skip, never queue
             self.stats.partials_skipped += 1
             return
-        result = await dec.run(audio, partial=True, slot_taken=True)
+        result = await dec.submit(audio, partial=True)
         text = self._text(result)
         async with st.publish_lock:
             if st.closed_turn >= turn or st.turn != turn or not text or text == st.last_partial:

@@ -3,11 +3,12 @@
 Importing this package does not load onnxruntime or kokoro-onnx; ``KokoroEngine()`` does.
 """
 
+from voxbus.runtime.engine_thread import Abort
+
 from .clauses import Unit, UnitSplitter, iter_units, split_units
 from .engine import (
     DEFAULT_VOICE,
     SAMPLE_RATE_HZ,
-    Abort,
     KokoroEngine,
     SynthesisAborted,
     Synthesizer,

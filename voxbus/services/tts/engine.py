@@ -24,13 +24,15 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+from voxbus.runtime.engine_thread import Abort
 
 from .models import VOICES_DIR, cache_dir, load_voices, resolve_model_path
 from .normalize import speakable_text
@@ -63,49 +65,6 @@ class UnknownVoice(LookupError):
 
 class SynthesisAborted(Exception):
     """The synthesis was stopped through its ``Abort``; there is no audio."""
-
-
-class Abort:
-    """Stops a synthesis running in another thread. Thread-safe; ``set`` is idempotent.
-
-    Engines register a hook with ``on_set`` while they run (Kokoro: set onnxruntime's terminate
-    flag); a synthesis started after ``set`` raises ``SynthesisAborted`` at once.
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._hooks: list[Callable[[], None]] = []
-
-    def set(self) -> None:
-        with self._lock:
-            if self._event.is_set():
-                return
-            self._event.set()
-            hooks, self._hooks = self._hooks, []
-        for hook in hooks:
-            hook()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block up to ``timeout_s``; true if set."""
-        return self._event.wait(timeout_s)
-
-    def on_set(self, hook: Callable[[], None]) -> Callable[[], None]:
-        """Run ``hook`` when set (now, if already set); returns a function that unregisters it."""
-        with self._lock:
-            if not self._event.is_set():
-                self._hooks.append(hook)
-                return lambda: self._remove(hook)
-        hook()
-        return lambda: None
-
-    def _remove(self, hook: Callable[[], None]) -> None:
-        with self._lock:
-            if hook in self._hooks:
-                self._hooks.remove(hook)
 
 
 @runtime_checkable

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from voxbus.runtime.engine_thread import Abort
+
 from .engine import (
     DEFAULT_VOICE,
     SAMPLE_RATE_HZ,
-    Abort,
     SynthesisAborted,
     check_voice,
     empty_audio,
