@@ -1,4 +1,4 @@
-"""The worker-wide synthesis scheduler, the engines' ``Abort``, and trusted chunk boundaries."""
+"""The worker-wide synthesis scheduler and aborting a Kokoro forward pass."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 import pytest
 
 from voxbus.runtime.engine_thread import Abort
-from voxbus.services.tts.clauses import UnitSplitter
 from voxbus.services.tts.engine import KokoroEngine, SynthesisAborted
 from voxbus.services.tts.fake import FakeSynthesizer
 from voxbus.services.tts.scheduler import SynthScheduler
@@ -84,26 +83,6 @@ async def test_closing_fails_waiting_callers() -> None:
     with pytest.raises(SynthesisAborted):
         await job
     assert time.monotonic() - started < 1.0
-
-
-def test_boundary_chunks_cut_without_waiting() -> None:
-    def units(chunks: list[str], boundary: bool) -> list[list[str]]:
-        splitter = UnitSplitter(first_words=4)
-        out = [[u.text for u in splitter.push(c, boundary=boundary)] for c in chunks]
-        return [*out, [u.text for u in splitter.finish()]]
-
-    assert units(["Sure,", " I can help.", " Bye now."], True) == [
-        ["Sure,"], ["I can help."], ["Bye now."], []
-    ]
-    assert units(["Sure,", " I can help.", " Bye now."], False) == [
-        [], ["Sure,"], ["I can help."], ["Bye now."]
-    ]
-    # The producer's own first-words cut is a whole first unit.
-    assert units(["The pharmacy on Main", " Street closes at nine."], True) == [
-        ["The pharmacy on Main"], ["Street closes at nine."], []
-    ]
-    # Still no cut inside a number or after a single letter.
-    assert units(["1,", "000 people came."], True) == [[], ["1,000 people came."], []]
 
 
 @pytest.mark.model

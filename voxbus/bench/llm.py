@@ -5,7 +5,7 @@ each turn it publishes ``EndOfTurn`` and measures, from that moment:
 - ``handler``: the stage starts handling it (bus + lane),
 - ``first_token``: the engine's first token (inside the stage); ``engine_ttft`` is the same
   counted by the engine from the moment its thread takes the job (prefill + first sampling),
-- ``first_clause``: the first ``ReplyText`` arrives at a subscriber (what TTS waits for),
+- ``first_text``: the first ``ReplyText`` arrives at a subscriber (what TTS waits for),
 - ``reply``: ``ReplyEnd`` arrives (the whole reply, history saved);
 plus decoding tokens/s and the prompt tokens the engine reused from its cache. ``cold`` is the first
 turn of a new conversation (only the system prompt is cached), ``warm`` a later turn of the same
@@ -34,7 +34,7 @@ from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.stage import LlmStage, build_engine
 
 REGION = "bench"
-TARGET_WARM_FIRST_CLAUSE_MS = 250.0
+TARGET_WARM_FIRST_TEXT_MS = 250.0
 NAMES = ("Anna", "Ben", "Chloe", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Kate",
          "Liam")
 LINES = (
@@ -90,13 +90,13 @@ async def one_turn(
         "handler_s": (turn.started_ns - at) / 1e9,
         "first_token_s": ((turn.first_token_ns or end_ns) - at) / 1e9,
         "engine_first_token_s": gen.first_token_s or gen.total_s,
-        "first_clause_s": (first_ns - at) / 1e9,
+        "first_text_s": (first_ns - at) / 1e9,
         "reply_s": (end_ns - at) / 1e9,
         "prompt_tokens": gen.prompt_tokens,
         "reused_tokens": gen.reused_tokens,
         "generated_tokens": gen.generated_tokens,
         "tokens_per_s": (gen.generated_tokens - 1) / decode_s if decode_s > 0 else None,
-        "first_clause": first_text,
+        "first_text": first_text,
         "reply": end.text,
     }
 
@@ -110,7 +110,7 @@ def summarize(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
         "handler": summary_ms([r["handler_s"] for r in sel]),
         "first_token": summary_ms([r["first_token_s"] for r in sel]),
         "engine_first_token": summary_ms([r["engine_first_token_s"] for r in sel]),
-        "first_clause": summary_ms([r["first_clause_s"] for r in sel]),
+        "first_text": summary_ms([r["first_text_s"] for r in sel]),
         "reply": summary_ms([r["reply_s"] for r in sel]),
         "tokens_per_s_p50": round(statistics.median(rates), 1) if rates else None,
         "prompt_tokens_p50": statistics.median(r["prompt_tokens"] for r in sel),
@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 "handler_p50": s["handler"]["p50_ms"],
                 "engine_ttft_p50": s["engine_first_token"]["p50_ms"],
                 "first_token_p50": s["first_token"]["p50_ms"],
-                "first_clause_p50": s["first_clause"]["p50_ms"],
-                "first_clause_p95": s["first_clause"]["p95_ms"],
+                "first_text_p50": s["first_text"]["p50_ms"],
+                "first_text_p95": s["first_text"]["p95_ms"],
                 "reply_p50": s["reply"]["p50_ms"],
                 "tok_per_s": s["tokens_per_s_p50"],
                 "prompt_tok": s["prompt_tokens_p50"],
@@ -184,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             for s in summaries
         ],
     )
-    warm = summaries[1]["first_clause"]["p50_ms"]
-    met = warm <= TARGET_WARM_FIRST_CLAUSE_MS
-    print(f"\nwarm first clause p50 {warm:.1f} ms: target <= {TARGET_WARM_FIRST_CLAUSE_MS:.0f} ms "
+    warm = summaries[1]["first_text"]["p50_ms"]
+    met = warm <= TARGET_WARM_FIRST_TEXT_MS
+    print(f"\nwarm first text p50 {warm:.1f} ms: target <= {TARGET_WARM_FIRST_TEXT_MS:.0f} ms "
           f"{'met' if met else 'NOT met'}")
     write_json("llm", {
         "config": vars(args),
         "load_and_warmup_s": result["load_and_warmup_s"],
-        "target_warm_first_clause_p50_ms": TARGET_WARM_FIRST_CLAUSE_MS,
+        "target_warm_first_text_p50_ms": TARGET_WARM_FIRST_TEXT_MS,
         "target_met": met,
         "summary": summaries,
         "turns": rows,

@@ -33,7 +33,6 @@ from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime import logging
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
-from voxbus.services.llm.clauses import ClauseChunker
 from voxbus.services.tts.settings import TtsSettings
 from voxbus.services.tts.stage import TtsStage
 
@@ -105,18 +104,13 @@ class Listener:
 
 
 def llm_chunks(text: str) -> list[tuple[str, int, int]]:
-    """The reply as the LLM stage would send it: its clause chunker fed word by word."""
-    chunker = ClauseChunker()
-    words = text.split(" ")
-    pieces: list[str] = []
-    for i, word in enumerate(words):
-        pieces += chunker.push(word if i == 0 else " " + word)
-    pieces += chunker.flush()
+    """The reply as the LLM stage sends it: a text delta per word (llama.cpp's tokens are about
+    that size), spans contiguous."""
     out, pos = [], 0
-    for piece in pieces:
-        start = text.index(piece, pos)
-        out.append((piece, start, start + len(piece)))
-        pos = start + len(piece)
+    for i, word in enumerate(text.split(" ")):
+        piece = word if i == 0 else " " + word
+        out.append((piece, pos, pos + len(piece)))
+        pos += len(piece)
     return out
 
 

@@ -14,7 +14,7 @@ Results: ``bench/results/voice.json`` (bus) and ``bench/results/voice-livekit.js
 
 The per-stage breakdown is taken from the stages' OpenTelemetry traces (each worker writes its
 spans to a JSON-lines file; one conversational turn is one trace): STT end of turn published,
-LLM first clause published, TTS first audio frame published, each measured from the end of
+LLM first text published, TTS first audio frame published, each measured from the end of
 speech. Then the same with several sessions ("rooms") talking at once.
 """
 
@@ -76,7 +76,7 @@ def _breakdown(r: TurnResult, turn: int, traces: dict[str, list[dict[str, Any]]]
     bd = r.breakdown()
     row = {
         "stt_end_of_turn_ms": ms(min((s["start_ns"] for s in producer), default=None)),
-        "llm_first_clause_ms": ms(_first(spans, "llm ", "ReplyText")),
+        "llm_first_text_ms": ms(_first(spans, "llm ", "ReplyText")),
         "tts_first_audio_ms": ms(_first(spans, "tts ", "AudioOut")),
         # bus mode: the caller hears the first AudioOut on the bus; livekit: in the room
         "caller_first_audio_ms": bd.get("caller_first_audio_ms", bd["first_tts_audio_ms"]),
@@ -116,7 +116,7 @@ async def _room_conversation(loop: VoiceLoop, room: str, turns: int,
 
 def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"setting": label, "turns": len(rows)}
-    keys = ["caller_first_audio_ms", "stt_end_of_turn_ms", "llm_first_clause_ms",
+    keys = ["caller_first_audio_ms", "stt_end_of_turn_ms", "llm_first_text_ms",
             "tts_first_audio_ms"]
     if any("bus_first_audio_ms" in r for r in rows):
         keys.append("bus_first_audio_ms")

@@ -35,7 +35,7 @@ QUESTION_SPEECH_END_MS = 2545
 _LABELS = {
     "final_transcript_ms": "final transcript (STT)",
     "end_of_turn_ms": "end of turn (STT)",
-    "first_llm_clause_ms": "first LLM clause",
+    "first_llm_text_ms": "first LLM text",
     "first_tts_audio_ms": "first TTS audio (bus)",
     "caller_first_audio_ms": "first agent audio at the caller",
 }

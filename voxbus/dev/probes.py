@@ -38,7 +38,7 @@ class TurnResult:
     speech_end: float = 0.0  # wall clock (time.time()) when the caller's speech ended
     final_transcript: float | None = None
     end_of_turn: float | None = None
-    first_clause: float | None = None
+    first_text: float | None = None
     first_audio: float | None = None  # the first AudioOut frame on the bus
     caller_first_audio: float | None = None  # the first agent audio frame the caller received
     reply_done: float | None = None
@@ -55,7 +55,7 @@ class TurnResult:
         ms = {
             "final_transcript_ms": self.since_speech_end(self.final_transcript),
             "end_of_turn_ms": self.since_speech_end(self.end_of_turn),
-            "first_llm_clause_ms": self.since_speech_end(self.first_clause),
+            "first_llm_text_ms": self.since_speech_end(self.first_text),
             "first_tts_audio_ms": self.since_speech_end(self.first_audio),
         }
         if self.caller_first_audio is not None:
@@ -123,7 +123,7 @@ class SessionWatch:
             r.end_of_turn = r.end_of_turn or now
             r.transcript = msg.transcript
         elif isinstance(msg, ReplyText):
-            r.first_clause = r.first_clause or now
+            r.first_text = r.first_text or now
         elif isinstance(msg, ReplyEnd):
             r.reply = msg.text
         elif isinstance(msg, AudioOut):

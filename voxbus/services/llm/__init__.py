@@ -1,7 +1,6 @@
 """The LLM service's engines: in-process llama.cpp, any OpenAI-compatible server, a scripted fake;
 plus the clause chunker that feeds TTS and the agent's tools."""
 
-from voxbus.services.llm.clauses import ClauseChunker, chunk_clauses
 from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
@@ -32,7 +31,6 @@ __all__ = [
     "END_CALL",
     "GET_CURRENT_TIME",
     "ChatMessage",
-    "ClauseChunker",
     "FakeLLM",
     "FakeTurn",
     "FinishDelta",
@@ -50,7 +48,6 @@ __all__ = [
     "ToolResult",
     "ToolSpec",
     "assistant_message",
-    "chunk_clauses",
     "default_model_path",
     "tool_result_message",
 ]

@@ -18,7 +18,6 @@
 | ``LLM_TIMEOUT_S`` | 15 | longest wait for the backend's next token (first one included) |
 | ``LLM_HISTORY_MAX_TURNS`` | 24 | turns kept in the conversation state |
 | ``LLM_HISTORY_MAX_CHARS`` | 6000 | characters kept in the conversation state |
-| ``LLM_FIRST_CLAUSE_WORDS`` | 5 | the first chunk leaves after this many words (or a break) |
 | ``LLM_APOLOGY`` | a short apology | spoken when the backend fails |
 
 Tools are off by default for the in-process model: SmolLM2-135M cannot call them reliably (it
@@ -63,7 +62,6 @@ class LlmSettings:
     timeout_s: float = 15.0
     history_max_turns: int = 24
     history_max_chars: int = 6000
-    first_clause_words: int = 5
     apology: str = DEFAULT_APOLOGY
     max_tool_rounds: int = 3
 
@@ -71,7 +69,7 @@ class LlmSettings:
         if self.backend not in get_args(Backend):
             raise SettingsError(f"LLM_BACKEND={self.backend!r}: expected {get_args(Backend)}")
         for name in ("n_threads", "n_ctx", "max_tokens", "history_max_turns",
-                     "history_max_chars", "first_clause_words", "max_tool_rounds"):  # fmt: skip
+                     "history_max_chars", "max_tool_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"LLM_{name.upper()} must be at least 1")
         if self.timeout_s <= 0 or self.temperature < 0:
@@ -100,6 +98,5 @@ class LlmSettings:
             timeout_s=env.float("TIMEOUT_S", cls.timeout_s),
             history_max_turns=env.int("HISTORY_MAX_TURNS", cls.history_max_turns),
             history_max_chars=env.int("HISTORY_MAX_CHARS", cls.history_max_chars),
-            first_clause_words=env.int("FIRST_CLAUSE_WORDS", cls.first_clause_words),
             apology=env.str("APOLOGY", cls.apology),
         )

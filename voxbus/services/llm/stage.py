@@ -1,8 +1,8 @@
-"""The LLM stage: a user's turn in, the agent's reply out as clause-sized chunks.
+"""The LLM stage: a user's turn in, the agent's reply out as text deltas.
 
 On ``EndOfTurn`` it records the user's words in the session's history (on the bus, so any replica
 can take the next turn), streams the engine on system prompt + history, and yields a ``ReplyText``
-as soon as each clause is complete (the first one after a natural break or a few words), then
+for each piece of text the engine gives (the TTS alone decides where its speech units end), then
 ``ReplyEnd`` once the reply and the updated history are saved. Tool calls run in the same turn
 and the model continues after their results; ``end_call`` ends the call after the goodbye. A
 failing or silent backend gives an ``ErrorEvent`` and a spoken apology rather than silence.
@@ -42,7 +42,6 @@ from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.stage import Context
 from voxbus.runtime.tasks import cancel_and_wait
-from voxbus.services.llm.clauses import ClauseChunker
 from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
@@ -94,7 +93,7 @@ class TurnStats:
     turn: int
     started_ns: int
     first_token_ns: int | None = None
-    first_clause_ns: int | None = None
+    first_text_ns: int | None = None
     done_ns: int | None = None
     text_deltas: int = 0
     rounds: int = 0
@@ -105,10 +104,13 @@ class TurnStats:
 
 
 class _Reply:
-    """The reply of one turn as it is generated: the text (model rounds joined), the chunker, the
-    end of what was already published, and the history messages produced so far."""
+    """The reply of one turn as it is generated: the text (model rounds joined), the end of what
+    was already published, and the history messages produced so far.
 
-    def __init__(self, session: str, turn: int, first_words: int) -> None:
+    Text goes out as it comes (one ``ReplyText`` per engine delta, spans contiguous): the TTS
+    alone decides where speech units end."""
+
+    def __init__(self, session: str, turn: int) -> None:
         self.session = session
         self.turn = turn
         self.text = ""
@@ -118,7 +120,6 @@ class _Reply:
         self.end_call = False  # end_call ran: hang up after this reply
         self._seq = 0
         self._new_round = False
-        self._chunker = ClauseChunker(first_max_words=first_words)
 
     @property
     def published(self) -> str:
@@ -131,45 +132,37 @@ class _Reply:
             if needs_space(self.text, piece):
                 piece = " " + piece
         self.text += piece
-        return self._spans(self._chunker.push(piece))
+        return self._rest()
 
-    def end_round(self, calls: list[ToolCallDelta]) -> list[ReplyText]:
-        """Close the model's round; with tool calls, what it said so far is spoken now."""
+    def end_round(self, calls: list[ToolCallDelta]) -> None:
+        """Close the model's round (its text was published as it came)."""
         self.messages.append(assistant_message("".join(self.round), calls))
         self.round = []
         self._new_round = True
-        return self.flush() if calls else []
-
-    def flush(self) -> list[ReplyText]:
-        return self._spans(self._chunker.flush())
 
     def say(self, text: str) -> list[ReplyText]:
         """Replace the unpublished rest with ``text`` (the apology)."""
-        self._chunker.reset()
         self.text = self.text[: self.sent]
         self.text += (" " if needs_space(self.text, text) else "") + text
-        end = len(self.text)
         self.messages = [assistant_message(self.text)]
-        return [self._chunk(end)] if end > self.sent else []
+        return self._rest()
 
     def heard_so_far(self) -> list[ChatMessage]:
         """History messages of an unfinished reply, cut at what was published."""
         pending = [assistant_message("".join(self.round))] if self.round else []
         return truncate_reply(self.messages + pending, self.sent)
 
-    def _spans(self, chunks: list[str]) -> list[ReplyText]:
-        # A chunk is the stripped head of text[sent:]; its span starts right after the last one,
-        # so spans are contiguous and their texts concatenate to the reply.
-        return [self._chunk(self.text.index(c, self.sent) + len(c)) for c in chunks]
-
-    def _chunk(self, end: int) -> ReplyText:
+    def _rest(self) -> list[ReplyText]:
+        end = len(self.text)
+        if end <= self.sent:
+            return []
         out = ReplyText(
             session=self.session, turn=self.turn, seq=self._seq, text=self.text[self.sent : end],
             char_start=self.sent, char_end=end, emitted_ns=time.time_ns(),
         )
         self._seq += 1
         self.sent = end
-        return out
+        return [out]
 
 
 class LlmStage:
@@ -248,14 +241,14 @@ class LlmStage:
         history = await store.begin_turn(msg.session, msg.turn, user)
         prompt = [self._system, *history.messages()]
         ctx.log.info("llm_turn_started", history_turns=len(history.turns), pii={"user": user})
-        reply = _Reply(msg.session, msg.turn, self.settings.first_clause_words)
+        reply = _Reply(msg.session, msg.turn)
         saved = False
         try:
             try:
                 async with contextlib.aclosing(self._generate(prompt, reply, stats, ctx)) as gen:
                     async for out in gen:
-                        if stats.first_clause_ns is None:
-                            stats.first_clause_ns = time.time_ns()
+                        if stats.first_text_ns is None:
+                            stats.first_text_ns = time.time_ns()
                         yield out
             except (LLMBackendError, TimeoutError) as exc:
                 stats.reason = "error"
@@ -275,7 +268,7 @@ class LlmStage:
             ctx.log.info(
                 "llm_turn_done", reason=reason, rounds=stats.rounds, deltas=stats.text_deltas,
                 first_token_ms=stats.ms(stats.first_token_ns),
-                first_clause_ms=stats.ms(stats.first_clause_ns), total_ms=stats.ms(stats.done_ns),
+                first_text_ms=stats.ms(stats.first_text_ns), total_ms=stats.ms(stats.done_ns),
                 pii={"reply": reply.published},
             )
             yield ReplyEnd(
@@ -315,8 +308,7 @@ class LlmStage:
                     elif isinstance(delta, FinishDelta) and delta.reason == "length":
                         stats.reason = "length"
             calls = calls if tools else []
-            for out in reply.end_round(calls):
-                yield out
+            reply.end_round(calls)
             if not calls:
                 break
             for call in calls:
@@ -325,8 +317,6 @@ class LlmStage:
                              pii={"arguments": call.arguments, "result": result.content})
                 reply.messages.append(message)
                 reply.end_call |= result.end_call
-        for out in reply.flush():
-            yield out
 
     def _save_later(self, save: Coroutine[Any, Any, object], ctx: Context) -> None:
         async def run() -> None:

@@ -9,10 +9,8 @@ a sentence longer than the cap is split at its last clause mark within the cap, 
 An optional ``ramp`` caps the first later units lower, so each unit's synthesis can finish while
 the previous one plays.
 
-``push(chunk, boundary=True)`` says the producer ended the chunk at a clause break (the LLM stage's
-chunker only ends a chunk there): the end of the text counts as if whitespace followed, so a final
-comma or full stop cuts at once instead of waiting for the next chunk, and a short first chunk
-without punctuation (the producer's own "first few words" cut) is a whole first unit.
+The producer's chunk boundaries mean nothing here (the LLM publishes text as it comes): a cut
+waits for the character after a mark, so "3.5", "1,000" and "Dr." never end a unit.
 
 Pure text logic: no I/O, no clock. Each ``Unit`` carries the span ``[start, end)`` of the reply
 text it covers. Units tile the reply: the first starts at 0, each starts where the previous ended
@@ -91,7 +89,6 @@ class UnitSplitter:
         self._max_chars = max_chars
         self._ramp = tuple(ramp)
         self._text = ""
-        self._tail = ""  # " " after a push with boundary=True: the text ends at a break
         self._pos = 0
         self._count = 0
         self._finished = False
@@ -106,15 +103,11 @@ class UnitSplitter:
         """Offset up to which the reply has been handed out as units."""
         return self._pos
 
-    def push(self, chunk: str, *, boundary: bool = False) -> list[Unit]:
-        """Add a chunk of the reply; return the units it completes (possibly none).
-
-        ``boundary``: the producer ended this chunk at a clause break (see the module doc).
-        """
+    def push(self, chunk: str) -> list[Unit]:
+        """Add a chunk of the reply; return the units it completes (possibly none)."""
         if self._finished:
             raise RuntimeError("push after finish")
         self._text += chunk
-        self._tail = " " if boundary and chunk else ""
         return self._drain(final=False)
 
     def finish(self) -> list[Unit]:
@@ -156,13 +149,8 @@ class UnitSplitter:
             return self._first_cut(final)
         return self._later_cut(final)
 
-    @property
-    def _view(self) -> str:
-        """The text cuts are searched in: with a virtual space after a boundary chunk."""
-        return self._text + self._tail
-
     def _first_cut(self, final: bool) -> int | None:
-        text, pos = self._view, self._pos
+        text, pos = self._text, self._pos
         words = [(m.start(), m.end()) for m in _WORD.finditer(text, pos)]
         for cut in _cuts(text, pos, final):
             if sum(1 for start, _ in words if start < cut.end) > self._window:
@@ -173,8 +161,6 @@ class UnitSplitter:
         # are complete to know none of them ends in punctuation.
         complete = len(words) if final else sum(1 for _, end in words if end < len(text))
         if not final and complete < self._window:
-            if self._tail and _letters(self._piece(len(self._text))) >= self._min_first_letters:
-                return len(self._text.rstrip())  # the producer's short first chunk
             return self._overflow_cut(self._max_chars)
         if len(words) <= self._window:
             return None  # final: the whole short reply is one unit
@@ -190,7 +176,7 @@ class UnitSplitter:
 
     def _later_cut(self, final: bool) -> int | None:
         cap = self._cap()
-        for cut in _cuts(self._view, self._pos, final):
+        for cut in _cuts(self._text, self._pos, final):
             if cut.clause:
                 continue
             if len(self._piece(cut.end)) > cap:
@@ -201,7 +187,7 @@ class UnitSplitter:
 
     def _overflow_cut(self, cap: int) -> int | None:
         """Split pending text longer than ``cap``: last clause mark, else last space, else hard."""
-        text, pos = self._view, self._pos
+        text, pos = self._text, self._pos
         lead = len(text[pos:]) - len(text[pos:].lstrip())
         limit = pos + lead + cap
         if len(text[pos:].strip()) <= cap:

@@ -23,9 +23,9 @@ class TtsSettings:
     worker (1 on 2 cores). ``TTS_MAX_SESSIONS``: replies synthesized at once; a further session
     waits up to ``TTS_ADMIT_TIMEOUT_S`` for a slot, then gets an error event.
     ``TTS_FIRST_WORDS``, ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP`` (comma-separated caps): the unit
-    splitter. ``TTS_TRUST_CHUNKS``: a ReplyText chunk ends at a clause break (true for the LLM
-    stage). ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for
-    reuse (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is dropped after
+    splitter, the one place that decides where speech units end.
+    ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for reuse
+    (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is dropped after
     this long without a message.
     """
 
@@ -42,7 +42,6 @@ class TtsSettings:
     first_words: int = 4
     max_unit_chars: int = 160
     ramp: tuple[int, ...] = (50, 100)
-    trust_chunks: bool = True
     cache_entries: int = 64
     cache_max_chars: int = 24
     reply_ttl_s: float = 120.0
@@ -87,7 +86,6 @@ class TtsSettings:
             first_words=env.int("FIRST_WORDS", d.first_words),
             max_unit_chars=env.int("MAX_UNIT_CHARS", d.max_unit_chars),
             ramp=_caps(env, "RAMP", d.ramp),
-            trust_chunks=env.bool("TRUST_CHUNKS", d.trust_chunks),
             cache_entries=env.int("CACHE_ENTRIES", d.cache_entries),
             cache_max_chars=env.int("CACHE_MAX_CHARS", d.cache_max_chars),
             reply_ttl_s=env.float("REPLY_TTL_S", d.reply_ttl_s),

@@ -175,7 +175,7 @@ class TtsStage:
         if piece is None:
             ctx.log.info("duplicate_text_skipped", seq=msg.seq, char_end=msg.char_end)
             return
-        units = reply.splitter.push(piece, boundary=self.settings.trust_chunks)
+        units = reply.splitter.push(piece)
         async for out in self._speak(reply, units, msg.session, ctx):
             yield out
 
@@ -344,7 +344,7 @@ class TtsStage:
 def _place(reply: _Reply, msg: ReplyText) -> str | None:
     """Put a chunk at its offset in the reply; return the new text (None for a repeat).
 
-    The LLM stage strips chunks, so a gap before ``char_start`` is whitespace: filled with spaces.
+    Spans are contiguous; a gap before ``char_start`` (text that never arrived) becomes spaces.
     """
     have, start = len(reply.text), msg.char_start
     if start > have:
