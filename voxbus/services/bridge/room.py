@@ -139,7 +139,10 @@ class RoomAgent:
         if sess is None:
             return
         self.log.info("caller_left", session=sess.id, reason=int(p.disconnect_reason or 0))
-        task = self._tasks.spawn(sess.end("participant_left"), name=f"end-{sess.id}")
+        # A deleted room takes its participants with it, sometimes before our own disconnect
+        # event arrives: their sessions end because the room closed, not because they left.
+        why = "room_closed" if p.disconnect_reason in _CLOSED else "participant_left"
+        task = self._tasks.spawn(sess.end(why), name=f"end-{sess.id}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
         self._check_idle()
