@@ -14,6 +14,7 @@ from tests.bridge.caller import Caller, Tap, load_wav, resample, tone
 from tests.conftest import REGION
 from voxbus.contracts.messages import (
     AgentSpoke,
+    AudioIn,
     AudioOut,
     ErrorEvent,
     Interrupt,
@@ -66,7 +67,7 @@ async def test_echo_through_the_room(
     await caller.play(pcm[: rate * 2])  # 0.5 s silence + 1.5 s speech
     await asyncio.sleep(0.6)
 
-    frames = tap.audio_in(sess.session)
+    frames = tap.of(AudioIn, sess.session)
     assert len(frames) > 50
     assert all(f.sample_rate_hz == 16_000 and f.channels == 1 and len(f.pcm) == 640
                for f in frames)
@@ -212,7 +213,7 @@ async def test_odd_caller_formats_arrive_as_16k_mono(
         x = np.stack([x, x // 2], axis=1).reshape(-1)
     await caller.play(x)
     await asyncio.sleep(0.5)
-    frames = tap.audio_in(sess)
+    frames = tap.of(AudioIn, sess)
     assert len(frames) > 60
     assert all(f.sample_rate_hz == 16_000 and f.channels == 1 and len(f.pcm) == 640
                for f in frames)
@@ -318,8 +319,7 @@ async def test_bus_outage_drops_frames_and_recovers(
     server = EmbeddedNats(store_dir=tmp_path / "js").start()
     bus = await Bus.connect(server.url, regions=[REGION], partitions=8, name="outage")
     await bus.provision()
-    tap = Tap(bus)
-    await tap.start()
+    tap = await Tap.on_bus(bus, REGION)
     b = Bridge(bus, bridge_settings)
     await b.start()
     restarted: EmbeddedNats | None = None
@@ -331,7 +331,7 @@ async def test_bus_outage_drops_frames_and_recovers(
         pcm, rate = load_wav("meeting.wav")
         talking = asyncio.create_task(caller.play(np.concatenate([pcm, pcm])))
         await asyncio.sleep(1.5)
-        before = len(tap.audio_in(sess))
+        before = len(tap.of(AudioIn, sess))
         server.stop()
         await asyncio.sleep(3.0)
         restarted = EmbeddedNats(port=server.port, store_dir=tmp_path / "js").start()
@@ -340,7 +340,7 @@ async def test_bus_outage_drops_frames_and_recovers(
         session = agent.sessions["caller-1"]
         assert session.frames_dropped > 50  # ~3 s at 50 frames/s, minus what was in flight
         await asyncio.sleep(1.0)
-        frames = tap.audio_in(sess)
+        frames = tap.of(AudioIn, sess)
         assert len(frames) > before + 40  # audio flows again
         seqs = [f.seq for f in frames]
         assert seqs == sorted(seqs) and seqs[-1] + 1 > len(seqs)  # a gap, not a backlog
@@ -352,7 +352,7 @@ async def test_bus_outage_drops_frames_and_recovers(
         assert ended.reason == "participant_left"
     finally:
         await b.close()
-        await tap.stop()
+        await tap.close()
         await bus.close()
         for s in (restarted, server):
             if s is not None:

@@ -1,4 +1,4 @@
-"""The LLM stage on a real nats-server: turns in, clause chunks out, history in KV, barge-in,
+"""The LLM stage on a real nats-server: turns in, text deltas out, history in KV, barge-in,
 restarts, backend failures and tools. Real-model tests (SmolLM2-135M, temperature 0) are marked
 ``model`` and share one loaded engine per module."""
 
@@ -12,7 +12,6 @@ import socket
 import time
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterator,
@@ -23,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.msg import Msg
 
 from tests.conftest import REGION
 from tests.llm.scripted_openai_server import ScriptedOpenAIServer, Step, text_chunk, tool_chunk
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AgentSpoke,
     AnyMessage,
@@ -40,7 +37,7 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.worker import Worker
+from voxbus.runtime.testing import Tap, running
 from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolCallDelta, ToolSpec
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
 from voxbus.services.llm.history import History, HistoryStore, reply_text
@@ -83,35 +80,23 @@ class Recording:
         await self.inner.aclose()
 
 
-class Outputs:
-    """Everything the stage publishes (replies and errors), with the time it arrived."""
+class Outputs(Tap):
+    """The stage's replies and error events (a runtime ``Tap``), by turn."""
 
-    def __init__(self) -> None:
-        self.got: list[tuple[float, AnyMessage]] = []
+    @classmethod
+    async def on(cls, bus: Bus) -> Outputs:
+        return await cls.on_bus(bus, REGION, "*.llm.reply", "*.ctl.error")
 
-    async def subscribe(self, bus: Bus) -> Outputs:
-        for kind in ("llm.reply", "ctl.error"):
-            await bus.nc.subscribe(f"voxbus.{REGION}.*.{kind}", cb=self._on)
-        return self
-
-    async def _on(self, raw: Msg) -> None:
-        self.got.append((time.monotonic(), decode(raw.data)))
-
-    def of(self, session: str, turn: int) -> list[AnyMessage]:
+    def turn_of(self, session: str, turn: int) -> list[AnyMessage]:
         return [m for _, m in self.got if m.session == session and m.turn == turn]
 
     def chunks(self, session: str, turn: int) -> list[ReplyText]:
-        return [m for m in self.of(session, turn) if isinstance(m, ReplyText)]
+        return [m for m in self.turn_of(session, turn) if isinstance(m, ReplyText)]
 
     async def end(self, session: str, turn: int, timeout_s: float = 30.0) -> ReplyEnd:
-        ends: list[ReplyEnd] = []
-
-        def ended() -> bool:
-            ends.extend(m for m in self.of(session, turn) if isinstance(m, ReplyEnd))
-            return bool(ends)
-
-        await eventually(ended, timeout_s=timeout_s)
-        return ends[0]
+        await self.until(lambda t: any(isinstance(m, ReplyEnd)
+                                       for m in self.turn_of(session, turn)), timeout_s)
+        return next(m for m in self.turn_of(session, turn) if isinstance(m, ReplyEnd))
 
 
 async def eventually(
@@ -125,16 +110,6 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout_s} s")
         await asyncio.sleep(step_s)
-
-
-@contextlib.asynccontextmanager
-async def running(bus: Bus, stage: LlmStage) -> AsyncIterator[Worker]:
-    worker = Worker(bus, stage)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
 
 
 def turn(session: str, n: int, text: str) -> EndOfTurn:
@@ -170,7 +145,7 @@ def smollm2(smollm2_path: Path) -> Iterator[LlamaCppEngine]:
 
 @pytest.mark.model
 async def test_smollm2_answers_in_clauses(bus: Bus, smollm2: LlamaCppEngine) -> None:
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(smollm2, SETTINGS, close_engine=False)):
         await bus.publish(REGION, turn("s1", 1, "Hi! What is the capital of France?"))
         end = await out.end("s1", 1)
@@ -186,7 +161,7 @@ async def test_smollm2_answers_in_clauses(bus: Bus, smollm2: LlamaCppEngine) -> 
 async def test_smollm2_through_llama_cpp_server(bus: Bus, llama_server: str) -> None:
     engine = OpenAICompatEngine(base_url=llama_server, temperature=0.0, max_tokens=48)
     settings = LlmSettings(backend="openai", temperature=0.0, max_tokens=48)
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(engine, settings)):
         await bus.publish(REGION, turn("s1", 1, "What is the capital of France?"))
         end = await out.end("s1", 1)
@@ -204,7 +179,7 @@ async def test_barge_in_stops_the_engine_and_publishes_nothing_stale(
     bus: Bus, smollm2: LlamaCppEngine
 ) -> None:
     engine = Recording(smollm2)
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(engine, SETTINGS, close_engine=False)):
         await bus.publish(REGION, turn("s1", 1, "Tell me a long story about a brave dragon."))
         await eventually(lambda: bool(out.chunks("s1", 1)), step_s=0.002)
@@ -215,7 +190,7 @@ async def test_barge_in_stops_the_engine_and_publishes_nothing_stale(
         await asyncio.sleep(0.3)
         late = [t for t, m in out.got if isinstance(m, ReplyText) and t > t_interrupt + 0.05]
         assert not late, "ReplyText of the interrupted turn after the interrupt"
-        assert not any(isinstance(m, ReplyEnd) for m in out.of("s1", 1))
+        assert not any(isinstance(m, ReplyEnd) for m in out.turn_of("s1", 1))
         # the stage leaves the engine's stream (bus delivery + cancellation), then llama.cpp's
         # thread stops within a token; each well under 50 ms even on a busy machine
         assert engine.closed_at - t_interrupt < 0.05, "stream read on after the interrupt"
@@ -244,7 +219,7 @@ async def test_barge_in_stops_the_engine_and_publishes_nothing_stale(
 async def test_context_survives_a_worker_restart(
     bus: Bus, smollm2: LlamaCppEngine, smollm2_path: Path
 ) -> None:
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(smollm2, SETTINGS, close_engine=False)):
         await bus.publish(REGION, turn("s1", 1, "My name is Alice."))
         first = await out.end("s1", 1)
@@ -267,7 +242,7 @@ async def test_context_survives_a_worker_restart(
 async def test_agent_spoke_cuts_the_reply_to_what_was_heard(bus: Bus) -> None:
     said = "Sure, we open at nine. We close at seven."
     fake = FakeLLM([FakeTurn.words(said)])
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(fake, SETTINGS)):
         for n in (1, 2):
             await bus.publish(REGION, turn("s1", n, f"Question {n}?"))
@@ -288,18 +263,18 @@ async def test_agent_spoke_cuts_the_reply_to_what_was_heard(bus: Bus) -> None:
 
 async def test_empty_transcript_is_ignored(bus: Bus) -> None:
     fake = FakeLLM([FakeTurn.words("Hello there.")])
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(fake, SETTINGS)):
         await bus.publish(REGION, turn("s1", 1, "  \n "))
         await bus.publish(REGION, turn("s1", 2, "Hello?"))
         await out.end("s1", 2)
-    assert out.of("s1", 1) == []
+    assert out.turn_of("s1", 1) == []
     assert len(fake.calls) == 1
     assert [r.turn for r in (await history(bus, "s1")).turns] == [2]
 
 
 async def test_session_end_deletes_the_history(bus: Bus) -> None:
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(FakeLLM([FakeTurn.words("Hi.")]), SETTINGS)):
         await bus.publish(REGION, turn("s1", 1, "Hello?"))
         await out.end("s1", 1)
@@ -331,13 +306,13 @@ async def test_backend_failure_gives_an_error_event_and_an_apology(
     else:
         engine = FakeLLM([FakeTurn.words("Too late.", first_token_delay_s=5.0)])
         settings = LlmSettings(timeout_s=0.2)
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(engine, settings)):
         await bus.publish(REGION, turn("s1", 1, "Hello?"))
         end = await out.end("s1", 1)
     assert end.reason == "error" and end.text == DEFAULT_APOLOGY
     assert_well_formed(out.chunks("s1", 1), end)
-    errors = [m for m in out.of("s1", 1) if isinstance(m, ErrorEvent)]
+    errors = [m for m in out.turn_of("s1", 1) if isinstance(m, ErrorEvent)]
     assert [(e.code, e.stage) for e in errors] == [("llm_backend", "llm")]
     assert (await history(bus, "s1")).messages()[-1] == {
         "role": "assistant", "content": DEFAULT_APOLOGY
@@ -369,7 +344,7 @@ def scripted_model(body: dict[str, Any]) -> Sequence[Step]:
 
 
 async def test_tool_round_trip_and_end_call(bus: Bus) -> None:
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     settings = LlmSettings(backend="openai", tools=True)
     async with ScriptedOpenAIServer(scripted_model) as server:
         engine = OpenAICompatEngine(base_url=server.base_url)
@@ -396,7 +371,7 @@ async def test_tool_round_trip_and_end_call(bus: Bus) -> None:
 
 async def test_tool_calls_are_not_offered_when_tools_are_off(bus: Bus) -> None:
     fake = FakeLLM([FakeTurn(tool_calls=[ToolCallDelta(id="c", name="end_call", arguments="")])])
-    out = await Outputs().subscribe(bus)
+    out = await Outputs.on(bus)
     async with running(bus, LlmStage(fake, SETTINGS)):
         await bus.publish(REGION, turn("s1", 1, "Bye."))
         end = await out.end("s1", 1)

@@ -13,30 +13,24 @@ from voxbus.contracts.messages import AnyMessage, AudioIn, Message
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime import logging as vlog
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.stage import Context
+from voxbus.runtime.stage import Context, StatelessStage
 from voxbus.runtime.worker import Worker, WorkerOptions
 
 
-class RecorderStage:
+class RecorderStage(StatelessStage):
     name = "recorder"
     inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
-    urgent: tuple[Kind, ...] = ()
 
-    def __init__(self, replica: str, delay_s: float) -> None:
+    def __init__(self, bus: Bus, replica: str, delay_s: float) -> None:
+        self.bus = bus
         self.replica = replica
         self.delay_s = delay_s
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         assert isinstance(msg, AudioIn)
         await asyncio.sleep(self.delay_s)
         record = {"session": msg.session, "seq": msg.seq, "replica": self.replica}
-        await ctx.bus.nc.publish("test.processed", json.dumps(record).encode())
+        await self.bus.nc.publish("test.processed", json.dumps(record).encode())
         return
         yield  # an async generator that yields nothing
 
@@ -44,7 +38,7 @@ class RecorderStage:
 async def main(url: str, region: str, name: str, delay_ms: float) -> None:
     vlog.configure("warning")
     bus = await Bus.connect(url, regions=[region], partitions=16, name=name)
-    worker = Worker(bus, RecorderStage(name, delay_ms / 1000), WorkerOptions(replica=name))
+    worker = Worker(bus, RecorderStage(bus, name, delay_ms / 1000), WorkerOptions(replica=name))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await worker.start()

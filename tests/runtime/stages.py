@@ -8,24 +8,17 @@ from collections.abc import AsyncIterator
 
 from voxbus.contracts.messages import AnyMessage, AudioIn, AudioOut, Interrupt, Message, ReplyText
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime.stage import BadInput, Context, Retryable
+from voxbus.runtime.stage import BadInput, Context, Retryable, StatelessStage
 
 
-class PickyStage:
+class PickyStage(StatelessStage):
     """Echoes audio; seq 13 is bad input, seq 66 raises a bug, seq 7 fails twice then works."""
 
     name = "picky"
     inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
-    urgent: tuple[Kind, ...] = ()
 
     def __init__(self) -> None:
         self.attempts: dict[int, int] = {}
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         assert isinstance(msg, AudioIn)
@@ -41,7 +34,7 @@ class PickyStage:
                        sample_rate_hz=msg.sample_rate_hz, pcm=msg.pcm)
 
 
-class TickerStage:
+class TickerStage(StatelessStage):
     """For each reply chunk, yields 100 audio frames 10 ms apart; interrupts stop it."""
 
     name = "ticker"
@@ -50,12 +43,6 @@ class TickerStage:
 
     def __init__(self) -> None:
         self.interrupts: list[Interrupt] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         if isinstance(msg, Interrupt):

@@ -1,6 +1,6 @@
-"""A lane that falls behind for longer than ``ack_wait`` on a real nats-server: the messages
-waiting for it are redelivered by JetStream, and the worker must still hand each one to the stage
-exactly once, in order (a duplicated audio frame changes what the STT hears)."""
+"""Sessions that cannot take a message now (a full lane, no place in the worker yet) on a real
+nats-server: their messages go back to JetStream and come again, each is handled exactly once and
+in order, and the other sessions of the same partition never wait for them."""
 
 from __future__ import annotations
 
@@ -9,54 +9,119 @@ import time
 from collections.abc import AsyncIterator
 
 from tests.conftest import REGION
-from voxbus.contracts.messages import AnyMessage, AudioIn, Message
+from voxbus.contracts.messages import AnyMessage, AudioIn, ErrorEvent, Message
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.stage import Context
+from voxbus.runtime.stage import Context, SessionPolicy, StatelessStage
+from voxbus.runtime.testing import Tap
 from voxbus.runtime.worker import Worker, WorkerOptions
 
 
-class SlowStage:
-    """Records every AudioIn it is given; each one takes ``delay_s``."""
+class SlowStage(StatelessStage):
+    """Records every AudioIn it is given (with when); a message of ``slow`` takes ``delay_s``."""
 
     name = "slow"
     inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
-    urgent: tuple[Kind, ...] = ()
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, policy: SessionPolicy | None = None) -> None:
         self.delay_s = delay_s
-        self.seen: list[int] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+        self.policy = policy or SessionPolicy()
+        self.seen: dict[str, list[int]] = {}
+        self.at: dict[str, list[float]] = {}
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         assert isinstance(msg, AudioIn)
-        self.seen.append(msg.seq)
-        await asyncio.sleep(self.delay_s)
+        self.seen.setdefault(msg.session, []).append(msg.seq)
+        self.at.setdefault(msg.session, []).append(time.monotonic())
+        if msg.session == "slow":
+            await asyncio.sleep(self.delay_s)
         return
         yield
 
 
-async def test_a_stalled_lane_sees_each_message_once(bus: Bus) -> None:
+async def one_partition(nats_url: str) -> Bus:
+    """A bus whose sessions all share one partition: neighbours in the strictest sense."""
+    bus = await Bus.connect(nats_url, regions=[REGION], partitions=1, name="test-one-partition")
+    await bus.provision()
+    return bus
+
+
+async def publish(bus: Bus, session: str, seqs: range) -> None:
+    for seq in seqs:
+        await bus.publish(REGION, AudioIn(session=session, seq=seq, sample_rate_hz=16000,
+                                          capture_ns=time.time_ns(), pcm=b"\0\0" * 160))
+
+
+async def wait_for(pred: object, timeout_s: float = 30.0) -> None:
+    assert callable(pred)
+    deadline = time.monotonic() + timeout_s
+    while not pred() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def test_a_full_lane_never_holds_up_its_neighbours(nats_url: str) -> None:
+    bus = await one_partition(nats_url)
     stage = SlowStage(delay_s=0.05)
-    # A lane of 4: the pull callback waits for room, and what JetStream delivered meanwhile
-    # waits in the client's buffer for much longer than ack_wait.
+    # A lane of 4: what does not fit goes back to JetStream, longer than ack_wait in all.
     worker = Worker(bus, stage, WorkerOptions(lane_queue=4, ack_wait_s=1.0, pull_batch=64))
     await worker.start()
     try:
-        n = 80  # 4 s of work for one lane: everything after the first second waits > ack_wait
-        for seq in range(n):
-            await bus.publish(REGION, AudioIn(session="slowpoke", seq=seq, sample_rate_hz=16000,
-                                              capture_ns=time.time_ns(), pcm=b"\0\0" * 160))
-        deadline = time.monotonic() + 30
-        while len(set(stage.seen)) < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(2.0)  # room for late redeliveries to show up
+        n = 80  # 4 s of work for the slow session
+        await publish(bus, "slow", range(n))
+        t0 = time.monotonic()
+        await publish(bus, "quick", range(5))
+        await wait_for(lambda: len(stage.seen.get("quick", [])) == 5)
+        quick_s = time.monotonic() - t0
+        await wait_for(lambda: len(set(stage.seen.get("slow", []))) >= n)
+        await asyncio.sleep(1.5)  # room for late copies to show up
     finally:
         await worker.stop()
-    assert stage.seen == list(range(n)), "messages handled twice or out of order"
-    assert worker.redeliveries_dropped > 0, "no redelivery happened: the test proved nothing"
+        await bus.close()
+    assert stage.seen["slow"] == list(range(n)), "handled twice or out of order"
+    assert stage.seen["quick"] == list(range(5))
+    assert quick_s < 1.5, f"the neighbour waited {quick_s:.1f} s behind the full lane"
+    assert worker.stats.deferred > 0, "the lane never filled: the test proved nothing"
+
+
+async def test_a_session_waiting_for_a_place_keeps_its_order_and_blocks_nobody(
+    nats_url: str,
+) -> None:
+    bus = await one_partition(nats_url)
+    stage = SlowStage(0.0, SessionPolicy(max_sessions=1, admit_timeout_s=30, idle_close_s=1.0))
+    worker = Worker(bus, stage)
+    await worker.start()
+    try:
+        await publish(bus, "first", range(10))  # takes the one place, then idles out after 1 s
+        await wait_for(lambda: len(stage.seen.get("first", [])) == 10)
+        t0 = time.monotonic()
+        await publish(bus, "second", range(40))  # waits for the place, messages come back
+        await wait_for(lambda: len(stage.seen.get("second", [])) == 40)
+        admitted_after = stage.at["second"][0] - t0
+    finally:
+        await worker.stop()
+        await bus.close()
+    assert stage.seen["second"] == list(range(40))
+    assert 0.5 < admitted_after < 5, admitted_after
+    assert worker.stats.deferred > 0 and worker.stats.refused == 0
+
+
+async def test_a_session_without_a_place_is_refused_with_one_error_event(nats_url: str) -> None:
+    bus = await one_partition(nats_url)
+    tap = await Tap.on_bus(bus, REGION)
+    stage = SlowStage(0.0, SessionPolicy(max_sessions=1, admit_timeout_s=0.3, idle_close_s=30))
+    worker = Worker(bus, stage)
+    await worker.start()
+    try:
+        await publish(bus, "holder", range(3))
+        await wait_for(lambda: len(stage.seen.get("holder", [])) == 3)
+        await publish(bus, "late", range(3))
+        await asyncio.sleep(0.6)
+        await publish(bus, "late", range(3, 6))
+        await wait_for(lambda: worker.stats.refused >= 6, timeout_s=10)
+    finally:
+        await worker.stop()
+        await tap.close()
+        await bus.close()
+    assert "late" not in stage.seen
+    errors = tap.of(ErrorEvent, "late")
+    assert [(e.code, e.stage) for e in errors] == [("slow_busy", "slow")]

@@ -14,24 +14,17 @@ from voxbus.contracts.messages import AnyMessage, AudioIn, Message, ReplyText
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime import tracing
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.stage import Context
+from voxbus.runtime.stage import Context, StatelessStage
 from voxbus.runtime.worker import Worker
 
 REGION = "trace"
 
 
-class HearStage:
+class HearStage(StatelessStage):
     """audio.in -> one reply chunk of the same turn."""
 
     name = "hear"
     inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
-    urgent: tuple[Kind, ...] = ()
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         assert isinstance(msg, AudioIn)

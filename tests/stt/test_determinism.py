@@ -92,10 +92,10 @@ def hog_engine() -> Iterator[WhisperEngine]:
 async def one_run(bus: Bus, stage: SttStage, session: str, *, neighbour: bool) -> list[str]:
     """The conversation once; with ``neighbour`` a second session speaks at the same time."""
     async with running(bus, stage) as tap:
-        feeds = [Feed(bus, session, speed=SPEED).play(b"".join(pcm_of(fx) for fx in FIXTURES))]
+        feeds = [Feed.on(bus, session, speed=SPEED).play(b"".join(pcm_of(fx) for fx in FIXTURES))]
         if neighbour:
             other = b"".join(pcm_of(fx) for fx in reversed(FIXTURES))
-            feeds.append(Feed(bus, f"{session}-n", speed=SPEED * 0.7).play(other))
+            feeds.append(Feed.on(bus, f"{session}-n", speed=SPEED * 0.7).play(other))
         await asyncio.gather(*feeds)
         want = len(FIXTURES) * (2 if neighbour else 1)
         await tap.until(lambda t: len(t.of(EndOfTurn)) == want, timeout_s=120)

@@ -11,19 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import pytest
-from nats.aio.msg import Msg
 
 from tests.conftest import REGION
 from tests.stt.conftest import FIXTURES, SpeechFixture, fixture_named
 from voxbus.audio import float32_to_pcm16, read_wav, resample
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AnyMessage,
     AudioIn,
@@ -34,13 +32,15 @@ from voxbus.contracts.messages import (
     UserStoppedSpeaking,
 )
 from voxbus.contracts.streams import state_bucket
+from voxbus.runtime import testing
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.worker import Worker
+from voxbus.runtime.testing import StageRunner, Tap
 from voxbus.services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
 from voxbus.services.stt.frontend import Timeline
 from voxbus.services.stt.normalize import normalize_text, word_errors
+from voxbus.services.stt.session import state_key
 from voxbus.services.stt.settings import SttSettings
-from voxbus.services.stt.stage import SttStage, state_key
+from voxbus.services.stt.stage import SttStage
 
 M = TypeVar("M", bound=AnyMessage)
 FRAME_MS = 20
@@ -64,62 +64,34 @@ def stage(whisper: WhisperEngine, partial_whisper: WhisperEngine) -> SttStage:
     return SttStage(engine=whisper, partial_engine=partial_whisper)
 
 
-@dataclass
-class Tap:
-    """Everything the stage publishes, with the monotonic time it arrived."""
-
-    got: list[tuple[float, AnyMessage]] = field(default_factory=list)
-
-    async def on(self, raw: Msg) -> None:
-        self.got.append((time.monotonic(), decode(raw.data)))
-
-    def of(self, kind: type[M], session: str | None = None) -> list[M]:
-        return [
-            m for _, m in self.got
-            if isinstance(m, kind) and (session is None or m.session == session)
-        ]
-
-    def arrival(self, pred: Callable[[AnyMessage], bool]) -> float:
-        return next(t for t, m in self.got if pred(m))
-
-    async def until(self, pred: Callable[[Tap], bool], timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not pred(self):
-            assert time.monotonic() < deadline, "timed out; got " + ", ".join(
-                f"{type(m).__name__}({m.session}, {m.turn})" for _, m in self.got
-            )
-            await asyncio.sleep(0.02)
-
-    def finals(self, session: str) -> list[Transcript]:
-        return [t for t in self.of(Transcript, session) if t.is_final]
-
-
 @asynccontextmanager
 async def running(bus: Bus, stage: SttStage) -> AsyncIterator[Tap]:
-    tap = Tap()
-    subs = [
-        await bus.nc.subscribe(f"voxbus.{REGION}.*.stt.transcript", cb=tap.on),
-        await bus.nc.subscribe(f"voxbus.{REGION}.*.ctl.>", cb=tap.on),
-    ]
-    worker = Worker(bus, stage)
-    await worker.start()
+    """The stage as a real worker; the tap holds what it publishes (transcripts, control)."""
+    tap = await Tap.on_bus(bus, REGION, "*.stt.transcript", "*.ctl.>")
     try:
-        yield tap
+        async with testing.running(bus, stage):
+            yield tap
     finally:
-        await worker.stop()
-        for sub in subs:
-            await sub.unsubscribe()
+        await tap.close()
 
 
 @dataclass
 class Feed:
-    """A session's audio stream: 20 ms frames on one audio timeline."""
+    """A session's audio stream: 20 ms frames on one audio timeline, sent by ``send`` (a real
+    bus's publish or a ``StageRunner``'s)."""
 
-    bus: Bus
+    send: Callable[[AudioIn], Awaitable[None]]
     session: str
-    speed: float = 2.0  # times real time; 0: as fast as the bus takes them
+    speed: float = 2.0  # times real time; 0: as fast as they are taken
     seq: int = 0
     position_ns: int = T0_NS
+
+    @classmethod
+    def on(cls, bus: Bus, session: str, speed: float = 2.0) -> Feed:
+        async def send(msg: AudioIn) -> None:
+            await bus.publish(REGION, msg)
+
+        return cls(send, session, speed)
 
     async def play(self, pcm: bytes, *, rate_hz: int = 16_000, channels: int = 1) -> int:
         """Stream ``pcm``; return the audio-timeline time it started at."""
@@ -137,11 +109,18 @@ class Feed:
         return started_ns
 
     async def frame(self, pcm: bytes, *, rate_hz: int = 16_000, channels: int = 1) -> None:
-        await self.bus.publish(REGION, AudioIn(
+        await self.send(AudioIn(
             session=self.session, seq=self.seq, sample_rate_hz=rate_hz, channels=channels,
             capture_ns=self.position_ns, pcm=pcm,
         ))
         self.seq += 1
+
+
+def memory_feed(runner: StageRunner, session: str, speed: float = 0) -> Feed:
+    async def send(msg: AudioIn) -> None:
+        await runner.send(msg)
+
+    return Feed(send, session, speed)
 
 
 def pcm_of(fx: SpeechFixture) -> bytes:
@@ -151,6 +130,10 @@ def pcm_of(fx: SpeechFixture) -> bytes:
 def stereo_48k(fx: SpeechFixture) -> bytes:
     left = resample(fx.audio(), in_rate_hz=16_000, out_rate_hz=48_000)
     return float32_to_pcm16(np.stack([left, 0.8 * left], axis=1))
+
+
+def finals(tap: Tap, session: str) -> list[Transcript]:
+    return [t for t in tap.of(Transcript, session) if t.is_final]
 
 
 def check_turn(tap: Tap, session: str, turn: int, fx: SpeechFixture, started_ns: int) -> None:
@@ -166,7 +149,7 @@ def check_turn(tap: Tap, session: str, turn: int, fx: SpeechFixture, started_ns:
     assert abs(uss.at_ns - true_start) <= TOLERANCE_NS, (fx.name, "started speaking")
     (stopped,) = [e for e in tap.of(UserStoppedSpeaking, session) if e.turn == turn]
     assert stopped.at_ns == eot.speech_end_ns
-    (final,) = [t for t in tap.finals(session) if t.turn == turn]
+    (final,) = [t for t in finals(tap, session) if t.turn == turn]
     assert final.text == eot.transcript and final.decode_ms > 0
     assert (final.speech_start_ns, final.speech_end_ns) == (eot.speech_start_ns, eot.speech_end_ns)
     final_at = tap.arrival(lambda m: m is final)
@@ -183,7 +166,7 @@ async def test_a_conversation_of_six_utterances(bus: Bus, stage: SttStage) -> No
     """Every fixture, one after the other in one session: one turn each, numbered from 1; any
     partials before their final."""
     async with running(bus, stage) as tap:
-        feed = Feed(bus, "talk")
+        feed = Feed.on(bus, "talk")
         starts = [await feed.play(pcm_of(fx)) for fx in FIXTURES]
         await tap.until(lambda t: len(t.of(EndOfTurn, "talk")) == len(FIXTURES))
     assert [e.turn for e in tap.of(EndOfTurn, "talk")] == list(range(1, len(FIXTURES) + 1))
@@ -198,7 +181,7 @@ async def test_partials_come_before_the_final(bus: Bus, stage: SttStage) -> None
     no other decode runs), each before the final."""
     fx = fixture_named("traffic")
     async with running(bus, stage) as tap:
-        started = await Feed(bus, "live", speed=1.0).play(pcm_of(fx))
+        started = await Feed.on(bus, "live", speed=1.0).play(pcm_of(fx))
         await tap.until(lambda t: len(t.of(EndOfTurn, "live")) == 1)
     partials = [t for t in tap.of(Transcript, "live") if not t.is_final]
     assert partials, "no partial transcript"
@@ -212,7 +195,7 @@ async def test_two_sessions_at_once_never_mix_words(bus: Bus, stage: SttStage) -
     a, b = fixture_named("traffic"), fixture_named("museum")
     async with running(bus, stage) as tap:
         starts = await asyncio.gather(
-            Feed(bus, "alice").play(pcm_of(a)), Feed(bus, "bob").play(pcm_of(b))
+            Feed.on(bus, "alice").play(pcm_of(a)), Feed.on(bus, "bob").play(pcm_of(b))
         )
         await tap.until(lambda t: len(t.of(EndOfTurn)) == 2)
     check_turn(tap, "alice", 1, a, starts[0])
@@ -232,7 +215,7 @@ async def test_48k_stereo_and_a_format_change_mid_session(
     audio timeline goes on."""
     first, second = fixture_named("museum"), fixture_named("jacket")
     async with running(bus, stage) as tap:
-        feed = Feed(bus, "hifi")
+        feed = Feed.on(bus, "hifi")
         s1 = await feed.play(pcm_of(first))
         s2 = await feed.play(stereo_48k(second), rate_hz=48_000, channels=2)
         await tap.until(lambda t: len(t.of(EndOfTurn, "hifi")) == 2)
@@ -246,7 +229,7 @@ async def test_bad_pcm_is_an_error_event_and_the_session_goes_on(
 ) -> None:
     fx = fixture_named("battery")
     async with running(bus, stage) as tap:
-        feed = Feed(bus, "glitch")
+        feed = Feed.on(bus, "glitch")
         await feed.frame(b"\x00" * 641)  # odd length: not PCM16
         await feed.frame(b"\x00" * 1280, channels=2)
         await feed.frame(b"\x00" * 962, channels=2)  # not a whole number of stereo frames
@@ -265,13 +248,14 @@ def slow_engine(decode_s: float, text: str = "hello there") -> FakeTranscriber:
     return FakeTranscriber(replies=[ScriptedReply(text=text, decode_s=decode_s)], sleep=True)
 
 
-async def test_a_running_partial_never_holds_up_the_final(bus: Bus) -> None:
+async def test_a_running_partial_never_holds_up_the_final() -> None:
     """Partials take 3 s on their own engine; finals 0.1 s: the final is out as soon as the turn
     ends, without waiting for the partial (a shared engine would hold it up for seconds)."""
     stage = SttStage(engine=slow_engine(0.1, "done"), partial_engine=slow_engine(3.0, "part"))
-    async with running(bus, stage) as tap:
-        await Feed(bus, "eager", speed=4.0).play(pcm_of(fixture_named("meeting")))
-        await tap.until(lambda t: len(t.of(EndOfTurn, "eager")) == 1)
+    async with StageRunner(stage, region=REGION) as runner:
+        await memory_feed(runner, "eager", speed=4.0).play(pcm_of(fixture_named("meeting")))
+        await runner.tap.until(lambda t: len(t.of(EndOfTurn, "eager")) == 1)
+        tap = runner.tap
     stopped = tap.arrival(lambda m: isinstance(m, UserStoppedSpeaking))
     final = tap.arrival(lambda m: isinstance(m, Transcript) and m.is_final)
     assert final - stopped < 1.0
@@ -279,16 +263,17 @@ async def test_a_running_partial_never_holds_up_the_final(bus: Bus) -> None:
     assert stage.stats.partials_skipped > 0 and stage.stats.partials_published == 0
 
 
-async def test_speech_start_never_waits_behind_a_decode(bus: Bus) -> None:
+async def test_speech_start_never_waits_behind_a_decode() -> None:
     """Decodes take 1 s: the second utterance's UserStartedSpeaking is out long before the first
     utterance's final; partials due while a decode runs are skipped, not queued."""
     engine = slow_engine(1.0)
     stage = SttStage(engine=engine)
-    async with running(bus, stage) as tap:
-        feed = Feed(bus, "quick", speed=4.0)
+    async with StageRunner(stage, region=REGION) as runner:
+        feed = memory_feed(runner, "quick", speed=4.0)
         await feed.play(pcm_of(fixture_named("museum")))
         await feed.play(pcm_of(fixture_named("jacket")))
-        await tap.until(lambda t: len(t.of(EndOfTurn, "quick")) == 2)
+        await runner.tap.until(lambda t: len(t.of(EndOfTurn, "quick")) == 2)
+        tap = runner.tap
     started_2 = tap.arrival(lambda m: isinstance(m, UserStartedSpeaking) and m.turn == 2)
     final_1 = tap.arrival(lambda m: isinstance(m, Transcript) and m.is_final and m.turn == 1)
     assert started_2 < final_1
@@ -298,11 +283,12 @@ async def test_speech_start_never_waits_behind_a_decode(bus: Bus) -> None:
 
 
 async def test_turn_numbers_survive_a_failover(bus: Bus) -> None:
-    """The last turn lives in the state bucket: a fresh worker goes on from it."""
+    """The last turn lives in the state bucket: a fresh worker goes on from it (a real server:
+    the worker reads and writes a real KV bucket)."""
     kv = await bus.kv(state_bucket(REGION))
     await kv.put(state_key("phoenix"), json.dumps({"turn": 7}).encode())
     pcm = pcm_of(fixture_named("table"))
-    feed = Feed(bus, "phoenix", speed=0)
+    feed = Feed.on(bus, "phoenix", speed=0)
     async with running(bus, SttStage(engine=FakeTranscriber(default_text="one"))) as tap:
         await feed.play(pcm)
         await tap.until(lambda t: len(t.of(EndOfTurn, "phoenix")) == 1)
@@ -314,34 +300,39 @@ async def test_turn_numbers_survive_a_failover(bus: Bus) -> None:
     assert json.loads((await kv.get(state_key("phoenix"))).value or b"") == {"turn": 9}
 
 
-async def test_a_turn_of_noise_is_closed_with_an_empty_transcript(bus: Bus) -> None:
-    async with running(bus, SttStage(engine=FakeTranscriber(default_text=""))) as tap:
-        await Feed(bus, "hum", speed=0).play(pcm_of(fixture_named("museum")))
-        await tap.until(lambda t: len(t.of(EndOfTurn, "hum")) == 1)
+async def test_a_turn_of_noise_is_closed_with_an_empty_transcript() -> None:
+    async with StageRunner(SttStage(engine=FakeTranscriber(default_text="")),
+                           region=REGION) as runner:
+        await memory_feed(runner, "hum").play(pcm_of(fixture_named("museum")))
+        await runner.tap.until(lambda t: len(t.of(EndOfTurn, "hum")) == 1)
+        tap = runner.tap
     kinds = [(type(m).__name__, m.turn) for _, m in tap.got]
     assert kinds == [("UserStartedSpeaking", 1), ("UserStoppedSpeaking", 1), ("Transcript", 1),
                      ("EndOfTurn", 1)]
     assert tap.of(EndOfTurn)[0].transcript == "" and tap.of(Transcript)[0].is_final
 
 
-async def test_extra_sessions_wait_and_idle_sessions_are_dropped(bus: Bus) -> None:
-    """max_sessions=1: the second session waits until the first one idles out, then runs."""
+async def test_extra_sessions_wait_and_idle_sessions_are_closed() -> None:
+    """max_sessions=1: the second session waits until the first one idles out, then runs; its
+    frames wait with "JetStream" meanwhile and arrive complete and in order."""
     settings = SttSettings(max_sessions=1, session_idle_s=0.4)
     stage = SttStage(settings, engine=FakeTranscriber(default_text="fine"))
     pcm = pcm_of(fixture_named("traffic"))
     held: list[int] = []
+    async with StageRunner(stage, region=REGION) as runner:
 
-    async def watch() -> None:
-        while True:
-            held.append(stage.sessions)
-            await asyncio.sleep(0.01)
+        async def watch() -> None:
+            while True:
+                held.append(runner.lanes.admission.held)
+                await asyncio.sleep(0.01)
 
-    async with running(bus, stage) as tap, asyncio.TaskGroup() as tg:
-        watcher = tg.create_task(watch())
-        await asyncio.gather(Feed(bus, "first", speed=8).play(pcm),
-                             Feed(bus, "second", speed=8).play(pcm))
-        await tap.until(lambda t: len(t.of(EndOfTurn)) == 2)
-        watcher.cancel()
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(watch())
+            await asyncio.gather(memory_feed(runner, "first", speed=8).play(pcm),
+                                 memory_feed(runner, "second", speed=8).play(pcm))
+            await runner.tap.until(lambda t: len(t.of(EndOfTurn)) == 2)
+            watcher.cancel()
+        tap = runner.tap
     order = [m.session for _, m in tap.got if isinstance(m, EndOfTurn)]
     later = order[1]
     first_final = tap.arrival(lambda m: isinstance(m, EndOfTurn))
@@ -349,8 +340,10 @@ async def test_extra_sessions_wait_and_idle_sessions_are_dropped(bus: Bus) -> No
         first_final
     )
     assert max(held) == 1
-    assert stage.stats.sessions_waited == 1 and stage.stats.sessions_evicted >= 1
+    assert runner.stats.deferred > 0 and runner.stats.refused == 0
+    assert stage.stats.sessions_opened == 2 and stage.stats.sessions_closed >= 1
     assert [e.transcript for e in tap.of(EndOfTurn)] == ["fine", "fine"]
+    assert [(e.turn, e.session) for e in tap.of(EndOfTurn, later)] == [(1, later)]
 
 
 # ---- units --------------------------------------------------------------------------------------

@@ -7,21 +7,20 @@ engine (one per test session, from ``conftest``) and Whisper tiny.en for the rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import structlog
-from nats.aio.msg import Msg
 
 from tests.conftest import REGION
 from voxbus.audio import resample
-from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioOut, ErrorEvent, Interrupt, ReplyEnd, ReplyText
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import Tap, running
 from voxbus.runtime.worker import Worker
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import normalize_text, word_errors
@@ -40,51 +39,39 @@ LONG_REPLY = (
 SETTINGS = TtsSettings(cache_entries=0)
 
 
-@dataclass
-class Heard:
-    """Everything a session's subscriber got: frames (with arrival time) and error events."""
+class Heard(Tap):
+    """What a session's subscriber got (a runtime ``Tap``): frames and error events."""
 
-    frames: list[tuple[AudioOut, int]] = field(default_factory=list)
-    errors: list[ErrorEvent] = field(default_factory=list)
+    @classmethod
+    async def on(cls, bus: Bus, session: str) -> Heard:
+        return await cls.on_bus(bus, REGION, f"{session}.audio.out", f"{session}.ctl.error")
 
-    def of(self, turn: int) -> list[AudioOut]:
+    @property
+    def frames(self) -> list[tuple[AudioOut, int]]:
+        """Frames with their arrival (``time.monotonic`` in ns)."""
+        return [(e.msg, int(e.at * 1e9)) for e in self.entries if isinstance(e.msg, AudioOut)]
+
+    @property
+    def errors(self) -> list[ErrorEvent]:
+        return self.of(ErrorEvent)
+
+    def turn(self, turn: int) -> list[AudioOut]:
         return [f for f, _ in self.frames if f.turn == turn]
 
     def arrivals(self, turn: int) -> list[int]:
         return [t for f, t in self.frames if f.turn == turn]
 
     def done(self, turn: int) -> bool:
-        return any(f.last for f in self.of(turn))
+        return any(f.last for f in self.turn(turn))
 
 
-@asynccontextmanager
-async def tts_worker(bus: Bus, engine: Synthesizer, settings: TtsSettings = SETTINGS
-                     ) -> AsyncIterator[TtsStage]:
-    stage = TtsStage(settings, engine=engine)
-    worker = Worker(bus, stage)
-    await worker.start()
-    try:
-        yield stage
-    finally:
-        await worker.stop()
+def tts_worker(bus: Bus, engine: Synthesizer, settings: TtsSettings = SETTINGS
+               ) -> contextlib.AbstractAsyncContextManager[Worker]:
+    return running(bus, TtsStage(settings, engine=engine))
 
 
 async def listen(bus: Bus, session: str) -> Heard:
-    heard = Heard()
-
-    async def on_audio(m: Msg) -> None:
-        msg = decode(m.data)
-        assert isinstance(msg, AudioOut)
-        heard.frames.append((msg, time.monotonic_ns()))
-
-    async def on_error(m: Msg) -> None:
-        msg = decode(m.data)
-        assert isinstance(msg, ErrorEvent)
-        heard.errors.append(msg)
-
-    await bus.nc.subscribe(f"voxbus.{REGION}.{session}.audio.out", cb=on_audio)
-    await bus.nc.subscribe(f"voxbus.{REGION}.{session}.ctl.error", cb=on_error)
-    return heard
+    return await Heard.on(bus, session)
 
 
 def chunks_of(text: str, cuts: Sequence[int]) -> Iterator[tuple[str, int, int]]:
@@ -142,7 +129,7 @@ async def test_frames_follow_the_contract(bus: Bus) -> None:
     async with tts_worker(bus, fake):
         await send_reply(bus, "s1", 1, LONG_REPLY, cuts=[5, 33])
         await wait_for(lambda: heard.done(1), 10)
-    frames = heard.of(1)
+    frames = heard.turn(1)
     check_reply_frames(frames, LONG_REPLY)
     texts = [c.text for c in fake.calls]
     assert texts[0] == "Sure," and len(texts) >= 4
@@ -159,10 +146,10 @@ async def test_nothing_to_say_is_not_an_error(bus: Bus) -> None:
                                             char_end=0))
         await bus.publish(REGION, ReplyEnd(session="s1", turn=2, text=""))
         await wait_for(lambda: heard.done(1) and heard.done(2), 5)
-    assert [(f.last, f.text_start, f.text_end, f.seq) for f in heard.of(1)] == [
+    assert [(f.last, f.text_start, f.text_end, f.seq) for f in heard.turn(1)] == [
         (True, 0, len(text), 0)
     ]
-    assert [(f.last, f.text_end) for f in heard.of(2)] == [(True, 0)]
+    assert [(f.last, f.text_end) for f in heard.turn(2)] == [(True, 0)]
     assert not heard.errors
 
 
@@ -173,7 +160,7 @@ async def test_very_long_text_is_split(bus: Bus) -> None:
     async with tts_worker(bus, fake, replace(SETTINGS, max_unit_chars=120, ramp=())):
         await send_reply(bus, "s1", 1, text)
         await wait_for(lambda: heard.done(1), 20)
-    check_reply_frames(heard.of(1), text)
+    check_reply_frames(heard.turn(1), text)
     assert len(fake.calls) >= 55 and max(len(c.text) for c in fake.calls) <= 120
     assert not heard.errors
 
@@ -184,7 +171,7 @@ async def test_interrupt_aborts_the_running_synthesis(bus: Bus) -> None:
     heard = await listen(bus, "s1")
     async with tts_worker(bus, fake):
         await send_reply(bus, "s1", 1, LONG_REPLY, cuts=[5], end=False)
-        await wait_for(lambda: heard.of(1), 5)
+        await wait_for(lambda: heard.turn(1), 5)
         await asyncio.sleep(0.1)  # the 3 s unit is running now
         t_interrupt = time.monotonic_ns()
         await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
@@ -194,9 +181,9 @@ async def test_interrupt_aborts_the_running_synthesis(bus: Bus) -> None:
         await bus.publish(REGION, ReplyEnd(session="s1", turn=1, text=LONG_REPLY))  # late
         await asyncio.sleep(0.2)
     assert max(heard.arrivals(1)) < t_interrupt + 50_000_000
-    assert not any(f.last for f in heard.of(1))
+    assert not any(f.last for f in heard.turn(1))
     assert took < 1.0, f"the next turn waited {took:.2f} s for the aborted synthesis"
-    check_reply_frames(heard.of(2), "Okay.")
+    check_reply_frames(heard.turn(2), "Okay.")
 
 
 async def test_sessions_beyond_the_limit_get_an_error(bus: Bus) -> None:
@@ -205,15 +192,15 @@ async def test_sessions_beyond_the_limit_get_an_error(bus: Bus) -> None:
     settings = replace(SETTINGS, max_sessions=1, admit_timeout_s=0.2)
     async with tts_worker(bus, fake, settings):
         await send_reply(bus, "sa", 1, "Sure, one moment.", end=False)
-        await wait_for(lambda: a.of(1), 5)
+        await wait_for(lambda: a.turn(1), 5)
         await send_reply(bus, "sb", 1, "Hello there.", cuts=[6])
         await wait_for(lambda: b.done(1), 5)
         assert [e.code for e in b.errors] == ["tts_busy"]
-        assert [(f.last, f.pcm) for f in b.of(1)] == [(True, b"")], "the refused reply still ends"
+        assert [(f.last, f.pcm) for f in b.turn(1)] == [(True, b"")], "the refused reply still ends"
         await bus.publish(REGION, ReplyEnd(session="sa", turn=1, text="Sure, one moment."))
         await send_reply(bus, "sc", 1, "Hi.")
         await wait_for(lambda: a.done(1) and c.done(1), 5)
-    check_reply_frames(c.of(1), "Hi.")
+    check_reply_frames(c.turn(1), "Hi.")
 
 
 async def test_unknown_voice_falls_back_to_the_default(bus: Bus) -> None:
@@ -274,7 +261,7 @@ async def test_short_sentence_streams_speech(bus: Bus, kokoro: KokoroEngine) -> 
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, SENTENCE, cuts=[12])
         await wait_for(lambda: heard.done(1), 30)
-    frames = heard.of(1)
+    frames = heard.turn(1)
     check_reply_frames(frames, SENTENCE)
     audio = pcm_of(frames[:-1])
     assert 2.0 <= audio.size / 24_000 <= 4.0
@@ -293,7 +280,7 @@ async def test_barge_in_stops_the_real_engine(bus: Bus, kokoro: KokoroEngine) ->
     heard = await listen(bus, "s1")
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, LONG_REPLY, cuts=[5, 33], end=False)
-        await wait_for(lambda: heard.of(1), 30)
+        await wait_for(lambda: heard.turn(1), 30)
         await asyncio.sleep(0.3)  # mid-reply: a later sentence is being synthesized
         t_interrupt = time.monotonic_ns()
         await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
@@ -302,8 +289,8 @@ async def test_barge_in_stops_the_real_engine(bus: Bus, kokoro: KokoroEngine) ->
         took = (heard.arrivals(2)[0] - t_interrupt) / 1e9
         await asyncio.sleep(0.3)
     assert max(heard.arrivals(1)) < t_interrupt + 50_000_000, "a frame of turn 1 came late"
-    assert not any(f.last for f in heard.of(1))
-    check_reply_frames(heard.of(2), "Okay.")
+    assert not any(f.last for f in heard.turn(1))
+    check_reply_frames(heard.turn(2), "Okay.")
     assert took < 2.0, f"turn 2's first audio took {took:.2f} s after the interrupt"
 
 
@@ -316,7 +303,7 @@ async def test_round_trip_through_whisper(
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, text, cuts=[35])
         await wait_for(lambda: heard.done(1), 30)
-    audio_16k = resample(pcm_of(heard.of(1)[:-1]), in_rate_hz=24_000, out_rate_hz=16_000)
+    audio_16k = resample(pcm_of(heard.turn(1)[:-1]), in_rate_hz=24_000, out_rate_hz=16_000)
     result = await asyncio.to_thread(whisper.transcribe, audio_16k)
     assert word_errors(text, result.text) <= 1, (normalize_text(text), result.text)
 
@@ -331,6 +318,6 @@ async def test_unknown_voice_falls_back_on_the_real_engine(
             await send_reply(bus, "s1", 1, "Good morning.")
             await wait_for(lambda: heard.done(1), 30)
     assert any(e["event"] == "unknown_voice" for e in logs)
-    audio = pcm_of(heard.of(1)[:-1])
+    audio = pcm_of(heard.turn(1)[:-1])
     assert audio.size > 0.4 * 24_000 and float(np.sqrt(np.mean(audio**2))) > 0.02
     assert not heard.errors

@@ -25,7 +25,7 @@ from typing import Final
 
 from voxbus.runtime.procs import free_port, stop_popen
 
-REPO: Final = Path(__file__).resolve().parents[3]
+REPO: Final = Path(__file__).resolve().parents[2]
 DEV_KEY: Final = "devkey"
 DEV_SECRET: Final = "voxbus-dev-secret-at-least-32-chars-long"
 

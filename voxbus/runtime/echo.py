@@ -8,19 +8,12 @@ from collections.abc import AsyncIterator
 
 from voxbus.contracts.messages import AnyMessage, AudioIn, AudioOut, Message
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime.stage import Context
+from voxbus.runtime.stage import Context, StatelessStage
 
 
-class EchoStage:
+class EchoStage(StatelessStage):
     name = "echo"
     inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
-    urgent: tuple[Kind, ...] = ()
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         if isinstance(msg, AudioIn):

@@ -1,30 +1,69 @@
 """Per-session lanes: a session's messages are handled one at a time, in order, while different
-sessions run concurrently. A lane's queue is bounded (backpressure) and its task ends when idle."""
+sessions run concurrently. A lane's queue is bounded; what does not fit waits with JetStream (see
+``sessions``), never in front of another session."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-
-from nats.aio.msg import Msg
+from typing import Protocol
 
 from voxbus.contracts.messages import AnyMessage
 
 
+class Inbound(Protocol):
+    """A delivered message as the runtime acknowledges it (a JetStream message, or an in-memory
+    one in ``runtime.testing``)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def num_delivered(self) -> int: ...
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(stream, stream sequence): the same on a redelivery."""
+        ...
+
+    @property
+    def stored_age_s(self) -> float:
+        """Seconds since the message was stored (JetStream's ack timer ran at least this long)."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay_s: float) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
 @dataclass(eq=False)
 class Delivery:
-    raw: Msg
+    inbound: Inbound
     msg: AnyMessage
     region: str
-    subject: str
     received: float = field(default_factory=time.monotonic)
     # When JetStream's ack timer was last reset (by delivery or ``in_progress``), as far as we
     # know; the keep-alive marks the message in progress when this gets old.
     touched: float = field(default_factory=time.monotonic)
-    key: tuple[str, int] = ("", 0)  # (stream, stream sequence): the same on a redelivery
+
+    @property
+    def subject(self) -> str:
+        return self.inbound.subject
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.inbound.key
 
 
 class RecentKeys:
@@ -48,6 +87,35 @@ class RecentKeys:
 
     def __len__(self) -> int:
         return len(self._order)
+
+
+class Outstanding:
+    """Messages of one session handed back to JetStream (``nak``) and not yet taken: a later
+    message of the same stream may not overtake them, so it is handed back too."""
+
+    def __init__(self) -> None:
+        self._seqs: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._seqs.values())
+
+    def blocks(self, key: tuple[str, int]) -> bool:
+        """An earlier message of this stream is still out."""
+        seqs = self._seqs.get(key[0])
+        return seqs is not None and bool(seqs) and seqs[0] < key[1]
+
+    def add(self, key: tuple[str, int]) -> None:
+        seqs = self._seqs.setdefault(key[0], [])
+        i = bisect.bisect_left(seqs, key[1])
+        if i == len(seqs) or seqs[i] != key[1]:
+            seqs.insert(i, key[1])
+
+    def discard(self, key: tuple[str, int]) -> None:
+        seqs = self._seqs.get(key[0])
+        if seqs:
+            i = bisect.bisect_left(seqs, key[1])
+            if i < len(seqs) and seqs[i] == key[1]:
+                del seqs[i]
 
 
 Process = Callable[[Delivery], Awaitable[None]]
@@ -96,7 +164,7 @@ class Lane:
         return now - self.last_active
 
     async def run(self) -> None:
-        """Handle queued messages until cancelled (the worker cancels idle lanes)."""
+        """Handle queued messages until cancelled (the runtime cancels idle lanes)."""
         try:
             while True:
                 d = await self.queue.get()

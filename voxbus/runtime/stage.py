@@ -1,8 +1,18 @@
-"""What a stage is: a function from one message to a stream of messages, plus its inputs."""
+"""What a stage is: per-session handlers from one message to a stream of messages, plus the
+inputs it takes and how many sessions a worker holds.
+
+The runtime owns the session: it opens a stage's ``SessionHandler`` when a session's first
+message arrives (once the worker admits the session), hands it the session's messages in order,
+publishes what it yields, and closes it when the session goes idle, the handler releases it, the
+partition moves to another replica or the worker stops. Work a handler does in the background
+(a final transcript decoded after the frame that ended the turn) goes out through its
+``SessionScope``: the same publish path, stale-turn filter and spans as yielded messages, and its
+tasks are owned by the scope.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
@@ -13,7 +23,7 @@ from voxbus.contracts.messages import AnyMessage, Message
 from voxbus.contracts.subjects import Kind
 
 if TYPE_CHECKING:
-    from voxbus.runtime.bus import Bus
+    from voxbus.runtime.sessions import SessionScope
 
 
 class BadInput(Exception):
@@ -29,6 +39,49 @@ class Retryable(Exception):
     order) with backoff, up to ``max_deliver`` attempts."""
 
 
+# ---- what stages need of the bus (the NATS ``Bus`` and ``runtime.testing.MemoryBus``) ---------
+
+
+class KvEntry(Protocol):
+    value: bytes | None
+    revision: int | None
+
+
+class KeyValueStore(Protocol):
+    """The part of a JetStream KV bucket the stages use (same errors: ``KeyNotFoundError``,
+    ``KeyWrongLastSequenceError``)."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def put(self, key: str, value: bytes) -> int: ...
+
+    async def create(self, key: str, value: bytes) -> int: ...
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+
+class StageBus(Protocol):
+    regions: list[str]
+    tracing: bool
+
+    async def publish(
+        self, region: str, msg: Message, *, headers: Mapping[str, str] | None = None,
+        ack: bool | None = None,
+    ) -> None: ...
+
+    async def publish_error(
+        self, region: str, session: str, *, turn: int, code: str, message: str, stage: str,
+        source_subject: str = "",
+    ) -> None: ...
+
+    async def kv(self, bucket: str) -> Any: ...
+
+
+# ---- stages ---------------------------------------------------------------------------------
+
+
 _log = structlog.get_logger("voxbus.stage")
 
 
@@ -36,7 +89,7 @@ _log = structlog.get_logger("voxbus.stage")
 class Context:
     """What a handler knows about the message it handles."""
 
-    bus: Bus
+    bus: StageBus
     region: str
     session: str
     subject: str
@@ -51,8 +104,45 @@ class Context:
         return _log.bind(stage=self.stage, session=self.session, turn=self.turn)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionPolicy:
+    """How a worker holds a stage's sessions.
+
+    ``max_sessions``: sessions with an open handler at once (0: no limit); a further session
+    waits (its messages are left with JetStream and come back later, so it never holds up the
+    other sessions of its partition) up to ``admit_timeout_s``, then its messages are refused
+    with a ``<stage>_busy`` error event until a place is free. ``idle_close_s``: a session
+    without a message for this long is closed (a handler reporting ``busy`` stays open).
+    """
+
+    max_sessions: int = 0
+    admit_timeout_s: float = 5.0
+    idle_close_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 0 or self.admit_timeout_s < 0 or self.idle_close_s <= 0:
+            raise ValueError("max_sessions >= 0, admit_timeout_s >= 0 and idle_close_s > 0")
+
+
+class SessionHandler(Protocol):
+    """One session's state inside one worker, opened by ``Stage.open``.
+
+    ``handle`` gets the session's messages one at a time, in order (and urgent ones as they
+    arrive); what it yields is published. ``close`` ends the session here: finish or drop
+    background work (bounded), give resources back. ``busy`` (optional attribute or property):
+    work is still under way in the background, so the session is not idle.
+    """
+
+    def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]: ...
+
+    async def close(self, reason: str) -> None: ...
+
+
 class Stage(Protocol):
     """A stage worker's logic. The runtime owns the loop around it.
+
+    Optional: ``refused(msg) -> Sequence[Message]``, what to publish for a message the worker
+    refused (no place for its session), e.g. the end marker of a reply that will not be spoken.
 
     ``inputs`` are handled in order, one message of a session at a time. ``urgent`` kinds
     (interrupts) bypass the session's queue: the runtime handles them as soon as they arrive, and
@@ -63,9 +153,42 @@ class Stage(Protocol):
     name: str
     inputs: tuple[Kind, ...]
     urgent: tuple[Kind, ...]
+    policy: SessionPolicy
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]: ...
+    async def open(self, scope: SessionScope) -> SessionHandler: ...
+
+
+class _Forward:
+    """A session handler that hands every message to a stage-wide function."""
+
+    def __init__(self, handle: Callable[[AnyMessage, Context], AsyncIterator[Message]]) -> None:
+        self.handle = handle
+
+    async def close(self, reason: str) -> None:
+        return None
+
+
+class StatelessStage:
+    """Base of a stage that keeps nothing per session (its state is on the bus, or there is
+    none): subclasses implement ``handle``; each session's handler forwards to it."""
+
+    name: str = "stateless"
+    inputs: tuple[Kind, ...] = ()
+    urgent: tuple[Kind, ...] = ()
+    policy: SessionPolicy = SessionPolicy()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        raise NotImplementedError
+
+    async def open(self, scope: SessionScope) -> SessionHandler:
+        return _Forward(self.handle)

@@ -40,8 +40,8 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime.stage import Context
-from voxbus.runtime.tasks import cancel_and_wait
+from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.stage import Context, SessionPolicy
 from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
@@ -187,7 +187,7 @@ class LlmStage:
             max_turns=self.settings.history_max_turns, max_chars=self.settings.history_max_chars
         )
         self._close_engine = close_engine
-        self._saving: set[asyncio.Task[None]] = set()
+        self.policy = SessionPolicy()  # no per-worker limit: the engine serializes anyway
         #: The last turns handled here, for benchmarks and diagnostics.
         self.recent: deque[TurnStats] = deque(maxlen=256)
 
@@ -204,18 +204,19 @@ class LlmStage:
             log.warning("llm_warmup_failed", error=str(exc))
 
     async def stop(self) -> None:
-        if self._saving:
-            await asyncio.wait(self._saving, timeout=SAVE_GRACE_S)
-        for task in list(self._saving):
-            await cancel_and_wait(task)
         if self._close_engine:
             await self.engine.aclose()
 
+    async def open(self, scope: SessionScope) -> LlmSession:
+        return LlmSession(self, scope)
+
     # ---- messages ---------------------------------------------------------------------------
 
-    async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+    async def handle(
+        self, msg: AnyMessage, ctx: Context, session: LlmSession
+    ) -> AsyncIterator[Message]:
         if isinstance(msg, EndOfTurn):
-            async for out in self._turn(msg, ctx):
+            async for out in self._turn(msg, ctx, session):
                 yield out
         elif isinstance(msg, AgentSpoke):
             if msg.interrupted:
@@ -231,7 +232,9 @@ class LlmStage:
     async def _store(self, ctx: Context) -> HistoryStore:
         return HistoryStore(await ctx.bus.kv(state_bucket(ctx.region)), self._limits)
 
-    async def _turn(self, msg: EndOfTurn, ctx: Context) -> AsyncIterator[Message]:
+    async def _turn(
+        self, msg: EndOfTurn, ctx: Context, session: LlmSession
+    ) -> AsyncIterator[Message]:
         user = msg.transcript.strip()
         if not user:
             ctx.log.info("llm_turn_ignored", reason="empty_transcript")
@@ -278,7 +281,9 @@ class LlmStage:
         finally:
             if not saved:  # interrupted (cancelled or closed): keep what was published
                 ctx.log.info("llm_turn_cut", published_chars=reply.sent)
-                self._save_later(store.set_reply(msg.session, msg.turn, reply.heard_so_far()), ctx)
+                session.save_later(
+                    store.set_reply(msg.session, msg.turn, reply.heard_so_far()), ctx
+                )
 
     async def _generate(
         self, prompt: list[ChatMessage], reply: _Reply, stats: TurnStats, ctx: Context
@@ -318,13 +323,34 @@ class LlmStage:
                 reply.messages.append(message)
                 reply.end_call |= result.end_call
 
-    def _save_later(self, save: Coroutine[Any, Any, object], ctx: Context) -> None:
+
+class LlmSession:
+    """A session's handler: the stage keeps nothing per session but the saves of interrupted
+    replies still under way (the conversation itself is in KV)."""
+
+    def __init__(self, stage: LlmStage, scope: SessionScope) -> None:
+        self.stage = stage
+        self.scope = scope
+        self._saving: set[asyncio.Task[Any]] = set()
+
+    @property
+    def busy(self) -> bool:
+        return any(not t.done() for t in self._saving)
+
+    def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        return self.stage.handle(msg, ctx, self)
+
+    def save_later(self, save: Coroutine[Any, Any, object], ctx: Context) -> None:
         async def run() -> None:
             try:
                 await save
             except Exception as exc:  # noqa: BLE001 - a lost partial reply is only logged
                 ctx.log.warning("llm_history_save_failed", error=repr(exc))
 
-        task = asyncio.create_task(run(), name="llm-save-partial")
+        task = self.scope.spawn(run(), name="llm-save-partial")
         self._saving.add(task)
         task.add_done_callback(self._saving.discard)
+
+    async def close(self, reason: str) -> None:
+        if self._saving:
+            await asyncio.wait(self._saving, timeout=SAVE_GRACE_S)

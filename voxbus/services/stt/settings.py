@@ -48,6 +48,7 @@ class SttSettings:
     # capacity
     max_sessions: int = 32  # sessions with state in this worker; more wait (backpressure)
     session_idle_s: float = 60.0  # a session's state is dropped after this long without frames
+    admit_timeout_s: float = 10.0  # a session over max_sessions waits this long, then is refused
     drain_timeout_s: float = 10.0  # on stop, how long finals still decoding may take
 
     def __post_init__(self) -> None:
@@ -105,5 +106,6 @@ class SttSettings:
             no_speech_threshold=env.float("NO_SPEECH_THRESHOLD", d.no_speech_threshold),
             max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
             session_idle_s=env.float("SESSION_IDLE_S", d.session_idle_s),
+            admit_timeout_s=env.float("ADMIT_TIMEOUT_S", d.admit_timeout_s),
             drain_timeout_s=env.float("DRAIN_TIMEOUT_S", d.drain_timeout_s),
         )

@@ -1,0 +1,438 @@
+"""The runtime's sessions: for one partition of one region, each session's lane, its stage
+handler and scope, admission to the worker, the publish path, ack and the failure rules.
+
+Nothing here knows NATS: ``worker`` feeds it JetStream deliveries, ``testing`` in-memory ones.
+
+- **Admission.** A session's handler is opened (``Stage.open``) once the worker has a place for
+  it (``SessionPolicy.max_sessions``, shared by the worker's partitions). Until then, and
+  whenever its lane is full, the session's messages are handed back to JetStream with a short
+  delay (``nak``) instead of waiting in front of the partition: the other sessions of the
+  partition go on. A later message of the session never overtakes one handed back
+  (``Outstanding``), so order holds. After ``admit_timeout_s`` of waiting its messages are
+  refused (``term``, one ``<stage>_busy`` error event) until a place is free.
+- **Publishing.** Yielded messages and late ones (``SessionScope.publish``) go through one path:
+  dropped if their turn was interrupted, published with trace context.
+- **Closing.** A session is closed when idle (``idle_close_s`` without a message and the handler
+  not ``busy``), when its handler calls ``SessionScope.release`` (it reopens on the next
+  message), or when the partition is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from voxbus.contracts.messages import Interrupt, Message
+from voxbus.runtime import tracing
+from voxbus.runtime.lanes import Delivery, Lane, Outstanding, RecentKeys
+from voxbus.runtime.stage import (
+    BadInput,
+    Context,
+    Retryable,
+    SessionHandler,
+    Stage,
+    StageBus,
+)
+from voxbus.runtime.tasks import TaskSet
+
+log = structlog.get_logger("voxbus.sessions")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaneOptions:
+    lane_queue: int = 256
+    max_deliver: int = 5
+    retry_backoff_s: float = 0.2
+    defer_base_s: float = 0.05  # first hand-back delay; doubles per delivery
+    defer_max_s: float = 1.0
+    recent_keys: int = 2048  # handled messages remembered, to drop redelivered copies
+
+
+@dataclass
+class SessionStats:
+    handled: int = 0
+    deferred: int = 0  # handed back to JetStream (not admitted yet, or lane full)
+    refused: int = 0  # terminated: not admitted within admit_timeout_s
+    redeliveries_dropped: int = 0  # copies of messages handled or held already
+    opened: int = 0
+    closed: int = 0
+
+
+class Admission:
+    """Places for sessions with an open handler in one worker (0: no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def try_take(self) -> bool:
+        if self.limit and self.held >= self.limit:
+            return False
+        self.held += 1
+        return True
+
+    def give(self) -> None:
+        self.held = max(0, self.held - 1)
+
+
+class SessionScope:
+    """What the runtime gives a session's handler: where it is, the bus, the publish path for
+    messages it produces outside ``handle`` (a final decoded in the background), and a task set
+    closed with the session."""
+
+    def __init__(self, *, bus: StageBus, region: str, session: str, stage: str) -> None:
+        self.bus = bus
+        self.region = region
+        self.session = session
+        self.stage = stage
+        self.log: Any = log.bind(stage=stage, region=region, session=session)
+        self.tasks = TaskSet(f"{stage}-{session}")
+        self.interrupted_turn = 0
+        self.release_requested = False
+
+    def stale(self, msg: Message) -> bool:
+        """A message of a turn that was interrupted: not to be published."""
+        return 0 < msg.turn <= self.interrupted_turn
+
+    async def publish(self, msg: Message) -> bool:
+        """Publish a message of this session produced outside ``handle``; False if its turn was
+        interrupted (dropped). Bus errors propagate."""
+        if self.stale(msg):
+            self.log.info("stale_output_dropped", out_turn=msg.turn, kind=type(msg).__name__)
+            return False
+        if not self.bus.tracing:
+            await self.bus.publish(self.region, msg)
+            return True
+        with tracing.tracer().start_as_current_span(
+            f"{self.stage} publish {type(msg).__name__}",
+            context=tracing.parent_for(msg, None),
+            kind=tracing.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.message.conversation_id": msg.session,
+                "voxbus.turn": msg.turn,
+                "voxbus.stage": self.stage,
+            },
+        ):
+            await self.bus.publish(self.region, msg)
+        return True
+
+    async def publish_error(self, *, turn: int, code: str, message: str) -> None:
+        await self.bus.publish_error(self.region, self.session, turn=turn, code=code,
+                                     message=message, stage=self.stage)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """A background task of this session, cancelled when the session closes."""
+        return self.tasks.spawn(coro, name=name)
+
+    def release(self) -> None:
+        """The handler holds nothing worth keeping: close it once the messages queued so far are
+        handled (a new one opens with the session's next message)."""
+        self.release_requested = True
+
+
+class Session:
+    def __init__(self, scope: SessionScope) -> None:
+        self.scope = scope
+        self.id = scope.session
+        self.lane: Lane | None = None
+        self.handler: SessionHandler | None = None
+        self.admitted = False
+        self.waiting_since: float | None = None
+        self.refusing = False
+        self.outstanding = Outstanding()
+        self.last_seen = time.monotonic()
+
+    def busy(self) -> bool:
+        return bool(getattr(self.handler, "busy", False))
+
+
+class SessionLanes:
+    """The sessions of one partition of one region, for one stage."""
+
+    def __init__(
+        self, stage: Stage, bus: StageBus, region: str, *, admission: Admission,
+        opts: LaneOptions | None = None, stats: SessionStats | None = None, name: str = "",
+    ) -> None:
+        self.stage = stage
+        self.bus = bus
+        self.region = region
+        self.admission = admission
+        self.opts = opts or LaneOptions()
+        self.stats = stats or SessionStats()
+        self.sessions: dict[str, Session] = {}
+        self._done = RecentKeys(self.opts.recent_keys)
+        self._tasks = TaskSet(name or f"sessions-{stage.name}-{region}")
+
+    # ---- arriving messages ----------------------------------------------------------------------
+
+    async def deliver(self, d: Delivery) -> None:
+        """An input message: into its session's lane, or back to JetStream for later. Never
+        waits for the session (only for the ack/nak round trip)."""
+        sess = self._session(d.msg.session)
+        if d.inbound.num_delivered > 1 and await self._duplicate(d, sess):
+            return
+        if sess.outstanding.blocks(d.key):
+            await self._defer(sess, d)
+            return
+        if not sess.admitted and not await self._admit(sess, d):
+            return
+        lane = sess.lane
+        assert lane is not None
+        if lane.queue.full():
+            await self._defer(sess, d)
+            return
+        sess.outstanding.discard(d.key)
+        lane.queue.put_nowait(d)
+
+    async def urgent(self, d: Delivery) -> None:
+        """An urgent message (an interrupt): handled at once, beside the session's lane."""
+        sess = self._session(d.msg.session)
+        if isinstance(d.msg, Interrupt):
+            sess.scope.interrupted_turn = max(sess.scope.interrupted_turn, d.msg.turn)
+            if sess.lane is not None:
+                sess.lane.interrupt(d.msg.turn)
+        await self._process(sess, d, urgent=True)
+
+    def _session(self, session: str) -> Session:
+        sess = self.sessions.get(session)
+        if sess is None:
+            scope = SessionScope(bus=self.bus, region=self.region, session=session,
+                                 stage=self.stage.name)
+            sess = self.sessions[session] = Session(scope)
+        sess.last_seen = time.monotonic()
+        return sess
+
+    async def _duplicate(self, d: Delivery, sess: Session) -> bool:
+        """A redelivered copy of a message handled already, or still held by the lane: JetStream
+        redelivers when an ack is late, and handling the copy too would feed the stage the same
+        input twice (a repeated audio frame changes what the STT hears). A copy of a handled
+        message is acked; a copy of a held one is dropped and the held one marked in progress."""
+        if d.key in self._done:
+            await d.inbound.ack()
+        elif sess.lane is not None and (held := sess.lane.holding(d.key)) is not None:
+            held.touched = time.monotonic()
+            await held.inbound.in_progress()
+        else:
+            return False  # handed back by us, taken over from another replica, or never handled
+        self.stats.redeliveries_dropped += 1
+        log.info("redelivery_dropped", subject=d.subject, session=d.msg.session,
+                 stream_seq=d.key[1])
+        return True
+
+    async def _admit(self, sess: Session, d: Delivery) -> bool:
+        if self.admission.try_take():
+            sess.admitted, sess.waiting_since, sess.refusing = True, None, False
+            lane = Lane(sess.id, process=lambda x: self._process(sess, x), skip=self._skip,
+                        maxsize=self.opts.lane_queue, on_exit=lambda _lane: None)
+            lane.interrupted_turn = sess.scope.interrupted_turn
+            sess.lane = lane
+            lane.task = self._tasks.spawn(lane.run(), name=f"lane-{sess.id}")
+            return True
+        now = time.monotonic()
+        if sess.waiting_since is None:
+            sess.waiting_since = now
+            sess.scope.log.info("session_waiting", sessions=self.admission.held,
+                                limit=self.admission.limit)
+        if now - sess.waiting_since < self.stage.policy.admit_timeout_s:
+            await self._defer(sess, d)
+            return False
+        sess.outstanding.discard(d.key)
+        await d.inbound.term()
+        self.stats.refused += 1
+        if not sess.refusing:
+            sess.refusing = True
+            code = f"{self.stage.name}_busy"
+            sess.scope.log.warning("session_refused", sessions=self.admission.held)
+            await self.bus.publish_error(
+                self.region, sess.id, turn=d.msg.turn, code=code, stage=self.stage.name,
+                message=f"this {self.stage.name} worker already holds {self.admission.limit} "
+                        "sessions", source_subject=d.subject,
+            )
+        answer = getattr(self.stage, "refused", None)  # the stage may close what it refused
+        if answer is not None:
+            for out in answer(d.msg):
+                await self.bus.publish(self.region, out)
+        return False
+
+    async def _defer(self, sess: Session, d: Delivery) -> None:
+        sess.outstanding.add(d.key)
+        o = self.opts
+        delay = min(o.defer_max_s, o.defer_base_s * 2 ** min(10, d.inbound.num_delivered - 1))
+        await d.inbound.nak(delay)
+        self.stats.deferred += 1
+
+    # ---- handling -------------------------------------------------------------------------------
+
+    async def _skip(self, d: Delivery) -> None:
+        """A message of an interrupted turn: acknowledged without work."""
+        await d.inbound.ack()
+        self._done.add(d.key)
+
+    async def _open(self, sess: Session) -> SessionHandler:
+        handler = await self.stage.open(sess.scope)
+        self.stats.opened += 1
+        return handler
+
+    async def _process(self, sess: Session, d: Delivery, *, urgent: bool = False) -> None:
+        msg = d.msg
+        ctx = Context(bus=self.bus, region=self.region, session=msg.session, subject=d.subject,
+                      headers=d.inbound.headers, turn=msg.turn, stage=self.stage.name)
+        temporary: SessionHandler | None = None
+        if not urgent:
+            sess.scope.release_requested = False  # a release asked before this message is void
+        try:
+            while True:
+                try:
+                    handler = sess.handler
+                    if handler is None:
+                        if urgent and not sess.admitted:  # beside admission: a short visit
+                            temporary = temporary or await self._open(sess)
+                            handler = temporary
+                        else:
+                            handler = sess.handler = await self._open(sess)
+                    await self._traced(handler, sess, d, ctx)
+                    await d.inbound.ack()
+                    self._done.add(d.key)
+                    self.stats.handled += 1
+                    break
+                except Retryable as e:
+                    if ctx.attempt >= self.opts.max_deliver:
+                        await self._reject(d, "retries_exhausted", str(e))
+                        break
+                    ctx.log.warning("retrying", attempt=ctx.attempt, error=str(e))
+                    await asyncio.sleep(self.opts.retry_backoff_s * 2 ** (ctx.attempt - 1))
+                    ctx.attempt += 1
+                except BadInput as e:
+                    await self._reject(d, e.code, str(e))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    ctx.log.exception("handler_failed", subject=d.subject)
+                    await self._reject(d, "internal", f"{type(e).__name__}: {e}")
+                    break
+        finally:
+            if temporary is not None:
+                await self._close_handler(sess, temporary, "visited")
+        if sess.scope.release_requested and sess.admitted and sess.handler is not None:
+            lane = sess.lane
+            if lane is not None and lane.queue.empty():
+                self._tasks.spawn(self.end(sess, "released"), name=f"release-{sess.id}")
+
+    async def _traced(
+        self, handler: SessionHandler, sess: Session, d: Delivery, ctx: Context
+    ) -> None:
+        if not self.bus.tracing:
+            await self._run_handler(handler, sess, d, ctx)
+            return
+        msg = d.msg
+        with tracing.tracer().start_as_current_span(
+            f"{self.stage.name} {type(msg).__name__}",
+            context=tracing.parent_for(msg, d.inbound.headers),
+            kind=tracing.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": d.subject,
+                "messaging.message.conversation_id": msg.session,
+                "voxbus.turn": msg.turn,
+                "voxbus.stage": self.stage.name,
+            },
+        ):
+            await self._run_handler(handler, sess, d, ctx)
+
+    async def _run_handler(
+        self, handler: SessionHandler, sess: Session, d: Delivery, ctx: Context
+    ) -> None:
+        gen = handler.handle(d.msg, ctx)
+        interrupt = isinstance(d.msg, Interrupt)
+        try:
+            async for out in gen:
+                if sess.scope.stale(out) and not interrupt:
+                    ctx.log.info("stale_output_dropped", out_turn=out.turn)
+                    break
+                await self.bus.publish(self.region, out)
+        finally:
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:  # an async generator: run its cleanup now
+                await aclose()
+
+    async def _reject(self, d: Delivery, code: str, message: str) -> None:
+        log.warning("message_rejected", stage=self.stage.name, code=code, subject=d.subject,
+                    session=d.msg.session, error=message)
+        await d.inbound.term()
+        self._done.add(d.key)
+        await self.bus.publish_error(
+            self.region, d.msg.session, turn=d.msg.turn, code=code, message=message,
+            stage=self.stage.name, source_subject=d.subject,
+        )
+
+    # ---- closing --------------------------------------------------------------------------------
+
+    async def _close_handler(self, sess: Session, handler: SessionHandler, reason: str) -> None:
+        try:
+            await handler.close(reason)
+        except Exception:  # noqa: BLE001 - one session's close must not stop the others
+            sess.scope.log.exception("session_close_failed", reason=reason)
+        self.stats.closed += 1
+
+    async def end(self, sess: Session, reason: str) -> None:
+        """Close a session here: its lane stops (it must be idle unless the partition is being
+        dropped), its handler closes, its place in the worker is freed. The session is detached
+        at once (before any wait), so a message arriving meanwhile opens it anew."""
+        lane = sess.lane
+        if reason == "released" and (not sess.scope.release_requested or lane is None or (
+            lane.current is not None or not lane.queue.empty()
+        )):
+            return  # a message came in meanwhile: keep the handler
+        if reason != "released" and self.sessions.get(sess.id) is sess:
+            del self.sessions[sess.id]  # released: kept, dormant, with its interrupt watermark
+        handler, sess.handler = sess.handler, None
+        admitted, sess.admitted = sess.admitted, False
+        sess.lane = None
+        tasks, sess.scope.tasks = sess.scope.tasks, TaskSet(sess.scope.tasks.name)
+        sess.scope.release_requested = False
+        if lane is not None and lane.task is not None and lane.task is not asyncio.current_task():
+            lane.task.cancel()
+            await asyncio.gather(lane.task, return_exceptions=True)
+        if handler is not None:
+            await self._close_handler(sess, handler, reason)
+        await tasks.close()
+        if admitted:
+            self.admission.give()
+        sess.scope.log.debug("session_closed", reason=reason)
+
+    def sweep(self, now: float) -> None:
+        """Close sessions idle for ``idle_close_s``; forget waiting ones that went quiet."""
+        idle_s = self.stage.policy.idle_close_s
+        for sess in list(self.sessions.values()):
+            lane = sess.lane
+            idle = lane.idle_for(now) if lane is not None else now - sess.last_seen
+            if idle < idle_s or sess.busy() or now - sess.last_seen < idle_s:
+                continue
+            if lane is None and sess.handler is None:
+                if not len(sess.outstanding):
+                    del self.sessions[sess.id]
+                continue
+            self._tasks.spawn(self.end(sess, "idle"), name=f"idle-{sess.id}")
+
+    def pending(self) -> list[Delivery]:
+        return [d for s in self.sessions.values() if s.lane is not None for d in s.lane.pending()]
+
+    async def drain(self, timeout_s: float) -> None:
+        """Finish and ack what the lanes took, then close every session (``released``)."""
+        lanes = [s.lane for s in self.sessions.values() if s.lane is not None]
+        try:
+            async with asyncio.timeout(timeout_s):
+                for lane in lanes:
+                    await lane.drained()
+        except TimeoutError:
+            log.warning("drain_timeout", stage=self.stage.name, lanes=len(lanes))
+        for sess in list(self.sessions.values()):
+            await self.end(sess, "released")
+        await self._tasks.close()

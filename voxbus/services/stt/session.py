@@ -1,0 +1,281 @@
+"""One session's speech recognition inside a worker: its audio path and the turn events (see the
+stage's docstring). Opened and closed by the runtime; background decodes publish through the
+session's scope."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from nats.errors import Error as NatsError
+from nats.js.errors import KeyNotFoundError
+
+from voxbus.audio import Float32Array, PcmError
+from voxbus.contracts import control
+from voxbus.contracts.messages import (
+    MAX_TEXT_CHARS,
+    AnyMessage,
+    AudioIn,
+    EndOfTurn,
+    Message,
+    Transcript,
+    UserStartedSpeaking,
+    UserStoppedSpeaking,
+)
+from voxbus.contracts.streams import state_bucket
+from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.stage import BadInput, Context, Retryable, StageBus
+from voxbus.services.stt import turns
+from voxbus.services.stt.engine import TranscriptResult
+from voxbus.services.stt.frontend import AudioFrontend
+
+if TYPE_CHECKING:
+    from voxbus.services.stt.stage import SttStage
+
+log = structlog.get_logger("voxbus.stt")
+
+
+def state_key(session: str) -> str:
+    """The session's key in the region's state bucket (``<session>.stt``)."""
+    return control.state_key(session, control.STT_STATE)
+
+
+async def read_turn(bus: StageBus, region: str, session: str) -> int:
+    """The session's last turn number in the state bucket (0 if none). Raises Retryable."""
+    try:
+        kv = await bus.kv(state_bucket(region))
+        entry = await kv.get(state_key(session))
+    except KeyNotFoundError:
+        return 0
+    except (NatsError, TimeoutError) as e:
+        raise Retryable(f"state bucket unavailable: {e}") from e
+    try:
+        return control.decode_stt_state(entry.value or b"").turn
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        log.warning("bad_turn_state", session=session)
+        return 0
+
+
+@dataclass(eq=False)
+class _Speculative:
+    span: tuple[int, int]  # [audio_start_sample, audio_end_sample) it decodes
+    task: asyncio.Task[Any]
+
+
+class SttSession:
+    """A session's segmenter, turn numbers, and the decodes it has under way."""
+
+    def __init__(
+        self, stage: SttStage, scope: SessionScope, segmenter: turns.Segmenter, last_turn: int
+    ) -> None:
+        self.stage = stage
+        self.scope = scope
+        self.frontend = AudioFrontend(segmenter)
+        self.turn = last_turn  # the current (or last) turn
+        self.fmt: tuple[int, int] | None = None  # (sample_rate_hz, channels) of the last frame
+        self.closed_turn = 0  # the last turn whose EndOfTurn was detected
+        self.partials_sent = 0  # partials published for `turn`; the final's seq follows them
+        self.last_partial = ""
+        self.spec: _Speculative | None = None
+        self.final: asyncio.Task[Any] | None = None
+        self.publish_lock = asyncio.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """A final is still being decoded or published: not idle."""
+        return self.final is not None and not self.final.done()
+
+    async def close(self, reason: str) -> None:
+        """Let a final still decoding publish (up to ``drain_timeout_s``); keep the segmenter."""
+        if self.final is not None and not self.final.done():
+            await asyncio.wait({self.final}, timeout=self.stage.settings.drain_timeout_s)
+        if self.spec is not None:
+            self.spec.task.cancel()
+        self.stage.closed(self.frontend.segmenter)
+        self.scope.log.info("session_closed", reason=reason, turn=self.turn)
+
+    # ---- frames ---------------------------------------------------------------------------------
+
+    async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        if not isinstance(msg, AudioIn):
+            raise BadInput("unexpected_message", f"stt takes audio.in, not {type(msg).__name__}")
+        try:
+            segments = await asyncio.get_running_loop().run_in_executor(
+                self.stage.frontend, self.frontend.push, msg
+            )
+        except PcmError as e:
+            raise BadInput("bad_pcm", str(e)) from None
+        fmt = (msg.sample_rate_hz, msg.channels)
+        if fmt != self.fmt:
+            if self.fmt is not None:
+                self.scope.log.info("audio_format_changed", sample_rate_hz=fmt[0],
+                                    channels=fmt[1])
+            self.fmt = fmt
+        for seg in segments:
+            async for out in self._on_segment(seg):
+                yield out
+
+    async def _on_segment(self, seg: turns.Segment) -> AsyncIterator[Message]:
+        stage, ns_at = self.stage, self.frontend.timeline.ns_at
+        match seg.event:
+            case turns.SpeechStarted() as ev:
+                self.turn = await self._next_turn()
+                self.partials_sent, self.last_partial = 0, ""
+                self.scope.log.info("speech_started", turn=self.turn)
+                yield UserStartedSpeaking(session=self.scope.session, turn=self.turn,
+                                          at_ns=ns_at(ev.speech_start_sample))
+            case turns.PartialDue() as ev:
+                assert seg.audio is not None
+                if stage.settings.partials and self.spec is None and stage.partial_decoder():
+                    self.scope.spawn(
+                        self._run_partial(self.turn, seg.audio, ns_at(ev.speech_start_sample),
+                                          ns_at(ev.at_sample)),
+                        name=f"stt-partial-{self.scope.session}",
+                    )
+                else:
+                    stage.stats.partials_skipped += 1
+            case turns.SilenceBegan() as ev:
+                assert seg.audio is not None and stage.final is not None
+                if stage.settings.speculative_final:
+                    self._drop_speculative()
+                    task = self.scope.spawn(stage.final.run(seg.audio, partial=False),
+                                            name=f"stt-speculative-{self.scope.session}")
+                    self.spec = _Speculative((ev.audio_start_sample, ev.audio_end_sample), task)
+                    stage.stats.speculative_started += 1
+            case turns.SpeechResumed():
+                if self._drop_speculative():
+                    self.scope.log.debug("speculative_discarded", turn=self.turn)
+            case turns.EndOfTurn() as ev:
+                assert seg.audio is not None
+                async for out in self._end_of_turn(ev, seg.audio):
+                    yield out
+
+    def _drop_speculative(self) -> bool:
+        spec, self.spec = self.spec, None
+        if spec is None:
+            return False
+        spec.task.cancel()  # its thread finishes the decode; the result is ignored
+        self.stage.stats.speculative_discarded += 1
+        return True
+
+    async def _end_of_turn(
+        self, ev: turns.EndOfTurn, audio: Float32Array
+    ) -> AsyncIterator[Message]:
+        stage, ns_at = self.stage, self.frontend.timeline.ns_at
+        assert stage.final is not None
+        turn = self.turn
+        start_ns, end_ns = ns_at(ev.speech_start_sample), ns_at(ev.speech_end_sample)
+        self.closed_turn = turn
+        yield UserStoppedSpeaking(session=self.scope.session, turn=turn, at_ns=end_ns)
+        spec, self.spec = self.spec, None
+        if spec is not None and spec.span == (ev.audio_start_sample, ev.audio_end_sample):
+            decode = spec.task
+        else:
+            if spec is not None:
+                spec.task.cancel()
+                stage.stats.speculative_discarded += 1
+            decode = self.scope.spawn(stage.final.run(audio, partial=False),
+                                      name=f"stt-final-{self.scope.session}")
+        if self.final is not None and not self.final.done():
+            await asyncio.wait({self.final})  # one final outstanding per session, in turn order
+        self.final = self.scope.spawn(
+            self._publish_final(
+                turn=turn, seq=self.partials_sent, decode=decode, start_ns=start_ns,
+                end_ns=end_ns, at_ns=ns_at(ev.at_sample), audio_ms=audio.size / 16.0,
+                forced=ev.forced,
+            ),
+            name=f"stt-publish-final-{self.scope.session}",
+        )
+
+    # ---- turn numbers ---------------------------------------------------------------------------
+
+    async def _next_turn(self) -> int:
+        """Advance the turn past this worker's and the bucket's last one, and store it."""
+        scope = self.scope
+        try:
+            stored = await read_turn(scope.bus, scope.region, scope.session)
+        except Retryable as e:
+            scope.log.warning("turn_state_unavailable", error=str(e))
+            stored = 0
+        turn = max(self.turn, stored) + 1
+        try:
+            kv = await scope.bus.kv(state_bucket(scope.region))
+            await kv.put(state_key(scope.session),
+                         control.encode_json(control.SttTurnState(turn=turn)))
+        except (NatsError, TimeoutError) as e:
+            scope.log.warning("turn_state_not_saved", turn=turn, error=str(e))
+        return turn
+
+    # ---- transcripts ----------------------------------------------------------------------------
+
+    def _text(self, result: TranscriptResult) -> str:
+        nsp, logprob = result.no_speech_prob, result.avg_logprob
+        if nsp is not None and nsp > self.stage.settings.no_speech_threshold and (
+            logprob is None or logprob < -1.0
+        ):
+            return ""
+        return result.text.strip()[:MAX_TEXT_CHARS]
+
+    async def _run_partial(
+        self, turn: int, audio: Float32Array, start_ns: int, end_ns: int
+    ) -> None:
+        stats = self.stage.stats
+        dec = self.stage.partial_decoder()
+        if dec is None:  # busy since the event: skip, never queue
+            stats.partials_skipped += 1
+            return
+        result = await dec.submit(audio, partial=True)
+        text = self._text(result)
+        async with self.publish_lock:
+            if (self.closed_turn >= turn or self.turn != turn or not text
+                    or text == self.last_partial):
+                return
+            seq = self.partials_sent
+            self.partials_sent, self.last_partial = seq + 1, text
+            published = await self.scope.publish(Transcript(
+                session=self.scope.session, turn=turn, seq=seq, text=text, is_final=False,
+                speech_start_ns=start_ns, speech_end_ns=end_ns,
+                decode_ms=round(result.decode_s * 1000, 3), emitted_ns=time.time_ns(),
+            ))
+        if published:
+            stats.partials_published += 1
+        self.scope.log.debug("partial_transcript", turn=turn, seq=seq,
+                             decode_ms=round(result.decode_s * 1000, 1), pii={"text": text})
+
+    async def _publish_final(
+        self, *, turn: int, seq: int, decode: asyncio.Task[Any], start_ns: int,
+        end_ns: int, at_ns: int, audio_ms: float, forced: bool,
+    ) -> None:
+        scope, stats = self.scope, self.stage.stats
+        try:
+            result: TranscriptResult = await decode
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            scope.log.exception("final_decode_failed", turn=turn)
+            await scope.publish_error(turn=turn, code="decode_failed",
+                                      message=f"{type(e).__name__}: {e}")
+            return
+        text = self._text(result)
+        decode_ms = round(result.decode_s * 1000, 3)
+        async with self.publish_lock:
+            await scope.publish(Transcript(
+                session=scope.session, turn=turn, seq=seq, text=text, is_final=True,
+                speech_start_ns=start_ns, speech_end_ns=end_ns, decode_ms=decode_ms,
+                emitted_ns=time.time_ns(),
+            ))
+            await scope.publish(EndOfTurn(
+                session=scope.session, turn=turn, transcript=text, speech_start_ns=start_ns,
+                speech_end_ns=end_ns, decode_ms=decode_ms, at_ns=at_ns,
+            ))
+        stats.finals += 1
+        stats.decode_ms.append(decode_ms)
+        stats.audio_ms.append(audio_ms)
+        scope.log.info("final_transcript", turn=turn, decode_ms=decode_ms,
+                       audio_ms=round(audio_ms, 1), forced=forced, empty=not text,
+                       pii={"text": text})

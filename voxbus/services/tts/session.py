@@ -1,0 +1,217 @@
+"""One session's reply being spoken inside a TTS worker (see the stage's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from voxbus.contracts.control import VOICE_HEADER, header
+from voxbus.contracts.messages import AnyMessage, AudioOut, Interrupt, Message, ReplyEnd, ReplyText
+from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.stage import BadInput, Context
+
+from .clauses import Unit, UnitSplitter
+from .framing import frame_audio
+from .scheduler import Synthesis
+
+if TYPE_CHECKING:
+    from .stage import TtsStage
+
+MAX_REPLY_CHARS: Final = 200_000
+MAX_GAP_CHARS: Final = 8_000
+# Audio per character of text (af_heart, speed 1), until a unit's real length is known: only to
+# order the synthesis queue.
+AUDIO_S_PER_CHAR: Final = 0.065
+
+
+@dataclass(eq=False, kw_only=True)
+class _Reply:
+    """A reply being spoken: ``text`` so far, and how far its frames have got."""
+
+    turn: int
+    voice: str
+    splitter: UnitSplitter
+    origin: float  # monotonic time its first message was handled
+    text: str = ""
+    seq: int = 0
+    spoken_end: int = 0  # text_end of the last frame yielded
+    audio_ahead_s: float = 0.0  # audio of the units handed to the scheduler so far
+    last_deadline: float = 0.0
+
+
+class TtsSession:
+    """The session's current reply; the runtime releases the session when it ends."""
+
+    def __init__(self, stage: TtsStage, scope: SessionScope) -> None:
+        self.stage = stage
+        self.scope = scope
+        self.reply: _Reply | None = None
+
+    async def close(self, reason: str) -> None:
+        reply, self.reply = self.reply, None
+        if reply is not None and reason == "idle":
+            self.scope.log.warning("reply_expired", turn=reply.turn, spoken_end=reply.spoken_end)
+
+    async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        if isinstance(msg, Interrupt):
+            self._interrupt(msg, ctx)
+            return
+        if isinstance(msg, ReplyText):
+            async for out in self._on_text(msg, ctx):
+                yield out
+            return
+        if isinstance(msg, ReplyEnd):
+            async for out in self._on_end(msg, ctx):
+                yield out
+            return
+        raise BadInput("unexpected_message", f"the tts stage does not take {type(msg).__name__}")
+
+    def _interrupt(self, msg: Interrupt, ctx: Context) -> None:
+        reply = self.reply
+        if reply is not None and reply.turn <= msg.turn:
+            self.reply = None
+            self.scope.release()
+            ctx.log.info("reply_interrupted", reply_turn=reply.turn, spoken_end=reply.spoken_end,
+                         frames=reply.seq)
+
+    async def _on_text(self, msg: ReplyText, ctx: Context) -> AsyncIterator[AudioOut]:
+        reply = self._reply_for(msg, ctx)
+        if reply is None:
+            return
+        piece = _place(reply, msg)
+        if piece is None:
+            ctx.log.info("duplicate_text_skipped", seq=msg.seq, char_end=msg.char_end)
+            return
+        async for out in self._speak(reply, reply.splitter.push(piece), msg.session, ctx):
+            yield out
+
+    async def _on_end(self, msg: ReplyEnd, ctx: Context) -> AsyncIterator[AudioOut]:
+        reply = self.reply
+        if reply is not None and reply.turn > msg.turn:
+            ctx.log.info("stale_reply_end_dropped", reply_turn=reply.turn)
+            return
+        reply = self._reply_for(msg, ctx)
+        try:
+            units: list[Unit] = []
+            if reply is not None and msg.reason != "interrupted":
+                if len(msg.text) > len(reply.text):
+                    rest = msg.text[len(reply.text) :]
+                    reply.text += rest
+                    units += reply.splitter.push(rest)
+                units += reply.splitter.finish()
+            if reply is not None:
+                async for out in self._speak(reply, units, msg.session, ctx):
+                    yield out
+            total = max(len(msg.text), len(reply.text) if reply is not None else 0)
+            spoken = reply.spoken_end if reply is not None else 0
+            yield AudioOut(
+                session=msg.session, turn=msg.turn, seq=reply.seq if reply is not None else 0,
+                sample_rate_hz=self.stage.sample_rate_hz, pcm=b"", text_start=min(spoken, total),
+                text_end=total, last=True, emitted_ns=time.time_ns(),
+            )
+            if reply is not None:
+                ctx.log.info("reply_spoken", frames=reply.seq, chars=total, reason=msg.reason,
+                             took_ms=round((time.monotonic() - reply.origin) * 1e3))
+        finally:
+            if self.reply is reply:
+                self.reply = None
+            self.scope.release()
+
+    def _reply_for(self, msg: ReplyText | ReplyEnd, ctx: Context) -> _Reply | None:
+        """The session's reply for ``msg.turn``, started if new; None for a stale one."""
+        reply = self.reply
+        if reply is not None:
+            if reply.turn == msg.turn:
+                return reply
+            if reply.turn > msg.turn:
+                ctx.log.info("stale_reply_dropped", reply_turn=reply.turn)
+                return None
+            ctx.log.warning("reply_abandoned", reply_turn=reply.turn, spoken_end=reply.spoken_end)
+        voice = self.stage.voice
+        if requested := header(ctx.headers, VOICE_HEADER):
+            voice = self.stage.check_voice(requested, ctx.log)
+        s = self.stage.settings
+        self.reply = reply = _Reply(
+            turn=msg.turn,
+            voice=voice,
+            splitter=UnitSplitter(first_words=s.first_words, max_chars=s.max_unit_chars,
+                                  ramp=s.ramp),
+            origin=time.monotonic(),
+        )
+        return reply
+
+    async def _speak(
+        self, reply: _Reply, units: list[Unit], session: str, ctx: Context
+    ) -> AsyncIterator[AudioOut]:
+        """Synthesize ``units`` (all queued at once, in deadline order) and yield their frames."""
+        if not units:
+            return
+        scheduler = self.stage.scheduler
+        pending: list[tuple[Unit, asyncio.Task[Synthesis]]] = []
+        for unit in units:
+            # When its audio is needed: once the reply's audio before it has played. Never before
+            # an earlier unit of the same reply, which must play first anyway.
+            deadline = max(reply.origin + reply.audio_ahead_s, reply.last_deadline)
+            reply.last_deadline = deadline
+            reply.audio_ahead_s += AUDIO_S_PER_CHAR * len(unit.text)
+            task = asyncio.ensure_future(
+                scheduler.synthesize(unit.text, reply.voice, deadline=deadline)
+            )
+            pending.append((unit, task))
+        try:
+            for unit, task in pending:
+                synthesis = await task
+                audio_s = synthesis.audio.size / self.stage.sample_rate_hz
+                ctx.log.info(
+                    "unit_synthesized", unit=unit.index, chars=len(unit.text),
+                    audio_ms=round(audio_s * 1e3), synth_ms=round(synthesis.synth_s * 1e3),
+                    queued_ms=round(synthesis.queued_s * 1e3), cached=synthesis.cached,
+                    pii=unit.text,
+                )
+                reply.audio_ahead_s += audio_s - AUDIO_S_PER_CHAR * len(unit.text)
+                for out in self._frames(reply, unit, synthesis, session):
+                    yield out
+        finally:
+            for _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    def _frames(
+        self, reply: _Reply, unit: Unit, synthesis: Synthesis, session: str
+    ) -> list[AudioOut]:
+        rate = self.stage.sample_rate_hz
+        frames = frame_audio(synthesis.audio, (unit.start, unit.end), sample_rate_hz=rate,
+                             frame_ms=self.stage.settings.frame_ms)
+        out: list[AudioOut] = []
+        for frame in frames:
+            out.append(AudioOut(
+                session=session, turn=reply.turn, seq=reply.seq, sample_rate_hz=rate, pcm=frame.pcm,
+                text_start=reply.spoken_end, text_end=max(frame.text_end, reply.spoken_end),
+                emitted_ns=time.time_ns(),
+            ))
+            reply.seq += 1
+            reply.spoken_end = max(frame.text_end, reply.spoken_end)
+        return out
+
+
+def _place(reply: _Reply, msg: ReplyText) -> str | None:
+    """Put a chunk at its offset in the reply; return the new text (None for a repeat).
+
+    Spans are contiguous; a gap before ``char_start`` (text that never arrived) becomes spaces.
+    """
+    have, start = len(reply.text), msg.char_start
+    if start > have:
+        if start - have > MAX_GAP_CHARS:
+            raise BadInput("bad_offsets", f"chunk at {start} but the reply has {have} characters")
+        piece = " " * (start - have) + msg.text
+    elif start + len(msg.text) <= have:
+        return None if msg.text else ""
+    else:
+        piece = msg.text[have - start :]
+    if have + len(piece) > MAX_REPLY_CHARS:
+        raise BadInput("reply_too_long", f"a reply longer than {MAX_REPLY_CHARS} characters")
+    reply.text += piece
+    return piece
