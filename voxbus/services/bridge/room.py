@@ -62,6 +62,8 @@ class RoomAgent:
         self.log = log.bind(room=name)
         self._on_gone = on_gone
         self._tasks = TaskSet(f"room-{name}")
+        # Only the closing task: it outlives _tasks, which it closes, and close() awaits it.
+        self._lifecycle = TaskSet(f"room-close-{name}")
         self._source: rtc.AudioSource | None = None
         self._track: rtc.LocalAudioTrack | None = None
         self._track_sid = ""
@@ -102,7 +104,7 @@ class RoomAgent:
             max_pending_frames=max(1, int(self.s.max_pending_s / frame_s)),
             on_started=self._frame_started, on_finished=self._frame_finished,
         )
-        self._playout_task = asyncio.create_task(self._playout.run(), name=f"playout-{self.name}")
+        self._playout_task = self._tasks.spawn(self._playout.run(), name=f"playout-{self.name}")
         self._track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self._source)
         pub = await r.local_participant.publish_track(
             self._track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
@@ -205,10 +207,17 @@ class RoomAgent:
 
     def _close_soon(self, reason: str) -> None:
         if self._closer is None:
-            self._closer = asyncio.create_task(self.close(reason), name=f"close-{self.name}")
+            self._closer = self._lifecycle.spawn(self._close(reason), name=f"close-{self.name}")
 
     async def close(self, reason: str = "agent_left") -> None:
-        """End every session, then leave the room. Idempotent."""
+        """End every session, then leave the room. Idempotent: a second call waits for the
+        first one to finish."""
+        self._close_soon(reason)
+        assert self._closer is not None
+        if self._closer is not asyncio.current_task():
+            await asyncio.shield(self._closer)
+
+    async def _close(self, reason: str) -> None:
         if self.closed.is_set():
             return
         self.closed.set()

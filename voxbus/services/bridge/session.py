@@ -55,6 +55,8 @@ log = structlog.get_logger("voxbus.bridge.session")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: How long a control message waits for the bus to come back before it is given up.
 CTL_RETRY_S = 15.0
+#: Control messages waiting for the bus, at most (a few per turn: room for many turns).
+CTL_QUEUE = 1024
 
 
 def session_id_for(room: str, identity: str, participant_sid: str = "") -> str:
@@ -126,7 +128,7 @@ class CallerSession:
         self._seq = 0
         self._agent_audio = AgentAudio(link.playout.rate)
         self._subs: list[Subscription] = []
-        self._ctl: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._ctl: asyncio.Queue[Message | None] = asyncio.Queue(CTL_QUEUE)
         self._captions: asyncio.Queue[Callable[[], Any]] = asyncio.Queue(maxsize=256)
         self._tasks = TaskSet(f"session-{self.id}")
         self._ctl_task: asyncio.Task[None] | None = None
@@ -137,7 +139,7 @@ class CallerSession:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._ctl_task = asyncio.create_task(self._ctl_loop(), name=f"ctl-{self.id}")
+        self._ctl_task = self._tasks.spawn(self._ctl_loop(), name=f"ctl-{self.id}")
         self._tasks.spawn(self._caption_loop(), name=f"captions-{self.id}")
         self.publish_ctl(SessionStarted(
             session=self.id, room=self.link.room_name, participant=self.identity,
@@ -195,13 +197,13 @@ class CallerSession:
         await self._unsubscribe()
         await cancel_and_wait(self._mic_task)
         self.publish_ctl(SessionEnded(session=self.id, reason=reason, at_ns=time.time_ns()))
-        self._ctl.put_nowait(None)
-        if self._ctl_task is not None:
-            try:
-                async with asyncio.timeout(CTL_RETRY_S + 2):
+        try:
+            async with asyncio.timeout(CTL_RETRY_S + 2):
+                await self._ctl.put(None)  # after what is queued: the loop ends once it is out
+                if self._ctl_task is not None:
                     await asyncio.shield(self._ctl_task)
-            except TimeoutError:
-                await cancel_and_wait(self._ctl_task)
+        except TimeoutError:
+            await cancel_and_wait(self._ctl_task)
         await self._tasks.close()
         self.log.info("session_ended", reason=reason, frames_in=self.frames_in,
                       frames_dropped=self.frames_dropped)
@@ -216,7 +218,11 @@ class CallerSession:
 
     def publish_ctl(self, msg: Message) -> None:
         """Control messages go out in order from one task; they wait (bounded) for the bus."""
-        self._ctl.put_nowait(msg)
+        try:
+            self._ctl.put_nowait(msg)
+        except asyncio.QueueFull:  # the bus has been down for long: this one is lost
+            self.log.error("control_message_dropped", kind=type(msg).__name__, turn=msg.turn,
+                           queued=self._ctl.qsize())
 
     async def _ctl_loop(self) -> None:
         n = 0
