@@ -101,25 +101,12 @@ class SessionScope:
 
     async def publish(self, msg: Message) -> bool:
         """Publish a message of this session produced outside ``handle``; False if its turn was
-        interrupted (dropped). Bus errors propagate."""
+        interrupted (dropped). Traced like any publish outside a handler (``tracing.publishing``:
+        a producer span in the turn's trace). Bus errors propagate."""
         if self.stale(msg):
             self.log.info("stale_output_dropped", out_turn=msg.turn, kind=type(msg).__name__)
             return False
-        if not self.bus.tracing:
-            await self.bus.publish(self.region, msg)
-            return True
-        with tracing.tracer().start_as_current_span(
-            f"{self.stage} publish {type(msg).__name__}",
-            context=tracing.parent_for(msg, None),
-            kind=tracing.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.message.conversation_id": msg.session,
-                "voxbus.turn": msg.turn,
-                "voxbus.stage": self.stage,
-            },
-        ):
-            await self.bus.publish(self.region, msg)
+        await self.bus.publish(self.region, msg)  # with a producer span in the turn's trace
         return True
 
     async def publish_error(self, *, turn: int, code: str, message: str) -> None:
@@ -425,7 +412,7 @@ class SessionLanes:
         return [d for s in self.sessions.values() if s.lane is not None for d in s.lane.pending()]
 
     async def drain(self, timeout_s: float) -> None:
-        """Finish and ack what the lanes took, then close every session (``released``)."""
+        """Finish and ack what the lanes took, then close every session (``drained``)."""
         lanes = [s.lane for s in self.sessions.values() if s.lane is not None]
         try:
             async with asyncio.timeout(timeout_s):
@@ -434,5 +421,5 @@ class SessionLanes:
         except TimeoutError:
             log.warning("drain_timeout", stage=self.stage.name, lanes=len(lanes))
         for sess in list(self.sessions.values()):
-            await self.end(sess, "released")
+            await self.end(sess, "drained")
         await self._tasks.close()
