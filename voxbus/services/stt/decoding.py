@@ -12,11 +12,14 @@ from voxbus.services.stt.engine import Transcriber, TranscriptResult, WhisperEng
 from voxbus.services.stt.settings import SttSettings
 
 
-def build_engine(settings: SttSettings) -> WhisperEngine:
-    """Load the configured Whisper model (blocking). CTranslate2's compute threads inherit the
-    priority of the thread that calls this."""
+def build_engine(settings: SttSettings, *, partial: bool = False) -> WhisperEngine:
+    """Load the configured Whisper model (blocking), for finals or (``partial``) for partials.
+    CTranslate2's compute threads inherit the priority of the thread that calls this."""
     s = settings
-    return WhisperEngine(model=s.model, device=s.device, compute_type=s.compute_type,
+    compute_type = s.compute_type
+    if partial:
+        compute_type = s.partial_compute_type or ("int8" if s.device == "cpu" else compute_type)
+    return WhisperEngine(model=s.model, device=s.device, compute_type=compute_type,
                          cpu_threads=s.cpu_threads, language=s.language, beam_size=s.beam_size)
 
 

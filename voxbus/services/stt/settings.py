@@ -26,6 +26,9 @@ class SttSettings:
     # engine default: float32 on CPU (int8 is faster but its results vary with the CPU's int8
     # kernels; see WhisperEngine), float16 on CUDA
     compute_type: str | None = None
+    # Partials are replaced by the final: by default int8 on CPU (the faster kind; what varies
+    # by CPU never reaches a final), else as compute_type
+    partial_compute_type: str | None = None
     cpu_threads: int = 2
     language: str = "en"
     beam_size: int = 1
@@ -89,6 +92,7 @@ class SttSettings:
             model=env.str("MODEL", d.model),
             device="cuda" if device == "cuda" else "cpu",
             compute_type=env.str("COMPUTE_TYPE", "") or None,
+            partial_compute_type=env.str("PARTIAL_COMPUTE_TYPE", "") or None,
             cpu_threads=env.int("CPU_THREADS", d.cpu_threads),
             language=env.str("LANGUAGE", d.language),
             beam_size=env.int("BEAM_SIZE", d.beam_size),

@@ -143,7 +143,7 @@ class SttStage:
             if self._partial_engine is not None:
                 self.partial.use(self._partial_engine)
             else:
-                load_s += await self.partial.load(functools.partial(build_engine, s))
+                load_s += await self.partial.load(functools.partial(build_engine, s, partial=True))
                 warmup_s += await self.partial.warmup()
         self.frontend = ThreadPoolExecutor(1, thread_name_prefix="stt-frontend")
         loop = asyncio.get_running_loop()

@@ -137,8 +137,8 @@ class TtsSession:
         self.reply = reply = _Reply(
             turn=msg.turn,
             voice=voice,
-            splitter=UnitSplitter(first_words=s.first_words, max_chars=s.max_unit_chars,
-                                  ramp=s.ramp),
+            splitter=UnitSplitter(first_words=s.first_words, first_lookahead=s.first_lookahead,
+                                  max_chars=s.max_unit_chars, ramp=s.ramp),
             origin=time.monotonic(),
         )
         return reply

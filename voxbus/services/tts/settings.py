@@ -22,8 +22,8 @@ class TtsSettings:
     only when the cores are not shared). ``TTS_SYNTH_WORKERS``: forward passes at once in this
     worker (1 on 2 cores). ``TTS_MAX_SESSIONS``: replies synthesized at once; a further session
     waits up to ``TTS_ADMIT_TIMEOUT_S`` for a slot, then gets an error event.
-    ``TTS_FIRST_WORDS``, ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP`` (comma-separated caps): the unit
-    splitter, the one place that decides where speech units end.
+    ``TTS_FIRST_WORDS``, ``TTS_FIRST_LOOKAHEAD``, ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP``
+    (comma-separated caps): the unit splitter, the one place that decides where speech units end.
     ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for reuse
     (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is dropped after
     this long without a message.
@@ -40,6 +40,9 @@ class TtsSettings:
     max_sessions: int = 4
     admit_timeout_s: float = 2.0
     first_words: int = 4
+    # words after first_words in which a punctuation cut is still preferred to a word cut; each
+    # one delays the first unit of a reply without punctuation by a token or two
+    first_lookahead: int = 1
     max_unit_chars: int = 160
     ramp: tuple[int, ...] = (50, 100)
     cache_entries: int = 64
@@ -56,8 +59,8 @@ class TtsSettings:
         for name in ("intra_op_threads", "synth_workers", "max_sessions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"TTS_{name.upper()} must be at least 1")
-        if self.first_words < 2:
-            raise SettingsError("TTS_FIRST_WORDS must be at least 2")
+        if self.first_words < 2 or self.first_lookahead < 0:
+            raise SettingsError("TTS_FIRST_WORDS must be at least 2, TTS_FIRST_LOOKAHEAD >= 0")
         if self.max_unit_chars < 16 or any(cap < 16 for cap in self.ramp):
             raise SettingsError("TTS_MAX_UNIT_CHARS and TTS_RAMP caps must be at least 16")
         if self.cache_entries < 0 or self.cache_max_chars < 0:
@@ -84,6 +87,7 @@ class TtsSettings:
             max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
             admit_timeout_s=env.float("ADMIT_TIMEOUT_S", d.admit_timeout_s),
             first_words=env.int("FIRST_WORDS", d.first_words),
+            first_lookahead=env.int("FIRST_LOOKAHEAD", d.first_lookahead),
             max_unit_chars=env.int("MAX_UNIT_CHARS", d.max_unit_chars),
             ramp=_caps(env, "RAMP", d.ramp),
             cache_entries=env.int("CACHE_ENTRIES", d.cache_entries),
