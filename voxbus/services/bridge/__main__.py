@@ -30,7 +30,9 @@ async def run(settings: BridgeSettings, bus_settings: BusSettings, rooms: list[s
 def main(argv: Sequence[str] | None = None) -> int:
     vlog.configure()
     rooms = list(sys.argv[1:] if argv is None else argv)
-    asyncio.run(run(BridgeSettings.from_env(), BusSettings.from_env(), rooms))
+    settings = BridgeSettings.from_env()
+    settings.require_credentials()  # before connecting anywhere
+    asyncio.run(run(settings, BusSettings.from_env(), rooms))
     return 0
 
 
