@@ -39,10 +39,10 @@ class TtsSettings:
     synth_workers: int = 1
     max_sessions: int = 4
     admit_timeout_s: float = 2.0
-    first_words: int = 4
+    first_words: int = 5
     # words after first_words in which a punctuation cut is still preferred to a word cut; each
     # one delays the first unit of a reply without punctuation by a token or two
-    first_lookahead: int = 1
+    first_lookahead: int = 0
     max_unit_chars: int = 160
     ramp: tuple[int, ...] = (50, 100)
     cache_entries: int = 64
