@@ -14,22 +14,32 @@ from pathlib import Path
 
 
 def _nats(args: argparse.Namespace) -> int:
+    import signal
+
     from voxbus.ops.auth import Credentials, server_config
-    from voxbus.ops.nats import EmbeddedNats
+    from voxbus.ops.nats import EmbeddedNats, NatsServerError
     from voxbus.runtime.bus import Bus
 
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    store = Path(args.store)
+    store.mkdir(parents=True, exist_ok=True)
     conf: Path | None = None
     creds: Credentials | None = None
-    if args.secure:
-        creds = Credentials.generate()
-        conf = Path(args.store or ".voxbus-nats") / "auth.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
+    if args.secure:  # the same passwords across restarts: running workers stay logged in
+        creds = Credentials.load_or_create(store / "credentials.json")
+        conf = store / "auth.conf"
         conf.write_text(server_config(regions, creds))
         conf.chmod(0o600)
-    server = EmbeddedNats(
-        port=args.port, store_dir=Path(args.store) if args.store else None, config_file=conf
-    ).start()
+    try:
+        server = EmbeddedNats(port=args.port, store_dir=store, config_file=conf).start()
+    except NatsServerError as e:
+        print(f"voxbus nats: {e}", file=sys.stderr)
+        return 1
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds to the ``finally`` below: the server stops with us
+
+    signal.signal(signal.SIGTERM, terminate)
 
     async def provision() -> None:
         bus = await Bus.connect(server.url, regions=regions, partitions=args.partitions,
@@ -38,11 +48,12 @@ def _nats(args: argparse.Namespace) -> int:
         await bus.provision()
         await bus.close()
 
-    asyncio.run(provision())
-    print(f"NATS_URL={server.url}  regions={','.join(regions)}  partitions={args.partitions}")
-    if creds:
-        print(f"credentials (operator/stage/analytics) in {conf}")
     try:
+        asyncio.run(provision())
+        print(f"NATS_URL={server.url}  regions={','.join(regions)}  partitions={args.partitions}"
+              f"  store={store}  log={server.log_file}", flush=True)
+        if creds:
+            print(f"credentials (operator/stage/analytics) in {store / 'credentials.json'}")
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -125,11 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("nats", help="run an embedded JetStream nats-server and provision it")
     n.add_argument("--port", type=int, default=4222)
-    n.add_argument("--store", help="JetStream store directory (default: a temporary one)")
+    n.add_argument("--store", default=".voxbus/nats",
+                   help="store directory: JetStream data, the server's log, credentials "
+                        "(default: .voxbus/nats, kept across restarts)")
     n.add_argument("--regions", default=os.environ.get("VOXBUS_REGIONS", "local"))
     n.add_argument("--partitions", type=int, default=16)
     n.add_argument("--secure", action="store_true",
-                   help="require operator/stage/analytics users with fresh passwords")
+                   help="require operator/stage/analytics users (passwords made once, kept "
+                        "in the store)")
     n.set_defaults(fn=_nats)
 
     pv = sub.add_parser("provision", help="create/update streams and buckets on NATS_URL")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 
 from voxbus.contracts.messages import AnyMessage, AudioIn, Message
@@ -29,14 +31,14 @@ class RecorderStage(StatelessStage):
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         assert isinstance(msg, AudioIn)
         await asyncio.sleep(self.delay_s)
-        record = {"session": msg.session, "seq": msg.seq, "replica": self.replica}
+        record = {"session": msg.session, "seq": msg.seq, "replica": self.replica, "t": time.time()}
         await self.bus.nc.publish("test.processed", json.dumps(record).encode())
         return
         yield  # an async generator that yields nothing
 
 
 async def main(url: str, region: str, name: str, delay_ms: float) -> None:
-    vlog.configure("warning")
+    vlog.configure(os.environ.get("REPLICA_LOG_LEVEL", "warning"))
     bus = await Bus.connect(url, regions=[region], partitions=16, name=name)
     worker = Worker(bus, RecorderStage(bus, name, delay_ms / 1000), WorkerOptions(replica=name))
     stop = asyncio.Event()

@@ -30,17 +30,17 @@ def _spawn(url: str, name: str, delay_ms: int = 2) -> subprocess.Popen[bytes]:
     )
 
 
-async def _holders(bus: Bus) -> dict[str, int]:
+async def _holders(bus: Bus, stage: str = "recorder") -> dict[str, int]:
+    """Partitions held per replica (read key by key: a key listing would leave a consumer)."""
     kv = await bus.kv(lease_bucket(REGION))
     counts: dict[str, int] = defaultdict(int)
-    for key in await kv.keys():
-        if ".p" in key:
-            try:
-                entry = await kv.get(key)
-            except KeyNotFoundError:  # released between the listing and the read
-                continue
-            if entry.value:
-                counts[entry.value.decode()] += 1
+    for p in range(bus.partitions):
+        try:
+            entry = await kv.get(f"{stage}.p{p}")
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            counts[entry.value.decode()] += 1
     return counts
 
 

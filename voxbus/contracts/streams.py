@@ -35,6 +35,11 @@ class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
     holds_sessions: bool = True
 
 
+#: How long a partition lease outlives its last renewal: a killed replica's partitions wait this
+#: long for a survivor (the larger part of the gap its callers hear).
+LEASE_TTL_S = 2.0
+
+
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
     """Maximum ages. Audio is the most sensitive and the least useful later: it goes first."""
 
@@ -131,7 +136,7 @@ def region_buckets(region: str, *, retention: Retention | None = None) -> list[B
         BucketSpec(bucket=state_bucket(region), ttl_s=r.state_s, description="session state"),
         BucketSpec(
             bucket=lease_bucket(region),
-            ttl_s=5.0,
+            ttl_s=LEASE_TTL_S,
             description="stage partition leases",
             holds_sessions=False,
         ),

@@ -8,14 +8,18 @@
   compromised worker can neither purge nor reconfigure retention.
 - ``analytics``: read-only consumers of the text streams (transcripts and replies).
 
-``voxbus nats --secure`` writes such a config with fresh passwords; ``server_config`` renders it.
+``voxbus nats --secure`` writes such a config with passwords kept in its store;
+``server_config`` renders it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from voxbus.contracts import streams
 from voxbus.contracts.subjects import OPS, PREFIX, check_region
@@ -40,6 +44,20 @@ class Credentials:
     @classmethod
     def generate(cls) -> Credentials:
         return cls(*(secrets.token_urlsafe(18) for _ in range(3)))
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Credentials:
+        """The credentials kept at ``path`` (JSON, mode 0600), made there on first use."""
+        if path.exists():
+            data = json.loads(path.read_text())
+            return cls(operator=data["operator"], stage=data["stage"],
+                       analytics=data["analytics"])
+        creds = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dataclasses.asdict(creds), f)
+        return creds
 
 
 def stage_permissions(regions: list[str]) -> dict[str, object]:
@@ -88,7 +106,8 @@ def analytics_permissions(regions: list[str]) -> dict[str, object]:
 
 
 def server_config(regions: list[str], creds: Credentials) -> str:
-    """A nats-server config fragment (JSON is valid NATS config syntax)."""
+    """A nats-server config fragment: ``authorization: {...}`` (a JSON map is valid NATS config
+    syntax), to include after other settings."""
     users = [
         {"user": "operator", "password": creds.operator,
          "permissions": {"publish": ">", "subscribe": ">"}},
@@ -96,4 +115,4 @@ def server_config(regions: list[str], creds: Credentials) -> str:
         {"user": "analytics", "password": creds.analytics,
          "permissions": analytics_permissions(regions)},
     ]
-    return json.dumps({"authorization": {"users": users}}, indent=2)
+    return "authorization: " + json.dumps({"users": users}, indent=2)

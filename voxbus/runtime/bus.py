@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 import structlog
@@ -39,6 +39,31 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
         #: Trace context goes into headers only when tracing is on (decided at connect).
         self.tracing = tracing.enabled()
+        self._reconnect_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._disconnect_listeners: list[Callable[[], None]] = []
+
+    def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call ``listener`` each time the connection comes back (pull requests sent before are
+        gone with the old connection; the server may have come back with an empty store)."""
+        self._reconnect_listeners.append(listener)
+
+    async def _reconnected(self) -> None:
+        log.info("bus_reconnected", server=str(self.nc.connected_url.netloc
+                                             if self.nc.connected_url else ""))
+        for listener in list(self._reconnect_listeners):
+            try:
+                await listener()
+            except Exception as e:  # noqa: BLE001 - one listener must not stop the others
+                log.error("reconnect_listener_failed", error=repr(e))
+
+    def on_disconnect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` each time the connection drops."""
+        self._disconnect_listeners.append(listener)
+
+    async def _disconnected(self) -> None:
+        log.warning("bus_disconnected")
+        for listener in list(self._disconnect_listeners):
+            listener()
 
     @classmethod
     async def connect(
@@ -52,6 +77,21 @@ class Bus:
         password: str | None = None,
         max_reconnect_attempts: int = -1,
     ) -> Bus:
+        bus: Bus | None = None
+
+        async def reconnected() -> None:
+            if bus is not None:
+                await bus._reconnected()
+
+        async def disconnected() -> None:
+            if bus is not None:
+                await bus._disconnected()
+
+        async def error(e: Exception) -> None:
+            # a refused reconnect is the outage already logged (``bus_disconnected``)
+            level = log.debug if isinstance(e, OSError) else log.warning
+            level("bus_error", error=repr(e))
+
         nc = await nats.connect(
             url,
             name=name,
@@ -59,9 +99,14 @@ class Bus:
             password=password,
             max_reconnect_attempts=max_reconnect_attempts,
             allow_reconnect=max_reconnect_attempts != 0,
-            reconnect_time_wait=0.5,
+            # Retried every 0.25 s: work resumes within a second of the server coming back.
+            reconnect_time_wait=0.25,
+            reconnected_cb=reconnected,
+            disconnected_cb=disconnected,
+            error_cb=error,
         )
-        return cls(nc, regions=regions, partitions=partitions)
+        bus = cls(nc, regions=regions, partitions=partitions)
+        return bus
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Drain (deliver what is buffered, both ways) and close; close anyway after the timeout."""
@@ -127,6 +172,9 @@ class Bus:
                     bucket=spec.bucket, ttl=spec.ttl_s, description=spec.description, history=1
                 )
             )
+
+    def forget_kv(self, bucket: str) -> None:
+        self._kv.pop(bucket, None)
 
     async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:

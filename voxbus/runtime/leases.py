@@ -1,57 +1,98 @@
-"""Partition leases in a JetStream KV bucket whose entries expire (``ttl``).
+"""Partition leases in a JetStream KV bucket whose entries expire (the bucket's ``ttl``).
 
 Each replica of a stage heartbeats a membership key and holds leases on a fair share
-(``ceil(partitions / live replicas)``) of the partitions, refreshing each with a compare-and-set
-update. A replica that dies stops refreshing; its keys age out after ``ttl`` and live replicas take
-the partitions over. A replica over its share (a new one joined) drains a partition, then deletes
-the key so another replica can take it at once.
+(``ceil(partitions / live replicas)``) of the partitions, renewing each with a compare-and-set
+update every ``tick_s``. A replica that dies stops renewing; its keys age out after ``ttl`` and live
+replicas take the partitions over. A replica over its share (a new one joined) drains a
+partition, then deletes the key so another replica can take it at once.
+
+**Fencing.** A lease is only as good as its last renewal: the server may expire the key ``ttl``
+after the renewal was *sent*. So a partition whose renewal has not succeeded for
+``ttl - fence_margin_s`` is dropped here (``on_fence``: stop pulling, abandon unacked work) before
+any other replica can create the key; the fence runs on its own clock, not behind a tick stuck on
+a dead connection. A session is never handled by two replicas at once.
+
+**Bus errors** (timeouts, a reconnecting client, a bucket gone) never end the lease task: the tick
+is retried with backoff, logged once when the outage starts and once when it ends. A bucket that
+disappeared (the server came back with an empty store) is recreated by ``reprovision``.
+
+Membership is counted from the bucket stream's per-subject state (one request, no consumer), and
+a leaving replica purges its membership key (no delete marker left to count).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 
 import structlog
+from nats.js import JetStreamContext
 from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
 from voxbus.runtime.tasks import TaskSet
+from voxbus.runtime.transient import missing_stream, transient
 
 log = structlog.get_logger("voxbus.leases")
 
 OnChange = Callable[[int], Awaitable[None]]
+Reprovision = Callable[[], Awaitable[KeyValue]]
 
 
 class PartitionLeases:
     def __init__(
         self,
         kv: KeyValue,
+        js: JetStreamContext,
         *,
+        bucket: str,
         stage: str,
         replica: str,
         partitions: int,
+        ttl_s: float,
         on_acquire: OnChange,
         on_release: OnChange,
+        on_fence: OnChange,
+        reprovision: Reprovision | None = None,
         tick_s: float = 1.0,
+        fence_margin_s: float = 0.5,
     ) -> None:
+        if not 0 < fence_margin_s < ttl_s:
+            raise ValueError(f"fence margin {fence_margin_s}s must be inside the ttl {ttl_s}s")
+        if tick_s >= ttl_s - fence_margin_s:
+            raise ValueError(f"lease tick {tick_s}s leaves no renewal before the fence "
+                             f"({ttl_s - fence_margin_s}s)")
         self._kv = kv
+        self._js = js
+        self._bucket = bucket
         self._stage = stage
         self._replica = replica
+        self._value = replica.encode()
         self._partitions = partitions
         self._on_acquire = on_acquire
         self._on_release = on_release
-        self._tick_s = tick_s
+        self._on_fence = on_fence
+        self._reprovision = reprovision
+        self.tick_s = tick_s
+        self.ttl_s = ttl_s
+        self.fence_after_s = ttl_s - fence_margin_s
         self.held: dict[int, int] = {}  # partition -> KV revision of our lease
+        self.renewed: dict[int, float] = {}  # partition -> monotonic time its renewal was sent
         self._releasing: set[int] = set()
+        self._fencing: set[int] = set()
         self._drains = TaskSet(f"leases-{stage}")
+        self._outage_since: float | None = None
+        # No partition is taken before this (see ``hold_off``).
+        self._hold_off_until = 0.0
+        self.fenced = 0  # partitions dropped because their lease could not be renewed
+        self.log = log.bind(stage=stage, replica=replica, bucket=bucket)
 
     def _key(self, p: int) -> str:
         return f"{self._stage}.p{p}"
@@ -59,38 +100,97 @@ class PartitionLeases:
     def _member_key(self) -> str:
         return f"{self._stage}.m.{self._replica}"
 
-    async def _members(self) -> int:
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return 1
-        prefix = f"{self._stage}.m."
-        return max(1, sum(1 for k in keys if k.startswith(prefix)))
+    def _subject(self, key: str) -> str:
+        return f"$KV.{self._bucket}.{key}"
 
-    async def _refresh(self) -> None:
-        for p, rev in list(self.held.items()):
+    def valid(self, p: int) -> bool:
+        """Whether we still own ``p`` for certain: checked before handling each message and
+        before each publish, so a replica that was frozen (or cut off) acts on nothing it may
+        have lost, even before its fence loop runs again."""
+        sent = self.renewed.get(p)
+        return sent is not None and time.monotonic() - sent < self.fence_after_s
+
+    async def _members(self) -> int:
+        info = await self._js.stream_info(
+            f"KV_{self._bucket}", subjects_filter=self._subject(f"{self._stage}.m.*")
+        )
+        return max(1, len(info.state.subjects or {}))
+
+    # ---- renewing, taking, giving back ---------------------------------------------------------
+
+    async def _renew(self, p: int, rev: int) -> None:
+        sent = time.monotonic()
+        try:
+            new_rev = await self._kv.update(self._key(p), self._value, last=rev)
+        except KeyWrongLastSequenceError:
+            # Our previous renewal may have landed after its request timed out: if the key still
+            # names us, adopt its revision; otherwise another replica has it.
             try:
-                self.held[p] = await self._kv.update(self._key(p), self._replica.encode(), last=rev)
-            except (KeyWrongLastSequenceError, KeyNotFoundError):
-                log.warning("lease_lost", stage=self._stage, partition=p)
-                del self.held[p]
-                await self._on_release(p)
+                entry = await self._kv.get(self._key(p))
+            except KeyNotFoundError:
+                entry = None
+            if entry is None or entry.value != self._value or entry.revision is None:
+                await self._lost(p)
+                return
+            new_rev = await self._kv.update(self._key(p), self._value, last=entry.revision)
+        except KeyNotFoundError:
+            await self._lost(p)
+            return
+        if p in self.held:  # not fenced while the request was in flight
+            self.held[p] = new_rev
+            self.renewed[p] = sent
+
+    def hold_off(self) -> None:
+        """The connection dropped: the server may come back with an empty store, where a free
+        key proves nothing, since its owner may still believe in it until its fence runs out.
+        Keys that vanish otherwise are released (their owner stopped first) or expired (after
+        the ttl, so past the fence), so this is the one case that needs waiting."""
+        self._hold_off_until = max(self._hold_off_until, time.monotonic() + self.fence_after_s)
+
+    async def _lost(self, p: int) -> None:
+        if self.held.pop(p, None) is None:
+            return
+        self.renewed.pop(p, None)
+        self.log.warning("lease_lost", partition=p)
+        if p not in self._releasing:
+            await self._on_fence(p)
 
     async def _acquire(self, want: int) -> None:
-        start = zlib.crc32(self._replica.encode()) % self._partitions
+        if time.monotonic() < self._hold_off_until:
+            return
+        start = zlib.crc32(self._value) % self._partitions
         for i in range(self._partitions):
             if want <= 0:
                 return
             p = (start + i) % self._partitions
-            if p in self.held:
+            if p in self.held or p in self._fencing:
                 continue
+            sent = time.monotonic()
             try:
-                self.held[p] = await self._kv.create(self._key(p), self._replica.encode())
+                rev = await self._kv.create(self._key(p), self._value)
             except KeyWrongLastSequenceError:
-                continue
-            log.info("lease_acquired", stage=self._stage, partition=p, replica=self._replica)
+                adopted = await self._adopt(p)
+                if adopted is None:
+                    continue
+                rev = adopted
+            self.held[p], self.renewed[p] = rev, sent
+            self.log.info("lease_acquired", partition=p)
             await self._on_acquire(p)
             want -= 1
+
+    async def _adopt(self, p: int) -> int | None:
+        """Take back a key that still names us (we fenced ourselves, and it has not expired
+        yet: nobody else can have it), so work resumes without waiting for the ttl."""
+        try:
+            entry = await self._kv.get(self._key(p))
+        except KeyNotFoundError:
+            return None
+        if entry.value != self._value or entry.revision is None:
+            return None
+        try:
+            return await self._kv.update(self._key(p), self._value, last=entry.revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            return None
 
     async def release(self, p: int) -> None:
         """Drain partition ``p`` (the lease is kept fresh meanwhile), then give it up."""
@@ -102,22 +202,30 @@ class PartitionLeases:
         finally:
             self._releasing.discard(p)
             rev = self.held.pop(p, None)
+            self.renewed.pop(p, None)
         if rev is not None:
             await self._delete_if_ours(self._key(p))
-        log.info("lease_released", stage=self._stage, partition=p, replica=self._replica)
+        self.log.info("lease_released", partition=p)
 
     async def _delete_if_ours(self, key: str) -> None:
         """Delete our lease key, unless another replica holds it by now."""
         try:
             entry = await self._kv.get(key)
-            if entry.value == self._replica.encode() and entry.revision is not None:
+            if entry.value == self._value and entry.revision is not None:
                 await self._kv.delete(key, last=entry.revision)
         except (KeyNotFoundError, KeyWrongLastSequenceError, BadRequestError):
             pass
+        except Exception as e:  # noqa: BLE001 - the key ages out anyway
+            if not transient(e):
+                raise
+            self.log.warning("lease_release_unconfirmed", key=key, error=repr(e))
+
+    # ---- the loops ----------------------------------------------------------------------------
 
     async def tick(self) -> None:
         await self._kv.put(self._member_key(), b"1")
-        await self._refresh()
+        for p, rev in list(self.held.items()):
+            await self._renew(p, rev)
         share = math.ceil(self._partitions / await self._members())
         keeping = [p for p in sorted(self.held) if p not in self._releasing]
         if len(keeping) > share:
@@ -127,15 +235,70 @@ class PartitionLeases:
         elif len(self.held) < share:
             await self._acquire(share - len(self.held))
 
-    async def run(self) -> None:
+    async def check_fences(self) -> None:
+        """Drop every partition whose lease may expire before we could renew it."""
+        now = time.monotonic()
+        for p, sent in list(self.renewed.items()):
+            if now - sent < self.fence_after_s or p in self._fencing:
+                continue
+            self._fencing.add(p)
+            self.held.pop(p, None)
+            self.renewed.pop(p, None)
+            self.fenced += 1
+            self.log.warning("lease_fenced", partition=p, unrenewed_s=round(now - sent, 2))
+            try:
+                await self._on_fence(p)
+            finally:
+                self._fencing.discard(p)
+
+    async def _fence_loop(self) -> None:
         while True:
-            await self.tick()
-            await asyncio.sleep(self._tick_s)
+            await asyncio.sleep(min(0.1, self.tick_s / 2))
+            await self.check_fences()
+
+    async def _tick_safely(self) -> None:
+        try:
+            # A tick never outlives the fence: a renewal stuck on a dead link is abandoned.
+            await asyncio.wait_for(self.tick(), timeout=self.fence_after_s)
+        except Exception as e:  # noqa: BLE001 - classified below
+            if not transient(e):
+                raise
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                self.log.warning("lease_bus_error", error=repr(e), held=len(self.held))
+            if self._reprovision is not None and missing_stream(e):
+                try:
+                    self._kv = await self._reprovision()
+                except Exception as again:  # noqa: BLE001 - tried again next tick
+                    if not transient(again) and not missing_stream(again):
+                        raise
+            return
+        if self._outage_since is not None:
+            self.log.info("lease_bus_recovered",
+                          outage_s=round(time.monotonic() - self._outage_since, 2),
+                          held=len(self.held))
+            self._outage_since = None
+
+    async def run(self) -> None:
+        fences = TaskSet(f"fences-{self._stage}")
+        fences.spawn(self._fence_loop(), name=f"fence-{self._stage}")
+        try:
+            while True:
+                await self._tick_safely()
+                # In an outage the tick is retried every half tick: the bus's reconnect does
+                # the backing off, and work resumes within a tick of the bus coming back.
+                await asyncio.sleep(self.tick_s if self._outage_since is None else self.tick_s / 2)
+        finally:
+            await fences.close()
 
     async def release_all(self) -> None:
         await self._drains.close()
         await asyncio.gather(*(self.release(p) for p in sorted(self.held)))
         try:
-            await self._kv.delete(self._member_key())
-        except KeyNotFoundError:
-            pass
+            await self._js.purge_stream(f"KV_{self._bucket}",
+                                        subject=self._subject(self._member_key()))
+        except Exception as e:  # noqa: BLE001 - the membership key ages out anyway
+            if not transient(e):
+                raise
+            self.log.warning("membership_not_removed", error=repr(e))
+

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from voxbus.runtime.stage import (
     StageBus,
 )
 from voxbus.runtime.tasks import TaskSet
+from voxbus.runtime.transient import transient
 
 log = structlog.get_logger("voxbus.sessions")
 
@@ -51,6 +52,7 @@ class LaneOptions:
     defer_base_s: float = 0.05  # first hand-back delay; doubles per delivery
     defer_max_s: float = 1.0
     recent_keys: int = 2048  # handled messages remembered, to drop redelivered copies
+    bus_retry_s: float = 15.0  # a handler failing on a bus outage is retried this long
 
 
 @dataclass
@@ -85,8 +87,10 @@ class SessionScope:
     messages it produces outside ``handle`` (a final decoded in the background), and a task set
     closed with the session."""
 
-    def __init__(self, *, bus: StageBus, region: str, session: str, stage: str) -> None:
+    def __init__(self, *, bus: StageBus, region: str, session: str, stage: str,
+                 owned: Callable[[], bool] = lambda: True) -> None:
         self.bus = bus
+        self._owned = owned
         self.region = region
         self.session = session
         self.stage = stage
@@ -94,10 +98,20 @@ class SessionScope:
         self.tasks = TaskSet(f"{stage}-{session}")
         self.interrupted_turn = 0
         self.release_requested = False
+        #: The partition's lease may be gone: nothing more is published from here.
+        self.fenced = False
+
+    @property
+    def owned(self) -> bool:
+        """This replica still holds the session's partition for certain."""
+        if self.fenced or not self._owned():
+            self.fenced = True
+            return False
+        return True
 
     def stale(self, msg: Message) -> bool:
         """A message of a turn that was interrupted: not to be published."""
-        return 0 < msg.turn <= self.interrupted_turn
+        return not self.owned or 0 < msg.turn <= self.interrupted_turn
 
     async def publish(self, msg: Message) -> bool:
         """Publish a message of this session produced outside ``handle``; False if its turn was
@@ -145,8 +159,10 @@ class SessionLanes:
     def __init__(
         self, stage: Stage, bus: StageBus, region: str, *, admission: Admission,
         opts: LaneOptions | None = None, stats: SessionStats | None = None, name: str = "",
+        owned: Callable[[], bool] = lambda: True,
     ) -> None:
         self.stage = stage
+        self._owned = owned
         self.bus = bus
         self.region = region
         self.admission = admission
@@ -190,7 +206,7 @@ class SessionLanes:
         sess = self.sessions.get(session)
         if sess is None:
             scope = SessionScope(bus=self.bus, region=self.region, session=session,
-                                 stage=self.stage.name)
+                                 stage=self.stage.name, owned=self._owned)
             sess = self.sessions[session] = Session(scope)
         sess.last_seen = time.monotonic()
         return sess
@@ -271,6 +287,7 @@ class SessionLanes:
         ctx = Context(bus=self.bus, region=self.region, session=msg.session, subject=d.subject,
                       headers=d.inbound.headers, turn=msg.turn, stage=self.stage.name)
         temporary: SessionHandler | None = None
+        started = time.monotonic()
         if not urgent:
             sess.scope.release_requested = False  # a release asked before this message is void
         try:
@@ -284,9 +301,9 @@ class SessionLanes:
                         else:
                             handler = sess.handler = await self._open(sess)
                     await self._traced(handler, sess, d, ctx)
-                    await d.inbound.ack()
                     self._done.add(d.key)
                     self.stats.handled += 1
+                    await d.inbound.ack()
                     break
                 except Retryable as e:
                     if ctx.attempt >= self.opts.max_deliver:
@@ -301,6 +318,13 @@ class SessionLanes:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
+                    if transient(e) and time.monotonic() - started < self.opts.bus_retry_s:
+                        # the bus is away for a moment (a KV read timed out, a reconnect):
+                        # the message is handled again once it is back, in its lane, in order
+                        ctx.log.warning("bus_retry", attempt=ctx.attempt, error=repr(e))
+                        await asyncio.sleep(min(1.0, self.opts.retry_backoff_s * ctx.attempt))
+                        ctx.attempt += 1
+                        continue
                     ctx.log.exception("handler_failed", subject=d.subject)
                     await self._reject(d, "internal", f"{type(e).__name__}: {e}")
                     break
@@ -340,7 +364,7 @@ class SessionLanes:
         interrupt = isinstance(d.msg, Interrupt)
         try:
             async for out in gen:
-                if sess.scope.stale(out) and not interrupt:
+                if not sess.scope.owned or (sess.scope.stale(out) and not interrupt):
                     ctx.log.info("stale_output_dropped", out_turn=out.turn)
                     break
                 await self.bus.publish(self.region, out)
@@ -410,6 +434,18 @@ class SessionLanes:
 
     def pending(self) -> list[Delivery]:
         return [d for s in self.sessions.values() if s.lane is not None for d in s.lane.pending()]
+
+    async def abandon(self) -> None:
+        """Drop every session now, acking nothing more: another replica may own them already."""
+        for sess in list(self.sessions.values()):
+            sess.scope.fenced = True
+        for sess in list(self.sessions.values()):
+            queued = sess.lane.pending() if sess.lane is not None else []
+            await self.end(sess, "fenced")
+            for d in queued:  # handed back now: the next owner need not wait for ack timers
+                if d.key not in self._done:
+                    await d.inbound.nak(0.1)
+        await self._tasks.close()
 
     async def drain(self, timeout_s: float) -> None:
         """Finish and ack what the lanes took, then close every session (``drained``)."""

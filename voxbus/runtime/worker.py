@@ -15,19 +15,22 @@ Failure rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 
 from voxbus.contracts import decode, streams
 from voxbus.contracts.subjects import InvalidSubject, Kind, parse_subject, partition_filter
@@ -37,7 +40,9 @@ from voxbus.runtime.leases import PartitionLeases
 from voxbus.runtime.pull import PullConsumer
 from voxbus.runtime.sessions import Admission, LaneOptions, SessionLanes, SessionStats
 from voxbus.runtime.stage import BadInput, Stage
+from voxbus.runtime.takeover import Barrier, Held
 from voxbus.runtime.tasks import TaskSet
+from voxbus.runtime.transient import transient
 
 log = structlog.get_logger("voxbus.worker")
 
@@ -47,7 +52,13 @@ class WorkerOptions:
     replica: str = ""
     lane_queue: int = 256
     ack_wait_s: float = 2.0
-    lease_tick_s: float = 1.0
+    lease_tick_s: float = 0.4
+    #: A partition is dropped when its lease went unrenewed for ``ttl - lease_fence_margin_s``.
+    lease_fence_margin_s: float = 0.8
+    #: A pull request lives this long. It must die before the lease can pass to another
+    #: replica (``pull_expires_s < lease_fence_margin_s``): a request the server still fills
+    #: for an old owner would split a session's messages between two replicas.
+    pull_expires_s: float = 0.6
     max_ack_pending: int = 1024
     max_deliver: int = 5
     retry_backoff_s: float = 0.2
@@ -59,14 +70,25 @@ def _replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+#: Messages this replica will not handle (lease in doubt, partition handed over) go back with this
+#: delay: soon enough for the next owner, late enough not to bounce on a request still open here.
+HAND_BACK_S = 0.1
+
+
 class NatsInbound:
     """A JetStream delivery as the runtime acknowledges it."""
 
-    __slots__ = ("_meta", "raw")
+    __slots__ = ("_meta", "_on_settle", "raw")
 
-    def __init__(self, raw: Msg) -> None:
+    def __init__(self, raw: Msg, on_settle: Callable[[], None] | None = None) -> None:
         self.raw = raw
         self._meta = raw.metadata
+        self._on_settle = on_settle
+
+    def _settle(self) -> None:
+        if self._on_settle is not None:
+            self._on_settle()
+            self._on_settle = None
 
     @property
     def subject(self) -> str:
@@ -88,65 +110,121 @@ class NatsInbound:
     def stored_age_s(self) -> float:
         return max(0.0, time.time() - self._meta.timestamp.timestamp())
 
+    # An ack that cannot reach the server is not an error of the message: JetStream redelivers
+    # it, and the runtime recognises the copy (``SessionLanes._duplicate``).
     async def ack(self) -> None:
-        await self.raw.ack()
+        await _tell(self.raw.ack(), "ack", self.raw)
+        self._settle()
 
     async def nak(self, delay_s: float) -> None:
-        await self.raw.nak(delay=delay_s)
+        await _tell(self.raw.nak(delay=delay_s), "nak", self.raw)
+        self._settle()
 
     async def term(self) -> None:
-        await self.raw.term()
+        await _tell(self.raw.term(), "term", self.raw)
+        self._settle()
 
     async def in_progress(self) -> None:
-        await self.raw.in_progress()
+        await _tell(self.raw.in_progress(), "in_progress", self.raw)
+
+
+async def _tell(op: Coroutine[Any, Any, None], what: str, raw: Msg) -> None:
+    try:
+        await op
+    except Exception as e:  # noqa: BLE001 - classified below
+        if not transient(e):
+            raise
+        log.debug("ack_not_sent", op=what, subject=raw.subject, error=repr(e))
 
 
 class Partition:
     """One leased partition of one region: its pull consumers and its sessions."""
 
-    def __init__(self, worker: Worker, region: str, index: int) -> None:
+    def __init__(self, worker: Worker, region: str, index: int,
+                 owned: Callable[[], bool] = lambda: True) -> None:
         self.w = worker
         self.region = region
         self.index = index
+        self.owned = owned
         o = worker.opts
         self.sessions = SessionLanes(
             worker.stage, worker.bus, region, admission=worker.admission, stats=worker.stats,
             opts=LaneOptions(lane_queue=o.lane_queue, max_deliver=o.max_deliver,
                              retry_backoff_s=o.retry_backoff_s,
                              recent_keys=o.max_ack_pending * 2),
-            name=f"sessions-{region}-{index}",
+            name=f"sessions-{region}-{index}", owned=owned,
         )
         self._pullers = TaskSet(f"pull-{region}-{index}")
+        self.pulls: list[PullConsumer] = []
+        self.barriers: list[Barrier] = []
 
     def consumer_name(self) -> str:
         return f"{self.w.stage.name}-p{self.index}"
 
     async def start(self) -> None:
         for stream, _kinds in self.w.consumer_plan(self.region):
+            barrier = Barrier(self.w.bus.js, stream=stream, consumer=self.consumer_name(),
+                              handler=self.on_msg)
+            self.barriers.append(barrier)
+            self._pullers.spawn(barrier.run(), name=f"barrier-{stream}-{self.index}")
             puller = PullConsumer(
                 self.w.bus.nc,
                 stream=stream,
                 consumer=self.consumer_name(),
-                handler=self.on_msg,
+                handler=barrier.on_msg,
+                on_missing=functools.partial(self.w.reprovision, self.region),
                 batch=self.w.opts.pull_batch,
+                allowed=self.owned,
+                expires_s=self.w.opts.pull_expires_s,
             )
+            self.pulls.append(puller)
             self._pullers.spawn(puller.run(), name=f"pull-{stream}-{self.index}")
+
+    async def _stop_pulling(self, timeout_s: float) -> None:
+        """Ask for nothing more; what the requests still out bring is handed back at once (the
+        next owner gets it before anything newer); held-back messages are handed back too."""
+        for puller in self.pulls:
+            puller.refuse()
+        for barrier in self.barriers:
+            for h in barrier.take_held():
+                await NatsInbound(h.raw).nak(HAND_BACK_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                for puller in self.pulls:
+                    await puller.done.wait()
+        await self._pullers.close()
+        self.pulls.clear()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop pulling, finish and ack what was already taken, then close the sessions."""
-        await self._pullers.close()
-        await self.sessions.drain(timeout_s)
+        stopping = asyncio.create_task(self._stop_pulling(self.w.opts.pull_expires_s + 1))
+        try:
+            await self.sessions.drain(timeout_s)
+        finally:
+            await stopping
 
-    def pending(self) -> list[Delivery]:
-        return self.sessions.pending()
+    async def abandon(self) -> None:
+        """The lease may be gone: stop pulling and drop the sessions at once, acking nothing
+        more (JetStream redelivers what was not acked to the replica that takes over)."""
+        for puller in self.pulls:
+            puller.refuse()
+        await self.sessions.abandon()
+        await self._stop_pulling(self.w.opts.pull_expires_s + 1)
 
-    async def on_msg(self, raw: Msg) -> None:
+    def pending(self) -> list[Delivery | Held]:
+        return [*self.sessions.pending(), *(h for b in self.barriers for h in b.held)]
+
+    async def on_msg(self, raw: Msg, on_settle: Callable[[], None] | None = None) -> None:
         w = self.w
+        inbound = NatsInbound(raw, on_settle)
+        if not self.owned():  # the lease may be gone: hand it back to the new owner
+            await inbound.nak(HAND_BACK_S)
+            return
         try:
             subj = parse_subject(raw.subject)
         except InvalidSubject as e:
             log.error("bad_subject", subject=raw.subject, error=str(e))
-            await raw.term()
+            await inbound.term()
             return
         try:
             msg = decode(raw.data)
@@ -156,13 +234,12 @@ class Partition:
             code = e.code if isinstance(e, BadInput) else "bad_message"
             log.warning("bad_message", code=code, subject=raw.subject, session=subj.session,
                         error=str(e))
-            await raw.term()
+            await inbound.term()
             await w.bus.publish_error(
                 self.region, subj.session, turn=0, code=code, message=str(e), stage=w.stage.name,
                 source_subject=raw.subject,
             )
             return
-        inbound = NatsInbound(raw)
         now = time.monotonic()
         # The ack timer runs from delivery, not from when this callback got to the message.
         d = Delivery(inbound=inbound, msg=msg, region=self.region, received=now,
@@ -178,12 +255,17 @@ class Worker:
         self.bus = bus
         self.stage = stage
         self.opts = opts or WorkerOptions()
+        if self.opts.pull_expires_s >= self.opts.lease_fence_margin_s:
+            raise ValueError(f"pull requests ({self.opts.pull_expires_s}s) must expire inside "
+                             f"the lease fence margin ({self.opts.lease_fence_margin_s}s)")
         self.replica = self.opts.replica or _replica_id()
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.admission = Admission(stage.policy.max_sessions)
         self.stats = SessionStats()
-        self._leases: list[PartitionLeases] = []
+        self._leases: dict[str, PartitionLeases] = {}
         self._tasks = TaskSet(f"worker-{stage.name}")
+        self._provisioning = asyncio.Lock()
+        self._provisioned_at: dict[str, float] = {}
         self.log = log.bind(stage=stage.name, replica=self.replica)
 
     @property
@@ -220,6 +302,30 @@ class Worker:
                 except BadRequestError as e:  # exists with another config: keep its position
                     self.log.warning("consumer_exists", stream=stream, error=str(e))
 
+    async def reprovision(self, region: str) -> KeyValue:
+        """The server lost its store (or a consumer was deleted): create what this worker needs
+        again. Streams and buckets are created where this identity may (``provision`` is
+        idempotent); under least privilege that waits for the operator's provisioning, and
+        consumers are created once the streams are back. At most once a second per region."""
+        async with self._provisioning:
+            bucket = streams.lease_bucket(region)
+            if time.monotonic() - self._provisioned_at.get(region, 0.0) >= 1.0:
+                self._provisioned_at[region] = time.monotonic()
+                self.log.warning("reprovisioning", region=region)
+                try:
+                    await self.bus.provision()
+                except Exception as e:  # noqa: BLE001 - refused under least privilege
+                    self.log.warning("provision_refused", region=region, error=repr(e))
+                await self.ensure_consumers(region)
+            self.bus.forget_kv(bucket)
+            return await self.bus.kv(bucket)
+
+    async def _on_reconnect(self) -> None:
+        """Pull requests died with the old connection: send new ones now, not at their expiry."""
+        for part in list(self.partitions.values()):
+            for puller in part.pulls:
+                await puller.kick()
+
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def _keep_alive(self) -> None:
@@ -236,38 +342,57 @@ class Worker:
                 part.sessions.sweep(now)
 
     async def _acquired(self, region: str, p: int) -> None:
-        part = Partition(self, region, p)
+        leases = self._leases[region]
+        part = Partition(self, region, p, owned=functools.partial(leases.valid, p))
         self.partitions[(region, p)] = part
         await part.start()
 
     async def _released(self, region: str, p: int) -> None:
+        part = self.partitions.get((region, p))
+        if part is not None:  # kept in ``partitions`` while draining: its marks keep going
+            await part.drain(self.opts.drain_timeout_s)
+            if self.partitions.get((region, p)) is part:
+                del self.partitions[(region, p)]
+
+    async def _fenced(self, region: str, p: int) -> None:
         part = self.partitions.pop((region, p), None)
         if part is not None:
-            await part.drain(self.opts.drain_timeout_s)
+            await part.abandon()
 
     async def start(self) -> None:
         await self.stage.start()
         for region in self.bus.regions:
             await self.ensure_consumers(region)
+            bucket = streams.lease_bucket(region)
+            kv = await self.bus.kv(bucket)
             leases = PartitionLeases(
-                await self.bus.kv(streams.lease_bucket(region)),
+                kv,
+                self.bus.js,
+                bucket=bucket,
                 stage=self.stage.name,
                 replica=self.replica,
                 partitions=self.bus.partitions,
+                ttl_s=(await kv.status()).ttl or streams.LEASE_TTL_S,
                 on_acquire=functools.partial(self._acquired, region),
                 on_release=functools.partial(self._released, region),
+                on_fence=functools.partial(self._fenced, region),
+                reprovision=functools.partial(self.reprovision, region),
                 tick_s=self.opts.lease_tick_s,
+                fence_margin_s=self.opts.lease_fence_margin_s,
             )
-            self._leases.append(leases)
+            self._leases[region] = leases
             await leases.tick()
             self._tasks.spawn(leases.run(), name=f"leases-{region}")
         self._tasks.spawn(self._keep_alive(), name="keep-alive")
+        self.bus.on_reconnect(self._on_reconnect)
+        for leases in self._leases.values():
+            self.bus.on_disconnect(leases.hold_off)
         self.log.info("worker_started", regions=self.bus.regions)
 
     async def stop(self) -> None:
         """Drain: stop taking work, finish and ack what was taken, hand the partitions back."""
         await self._tasks.close()
-        for leases in self._leases:
+        for leases in self._leases.values():
             await leases.release_all()
         await self.stage.stop()
         self.log.info("worker_stopped", handled=self.handled)

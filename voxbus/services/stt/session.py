@@ -93,6 +93,8 @@ class SttSession:
     async def close(self, reason: str) -> None:
         """Let a final still decoding publish (up to ``drain_timeout_s``); keep the segmenter."""
         if self.final is not None and not self.final.done():
+            if reason == "fenced":  # another replica owns the session now: it decodes again
+                self.final.cancel()
             await asyncio.wait({self.final}, timeout=self.stage.settings.drain_timeout_s)
         if self.spec is not None:
             self.spec.task.cancel()
