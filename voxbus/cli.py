@@ -19,6 +19,7 @@ def _nats(args: argparse.Namespace) -> int:
     from voxbus.ops.auth import Credentials, server_config
     from voxbus.ops.nats import EmbeddedNats, NatsServerError
     from voxbus.runtime.bus import Bus
+    from voxbus.runtime.settings import BusSettings
 
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
     store = Path(args.store)
@@ -45,7 +46,7 @@ def _nats(args: argparse.Namespace) -> int:
         bus = await Bus.connect(server.url, regions=regions, partitions=args.partitions,
                                 user="operator" if creds else None,
                                 password=creds.operator if creds else None)
-        await bus.provision()
+        await bus.provision(BusSettings.from_env().retention())
         await bus.close()
 
     try:
@@ -66,8 +67,9 @@ def _provision(args: argparse.Namespace) -> int:
     from voxbus.runtime.settings import BusSettings
 
     async def run() -> None:
-        bus = await connect(BusSettings.from_env(), name="voxbus-provision")
-        await bus.provision()
+        settings = BusSettings.from_env()
+        bus = await connect(settings, name="voxbus-provision")
+        await bus.provision(settings.retention())
         await bus.close()
 
     asyncio.run(run())
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=_module_main(module), passthrough=True)
 
     b = sub.add_parser("bench", help="run a benchmark; writes bench/results/<name>.json")
-    b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice"])
+    b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice", "faults", "soak"])
     b.set_defaults(fn=_bench, passthrough=True)
     return p
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
+from tests.faults.stages import report
 from tests.runtime.test_scaleout import REGION, _holders, _spawn, check_session_order
 from voxbus.contracts import streams
 from voxbus.contracts.messages import AudioIn
@@ -147,7 +148,7 @@ async def test_a_frozen_replica_hands_over_and_acts_on_nothing_it_lost(rig: Rig)
     assert moved > 0, "no session moved to the survivor"
     # A's sessions were not handled for at most the lease ttl and a tick or two
     gaps = _longest_gap_per_session(rig.records, since=frozen_at)
-    print(f"frozen replica: moved={moved} longest gap={max(gaps.values()):.2f}s")
+    report("replica frozen 8 s", gap_s=max(gaps.values()), sessions_moved=moved)
     assert max(gaps.values()) < streams.LEASE_TTL_S + 2.0, gaps
     await _until_shared(rig.bus, {"A": 8, "B": 8})  # A came back and rejoined
 
@@ -165,7 +166,7 @@ async def test_nats_frozen_for_8s(rig: Rig) -> None:
     await rig.settle()
     rig.check_no_split()
     resumed = rig.first_record_after(back)
-    print(f"nats frozen 8 s: work resumed {resumed:.2f}s after it came back")
+    report("nats frozen 8 s", gap_s=resumed, note="from nats back to work resumed")
     assert resumed < 1.0
     await _until_shared(rig.bus, {"A": 8, "B": 8})
 
@@ -180,7 +181,7 @@ async def test_nats_restarted_on_its_store(rig: Rig) -> None:
     await rig.settle()
     rig.check_no_split()
     resumed = rig.first_record_after(back)
-    print(f"nats restarted after 2 s: work resumed {resumed:.2f}s after it came back")
+    report("nats restarted after 2 s", gap_s=resumed, note="from nats back to work resumed")
     assert resumed < 1.0
     await _until_shared(rig.bus, {"A": 8, "B": 8})
 
@@ -201,7 +202,8 @@ async def test_nats_back_with_an_empty_store(rig: Rig) -> None:
         except Exception:  # noqa: BLE001 - not there yet
             assert time.monotonic() - back < 15, "the workers never provisioned again"
             await asyncio.sleep(0.2)
-    print(f"empty store: consumers back after {time.monotonic() - back:.2f}s")
+    report("nats back with an empty store", gap_s=time.monotonic() - back,
+           note="from nats back to the consumers provisioned again")
     rig.sent.clear()
     rig.records.clear()
     await rig.talk(2.0)

@@ -297,7 +297,9 @@ async def test_turn_numbers_survive_a_failover(bus: Bus) -> None:
         await feed.play(pcm)
         await tap2.until(lambda t: len(t.of(EndOfTurn, "phoenix")) == 1)
     assert [(e.turn, e.transcript) for e in tap2.of(EndOfTurn, "phoenix")] == [(9, "two")]
-    assert json.loads((await kv.get(state_key("phoenix"))).value or b"") == {"turn": 9}
+    state = json.loads((await kv.get(state_key("phoenix"))).value or b"")
+    assert state["turn"] == 9
+    assert [turn for turn, _frame in state["starts"]] == [8, 9]  # where each turn's speech began
 
 
 async def test_a_turn_of_noise_is_closed_with_an_empty_transcript() -> None:

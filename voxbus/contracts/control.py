@@ -83,11 +83,21 @@ def state_key(session: str, owner: str) -> str:
     return f"{check_session(session)}.{owner}"
 
 
-class SttTurnState(msgspec.Struct, frozen=True, kw_only=True):
-    """``<session>.stt``: the session's last user turn, so a replica that takes the session over
-    never reuses a turn number."""
+class TurnStart(msgspec.Struct, frozen=True, array_like=True):
+    """A turn and the audio frame (``AudioIn.seq``) its speech started at."""
 
     turn: Annotated[int, msgspec.Meta(ge=0)]
+    frame: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SttTurnState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``<session>.stt``: the session's last user turn, so a replica that takes the session over
+    never reuses a turn number; and where the last few turns started, so a replica that replays
+    the frames of a turn it did not see closed (its previous owner died) gives that turn the
+    same number (and the outputs it makes again the same ids)."""
+
+    turn: Annotated[int, msgspec.Meta(ge=0)]
+    starts: list[TurnStart] = msgspec.field(default_factory=list)
 
 
 STT_STATE: Final = "stt"

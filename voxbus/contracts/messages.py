@@ -208,3 +208,30 @@ def decode(data: bytes) -> AnyMessage:
     """Decode any voxbus message. Raises ``msgspec.DecodeError`` (malformed, unknown tag) or
     ``msgspec.ValidationError`` (constraint violated, e.g. an oversized frame)."""
     return _decoder.decode(data)
+
+
+#: JetStream message-id header: the server drops a message whose id it stored inside the
+#: stream's duplicate window (``streams.DUPLICATE_WINDOW_S``).
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+
+_OUTPUT_TAGS: Final[dict[type[Message], str]] = {
+    ReplyText: "rt", ReplyEnd: "re", AudioOut: "ao", EndOfTurn: "eot",
+    UserStartedSpeaking: "uss", UserStoppedSpeaking: "usp", AgentSpoke: "spoke",
+}
+
+
+def message_id(msg: Message) -> str | None:
+    """The id of a stage's output, from what it is (session, turn, kind, sequence), never from
+    when or where it was made: a replica that redoes a turn after a takeover publishes the same
+    ids, and the stream keeps the first copy of each. ``None`` for what has no such identity
+    (caller audio, errors, messages outside a turn)."""
+    if msg.turn == 0:
+        return None
+    if isinstance(msg, Transcript):
+        part = "final" if msg.is_final else f"p{msg.seq}"
+        return f"{msg.session}.{msg.turn}.tr.{part}"
+    tag = _OUTPUT_TAGS.get(type(msg))
+    if tag is None:
+        return None
+    seq = getattr(msg, "seq", None)
+    return f"{msg.session}.{msg.turn}.{tag}" + (f".{seq}" if seq is not None else "")

@@ -26,6 +26,7 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: Source/destination of the server-side partition transform, if any.
     transform: tuple[str, str] | None = None
     max_msg_size: int = -1
+    duplicate_window_s: float = 0.0  # 0: DUPLICATE_WINDOW_S
 
 
 class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +35,11 @@ class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     holds_sessions: bool = True
 
+
+#: A stage output's id (``messages.message_id``) is remembered this long: a replica redoing a
+#: turn after a takeover (seconds later) publishes nothing twice. The server keeps each id of
+#: this window in memory (about 50 audio frames a second per speaking session).
+DUPLICATE_WINDOW_S = 60.0
 
 #: How long a partition lease outlives its last renewal: a killed replica's partitions wait this
 #: long for a survivor (the larger part of the gap its callers hear).
@@ -48,6 +54,8 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     control_s: float = 24 * HOUR
     state_s: float = 24 * HOUR
     ops_s: float = 30 * 24 * HOUR
+    #: Not personal data: how long a partition lease outlives its last renewal.
+    leases_s: float = LEASE_TTL_S
 
 
 def _token(region: str) -> str:
@@ -136,7 +144,7 @@ def region_buckets(region: str, *, retention: Retention | None = None) -> list[B
         BucketSpec(bucket=state_bucket(region), ttl_s=r.state_s, description="session state"),
         BucketSpec(
             bucket=lease_bucket(region),
-            ttl_s=LEASE_TTL_S,
+            ttl_s=r.leases_s,
             description="stage partition leases",
             holds_sessions=False,
         ),

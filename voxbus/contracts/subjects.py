@@ -106,6 +106,15 @@ def stored_session_wildcard(region: str, session: str) -> str:
     return f"{PREFIX}.{check_region(region)}.*.{check_session(session)}.>"
 
 
+def partition_of(session: str, partitions: int) -> int:
+    """The partition the server's subject transform puts ``session`` in (``partition(n,1)``:
+    FNV-1a, 32 bit, of the session token): where an operator looks for its lease."""
+    h = 2166136261
+    for byte in check_session(session).encode():
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h % partitions
+
+
 def partition_filter(region: str, partition: int, kind: Kind) -> str:
     """A consumer filter for one partition and kind inside a partitioned stream."""
     return f"{PREFIX}.{check_region(region)}.{partition}.*.{kind.value}"

@@ -15,7 +15,14 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from voxbus.contracts import encode, streams, subject_for
-from voxbus.contracts.messages import AudioIn, AudioOut, ErrorEvent, Message
+from voxbus.contracts.messages import (
+    MSG_ID_HEADER,
+    AudioIn,
+    AudioOut,
+    ErrorEvent,
+    Message,
+    message_id,
+)
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime import tracing
 
@@ -125,24 +132,31 @@ class Bus:
 
     # ---- provisioning -------------------------------------------------------------------------
 
-    async def provision(self, retention: streams.Retention | None = None) -> None:
-        """Create or update every stream and bucket of the served regions (idempotent)."""
+    async def provision(
+        self, retention: streams.Retention | None = None, *, create_only: bool = False
+    ) -> None:
+        """Create or update every stream and bucket of the served regions (idempotent).
+        ``create_only``: create what is missing, leave what exists as it is (a worker
+        recovering from an empty store must not reset an operator's settings)."""
         for spec in streams.ops_streams(self.regions, retention=retention):
-            await self._ensure_stream(spec)
+            await self._ensure_stream(spec, create_only=create_only)
         for region in self.regions:
             for spec in streams.region_streams(
                 region, partitions=self.partitions, retention=retention
             ):
-                await self._ensure_stream(spec)
+                await self._ensure_stream(spec, create_only=create_only)
             for b in streams.region_buckets(region, retention=retention):
                 await self._ensure_bucket(b)
 
-    async def _ensure_stream(self, spec: streams.StreamSpec) -> None:
+    async def _ensure_stream(self, spec: streams.StreamSpec, *, create_only: bool = False
+                             ) -> None:
         cfg = js_api.StreamConfig(
             name=spec.name,
             subjects=spec.subjects,
             description=spec.description,
             max_age=spec.max_age_s,
+            duplicate_window=min(spec.duplicate_window_s or streams.DUPLICATE_WINDOW_S,
+                                 spec.max_age_s),
             storage=js_api.StorageType.FILE,
             retention=js_api.RetentionPolicy.LIMITS,
             allow_direct=True,
@@ -157,6 +171,8 @@ class Bus:
         except NotFoundError:
             await self.js.add_stream(cfg)
             log.info("stream_created", stream=spec.name, max_age_s=spec.max_age_s)
+            return
+        if create_only:
             return
         try:
             await self.js.update_stream(cfg)
@@ -212,6 +228,8 @@ class Bus:
             await self._send(subj, msg, {**trace_headers, **(headers or {})}, ack)
 
     async def _send(self, subj: str, msg: Message, hdrs: dict[str, str], ack: bool | None) -> None:
+        if MSG_ID_HEADER not in hdrs and (msg_id := message_id(msg)) is not None:
+            hdrs[MSG_ID_HEADER] = msg_id
         if ack is False or (ack is None and type(msg) in _AUDIO):
             await self.nc.publish(subj, encode(msg), headers=hdrs or None)
         else:

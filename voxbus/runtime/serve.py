@@ -11,7 +11,7 @@ from voxbus.runtime import tracing
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import BusSettings
 from voxbus.runtime.stage import Stage
-from voxbus.runtime.worker import Worker, WorkerOptions
+from voxbus.runtime.worker import Worker, WorkerOptions, worker_options_from_env
 
 log = structlog.get_logger("voxbus.serve")
 
@@ -26,12 +26,13 @@ async def connect(settings: BusSettings, *, name: str) -> Bus:
 async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None = None) -> None:
     """Run ``stage`` until SIGTERM or SIGINT, then drain cleanly."""
     tracing.configure_from_env(stage.name)
+    opts = opts or worker_options_from_env()  # bad settings fail before connecting
     bus = await connect(settings, name=f"voxbus-{stage.name}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await Worker(bus, stage, opts).run_until(stop)
+        await Worker(bus, stage, opts or worker_options_from_env()).run_until(stop)
     finally:
         await bus.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,8 @@ class SessionScope:
         self.release_requested = False
         #: The partition's lease may be gone: nothing more is published from here.
         self.fenced = False
+        #: Messages handled and held unacked (``Context.hold``), oldest first.
+        self.held: deque[Delivery] = deque()
 
     @property
     def owned(self) -> bool:
@@ -122,6 +125,23 @@ class SessionScope:
             return False
         await self.bus.publish(self.region, msg)  # with a producer span in the turn's trace
         return True
+
+    async def ack_held(self, count: int | None = None) -> int:
+        """Ack the ``count`` oldest held messages (all without ``count``). Nothing is acked
+        once the partition's lease is in doubt: the next owner must get them again."""
+        n = 0
+        while self.held and (count is None or n < count) and self.owned:
+            d = self.held.popleft()
+            await d.inbound.ack()
+            n += 1
+        return n
+
+    async def hand_back_held(self) -> None:
+        """Give the held messages back to JetStream (the next owner of the session replays
+        them)."""
+        held, self.held = list(self.held), deque()
+        for d in held:
+            await d.inbound.nak(0.1)
 
     async def publish_error(self, *, turn: int, code: str, message: str) -> None:
         await self.bus.publish_error(self.region, self.session, turn=turn, code=code,
@@ -216,7 +236,11 @@ class SessionLanes:
         redelivers when an ack is late, and handling the copy too would feed the stage the same
         input twice (a repeated audio frame changes what the STT hears). A copy of a handled
         message is acked; a copy of a held one is dropped and the held one marked in progress."""
-        if d.key in self._done:
+        kept = next((h for h in sess.scope.held if h.key == d.key), None)
+        if kept is not None:  # handled and held unacked on purpose: still ours
+            kept.touched = time.monotonic()
+            await kept.inbound.in_progress()
+        elif d.key in self._done:
             await d.inbound.ack()
         elif sess.lane is not None and (held := sess.lane.holding(d.key)) is not None:
             held.touched = time.monotonic()
@@ -303,7 +327,10 @@ class SessionLanes:
                     await self._traced(handler, sess, d, ctx)
                     self._done.add(d.key)
                     self.stats.handled += 1
-                    await d.inbound.ack()
+                    if ctx.held:
+                        sess.scope.held.append(d)
+                    else:
+                        await d.inbound.ack()
                     break
                 except Retryable as e:
                     if ctx.attempt >= self.opts.max_deliver:
@@ -414,6 +441,10 @@ class SessionLanes:
         if handler is not None:
             await self._close_handler(sess, handler, reason)
         await tasks.close()
+        if reason in ("drained", "fenced"):  # the next owner replays what the handler held
+            await sess.scope.hand_back_held()
+        else:  # idle or released: the handler is done with it
+            await sess.scope.ack_held()
         if admitted:
             self.admission.give()
         sess.scope.log.debug("session_closed", reason=reason)
@@ -433,7 +464,10 @@ class SessionLanes:
             self._tasks.spawn(self.end(sess, "idle"), name=f"idle-{sess.id}")
 
     def pending(self) -> list[Delivery]:
-        return [d for s in self.sessions.values() if s.lane is not None for d in s.lane.pending()]
+        """Messages taken and not acked: the lanes' and those the handlers hold."""
+        return [*(d for s in self.sessions.values() if s.lane is not None
+                  for d in s.lane.pending()),
+                *(d for s in self.sessions.values() for d in s.scope.held)]
 
     async def abandon(self) -> None:
         """Drop every session now, acking nothing more: another replica may own them already."""

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from voxbus.contracts.streams import DEFAULT_PARTITIONS
+from voxbus.contracts.streams import DEFAULT_PARTITIONS, LEASE_TTL_S, Retention
 from voxbus.contracts.subjects import check_region
 
 
@@ -65,6 +65,11 @@ class BusSettings:
     partitions: int = DEFAULT_PARTITIONS
     user: str | None = None
     password: str | None = None
+    #: The lease bucket's ttl where this process provisions it (``VOXBUS_LEASE_TTL_S``).
+    lease_ttl_s: float = LEASE_TTL_S
+
+    def retention(self) -> Retention:
+        return Retention(leases_s=self.lease_ttl_s)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BusSettings:
@@ -79,4 +84,12 @@ class BusSettings:
             partitions=env.int("PARTITIONS", DEFAULT_PARTITIONS),
             user=e.get("NATS_USER") or None,
             password=e.get("NATS_PASSWORD") or None,
+            lease_ttl_s=_positive(env, "LEASE_TTL_S", LEASE_TTL_S),
         )
+
+
+def _positive(env: Env, name: str, default: float) -> float:
+    value = env.float(name, default)
+    if value <= 0:
+        raise SettingsError(f"VOXBUS_{name} must be > 0, got {value}")
+    return value

@@ -97,6 +97,15 @@ class Context:
     turn: int = 0
     stage: str = ""
     attempt: int = 1
+    #: ``hold``: not acked when ``handle`` returns (see ``SessionScope.held``).
+    held: bool = False
+
+    def hold(self) -> None:
+        """Keep this message unacked after ``handle``: it waits in ``SessionScope.held`` until
+        the handler acks it (``SessionScope.ack_held``), so if this replica dies first, the one
+        that takes the session over gets it again. For input whose effect lives only in memory
+        until something later makes it safe (STT's frames until their turn is published)."""
+        self.held = True
 
     @cached_property
     def log(self) -> Any:

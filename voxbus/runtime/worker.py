@@ -39,6 +39,7 @@ from voxbus.runtime.lanes import Delivery
 from voxbus.runtime.leases import PartitionLeases
 from voxbus.runtime.pull import PullConsumer
 from voxbus.runtime.sessions import Admission, LaneOptions, SessionLanes, SessionStats
+from voxbus.runtime.settings import Env, SettingsError
 from voxbus.runtime.stage import BadInput, Stage
 from voxbus.runtime.takeover import Barrier, Held
 from voxbus.runtime.tasks import TaskSet
@@ -64,6 +65,28 @@ class WorkerOptions:
     retry_backoff_s: float = 0.2
     drain_timeout_s: float = 20.0
     pull_batch: int = 128
+
+
+def worker_options_from_env(environ: Mapping[str, str] | None = None) -> WorkerOptions:
+    """``VOXBUS_ACK_WAIT_S``, ``VOXBUS_LEASE_TICK_S``, ``VOXBUS_LEASE_FENCE_MARGIN_S``,
+    ``VOXBUS_PULL_EXPIRES_S`` (the lease ttl is the bucket's: ``VOXBUS_LEASE_TTL_S`` when it
+    is provisioned). Raises SettingsError."""
+    env = Env("VOXBUS", environ)
+    d = WorkerOptions()
+    opts = WorkerOptions(
+        ack_wait_s=env.float("ACK_WAIT_S", d.ack_wait_s),
+        lease_tick_s=env.float("LEASE_TICK_S", d.lease_tick_s),
+        lease_fence_margin_s=env.float("LEASE_FENCE_MARGIN_S", d.lease_fence_margin_s),
+        pull_expires_s=env.float("PULL_EXPIRES_S", d.pull_expires_s),
+    )
+    if min(opts.ack_wait_s, opts.lease_tick_s, opts.pull_expires_s) <= 0:
+        raise SettingsError("VOXBUS_ACK_WAIT_S, _LEASE_TICK_S and _PULL_EXPIRES_S must be > 0")
+    if opts.pull_expires_s >= opts.lease_fence_margin_s:
+        raise SettingsError(
+            f"VOXBUS_PULL_EXPIRES_S ({opts.pull_expires_s}) must be below "
+            f"VOXBUS_LEASE_FENCE_MARGIN_S ({opts.lease_fence_margin_s}): a pull request still "
+            "open for an old owner would split a session between two replicas")
+    return opts
 
 
 def _replica_id() -> str:
@@ -312,8 +335,10 @@ class Worker:
             if time.monotonic() - self._provisioned_at.get(region, 0.0) >= 1.0:
                 self._provisioned_at[region] = time.monotonic()
                 self.log.warning("reprovisioning", region=region)
-                try:
-                    await self.bus.provision()
+                leases = self._leases.get(region)
+                keep = streams.Retention(leases_s=leases.ttl_s) if leases else None
+                try:  # with the lease ttl this worker fences by, whatever the default
+                    await self.bus.provision(keep, create_only=True)
                 except Exception as e:  # noqa: BLE001 - refused under least privilege
                     self.log.warning("provision_refused", region=region, error=repr(e))
                 await self.ensure_consumers(region)

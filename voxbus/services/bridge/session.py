@@ -77,6 +77,8 @@ class Reply:
     text: str = ""
     final: bool = False
     frames_in: int = 0
+    next_seq: int = 0  # frames below it were taken; a lower one is a copy (a TTS takeover)
+    frames_repeated: int = 0
     played_frames: int = 0
     played_char_end: int = 0
     first_frame_ns: int = 0
@@ -337,6 +339,13 @@ class CallerSession:
                 self._stale_reply(msg.turn)
                 return
             reply = self._reply(msg.turn)
+            if msg.seq < reply.next_seq:
+                # A TTS replica that took the reply over synthesizes it again from its start: the
+                # caller hears each frame once. (The stream drops the copies by message id;
+                # this subscription is core NATS and sees them.)
+                reply.frames_repeated += 1
+                return
+            reply.next_seq = msg.seq + 1
             reply.frames_in += 1
             if not reply.first_frame_ns:
                 reply.first_frame_ns = time.time_ns()

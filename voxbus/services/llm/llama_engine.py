@@ -349,6 +349,10 @@ class LlamaCppEngine:
         text: list[str] = []
         first_token_s: float | None = None
         finish: FinishReason | None = "length"
+        # The sampler starts from the same seed for every reply: the same conversation gets the
+        # same reply on any replica, so one that redoes a turn after a takeover publishes the
+        # text already out again (the stream drops those copies by message id), not new words.
+        llm.set_seed(opts.seed)
         generator = llm.generate(
             prompt,
             top_k=opts.top_k,

@@ -19,10 +19,18 @@ class Timeline:
     def __init__(self) -> None:
         self._pos: list[float] = []  # stream position (16 kHz samples) of each frame's start
         self._ns: list[int] = []  # its capture_ns
+        self._seq: list[int] = []  # its AudioIn.seq
 
-    def mark(self, position: float, capture_ns: int) -> None:
+    def mark(self, position: float, capture_ns: int, seq: int = 0) -> None:
         self._pos.append(position)
         self._ns.append(capture_ns)
+        self._seq.append(seq)
+
+    def seq_at(self, sample: int) -> int:
+        """The ``AudioIn.seq`` of the frame that holds stream position ``sample``."""
+        if not self._pos:
+            return 0
+        return self._seq[max(0, bisect.bisect_right(self._pos, sample) - 1)]
 
     def ns_at(self, sample: int) -> int:
         if not self._pos:
@@ -36,6 +44,7 @@ class Timeline:
         if i >= 256:
             del self._pos[:i]
             del self._ns[:i]
+            del self._seq[:i]
 
 
 class AudioFrontend:
@@ -73,6 +82,7 @@ class AudioFrontend:
         self.timeline.mark(
             self._conv_start + self._conv_frames * WHISPER_RATE_HZ / conv.sample_rate_hz,
             frame.capture_ns,
+            frame.seq,
         )
         self._conv_frames += len(frame.pcm) // frame_bytes
         out += self.segmenter.push(conv.push(frame.pcm))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from voxbus.contracts.messages import (
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import BadInput, Context, Retryable, StageBus
+from voxbus.runtime.transient import transient
 from voxbus.services.stt import turns
 from voxbus.services.stt.engine import TranscriptResult
 from voxbus.services.stt.frontend import AudioFrontend
@@ -45,20 +47,29 @@ def state_key(session: str) -> str:
     return control.state_key(session, control.STT_STATE)
 
 
-async def read_turn(bus: StageBus, region: str, session: str) -> int:
-    """The session's last turn number in the state bucket (0 if none). Raises Retryable."""
+async def read_state(bus: StageBus, region: str, session: str) -> control.SttTurnState:
+    """The session's turn state in the state bucket (turn 0 if none). Raises Retryable."""
     try:
         kv = await bus.kv(state_bucket(region))
         entry = await kv.get(state_key(session))
     except KeyNotFoundError:
-        return 0
+        return control.SttTurnState(turn=0)
     except (NatsError, TimeoutError) as e:
         raise Retryable(f"state bucket unavailable: {e}") from e
     try:
-        return control.decode_stt_state(entry.value or b"").turn
+        return control.decode_stt_state(entry.value or b"")
     except (msgspec.DecodeError, msgspec.ValidationError):
         log.warning("bad_turn_state", session=session)
-        return 0
+        return control.SttTurnState(turn=0)
+
+
+#: A replayed turn whose speech starts within this many frames of a stored turn's start is that
+#: turn (a replica replaying from a cold VAD may place the onset a few frames off).
+SAME_START_FRAMES = 25
+#: Turn starts remembered in the state bucket.
+STARTS_KEPT = 4
+#: A final is published through a bus outage this long.
+BUS_RETRY_S = 15.0
 
 
 @dataclass(eq=False)
@@ -84,6 +95,10 @@ class SttSession:
         self.spec: _Speculative | None = None
         self.final: asyncio.Task[Any] | None = None
         self.publish_lock = asyncio.Lock()
+        # The frames are held unacked (``Context.hold``) until nothing later needs them: their
+        # audio is behind the detector's retained window and every final over them is published.
+        self.held_ends: deque[int] = deque()  # stream position where each held frame ends
+        self.unpublished: dict[int, int] = {}  # turn -> audio start of its final, not published
 
     @property
     def busy(self) -> bool:
@@ -112,6 +127,8 @@ class SttSession:
             )
         except PcmError as e:
             raise BadInput("bad_pcm", str(e)) from None
+        ctx.hold()
+        self.held_ends.append(self.frontend.segmenter.position)
         fmt = (msg.sample_rate_hz, msg.channels)
         if fmt != self.fmt:
             if self.fmt is not None:
@@ -121,12 +138,26 @@ class SttSession:
         for seg in segments:
             async for out in self._on_segment(seg):
                 yield out
+        await self.ack_safe()
+
+    async def ack_safe(self) -> None:
+        """Ack the held frames no replay could need any more."""
+        boundary = self.frontend.segmenter.detector.retain_from_sample
+        if self.unpublished:
+            boundary = min(boundary, *self.unpublished.values())
+        count = 0
+        while self.held_ends and self.held_ends[0] <= boundary:
+            self.held_ends.popleft()
+            count += 1
+        if count:
+            await self.scope.ack_held(count)
 
     async def _on_segment(self, seg: turns.Segment) -> AsyncIterator[Message]:
         stage, ns_at = self.stage, self.frontend.timeline.ns_at
         match seg.event:
             case turns.SpeechStarted() as ev:
-                self.turn = await self._next_turn()
+                self.turn = await self._next_turn(
+                    self.frontend.timeline.seq_at(ev.speech_start_sample))
                 self.partials_sent, self.last_partial = 0, ""
                 self.scope.log.info("speech_started", turn=self.turn)
                 yield UserStartedSpeaking(session=self.scope.session, turn=self.turn,
@@ -185,6 +216,7 @@ class SttSession:
                                       name=f"stt-final-{self.scope.session}")
         if self.final is not None and not self.final.done():
             await asyncio.wait({self.final})  # one final outstanding per session, in turn order
+        self.unpublished[turn] = ev.audio_start_sample
         self.final = self.scope.spawn(
             self._publish_final(
                 turn=turn, seq=self.partials_sent, decode=decode, start_ns=start_ns,
@@ -196,19 +228,26 @@ class SttSession:
 
     # ---- turn numbers ---------------------------------------------------------------------------
 
-    async def _next_turn(self) -> int:
-        """Advance the turn past this worker's and the bucket's last one, and store it."""
+    async def _next_turn(self, frame: int) -> int:
+        """The number of the turn whose speech starts at audio frame ``frame``: a stored turn
+        that started there (its frames are replayed after a takeover), else one past this
+        worker's and the bucket's last turn, stored."""
         scope = self.scope
         try:
-            stored = await read_turn(scope.bus, scope.region, scope.session)
+            stored = await read_state(scope.bus, scope.region, scope.session)
         except Retryable as e:
             scope.log.warning("turn_state_unavailable", error=str(e))
-            stored = 0
-        turn = max(self.turn, stored) + 1
+            stored = control.SttTurnState(turn=0)
+        for start in stored.starts:
+            if abs(start.frame - frame) <= SAME_START_FRAMES and start.turn > self.closed_turn:
+                scope.log.info("turn_replayed", turn=start.turn, frame=frame)
+                return start.turn
+        turn = max(self.turn, stored.turn) + 1
+        starts = [*stored.starts, control.TurnStart(turn, frame)][-STARTS_KEPT:]
         try:
             kv = await scope.bus.kv(state_bucket(scope.region))
             await kv.put(state_key(scope.session),
-                         control.encode_json(control.SttTurnState(turn=turn)))
+                         control.encode_json(control.SttTurnState(turn=turn, starts=starts)))
         except (NatsError, TimeoutError) as e:
             scope.log.warning("turn_state_not_saved", turn=turn, error=str(e))
         return turn
@@ -249,6 +288,25 @@ class SttSession:
         self.scope.log.debug("partial_transcript", turn=turn, seq=seq,
                              decode_ms=round(result.decode_s * 1000, 1), pii={"text": text})
 
+    async def _turn_done(self, turn: int) -> None:
+        """The turn's final is out: its frames are needed no more."""
+        self.unpublished.pop(turn, None)
+        await self.ack_safe()
+
+    async def _publish_retrying(self, msg: Message) -> None:
+        """Publish through a bus outage (``bus_retry_s``); the frames stay held meanwhile, so
+        if this replica dies waiting, the next one decodes the turn again."""
+        deadline = time.monotonic() + BUS_RETRY_S
+        while True:
+            try:
+                await self.scope.publish(msg)
+                return
+            except Exception as e:
+                if not transient(e) or time.monotonic() > deadline:
+                    raise
+                self.scope.log.warning("publish_retry", kind=type(msg).__name__, error=repr(e))
+                await asyncio.sleep(0.25)
+
     async def _publish_final(
         self, *, turn: int, seq: int, decode: asyncio.Task[Any], start_ns: int,
         end_ns: int, at_ns: int, audio_ms: float, forced: bool,
@@ -262,19 +320,21 @@ class SttSession:
             scope.log.exception("final_decode_failed", turn=turn)
             await scope.publish_error(turn=turn, code="decode_failed",
                                       message=f"{type(e).__name__}: {e}")
+            await self._turn_done(turn)
             return
         text = self._text(result)
         decode_ms = round(result.decode_s * 1000, 3)
         async with self.publish_lock:
-            await scope.publish(Transcript(
+            await self._publish_retrying(Transcript(
                 session=scope.session, turn=turn, seq=seq, text=text, is_final=True,
                 speech_start_ns=start_ns, speech_end_ns=end_ns, decode_ms=decode_ms,
                 emitted_ns=time.time_ns(),
             ))
-            await scope.publish(EndOfTurn(
+            await self._publish_retrying(EndOfTurn(
                 session=scope.session, turn=turn, transcript=text, speech_start_ns=start_ns,
                 speech_end_ns=end_ns, decode_ms=decode_ms, at_ns=at_ns,
             ))
+        await self._turn_done(turn)
         stats.finals += 1
         stats.decode_ms.append(decode_ms)
         stats.audio_ms.append(audio_ms)

@@ -62,7 +62,7 @@ from voxbus.runtime.stage import SessionPolicy
 from voxbus.services.stt import turns
 from voxbus.services.stt.decoding import Decoder, build_engine
 from voxbus.services.stt.engine import Transcriber
-from voxbus.services.stt.session import SttSession, read_turn
+from voxbus.services.stt.session import SttSession, read_state
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.vad import SileroVad, VoiceActivity
 
@@ -166,7 +166,7 @@ class SttStage:
 
     async def open(self, scope: SessionScope) -> SttSession:
         assert self.frontend is not None, "SttStage.start() was not called"
-        last_turn = await read_turn(scope.bus, scope.region, scope.session)
+        last_turn = (await read_state(scope.bus, scope.region, scope.session)).turn
         seg = await asyncio.get_running_loop().run_in_executor(self.frontend, self._segmenter)
         self.stats.sessions_opened += 1
         scope.log.info("session_opened", last_turn=last_turn)

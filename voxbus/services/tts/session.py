@@ -78,13 +78,20 @@ class TtsSession:
                          frames=reply.seq)
 
     async def _on_text(self, msg: ReplyText, ctx: Context) -> AsyncIterator[AudioOut]:
+        before = self.reply
         reply = self._reply_for(msg, ctx)
+        if reply is not before:  # the previous reply is over: its text is needed no more
+            await self.scope.ack_held()
         if reply is None:
             return
         piece = _place(reply, msg)
         if piece is None:
             ctx.log.info("duplicate_text_skipped", seq=msg.seq, char_end=msg.char_end)
             return
+        # Kept unacked until the reply has been spoken to its end: a replica that takes the
+        # session over gets the whole text again and speaks it with the same frame numbers
+        # (the stream and the bridge drop the frames already out).
+        ctx.hold()
         async for out in self._speak(reply, reply.splitter.push(piece), msg.session, ctx):
             yield out
 
@@ -118,6 +125,7 @@ class TtsSession:
         finally:
             if self.reply is reply:
                 self.reply = None
+            await self.scope.ack_held()
             self.scope.release()
 
     def _reply_for(self, msg: ReplyText | ReplyEnd, ctx: Context) -> _Reply | None:
