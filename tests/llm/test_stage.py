@@ -376,3 +376,30 @@ async def test_tool_calls_are_not_offered_when_tools_are_off(bus: Bus) -> None:
         await bus.publish(REGION, turn("s1", 1, "Bye."))
         end = await out.end("s1", 1)
     assert fake.calls[0][1] is None and not end.end_call and len(fake.calls) == 1
+
+
+async def test_a_kv_timeout_during_a_turn_is_retried_not_terminal() -> None:
+    """The history read times out once (a NATS restart): the turn is handled again in its lane
+    and answered, with no error event."""
+    import nats.errors
+
+    from voxbus.runtime.testing import StageRunner
+
+    stage = LlmStage(FakeLLM([FakeTurn.words("Fine, thanks.")]))
+    async with StageRunner(stage, region=REGION) as runner:
+        kv = await runner.bus.kv(state_bucket(REGION))
+        real_get, failures = kv.get, [1]
+
+        async def flaky_get(key: str):  # type: ignore[no-untyped-def]
+            if failures:
+                failures.pop()
+                raise nats.errors.TimeoutError
+            return await real_get(key)
+
+        kv.get = flaky_get  # type: ignore[method-assign]
+        await runner.send(EndOfTurn(session="flaky", turn=1, transcript="How are you?",
+                                    speech_start_ns=0, speech_end_ns=0))
+        await runner.tap.until(lambda t: len(t.of(ReplyEnd, "flaky")) == 1, timeout_s=10)
+        assert not failures, "the history was never read"
+        assert runner.tap.of(ReplyEnd, "flaky")[0].text == "Fine, thanks."
+        assert not runner.tap.of(ErrorEvent, "flaky")

@@ -49,3 +49,33 @@ async def test_interrupt_stops_in_flight_turn(bus: Bus) -> None:
         assert sum(1 for turn, _ in outs if turn == 1) == len(turn1), "queued turn-1 chunks ran"
     finally:
         await worker.stop()
+
+
+async def test_the_interrupt_watermark_survives_a_takeover(bus: Bus) -> None:
+    """A replica heard the interrupt of turn 1; the replica after it (a takeover) drops a late
+    message of turn 1 too: the watermark is in the session's state, not only in memory."""
+    outs: list[int] = []
+
+    async def on(m) -> None:  # type: ignore[no-untyped-def]
+        outs.append(decode(m.data).turn)
+
+    await bus.nc.subscribe(f"voxbus.{REGION}.s2.audio.out", cb=on)
+    first = Worker(bus, TickerStage())
+    await first.start()
+    await bus.publish(REGION, Interrupt(session="s2", turn=1, at_ns=time.time_ns()))
+    await asyncio.sleep(0.5)
+    await first.stop()
+    second = Worker(bus, TickerStage())
+    await second.start()
+    try:
+        await bus.publish(REGION, ReplyText(session="s2", turn=1, seq=0, text="late",
+                                            char_start=0, char_end=4))
+        await bus.publish(REGION, ReplyText(session="s2", turn=2, seq=0, text="next",
+                                            char_start=0, char_end=4))
+        deadline = time.monotonic() + 5
+        while outs.count(2) < 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert outs.count(2) == 100
+        assert outs.count(1) == 0, "the new owner spoke an interrupted turn"
+    finally:
+        await second.stop()

@@ -102,6 +102,9 @@ class SttTurnState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 
 STT_STATE: Final = "stt"
 LLM_STATE: Final = "llm"
+#: ``<session>.interrupted``: the session's highest interrupted turn (an ASCII integer), so a
+#: replica that takes the session over drops the outputs of those turns too.
+INTERRUPTED_STATE: Final = "interrupted"
 
 
 def decode_stt_state(data: bytes) -> SttTurnState:

@@ -99,17 +99,18 @@ class PullConsumer:
             await self._handler(msg)
         elif status == "100":  # idle heartbeat: the request is alive
             return
-        elif status in ("408", "409"):
+        elif status == "408":  # a request expired: its successor went out before it did
+            return
+        elif status == "409":
             assert msg.headers is not None
             pending = msg.headers.get("Nats-Pending-Messages")
             self._outstanding = max(0, self._outstanding - int(pending)) if pending else 0
-            if status == "409":
-                reason = _description(msg)
-                log.warning("pull_conflict", consumer=self.consumer, reason=reason)
-                if "deleted" in reason.lower():
-                    self._missing = True
-                    return
-                await asyncio.sleep(0.1)
+            reason = _description(msg)
+            log.warning("pull_conflict", consumer=self.consumer, reason=reason)
+            if "deleted" in reason.lower():
+                self._missing = True
+                return
+            await asyncio.sleep(0.1)
         elif status == "503":  # nobody serves the consumer: it (or its stream) is gone
             self._outstanding = 0
             self._missing = True
@@ -130,10 +131,11 @@ class PullConsumer:
             return
         if self._missing:
             await self._recover_missing()
-        elif now >= self._last_expiry or (
+        elif now >= self._last_expiry - self._expires_s / 2 or (
             self._heartbeat_s and now - self._last_heard > 2 * self._heartbeat_s
         ):
-            # every request we sent has expired, or went silent: ask again
+            # Renewed before it expires (a message arriving between one request's end and the
+            # next would wait for the next), or it went silent: ask again, afresh.
             self._outstanding = 0
             await self._request()
 

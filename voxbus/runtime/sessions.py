@@ -1,7 +1,8 @@
 """The runtime's sessions: for one partition of one region, each session's lane, its stage
 handler and scope, admission to the worker, the publish path, ack and the failure rules.
 
-Nothing here knows NATS: ``worker`` feeds it JetStream deliveries, ``testing`` in-memory ones.
+Nothing here talks to NATS itself: ``worker`` feeds it JetStream deliveries, ``testing`` in-memory
+ones; state goes through the stage bus's KV.
 
 - **Admission.** A session's handler is opened (``Stage.open``) once the worker has a place for
   it (``SessionPolicy.max_sessions``, shared by the worker's partitions). Until then, and
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from nats.js.errors import KeyNotFoundError
 
+from voxbus.contracts import control
 from voxbus.contracts.messages import Interrupt, Message
+from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import tracing
 from voxbus.runtime.lanes import Delivery, Lane, Outstanding, RecentKeys
 from voxbus.runtime.stage import (
@@ -217,7 +221,9 @@ class SessionLanes:
         """An urgent message (an interrupt): handled at once, beside the session's lane."""
         sess = self._session(d.msg.session)
         if isinstance(d.msg, Interrupt):
-            sess.scope.interrupted_turn = max(sess.scope.interrupted_turn, d.msg.turn)
+            if d.msg.turn > sess.scope.interrupted_turn:
+                sess.scope.interrupted_turn = d.msg.turn
+                await self._save_watermark(sess)
             if sess.lane is not None:
                 sess.lane.interrupt(d.msg.turn)
         await self._process(sess, d, urgent=True)
@@ -230,6 +236,35 @@ class SessionLanes:
             sess = self.sessions[session] = Session(scope)
         sess.last_seen = time.monotonic()
         return sess
+
+    # ---- the interrupt watermark ------------------------------------------------------------
+    # Kept in the session's state (``<session>.interrupted``, expiring with the bucket, erased by
+    # a purge), so it is bounded by the sessions alive and survives a takeover.
+
+    def _watermark_key(self, session: str) -> str:
+        return control.state_key(session, control.INTERRUPTED_STATE)
+
+    async def _save_watermark(self, sess: Session) -> None:
+        try:
+            kv = await self.bus.kv(state_bucket(self.region))
+            await kv.put(self._watermark_key(sess.id), str(sess.scope.interrupted_turn).encode())
+        except Exception as e:  # noqa: BLE001 - this replica still knows; only a takeover won't
+            sess.scope.log.warning("interrupt_not_saved", error=repr(e))
+
+    async def _load_watermark(self, sess: Session) -> None:
+        try:
+            kv = await self.bus.kv(state_bucket(self.region))
+            entry = await kv.get(self._watermark_key(sess.id))
+            stored = int(entry.value or b"0")
+        except KeyNotFoundError:
+            return
+        except Exception as e:  # noqa: BLE001 - a new session, or the bus is away: go on
+            sess.scope.log.warning("interrupt_not_loaded", error=repr(e))
+            return
+        if stored > sess.scope.interrupted_turn:
+            sess.scope.interrupted_turn = stored
+            if sess.lane is not None:
+                sess.lane.interrupted_turn = max(sess.lane.interrupted_turn, stored)
 
     async def _duplicate(self, d: Delivery, sess: Session) -> bool:
         """A redelivered copy of a message handled already, or still held by the lane: JetStream
@@ -302,6 +337,7 @@ class SessionLanes:
         self._done.add(d.key)
 
     async def _open(self, sess: Session) -> SessionHandler:
+        await self._load_watermark(sess)
         handler = await self.stage.open(sess.scope)
         self.stats.opened += 1
         return handler
