@@ -370,3 +370,18 @@ def test_settings_from_env() -> None:
     with pytest.raises(ValueError):
         SttSettings.from_env({"STT_DEVICE": "tpu"})
 
+
+
+async def test_a_long_turn_closes_though_its_frames_are_held(bus: Bus) -> None:
+    """The STT holds a turn's frames unacked until the turn is published: speech without a pause
+    up to the longest turn (30 s, then a forced final) is 1500 frames held at once, and
+    JetStream must go on delivering them (the consumer's max_ack_pending leaves room), or the
+    frames that close the turn would never come."""
+    speech = b"".join(
+        pcm_of(f)[f.speech_start_ms * 32: f.speech_end_ms * 32] for f in FIXTURES) * 3
+    assert len(speech) > 32 * 32_000
+    feed = Feed.on(bus, "monologue", speed=0)
+    async with running(bus, SttStage(engine=FakeTranscriber(default_text="long"))) as tap:
+        await feed.play(speech)
+        await feed.play(b"\0\0" * 16_000 * 2)
+        await tap.until(lambda t: len(t.of(EndOfTurn, "monologue")) >= 1, timeout_s=60)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +106,7 @@ class SessionScope:
         #: The partition's lease may be gone: nothing more is published from here.
         self.fenced = False
         #: Messages handled and held unacked (``Context.hold``), oldest first.
-        self.held: deque[Delivery] = deque()
+        self.held: OrderedDict[tuple[str, int], Delivery] = OrderedDict()
 
     @property
     def owned(self) -> bool:
@@ -135,7 +135,7 @@ class SessionScope:
         once the partition's lease is in doubt: the next owner must get them again."""
         n = 0
         while self.held and (count is None or n < count) and self.owned:
-            d = self.held.popleft()
+            _key, d = self.held.popitem(last=False)
             await d.inbound.ack()
             n += 1
         return n
@@ -143,7 +143,7 @@ class SessionScope:
     async def hand_back_held(self) -> None:
         """Give the held messages back to JetStream (the next owner of the session replays
         them)."""
-        held, self.held = list(self.held), deque()
+        held, self.held = list(self.held.values()), OrderedDict()
         for d in held:
             await d.inbound.nak(0.1)
 
@@ -271,7 +271,7 @@ class SessionLanes:
         redelivers when an ack is late, and handling the copy too would feed the stage the same
         input twice (a repeated audio frame changes what the STT hears). A copy of a handled
         message is acked; a copy of a held one is dropped and the held one marked in progress."""
-        kept = next((h for h in sess.scope.held if h.key == d.key), None)
+        kept = sess.scope.held.get(d.key)
         if kept is not None:  # handled and held unacked on purpose: still ours
             kept.touched = time.monotonic()
             await kept.inbound.in_progress()
@@ -364,7 +364,7 @@ class SessionLanes:
                     self._done.add(d.key)
                     self.stats.handled += 1
                     if ctx.held:
-                        sess.scope.held.append(d)
+                        sess.scope.held[d.key] = d
                     else:
                         await d.inbound.ack()
                     break
@@ -503,7 +503,7 @@ class SessionLanes:
         """Messages taken and not acked: the lanes' and those the handlers hold."""
         return [*(d for s in self.sessions.values() if s.lane is not None
                   for d in s.lane.pending()),
-                *(d for s in self.sessions.values() for d in s.scope.held)]
+                *(d for s in self.sessions.values() for d in s.scope.held.values())]
 
     async def abandon(self) -> None:
         """Drop every session now, acking nothing more: another replica may own them already."""

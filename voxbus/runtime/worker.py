@@ -52,6 +52,7 @@ log = structlog.get_logger("voxbus.worker")
 class WorkerOptions:
     replica: str = ""
     lane_queue: int = 256
+    recent_keys: int = 4096  # handled messages remembered per partition (redelivered copies)
     ack_wait_s: float = 2.0
     lease_tick_s: float = 0.4
     #: A partition is dropped when its lease went unrenewed for ``ttl - lease_fence_margin_s``.
@@ -60,7 +61,11 @@ class WorkerOptions:
     #: replica (``pull_expires_s < lease_fence_margin_s``): a request the server still fills
     #: for an old owner would split a session's messages between two replicas.
     pull_expires_s: float = 0.6
-    max_ack_pending: int = 1024
+    #: Messages a partition's consumer hands out before any is acked. A stage that holds input
+    #: (``Context.hold``: the STT keeps a turn's frames, up to 30 s of them, 1500) needs room
+    #: for several such sessions per partition, or JetStream stops delivering the frames that
+    #: would close their turns.
+    max_ack_pending: int = 20_000
     max_deliver: int = 5
     retry_backoff_s: float = 0.2
     drain_timeout_s: float = 20.0
@@ -174,7 +179,7 @@ class Partition:
             worker.stage, worker.bus, region, admission=worker.admission, stats=worker.stats,
             opts=LaneOptions(lane_queue=o.lane_queue, max_deliver=o.max_deliver,
                              retry_backoff_s=o.retry_backoff_s,
-                             recent_keys=o.max_ack_pending * 2),
+                             recent_keys=o.recent_keys),
             name=f"sessions-{region}-{index}", owned=owned,
         )
         self._pullers = TaskSet(f"pull-{region}-{index}")
