@@ -40,10 +40,11 @@ def spawn(stage: str, url: str, log: Path, env: dict[str, str] | None = None
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-async def holders(bus: Bus, stage: str) -> dict[str, int]:
-    kv = await bus.kv(lease_bucket(REGION))
+async def holders(bus: Bus, stage: str, region: str = REGION) -> dict[str, int]:
+    """Partitions held per replica (read key by key: a key listing would leave a consumer)."""
+    kv = await bus.kv(lease_bucket(region))
     counts: dict[str, int] = {}
-    for p in range(PARTITIONS):
+    for p in range(bus.partitions):
         try:
             entry = await kv.get(f"{stage}.p{p}")
         except KeyNotFoundError:

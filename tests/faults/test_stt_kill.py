@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from tests.faults.stages import REGION, owner_pid, report, stored, two_replicas
 from tests.stt.conftest import fixture_named
 from tests.stt.test_stage import Feed, pcm_of
 from voxbus.contracts import decode, streams
-from voxbus.contracts.messages import AudioIn, EndOfTurn, Transcript
+from voxbus.contracts.messages import EndOfTurn, Transcript
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap
 from voxbus.services.stt.normalize import word_errors
@@ -42,8 +42,7 @@ async def test_a_killed_stt_replica_loses_no_turn(
     fixture = fixture_named("jacket")
     session = f"kill-{kill_at.replace('_', '-')}"
     tap = await Tap.on_bus(bus, REGION, f"{session}.stt.transcript", f"{session}.ctl.>")
-    feed = Feed.on(bus, session, speed=1.0)
-    feed.send = _sender(bus)
+    feed = Feed.on(bus, session, speed=1.0, region=REGION)
     pcm = pcm_of(fixture)
     bytes_per_ms = 32
     cut_ms = fixture.speech_start_ms + 1000 if kill_at == "one_second_in" else \
@@ -72,13 +71,6 @@ async def test_a_killed_stt_replica_loses_no_turn(
     report(f"stt killed {kill_at.replace('_', ' ')}", gap_s=at - speech_end,
            turns_lost=0, duplicates=stored.count("final") - 1,
            since_kill_s=round(at - killed, 3), transcript=ends[0].transcript)
-
-
-def _sender(bus: Bus) -> Callable[[AudioIn], Awaitable[None]]:
-    async def send(msg: AudioIn) -> None:
-        await bus.publish(REGION, msg)
-
-    return send
 
 
 async def _stored(bus: Bus, session: str) -> list[str]:

@@ -11,10 +11,8 @@ import sys
 import time
 from collections import defaultdict
 
-from nats.js.errors import KeyNotFoundError
-
+from tests.faults.stages import holders
 from voxbus.contracts.messages import AudioIn
-from voxbus.contracts.streams import lease_bucket
 from voxbus.runtime.bus import Bus
 
 REGION = "scale"
@@ -31,17 +29,7 @@ def _spawn(url: str, name: str, delay_ms: int = 2) -> subprocess.Popen[bytes]:
 
 
 async def _holders(bus: Bus, stage: str = "recorder") -> dict[str, int]:
-    """Partitions held per replica (read key by key: a key listing would leave a consumer)."""
-    kv = await bus.kv(lease_bucket(REGION))
-    counts: dict[str, int] = defaultdict(int)
-    for p in range(bus.partitions):
-        try:
-            entry = await kv.get(f"{stage}.p{p}")
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            counts[entry.value.decode()] += 1
-    return counts
+    return await holders(bus, stage, REGION)
 
 
 def check_session_order(seqs: list[int]) -> int:

@@ -87,9 +87,9 @@ class Feed:
     position_ns: int = T0_NS
 
     @classmethod
-    def on(cls, bus: Bus, session: str, speed: float = 2.0) -> Feed:
+    def on(cls, bus: Bus, session: str, speed: float = 2.0, region: str = REGION) -> Feed:
         async def send(msg: AudioIn) -> None:
-            await bus.publish(REGION, msg)
+            await bus.publish(region, msg)
 
         return cls(send, session, speed)
 

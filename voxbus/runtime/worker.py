@@ -225,11 +225,8 @@ class Partition:
 
     async def drain(self, timeout_s: float) -> None:
         """Stop pulling, finish and ack what was already taken, then close the sessions."""
-        stopping = asyncio.create_task(self._stop_pulling(self.w.opts.pull_expires_s + 1))
-        try:
-            await self.sessions.drain(timeout_s)
-        finally:
-            await stopping
+        await asyncio.gather(self._stop_pulling(self.w.opts.pull_expires_s + 1),
+                             self.sessions.drain(timeout_s))
 
     async def abandon(self) -> None:
         """The lease may be gone: stop pulling and drop the sessions at once, acking nothing
