@@ -135,6 +135,7 @@ class Lane:
         self._skip = skip
         self.last_active = time.monotonic()
         self._on_exit = on_exit
+        self._processing = False  # in ``process`` (cancellable by an interrupt), not skipping
         self._interrupting = False
         self.task: asyncio.Task[None] | None = None
 
@@ -145,7 +146,10 @@ class Lane:
         """Cancel in-flight work of turns <= ``turn``; queued ones are skipped when dequeued."""
         self.interrupted_turn = max(self.interrupted_turn, turn)
         cur = self.current
-        if cur is not None and self.stale(cur) and self.task is not None:
+        if (cur is not None and self._processing and not self._interrupting
+                and self.stale(cur) and self.task is not None):
+            # once: a second interrupt while the first one's cancel unwinds, or while the
+            # message is being skipped, must not cancel the lane itself
             self._interrupting = True
             self.task.cancel()
 
@@ -170,23 +174,29 @@ class Lane:
                 d = await self.queue.get()
                 self.current = d
                 try:
-                    if self.stale(d):
+                    if self.stale(d) or not await self._process_unless_interrupted(d):
                         await self._skip(d)
-                    else:
-                        await self._process(d)
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if not self._interrupting or task is None:
-                        raise
-                    self._interrupting = False
-                    task.uncancel()
-                    await self._skip(d)
                 finally:
                     self.current = None
                     self.last_active = time.monotonic()
                     self.queue.task_done()
         finally:
             self._on_exit(self)
+
+    async def _process_unless_interrupted(self, d: Delivery) -> bool:
+        """Process ``d``; False if an interrupt cancelled it (it is then skipped)."""
+        self._processing = True
+        try:
+            await self._process(d)
+            return True
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._interrupting or task is None or task.uncancel() > 0:
+                raise  # not (only) the interrupt's cancel: the lane itself is stopped
+            return False
+        finally:
+            self._processing = False
+            self._interrupting = False
 
     async def drained(self) -> None:
         """Wait until everything queued so far has been handled."""

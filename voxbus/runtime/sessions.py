@@ -460,10 +460,11 @@ class SessionLanes:
         dropped), its handler closes, its place in the worker is freed. The session is detached
         at once (before any wait), so a message arriving meanwhile opens it anew."""
         lane = sess.lane
-        if reason == "released" and (not sess.scope.release_requested or lane is None or (
-            lane.current is not None or not lane.queue.empty()
-        )):
+        working = lane is not None and (lane.current is not None or not lane.queue.empty())
+        if reason == "released" and (not sess.scope.release_requested or lane is None or working):
             return  # a message came in meanwhile: keep the handler
+        if reason == "idle" and (working or sess.busy() or self.sessions.get(sess.id) is not sess):
+            return  # a message came in between the sweep and now: it is handled here, in order
         if reason != "released" and self.sessions.get(sess.id) is sess:
             del self.sessions[sess.id]  # released: kept, dormant, with its interrupt watermark
         handler, sess.handler = sess.handler, None
@@ -471,9 +472,13 @@ class SessionLanes:
         sess.lane = None
         tasks, sess.scope.tasks = sess.scope.tasks, TaskSet(sess.scope.tasks.name)
         sess.scope.release_requested = False
+        queued = lane.pending() if lane is not None else []
         if lane is not None and lane.task is not None and lane.task is not asyncio.current_task():
             lane.task.cancel()
             await asyncio.gather(lane.task, return_exceptions=True)
+        for d in queued:  # cut short (fenced, or a drain ran out of time): back to JetStream now,
+            if d.key not in self._done:  # not left to an ack timer, so the next owner need not wait
+                await d.inbound.nak(0.1)
         if handler is not None:
             await self._close_handler(sess, handler, reason)
         await tasks.close()
@@ -510,11 +515,7 @@ class SessionLanes:
         for sess in list(self.sessions.values()):
             sess.scope.fenced = True
         for sess in list(self.sessions.values()):
-            queued = sess.lane.pending() if sess.lane is not None else []
             await self.end(sess, "fenced")
-            for d in queued:  # handed back now: the next owner need not wait for ack timers
-                if d.key not in self._done:
-                    await d.inbound.nak(0.1)
         await self._tasks.close()
 
     async def drain(self, timeout_s: float) -> None:
