@@ -153,6 +153,32 @@ async def test_a_frozen_replica_hands_over_and_acts_on_nothing_it_lost(rig: Rig)
     await _until_shared(rig.bus, {"A": 8, "B": 8})  # A came back and rejoined
 
 
+async def test_a_killed_replica_s_partitions_move_before_its_leases_expire(rig: Rig) -> None:
+    """``kill -9``: the survivor sees the dead replica's lease keys go unrenewed and takes them
+    once their holder would have fenced itself (``ttl - margin`` after its last renewal, on the
+    survivor's clock), not when the keys expire."""
+    await rig.talk(1.0)
+    talking = asyncio.create_task(rig.talk(5.0))
+    await asyncio.sleep(0.5)
+    rig.procs["A"].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    moved_s = None
+    while time.monotonic() - killed < 4.0:
+        if (await _holders(rig.bus)).get("B") == 16:
+            moved_s = time.monotonic() - killed
+            break
+        await asyncio.sleep(0.05)
+    await talking
+    await rig.settle()
+    moved = rig.check_no_split()
+    assert moved_s is not None, f"the survivor did not take over: {await _holders(rig.bus)}"
+    gaps = _longest_gap_per_session(rig.records, since=time.time() - 6.0)
+    report("replica killed (bus, recording stage)", gap_s=max(gaps.values()),
+           partitions_moved_s=round(moved_s, 2), sessions_moved=moved)
+    # ttl - margin after the last renewal, plus a tick to see it: under the ttl
+    assert moved_s < streams.LEASE_TTL_S, f"partitions moved {moved_s:.2f} s after the kill"
+
+
 async def test_nats_frozen_for_8s(rig: Rig) -> None:
     await rig.talk(1.0)
     assert rig.server._proc is not None

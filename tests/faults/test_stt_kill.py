@@ -1,8 +1,9 @@
 """Two real STT replicas (``python -m voxbus.services.stt``: Whisper tiny.en, Silero VAD) on a
 real nats-server; a caller speaks a committed sentence in 20 ms frames at real time and goes on
 sending silence, as the bridge does. The replica holding the caller's session is killed (-9)
-one second into the speech, or just after it. The survivor replays the frames that were never
-acked and closes the turn: one final transcript and one end of turn, with the whole sentence."""
+one second into the speech, or just after it (or not at all: the baseline wait). The survivor
+replays the frames that were never acked and closes the turn: one final transcript and one end
+of turn, with the whole sentence."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ async def stt_pair(tmp_path: Path) -> AsyncIterator[tuple[Bus, list[subprocess.P
         yield pair
 
 
-@pytest.mark.parametrize("kill_at", ["one_second_in", "end_of_speech"])
+@pytest.mark.parametrize("kill_at", ["one_second_in", "end_of_speech", "never"])
 async def test_a_killed_stt_replica_loses_no_turn(
     stt_pair: tuple[Bus, list[subprocess.Popen[bytes]]], kill_at: str
 ) -> None:
@@ -49,8 +50,8 @@ async def test_a_killed_stt_replica_loses_no_turn(
         fixture.speech_end_ms + 40
     feed_started = time.monotonic()
     await feed.play(pcm[: cut_ms * bytes_per_ms])
-    victim = await owner_pid(bus, "stt", session)
-    os.kill(victim, signal.SIGKILL)
+    if kill_at != "never":  # "never": the same sentence without a kill, the baseline
+        os.kill(await owner_pid(bus, "stt", session), signal.SIGKILL)
     killed = time.monotonic()
     await feed.play(pcm[cut_ms * bytes_per_ms:])
     await feed.play(b"\0\0" * 16_000 * 6)  # the caller's line stays open: silence
@@ -68,7 +69,9 @@ async def test_a_killed_stt_replica_loses_no_turn(
     # What the caller waits for: the end of turn, measured from the end of the speech (the
     # end-of-turn silence and the final decode are in it even without a kill).
     speech_end = feed_started + fixture.speech_end_ms / 1000
-    report(f"stt killed {kill_at.replace('_', ' ')}", gap_s=at - speech_end,
+    scenario = "stt not killed (baseline)" if kill_at == "never" else \
+        f"stt killed {kill_at.replace('_', ' ')}"
+    report(scenario, gap_s=at - speech_end,
            turns_lost=0, duplicates=stored.count("final") - 1,
            since_kill_s=round(at - killed, 3), transcript=ends[0].transcript)
 

@@ -4,6 +4,7 @@ subject. Run: python -m tests.runtime.replica_proc NATS_URL REGION NAME DELAY_MS
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from voxbus.contracts.subjects import Kind
 from voxbus.runtime import logging as vlog
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.stage import Context, StatelessStage
-from voxbus.runtime.worker import Worker, WorkerOptions
+from voxbus.runtime.worker import Worker, worker_options_from_env
 
 
 class RecorderStage(StatelessStage):
@@ -40,7 +41,8 @@ class RecorderStage(StatelessStage):
 async def main(url: str, region: str, name: str, delay_ms: float) -> None:
     vlog.configure(os.environ.get("REPLICA_LOG_LEVEL", "warning"))
     bus = await Bus.connect(url, regions=[region], partitions=16, name=name)
-    worker = Worker(bus, RecorderStage(bus, name, delay_ms / 1000), WorkerOptions(replica=name))
+    opts = dataclasses.replace(worker_options_from_env(), replica=name)  # VOXBUS_ACK_WAIT_S...
+    worker = Worker(bus, RecorderStage(bus, name, delay_ms / 1000), opts)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await worker.start()

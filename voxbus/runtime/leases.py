@@ -16,6 +16,15 @@ a dead connection. A session is never handled by two replicas at once.
 is retried with backoff, logged once when the outage starts and once when it ends. A bucket that
 disappeared (the server came back with an empty store) is recreated by ``reprovision``.
 
+**Orphans.** Fencing makes a dead or cut-off holder harmless ``ttl - fence_margin_s`` after its
+last successful renewal, before the key expires. So each tick also reads the lease keys held by
+others; a key whose revision has not changed for that long *on this replica's clock*, counted
+from when this replica first saw that revision (which is after its holder sent it), belongs to a
+holder that has stopped acting on it. It is taken at once, by compare-and-set on that revision,
+even above this replica's share (the shares even out once the dead member's key is gone). A
+killed replica's partitions move about ``ttl - fence_margin_s`` after its last renewal instead of
+``ttl`` plus a tick.
+
 Membership is counted from the bucket stream's per-subject state (one request, no consumer), and
 a leaving replica purges its membership key (no delete marker left to count).
 """
@@ -92,6 +101,14 @@ class PartitionLeases:
         # No partition is taken before this (see ``hold_off``).
         self._hold_off_until = 0.0
         self.fenced = 0  # partitions dropped because their lease could not be renewed
+        #: Set by ``release_all``: renew what is held (it is being drained), take nothing more.
+        self.leaving = False
+        # partition -> (revision of another replica's lease, when we first saw that revision)
+        self._seen: dict[int, tuple[int, float]] = {}
+        self._seen_members: dict[str, tuple[int, float]] = {}  # the same for membership keys
+        #: A member whose key has not changed this long is not counted (it renews every tick).
+        self.member_stale_s = min(self.fence_after_s, 2.5 * tick_s)
+        self.orphans_taken = 0  # partitions taken from a holder that stopped renewing
         self.log = log.bind(stage=stage, replica=replica, bucket=bucket)
 
     def _key(self, p: int) -> str:
@@ -111,10 +128,33 @@ class PartitionLeases:
         return sent is not None and time.monotonic() - sent < self.fence_after_s
 
     async def _members(self) -> int:
+        """Replicas alive: membership keys present, less those not renewed for a few ticks on
+        our clock (a killed member's key lingers until the ttl; counting it would make the
+        survivors give back the partitions they took over)."""
         info = await self._js.stream_info(
             f"KV_{self._bucket}", subjects_filter=self._subject(f"{self._stage}.m.*")
         )
-        return max(1, len(info.state.subjects or {}))
+        ours = self._subject(self._member_key())
+        others = [subj for subj in info.state.subjects or {} if subj != ours]
+        stale = await asyncio.gather(*(self._member_stale(subj) for subj in others))
+        for subj in set(self._seen_members) - set(others):
+            del self._seen_members[subj]
+        return 1 + sum(1 for gone in stale if not gone)
+
+    async def _member_stale(self, subject: str) -> bool:
+        key = subject.removeprefix(f"$KV.{self._bucket}.")
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return True
+        if entry.revision is None:
+            return True
+        now = time.monotonic()
+        rev, since = self._seen_members.get(subject, (None, now))
+        if rev != entry.revision:
+            self._seen_members[subject] = (entry.revision, now)
+            return False
+        return now - since >= self.member_stale_s
 
     # ---- renewing, taking, giving back ---------------------------------------------------------
 
@@ -146,6 +186,8 @@ class PartitionLeases:
         Keys that vanish otherwise are released (their owner stopped first) or expired (after
         the ttl, so past the fence), so this is the one case that needs waiting."""
         self._hold_off_until = max(self._hold_off_until, time.monotonic() + self.fence_after_s)
+        self._seen.clear()  # what we saw before the drop says nothing about the keys after it
+        self._seen_members.clear()
 
     async def _lost(self, p: int) -> None:
         if self.held.pop(p, None) is None:
@@ -177,6 +219,47 @@ class PartitionLeases:
             self.log.info("lease_acquired", partition=p)
             await self._on_acquire(p)
             want -= 1
+
+    async def _observe(self, p: int) -> tuple[int, float] | None:
+        """Read another replica's lease on ``p``: the revision to take it over with and how long
+        we have seen it unchanged, if its holder has stopped acting on it (fenced or dead)."""
+        try:
+            entry = await self._kv.get(self._key(p))
+        except KeyNotFoundError:
+            self._seen.pop(p, None)
+            return None
+        if entry.revision is None or entry.value == self._value:
+            self._seen.pop(p, None)
+            return None
+        now = time.monotonic()
+        rev, since = self._seen.get(p, (None, now))
+        if rev != entry.revision:
+            self._seen[p] = (entry.revision, now)
+            return None
+        return (entry.revision, now - since) if now - since >= self.fence_after_s else None
+
+    async def _take_orphans(self) -> None:
+        """Take the partitions whose holders have stopped renewing (see the module's doc)."""
+        if time.monotonic() < self._hold_off_until:
+            return
+        others = [p for p in range(self._partitions) if p not in self.held
+                  and p not in self._fencing]
+        seen = await asyncio.gather(*(self._observe(p) for p in others))
+        for p, orphan in zip(others, seen, strict=True):
+            if orphan is None or p in self.held:
+                continue
+            rev, unchanged_s = orphan
+            sent = time.monotonic()
+            try:
+                new_rev = await self._kv.update(self._key(p), self._value, last=rev)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                continue  # renewed after all, or taken by another survivor first
+            self._seen.pop(p, None)
+            self.held[p], self.renewed[p] = new_rev, sent
+            self.orphans_taken += 1
+            self.log.warning("lease_orphan_taken", partition=p,
+                             unchanged_s=round(unchanged_s, 2))
+            await self._on_acquire(p)
 
     async def _adopt(self, p: int) -> int | None:
         """Take back a key that still names us (we fenced ourselves, and it has not expired
@@ -223,9 +306,14 @@ class PartitionLeases:
     # ---- the loops ----------------------------------------------------------------------------
 
     async def tick(self) -> None:
+        if self.leaving:  # draining: renew what we drain, and no longer count as a member
+            for p, rev in list(self.held.items()):
+                await self._renew(p, rev)
+            return
         await self._kv.put(self._member_key(), b"1")
         for p, rev in list(self.held.items()):
             await self._renew(p, rev)
+        await self._take_orphans()
         share = math.ceil(self._partitions / await self._members())
         keeping = [p for p in sorted(self.held) if p not in self._releasing]
         if len(keeping) > share:
@@ -292,6 +380,9 @@ class PartitionLeases:
             await fences.close()
 
     async def release_all(self) -> None:
+        """Drain and give back every partition (the lease loop keeps renewing them meanwhile,
+        if it runs), then leave the membership."""
+        self.leaving = True
         await self._drains.close()
         await asyncio.gather(*(self.release(p) for p in sorted(self.held)))
         try:

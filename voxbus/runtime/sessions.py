@@ -361,6 +361,11 @@ class SessionLanes:
                         else:
                             handler = sess.handler = await self._open(sess)
                     await self._traced(handler, sess, d, ctx)
+                    if not sess.scope.owned:
+                        # the lease went during the handler, which then published nothing more:
+                        # back to JetStream, for the next owner to handle again
+                        await d.inbound.nak(0.1)
+                        break
                     self._done.add(d.key)
                     self.stats.handled += 1
                     if ctx.held:

@@ -53,7 +53,7 @@ class WorkerOptions:
     replica: str = ""
     lane_queue: int = 256
     recent_keys: int = 4096  # handled messages remembered per partition (redelivered copies)
-    ack_wait_s: float = 2.0
+    ack_wait_s: float = 1.2
     lease_tick_s: float = 0.4
     #: A partition is dropped when its lease went unrenewed for ``ttl - lease_fence_margin_s``.
     lease_fence_margin_s: float = 0.8
@@ -417,10 +417,11 @@ class Worker:
         self.log.info("worker_started", regions=self.bus.regions)
 
     async def stop(self) -> None:
-        """Drain: stop taking work, finish and ack what was taken, hand the partitions back."""
+        """Drain: stop taking work, finish and ack what was taken, hand the partitions back.
+        The leases stay renewed and the taken messages marked in progress while the partitions
+        drain: a drain longer than the fence would otherwise lose the partitions under it."""
+        await asyncio.gather(*(leases.release_all() for leases in self._leases.values()))
         await self._tasks.close()
-        for leases in self._leases.values():
-            await leases.release_all()
         await self.stage.stop()
         self.log.info("worker_stopped", handled=self.handled)
 
