@@ -53,6 +53,10 @@ class AudioIn(Message, frozen=True, kw_only=True, tag="audio.in"):
     capture_ns: int
     pcm: Pcm
     participant: str = ""
+    #: The last user turn the sender has heard of for this session (the bridge's). A stage
+    #: whose state for the session is gone (the server came back with an empty store) numbers
+    #: the next turn above it, so the listener does not take the new turns for old ones.
+    turns_heard: NonNegative = 0
 
 
 class Transcript(Message, frozen=True, kw_only=True, tag="stt.transcript"):

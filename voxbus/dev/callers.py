@@ -41,7 +41,8 @@ class BusCaller:
     async def _frame(self, pcm: bytes, rate: int, channels: int) -> None:
         await self.bus.publish(self.region, AudioIn(
             session=self.session, seq=self._seq, sample_rate_hz=rate, channels=channels,
-            capture_ns=time.time_ns(), pcm=pcm, participant="caller"))
+            capture_ns=time.time_ns(), pcm=pcm, participant="caller",
+            turns_heard=self.watch.last_done_turn))
         self._seq += 1
 
     async def say(self, wav: Path, speech_end_ms: float, *, timeout_s: float = 30.0) -> TurnResult:

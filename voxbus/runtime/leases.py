@@ -195,7 +195,17 @@ class PartitionLeases:
         self.renewed.pop(p, None)
         self.log.warning("lease_lost", partition=p)
         if p not in self._releasing:
+            # Dropped in its own task: a tick that finds every key gone (an empty store) must
+            # not run sixteen partitions' abandon in line, past its own timeout, which would
+            # cancel one of them half-way.
+            self._fencing.add(p)
+            self._drains.spawn(self._fence(p), name=f"lost-p{p}")
+
+    async def _fence(self, p: int) -> None:
+        try:
             await self._on_fence(p)
+        finally:
+            self._fencing.discard(p)
 
     async def _acquire(self, want: int) -> None:
         if time.monotonic() < self._hold_off_until:
@@ -334,10 +344,7 @@ class PartitionLeases:
             self.renewed.pop(p, None)
             self.fenced += 1
             self.log.warning("lease_fenced", partition=p, unrenewed_s=round(now - sent, 2))
-            try:
-                await self._on_fence(p)
-            finally:
-                self._fencing.discard(p)
+            await self._fence(p)
 
     async def _fence_loop(self) -> None:
         while True:

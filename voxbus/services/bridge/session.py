@@ -250,7 +250,7 @@ class CallerSession:
         now_ns = time.time_ns()
         msg = AudioIn(
             session=self.id, seq=self._seq, sample_rate_hz=self.s.input_sample_rate_hz,
-            capture_ns=now_ns, pcm=pcm, participant=self.identity,
+            capture_ns=now_ns, pcm=pcm, participant=self.identity, turns_heard=self.user_turn,
         )
         self._seq += 1
         if not self.bus.nc.is_connected:

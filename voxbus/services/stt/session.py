@@ -88,6 +88,7 @@ class SttSession:
         self.scope = scope
         self.frontend = AudioFrontend(segmenter)
         self.turn = last_turn  # the current (or last) turn
+        self.turns_heard = 0  # the highest turn the caller's side has heard of (AudioIn)
         self.fmt: tuple[int, int] | None = None  # (sample_rate_hz, channels) of the last frame
         self.closed_turn = 0  # the last turn whose EndOfTurn was detected
         self.partials_sent = 0  # partials published for `turn`; the final's seq follows them
@@ -128,6 +129,7 @@ class SttSession:
         except PcmError as e:
             raise BadInput("bad_pcm", str(e)) from None
         ctx.hold()
+        self.turns_heard = max(self.turns_heard, msg.turns_heard)
         self.held_ends.append(self.frontend.segmenter.position)
         fmt = (msg.sample_rate_hz, msg.channels)
         if fmt != self.fmt:
@@ -231,7 +233,7 @@ class SttSession:
     async def _next_turn(self, frame: int) -> int:
         """The number of the turn whose speech starts at audio frame ``frame``: a stored turn
         that started there (its frames are replayed after a takeover), else one past this
-        worker's and the bucket's last turn, stored."""
+        worker's, the bucket's and the caller's side's last turn, stored."""
         scope = self.scope
         try:
             stored = await read_state(scope.bus, scope.region, scope.session)
@@ -242,7 +244,10 @@ class SttSession:
             if abs(start.frame - frame) <= SAME_START_FRAMES and start.turn > self.closed_turn:
                 scope.log.info("turn_replayed", turn=start.turn, frame=frame)
                 return start.turn
-        turn = max(self.turn, stored.turn) + 1
+        turn = max(self.turn, stored.turn, self.turns_heard) + 1
+        if self.turns_heard > max(self.turn, stored.turn):
+            scope.log.warning("turn_state_behind", stored_turn=stored.turn,
+                              turns_heard=self.turns_heard, turn=turn)
         starts = [*stored.starts, control.TurnStart(turn, frame)][-STARTS_KEPT:]
         try:
             kv = await scope.bus.kv(state_bucket(scope.region))
