@@ -1,8 +1,8 @@
 """Two real LLM replicas (``python -m voxbus.services.llm``: llama.cpp, SmolLM2) on a real
-nats-server. A user turn comes in; the replica answering it is killed (-9) a few text deltas in.
-The survivor answers the turn again with the same seed and the same conversation, so the same
-words with the same sequence numbers: the stream keeps each delta once, the spans join up, and
-the reply ends once with the text the deltas spell."""
+nats-server. A user turn comes in; the replica answering it is killed (-9) a few text deltas in,
+or before its first one. The survivor answers the turn again with the same seed and the same
+conversation, so the same words with the same sequence numbers: the stream keeps each delta
+once, the spans join up, and the reply ends once with the text the deltas spell."""
 
 from __future__ import annotations
 
@@ -31,16 +31,21 @@ async def llm_pair(tmp_path: Path) -> AsyncIterator[tuple[Bus, list[subprocess.P
         yield pair
 
 
+@pytest.mark.parametrize("kill_at", ["mid_reply", "before_its_first_text"])
 async def test_a_killed_llm_replica_repeats_no_clause(
-    llm_pair: tuple[Bus, list[subprocess.Popen[bytes]]],
+    llm_pair: tuple[Bus, list[subprocess.Popen[bytes]]], kill_at: str,
 ) -> None:
     bus, _procs = llm_pair
-    session = "llm-kill"
+    session = f"llm-kill-{kill_at.replace('_', '-')}"
     tap = await Tap.on_bus(bus, REGION, f"{session}.llm.>")
     await bus.publish(REGION, EndOfTurn(
         session=session, turn=1, transcript="Can you tell me about your opening hours and "
         "how I can book a table for four people tonight?", speech_start_ns=0, speech_end_ns=0))
-    await tap.until(lambda t: len(t.of(ReplyText, session)) >= 3, timeout_s=60)
+    if kill_at == "mid_reply":
+        await tap.until(lambda t: len(t.of(ReplyText, session)) >= 3, timeout_s=60)
+    else:  # the turn is taken (the prompt being read), nothing said yet
+        await asyncio.sleep(0.1)
+        assert not tap.of(ReplyText, session)
     os.kill(await owner_pid(bus, "llm", session), signal.SIGKILL)
     killed = time.monotonic()
     before = len(tap.of(ReplyText, session))
@@ -57,5 +62,7 @@ async def test_a_killed_llm_replica_repeats_no_clause(
     assert ends[0].text == "".join(d.text for d in deltas)
     new = [at for at, m in tap.timed(ReplyText) if m.seq >= before]
     assert new, "no text after the kill"
-    report("llm killed mid-reply", gap_s=min(new) - killed, duplicates=0, deltas=len(deltas),
+    report(f"llm killed {kill_at.replace('_', ' ').replace('mid reply', 'mid-reply')}",
+           gap_s=min(new) - killed,
+           duplicates=0, deltas=len(deltas),
            copies_on_core_nats=len(tap.of(ReplyText, session)) - len(deltas))

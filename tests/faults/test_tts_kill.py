@@ -1,8 +1,8 @@
 """Two real TTS replicas (``python -m voxbus.services.tts``: Kokoro) on a real nats-server. A
 reply is published as the LLM does (text deltas, then its end); the replica speaking it is killed
-(-9) once its first frames are out. The survivor speaks the reply again with the same frame
-numbers: the stream keeps one copy of each frame, and a listener that drops a frame number it
-already has (as the bridge does) hears every frame once, in order, to the last one."""
+(-9) once its first frames are out, or before them. The survivor speaks the reply again with the
+same frame numbers: the stream keeps one copy of each frame, and a listener that drops a frame
+number it already has (as the bridge does) hears every frame once, in order, to the last one."""
 
 from __future__ import annotations
 
@@ -44,11 +44,12 @@ def heard_gap(frames: list[tuple[float, AudioOut]]) -> float:
     return gap
 
 
+@pytest.mark.parametrize("kill_at", ["mid_reply", "before_its_first_audio"])
 async def test_a_killed_tts_replica_repeats_no_word(
-    tts_pair: tuple[Bus, list[subprocess.Popen[bytes]]],
+    tts_pair: tuple[Bus, list[subprocess.Popen[bytes]]], kill_at: str,
 ) -> None:
     bus, _procs = tts_pair
-    session = "tts-kill"
+    session = f"tts-kill-{kill_at.replace('_', '-')}"
     tap = await Tap.on_bus(bus, REGION, f"{session}.audio.out")
     words = REPLY.split(" ")
     pos = 0
@@ -58,7 +59,11 @@ async def test_a_killed_tts_replica_repeats_no_word(
                                             char_start=pos, char_end=pos + len(piece)))
         pos += len(piece)
     await bus.publish(REGION, ReplyEnd(session=session, turn=1, text=REPLY))
-    await tap.until(lambda t: len(t.of(AudioOut, session)) >= 10, timeout_s=60)
+    if kill_at == "mid_reply":
+        await tap.until(lambda t: len(t.of(AudioOut, session)) >= 10, timeout_s=60)
+    else:  # the reply taken, its first unit being synthesized
+        await asyncio.sleep(0.1)
+        assert not tap.of(AudioOut, session)
     os.kill(await owner_pid(bus, "tts", session), signal.SIGKILL)
     killed = time.monotonic()
     await tap.until(lambda t: any(f.last for f in t.of(AudioOut, session)), timeout_s=60)
@@ -79,6 +84,9 @@ async def test_a_killed_tts_replica_repeats_no_word(
     kept = [decode(d) for d in await stored(bus, session, streams.audio_stream(REGION))]
     kept_seqs = [m.seq for m in kept if isinstance(m, AudioOut)]
     assert sorted(kept_seqs) == seqs, "the stream holds a frame twice (or lost one)"
-    report("tts killed mid-reply", gap_s=heard_gap(played), duplicates=len(kept_seqs) - len(seqs),
+    # mid-reply: the longest silence inside the reply; before it: the wait for its first frame
+    gap = heard_gap(played) if kill_at == "mid_reply" else played[0][0] - killed
+    report(f"tts killed {kill_at.replace('_', ' ').replace('mid reply', 'mid-reply')}", gap_s=gap,
+           duplicates=len(kept_seqs) - len(seqs),
            frames=len(seqs), copies_dropped_by_listener=repeated,
            done_after_kill_s=round(played[-1][0] - killed, 3))
