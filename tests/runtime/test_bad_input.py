@@ -116,3 +116,29 @@ async def test_stage_errors_and_retries(running: tuple[Bus, Tap]) -> None:
     assert codes == {"unlucky", "internal"}
     outs = await tap.outputs(3)
     assert [o.seq for o in outs] == [5, 7, 8]  # 7 succeeded on its third attempt, in order
+
+
+async def test_a_message_of_the_wrong_kind_for_its_subject(running: tuple[Bus, Tap]) -> None:
+    """An agent audio frame sent on the caller's audio subject is not the caller's audio."""
+    bus, tap = running
+    alien = AudioOut(session="k1", turn=1, seq=0, sample_rate_hz=24000, pcm=b"\0\0" * 10)
+    await bus.js.publish(subject(REGION, "k1", Kind.AUDIO_IN), encode(alien))
+    await bus.publish(REGION, frame("k1", 1))
+    err = await tap.error()
+    assert (err.session, err.code) == ("k1", "wrong_kind"), err
+    assert [(o.session, o.seq) for o in await tap.outputs(1)] == [("k1", 1)]
+
+
+async def test_a_flood_of_bad_input_makes_a_few_error_events(running: tuple[Bus, Tap]) -> None:
+    """Each rejected message used to become an error event kept for a day. Past a small burst
+    per session they are counted, not stored; another session still gets its own."""
+    bus, tap = running
+    for _ in range(200):
+        await bus.js.publish(subject(REGION, "f1", Kind.AUDIO_IN), b"\xc1 junk")
+    await bus.publish(REGION, frame("f1", 1))
+    await bus.js.publish(subject(REGION, "f2", Kind.AUDIO_IN), b"\xc1 junk")
+    assert [(o.session, o.seq) for o in await tap.outputs(1)] == [("f1", 1)]
+    await asyncio.sleep(0.5)
+    sessions = [tap.errors.get_nowait().session for _ in range(tap.errors.qsize())]
+    assert 1 <= sessions.count("f1") <= 10, sessions.count("f1")
+    assert sessions.count("f2") == 1

@@ -25,6 +25,7 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime import tracing
+from voxbus.runtime.ratelimit import ErrorBudget
 
 log = structlog.get_logger("voxbus.bus")
 
@@ -48,6 +49,8 @@ class Bus:
         self.tracing = tracing.enabled()
         self._reconnect_listeners: list[Callable[[], Awaitable[None]]] = []
         self._disconnect_listeners: list[Callable[[], None]] = []
+        #: Error events answering bad input, rate-limited per session and in all (``ratelimit``).
+        self.error_budget = ErrorBudget()
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -239,7 +242,14 @@ class Bus:
         self, region: str, session: str, *, turn: int, code: str, message: str, stage: str,
         source_subject: str = "",
     ) -> None:
-        """Answer bad input on the session's control subject; never raises."""
+        """Answer bad input on the session's control subject; never raises. Past the session's
+        (or this process's) error budget the event is counted and logged, not published."""
+        if not self.error_budget.allow(f"{region}.{session}"):
+            n = self.error_budget.suppressed
+            if n & (n - 1) == 0:  # 1, 2, 4, 8...: a flood logs a few lines, not one per message
+                log.warning("error_events_suppressed", total=n, code=code, stage=stage,
+                            session=session)
+            return
         event = ErrorEvent(
             session=session, turn=turn, code=code, message=message[:500], stage=stage,
             subject=source_subject, at_ns=time.time_ns(),

@@ -33,7 +33,13 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from voxbus.contracts import decode, streams
-from voxbus.contracts.subjects import InvalidSubject, Kind, parse_subject, partition_filter
+from voxbus.contracts.subjects import (
+    InvalidSubject,
+    Kind,
+    kind_of,
+    parse_subject,
+    partition_filter,
+)
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.lanes import Delivery
 from voxbus.runtime.leases import PartitionLeases
@@ -255,7 +261,10 @@ class Partition:
             msg = decode(raw.data)
             if msg.session != subj.session:
                 raise BadInput("session_mismatch", f"message for {msg.session!r} on {raw.subject}")
-        except (msgspec.DecodeError, BadInput) as e:
+            if kind_of(type(msg)) != subj.kind:  # e.g. an EndOfTurn sent as an interrupt
+                raise BadInput("wrong_kind", f"{type(msg).__name__} does not belong on "
+                                             f"{subj.kind.value} subjects")
+        except (msgspec.DecodeError, BadInput, InvalidSubject) as e:
             code = e.code if isinstance(e, BadInput) else "bad_message"
             log.warning("bad_message", code=code, subject=raw.subject, session=subj.session,
                         error=str(e))
