@@ -130,3 +130,26 @@ async def test_a_failing_open_is_retried_in_the_lane() -> None:
         await runner.idle()
     assert stage.opened == ["s"]
     assert [outcome for outcome, _ in runner.outcomes()] == ["ack", "ack"]
+
+
+async def test_a_quiet_session_makes_room_for_one_with_input() -> None:
+    """Every place taken by sessions that sent one message: a session that keeps sending gets
+    the place of the quietest, and keeps it; a session that is talking is never evicted."""
+    stage = LaterStage(delay_s=0.0)
+    stage.policy = SessionPolicy(max_sessions=2, evict_idle_s=0.3, admit_timeout_s=10)
+    async with StageRunner(stage, region=REGION) as runner:
+        await runner.send(frame("quiet", 0))
+        for seq in range(3):
+            await runner.send(frame("talker", seq))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        for seq in range(20):  # a third session arrives and keeps sending
+            await runner.send(frame("late", seq))
+            await runner.send(frame("talker", 3 + seq))
+            await asyncio.sleep(0.05)
+        await runner.idle()
+    closed = {(s, reason) for s, reason, _ in stage.closed}
+    assert ("quiet", "evicted") in closed, stage.closed
+    assert ("talker", "evicted") not in closed and ("late", "evicted") not in closed
+    late = [seqs for s, _r, seqs in stage.closed if s == "late"]
+    assert sum(late, []) == list(range(20)), "the late session lost or reordered frames"

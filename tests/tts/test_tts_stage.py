@@ -203,6 +203,33 @@ async def test_sessions_beyond_the_limit_get_an_error(bus: Bus) -> None:
     check_reply_frames(c.turn(1), "Hi.")
 
 
+async def test_replies_that_never_end_make_room_and_expire(bus: Bus) -> None:
+    """Four chunks of a reply and no end used to hold a place for two minutes, and the next
+    real reply failed with ``tts_busy``. Now a reply quiet for ``evict_idle_s`` gives its place
+    to one that needs it, and one quiet for ``reply_ttl_s`` is closed anyway; each gets its end
+    marker, so no listener waits for the rest."""
+    fake = FakeSynthesizer()
+    hung, lone, real = [await listen(bus, s) for s in ("hung", "lone", "real")]
+    settings = replace(SETTINGS, max_sessions=1, admit_timeout_s=2.0, evict_idle_s=0.5,
+                       reply_ttl_s=3.0)
+    async with tts_worker(bus, fake, settings):
+        await send_reply(bus, "hung", 1, "One, two, three, four.", cuts=[4, 9, 16], end=False)
+        await wait_for(lambda: hung.turn(1), 5)
+        await asyncio.sleep(0.6)
+        started = time.monotonic()
+        await send_reply(bus, "real", 1, "Hello there.", cuts=[6])
+        await wait_for(lambda: real.done(1), 5)
+        took = time.monotonic() - started
+        assert not real.errors, real.errors
+        check_reply_frames(real.turn(1), "Hello there.")
+        assert hung.done(1), "the evicted reply got no end marker"
+        assert took < 1.5, f"the real reply waited {took:.2f} s"
+
+        await send_reply(bus, "lone", 1, "Still there?", cuts=[6], end=False)
+        await wait_for(lambda: lone.turn(1), 5)
+        await wait_for(lambda: lone.done(1), 6)  # reply_ttl_s, with no one waiting for a place
+
+
 async def test_unknown_voice_falls_back_to_the_default(bus: Bus) -> None:
     fake = FakeSynthesizer()
     heard = await listen(bus, "s1")

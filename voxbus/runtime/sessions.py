@@ -71,20 +71,55 @@ class SessionStats:
 
 
 class Admission:
-    """Places for sessions with an open handler in one worker (0: no limit)."""
+    """Places for sessions with an open handler in one worker (0: no limit), and who holds
+    them (for eviction: ``quietest``)."""
+
+    RESERVE_S = 3.0  # a place freed for a session waits this long for it
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self.holders: dict[int, tuple[SessionLanes, Session]] = {}
+        #: Places being freed (a quiet session evicted) for the session that needed one:
+        #: (region, session) -> until when. Nobody else takes them meanwhile.
+        self.reserved: dict[tuple[str, str], float] = {}
 
-    def try_take(self) -> bool:
-        if self.limit and self.held >= self.limit:
+    def try_take(self, who: tuple[str, str] = ("", "")) -> bool:
+        if not self.limit:
+            self.held += 1
+            return True
+        now = time.monotonic()
+        for key in [k for k, until in self.reserved.items() if until < now]:
+            del self.reserved[key]
+        mine = self.reserved.pop(who, None) is not None
+        if self.held + len(self.reserved) >= self.limit and not (
+            mine and self.held < self.limit
+        ):
+            if mine:  # not free yet (the evicted session is closing): keep it for us
+                self.reserved[who] = now + self.RESERVE_S
             return False
         self.held += 1
         return True
 
+    def reserve(self, who: tuple[str, str]) -> None:
+        self.reserved[who] = time.monotonic() + self.RESERVE_S
+
     def give(self) -> None:
         self.held = max(0, self.held - 1)
+
+    def quietest(self, now: float, min_quiet_s: float) -> tuple[SessionLanes, Session] | None:
+        """The holder without a message for longest, if at least ``min_quiet_s`` and idle."""
+        best: tuple[SessionLanes, Session] | None = None
+        for lanes, sess in self.holders.values():
+            quiet = now - sess.last_seen
+            lane = sess.lane
+            if quiet < min_quiet_s or sess.busy() or sess.evicting or (
+                lane is not None and lane.idle_for(now) < min_quiet_s
+            ):
+                continue
+            if best is None or sess.last_seen < best[1].last_seen:
+                best = (lanes, sess)
+        return best
 
 
 class SessionScope:
@@ -172,6 +207,7 @@ class Session:
         self.refusing = False
         self.outstanding = Outstanding()
         self.last_seen = time.monotonic()
+        self.evicting = False
 
     def busy(self) -> bool:
         return bool(getattr(self.handler, "busy", False))
@@ -288,7 +324,8 @@ class SessionLanes:
         return True
 
     async def _admit(self, sess: Session, d: Delivery) -> bool:
-        if self.admission.try_take():
+        if self.admission.try_take((self.region, sess.id)):
+            self.admission.holders[id(sess)] = (self, sess)
             sess.admitted, sess.waiting_since, sess.refusing = True, None, False
             lane = Lane(sess.id, process=lambda x: self._process(sess, x), skip=self._skip,
                         maxsize=self.opts.lane_queue, on_exit=lambda _lane: None)
@@ -296,6 +333,7 @@ class SessionLanes:
             sess.lane = lane
             lane.task = self._tasks.spawn(lane.run(), name=f"lane-{sess.id}")
             return True
+        self._evict_for(sess)
         now = time.monotonic()
         if sess.waiting_since is None:
             sess.waiting_since = now
@@ -321,6 +359,24 @@ class SessionLanes:
             for out in answer(d.msg):
                 await self.bus.publish(self.region, out)
         return False
+
+    def _evict_for(self, sess: Session) -> None:
+        """Every place is taken and ``sess`` has input: close the session quiet the longest,
+        if one has been quiet for ``evict_idle_s`` (its place is free by the time the message,
+        handed back meanwhile, comes again)."""
+        quiet_s = self.stage.policy.evict_idle_s
+        if not quiet_s or (self.region, sess.id) in self.admission.reserved:
+            return  # never evicting, or a place is being freed for it already
+        victim = self.admission.quietest(time.monotonic(), quiet_s)
+        if victim is None:
+            return
+        lanes, quiet = victim
+        quiet.evicting = True
+        quiet.scope.log.info("session_evicted", quiet_s=round(time.monotonic() -
+                                                              quiet.last_seen, 1),
+                             for_session=sess.id)
+        self.admission.reserve((self.region, sess.id))
+        lanes._tasks.spawn(lanes.end(quiet, "evicted"), name=f"evict-{quiet.id}")
 
     async def _defer(self, sess: Session, d: Delivery) -> None:
         sess.outstanding.add(d.key)
@@ -468,7 +524,10 @@ class SessionLanes:
         working = lane is not None and (lane.current is not None or not lane.queue.empty())
         if reason == "released" and (not sess.scope.release_requested or lane is None or working):
             return  # a message came in meanwhile: keep the handler
-        if reason == "idle" and (working or sess.busy() or self.sessions.get(sess.id) is not sess):
+        if reason in ("idle", "evicted") and (
+            working or sess.busy() or self.sessions.get(sess.id) is not sess
+        ):
+            sess.evicting = False
             return  # a message came in between the sweep and now: it is handled here, in order
         if reason != "released" and self.sessions.get(sess.id) is sess:
             del self.sessions[sess.id]  # released: kept, dormant, with its interrupt watermark
@@ -493,6 +552,8 @@ class SessionLanes:
             await sess.scope.ack_held()
         if admitted:
             self.admission.give()
+            self.admission.holders.pop(id(sess), None)
+        sess.evicting = False
         sess.scope.log.debug("session_closed", reason=reason)
 
     def sweep(self, now: float) -> None:

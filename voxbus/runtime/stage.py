@@ -122,15 +122,22 @@ class SessionPolicy:
     other sessions of its partition) up to ``admit_timeout_s``, then its messages are refused
     with a ``<stage>_busy`` error event until a place is free. ``idle_close_s``: a session
     without a message for this long is closed (a handler reporting ``busy`` stays open).
+    ``evict_idle_s``: when every place is taken, a session without a message for this long
+    (and not ``busy``) is closed to make room for one that has input (0: never): a caller's
+    line sends frames all the time, so a session that went quiet is gone or was never real.
     """
 
     max_sessions: int = 0
     admit_timeout_s: float = 5.0
     idle_close_s: float = 30.0
+    evict_idle_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.max_sessions < 0 or self.admit_timeout_s < 0 or self.idle_close_s <= 0:
-            raise ValueError("max_sessions >= 0, admit_timeout_s >= 0 and idle_close_s > 0")
+        if self.max_sessions < 0 or self.admit_timeout_s < 0 or self.idle_close_s <= 0 or (
+            self.evict_idle_s < 0
+        ):
+            raise ValueError("max_sessions >= 0, admit_timeout_s >= 0, idle_close_s > 0 and "
+                             "evict_idle_s >= 0")
 
 
 class SessionHandler(Protocol):

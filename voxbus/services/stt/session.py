@@ -24,6 +24,8 @@ from voxbus.contracts.messages import (
     AudioIn,
     EndOfTurn,
     Message,
+    SessionEnded,
+    SessionStarted,
     Transcript,
     UserStartedSpeaking,
     UserStoppedSpeaking,
@@ -120,6 +122,11 @@ class SttSession:
     # ---- frames ---------------------------------------------------------------------------------
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
+        if isinstance(msg, SessionEnded):  # hung up: close once what is queued is handled
+            self.scope.release()
+            return
+        if isinstance(msg, SessionStarted):
+            return
         if not isinstance(msg, AudioIn):
             raise BadInput("unexpected_message", f"stt takes audio.in, not {type(msg).__name__}")
         try:

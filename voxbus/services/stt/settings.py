@@ -52,6 +52,8 @@ class SttSettings:
     max_sessions: int = 32  # sessions with state in this worker; more wait (backpressure)
     session_idle_s: float = 60.0  # a session's state is dropped after this long without frames
     admit_timeout_s: float = 10.0  # a session over max_sessions waits this long, then is refused
+    # with every place taken, a session without frames for this long makes room (0: never)
+    evict_idle_s: float = 2.0
     drain_timeout_s: float = 10.0  # on stop, how long finals still decoding may take
 
     def __post_init__(self) -> None:
@@ -62,8 +64,9 @@ class SttSettings:
                 raise SettingsError(f"STT_{name.upper()} must be >= 1")
         if not 0 <= self.partial_nice <= 19:
             raise SettingsError("STT_PARTIAL_NICE must be 0..19")
-        if self.session_idle_s <= 0 or self.drain_timeout_s < 0:
-            raise SettingsError("STT_SESSION_IDLE_S must be > 0 and STT_DRAIN_TIMEOUT_S >= 0")
+        if self.session_idle_s <= 0 or self.drain_timeout_s < 0 or self.evict_idle_s < 0:
+            raise SettingsError("STT_SESSION_IDLE_S must be > 0, STT_DRAIN_TIMEOUT_S and "
+                                "STT_EVICT_IDLE_S >= 0")
         try:
             self.turn_config()
         except ValueError as e:
@@ -111,5 +114,6 @@ class SttSettings:
             max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
             session_idle_s=env.float("SESSION_IDLE_S", d.session_idle_s),
             admit_timeout_s=env.float("ADMIT_TIMEOUT_S", d.admit_timeout_s),
+            evict_idle_s=env.float("EVICT_IDLE_S", d.evict_idle_s),
             drain_timeout_s=env.float("DRAIN_TIMEOUT_S", d.drain_timeout_s),
         )

@@ -88,7 +88,8 @@ class SttStage:
     """Speech to text for many sessions per worker. See the module docstring."""
 
     name = "stt"
-    inputs: tuple[Kind, ...] = (Kind.AUDIO_IN,)
+    #: ``ctl.session``: a caller who hung up (``SessionEnded``) frees the session's place now.
+    inputs: tuple[Kind, ...] = (Kind.AUDIO_IN, Kind.SESSION)
     urgent: tuple[Kind, ...] = ()
 
     def __init__(
@@ -107,7 +108,8 @@ class SttStage:
         ``partial_nice`` 0, partials share the final engine and are skipped while it decodes."""
         self.settings = s = settings or SttSettings()
         self.policy = SessionPolicy(max_sessions=s.max_sessions, idle_close_s=s.session_idle_s,
-                                    admit_timeout_s=s.admit_timeout_s)
+                                    admit_timeout_s=s.admit_timeout_s,
+                                    evict_idle_s=s.evict_idle_s)
         self.stats = SttStats()
         self._engine = engine
         self._partial_engine = partial_engine

@@ -52,8 +52,19 @@ class TtsSession:
 
     async def close(self, reason: str) -> None:
         reply, self.reply = self.reply, None
-        if reply is not None and reason == "idle":
-            self.scope.log.warning("reply_expired", turn=reply.turn, spoken_end=reply.spoken_end)
+        if reply is not None and reason in ("idle", "evicted"):
+            # its end never came (TTS_REPLY_TTL_S without text, or its place was needed): end
+            # it here, so the listener does not wait for the rest
+            self.scope.log.warning("reply_expired", turn=reply.turn, spoken_end=reply.spoken_end,
+                                   reason=reason)
+            try:
+                await self.scope.publish(AudioOut(
+                    session=self.scope.session, turn=reply.turn, seq=reply.seq,
+                    sample_rate_hz=self.stage.sample_rate_hz, pcm=b"",
+                    text_start=reply.spoken_end, text_end=reply.spoken_end, last=True,
+                    emitted_ns=time.time_ns()))
+            except Exception as e:  # noqa: BLE001 - closing must go on
+                self.scope.log.warning("reply_end_not_sent", error=repr(e))
 
     async def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
         if isinstance(msg, Interrupt):

@@ -47,7 +47,11 @@ class TtsSettings:
     ramp: tuple[int, ...] = (50, 100)
     cache_entries: int = 64
     cache_max_chars: int = 24
-    reply_ttl_s: float = 120.0
+    #: A reply whose end never comes is closed after this long without text (its end marker
+    #: is sent), so it cannot hold a place for long.
+    reply_ttl_s: float = 10.0
+    #: With every place taken, a reply without text for this long makes room for a new one.
+    evict_idle_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.speed <= 2.0:
@@ -65,8 +69,9 @@ class TtsSettings:
             raise SettingsError("TTS_MAX_UNIT_CHARS and TTS_RAMP caps must be at least 16")
         if self.cache_entries < 0 or self.cache_max_chars < 0:
             raise SettingsError("TTS_CACHE_ENTRIES and TTS_CACHE_MAX_CHARS must be >= 0")
-        if self.admit_timeout_s < 0 or self.reply_ttl_s <= 0:
-            raise SettingsError("TTS_ADMIT_TIMEOUT_S must be >= 0, TTS_REPLY_TTL_S > 0")
+        if self.admit_timeout_s < 0 or self.reply_ttl_s <= 0 or self.evict_idle_s < 0:
+            raise SettingsError("TTS_ADMIT_TIMEOUT_S and TTS_EVICT_IDLE_S must be >= 0, "
+                                "TTS_REPLY_TTL_S > 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TtsSettings:
@@ -93,6 +98,7 @@ class TtsSettings:
             cache_entries=env.int("CACHE_ENTRIES", d.cache_entries),
             cache_max_chars=env.int("CACHE_MAX_CHARS", d.cache_max_chars),
             reply_ttl_s=env.float("REPLY_TTL_S", d.reply_ttl_s),
+            evict_idle_s=env.float("EVICT_IDLE_S", d.evict_idle_s),
         )
 
 

@@ -52,7 +52,8 @@ class TtsStage:
         self.settings = settings
         self.policy = SessionPolicy(max_sessions=settings.max_sessions,
                                     admit_timeout_s=settings.admit_timeout_s,
-                                    idle_close_s=settings.reply_ttl_s)
+                                    idle_close_s=settings.reply_ttl_s,
+                                    evict_idle_s=settings.evict_idle_s)
         self._engine = engine
         self._scheduler: SynthScheduler | None = None
         self.voice = settings.voice
