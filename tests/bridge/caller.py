@@ -13,10 +13,18 @@ from voxbus.audio import convert_pcm16
 from voxbus.contracts.messages import Message
 from voxbus.dev.livekit_caller import SILENT_RMS, Caller, Heard
 from voxbus.runtime.testing import Tap
+from voxbus.services.bridge.session import session_id_for, session_key
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 M = TypeVar("M", bound=Message)
-__all__ = ["SILENT_RMS", "Caller", "Heard", "Tap", "load_wav", "resample", "tone"]
+__all__ = ["SILENT_RMS", "Caller", "Heard", "Tap", "load_wav", "resample", "session_of",
+           "tone"]
+
+
+def session_of(caller: Caller) -> str:
+    """The opaque session id the bridge gives a joined caller (keyed by the API secret)."""
+    return session_id_for(session_key("", caller.secret), caller.room_name, caller.identity,
+                          caller.room.local_participant.sid)
 
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bridge.caller import Caller, Tap, load_wav, resample, tone
+from tests.bridge.caller import Caller, Tap, load_wav, resample, session_of, tone
 from tests.conftest import REGION
 from voxbus.contracts.messages import (
     AgentSpoke,
@@ -42,8 +42,9 @@ def caller_for(lk: LiveKitServer, room: str, **kw: object) -> Caller:
     return Caller(lk.url, lk.config.api_key, lk.config.api_secret, room, **kw)  # type: ignore[arg-type]
 
 
-async def started(tap: Tap, identity: str = "caller-1") -> SessionStarted:
-    return await tap.wait_for(SessionStarted, where=lambda m: m.participant == identity)
+async def started(tap: Tap, caller: Caller) -> SessionStarted:
+    """The caller's session started: its id is the keyed hash of its room, identity and sid."""
+    return await tap.wait_for(SessionStarted, session=session_of(caller))
 
 
 def report(name: str, **values: float) -> None:
@@ -59,8 +60,8 @@ async def test_echo_through_the_room(
     dispatch_s = time.perf_counter() - t0
     caller = caller_for(livekit, "echo-room")
     await caller.join()
-    sess = await started(tap)
-    assert sess.room == "echo-room"
+    sess = await started(tap, caller)
+    assert not sess.room and not sess.participant, "who the caller is stays off the wire"
     await asyncio.wait_for(caller.agent_track.wait(), 10)
     pcm, rate = load_wav("traffic.wav")
     assert rate == 16_000
@@ -122,7 +123,7 @@ async def test_barge_in_stops_agent_audio(
     await bridge.dispatch("barge-room")
     caller = caller_for(livekit, "barge-room")
     await caller.join()
-    sess = (await started(tap)).session
+    sess = (await started(tap, caller)).session
     await asyncio.wait_for(caller.agent_track.wait(), 10)
     await speak(bus, sess, 1, REPLY, 5.0)
     t_first = None
@@ -161,7 +162,7 @@ async def test_reply_plays_to_the_end(
     await bridge.dispatch("full-room")
     caller = caller_for(livekit, "full-room")
     await caller.join()
-    sess = (await started(tap)).session
+    sess = (await started(tap, caller)).session
     await asyncio.wait_for(caller.agent_track.wait(), 10)
     text = "The meeting starts at ten."
     t0 = time.monotonic()
@@ -183,7 +184,7 @@ async def test_caller_leaves_while_agent_speaks(
     agent = await bridge.dispatch("leave-room")
     caller = caller_for(livekit, "leave-room")
     await caller.join()
-    sess = (await started(tap)).session
+    sess = (await started(tap, caller)).session
     await speak(bus, sess, 1, REPLY, 5.0)
     await asyncio.sleep(1.0)
     await caller.leave()
@@ -206,7 +207,7 @@ async def test_odd_caller_formats_arrive_as_16k_mono(
     await bridge.dispatch("fmt-room")
     caller = caller_for(livekit, "fmt-room", rate=rate, channels=channels)
     await caller.join()
-    sess = (await started(tap)).session
+    sess = (await started(tap, caller)).session
     pcm, src_rate = load_wav("museum.wav")
     x = resample(pcm[: src_rate * 2], src_rate, rate)
     if channels == 2:
@@ -235,7 +236,7 @@ async def test_room_closed_mid_turn(
     agent = await bridge.dispatch("doomed-room")
     caller = caller_for(livekit, "doomed-room")
     await caller.join()
-    sess = (await started(tap)).session
+    sess = (await started(tap, caller)).session
     await speak(bus, sess, 1, REPLY, 5.0)
     await asyncio.sleep(0.8)
     async with api.LiveKitAPI(bridge.s.api_url, bridge.s.api_key, bridge.s.api_secret) as lk:
@@ -264,9 +265,9 @@ async def test_auto_join(
         caller = caller_for(livekit, "walk-in")
         t0 = time.monotonic()
         await caller.join()
-        sess = await started(tap)
+        sess = await started(tap, caller)
         report("auto_join", caller_joined_to_session=time.monotonic() - t0)
-        assert sess.room == "walk-in" and "walk-in" in b.rooms
+        assert "walk-in" in b.rooms
         await caller.leave()
         await tap.wait_for(SessionEnded, session=sess.session)
     finally:
@@ -294,7 +295,7 @@ async def test_stale_reply_is_never_played(
     await bridge.dispatch("stale-room")
     caller = caller_for(livekit, "stale-room")
     await caller.join()
-    sess = (await started(tap)).session
+    sess = (await started(tap, caller)).session
     await asyncio.wait_for(caller.agent_track.wait(), 10)
     await bus.publish(REGION, UserStartedSpeaking(session=sess, turn=2, at_ns=time.time_ns()))
     await bus.publish(REGION, Transcript(session=sess, turn=2, seq=0, text="hello there",
@@ -327,7 +328,7 @@ async def test_bus_outage_drops_frames_and_recovers(
         agent = await b.dispatch("outage-room")
         caller = caller_for(livekit, "outage-room")
         await caller.join()
-        sess = (await started(tap)).session
+        sess = (await started(tap, caller)).session
         pcm, rate = load_wav("meeting.wav")
         talking = asyncio.create_task(caller.play(np.concatenate([pcm, pcm])))
         await asyncio.sleep(1.5)

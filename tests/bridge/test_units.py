@@ -19,7 +19,7 @@ from voxbus.ops.auth import stage_permissions
 from voxbus.runtime.settings import SettingsError
 from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher, PlayoutLedger, rms
 from voxbus.services.bridge.playout import Playout
-from voxbus.services.bridge.session import session_id_for
+from voxbus.services.bridge.session import session_id_for, session_key
 from voxbus.services.bridge.settings import BridgeSettings
 
 
@@ -33,18 +33,24 @@ def nats_match(pattern: str, subj: str) -> bool:
     return len(p) == len(s)
 
 
-def test_session_ids_are_subject_tokens() -> None:
+def test_session_ids_are_opaque_subject_tokens() -> None:
+    key = session_key("", "the api secret")
     ids = {
-        session_id_for("room", "alice", "PA_1"),
-        session_id_for("room", "alice", "PA_2"),
-        session_id_for("room.with dots", "bob@example.com", "PA_1"),
-        session_id_for("r" * 300, "ü" * 100, "PA_3"),
-        session_id_for("", "", ""),
+        session_id_for(key, "room", "alice", "PA_1"),
+        session_id_for(key, "room", "alice", "PA_2"),
+        session_id_for(key, "room.with dots", "+441632960961", "PA_1"),
+        session_id_for(key, "r" * 300, "ü" * 100, "PA_3"),
+        session_id_for(key, "", "", ""),
     }
     assert len(ids) == 5
     assert all(re.match(SESSION_PATTERN, i) for i in ids)
-    assert session_id_for("room", "alice", "PA_1") == session_id_for("room", "alice", "PA_1")
-    assert session_id_for("room", "alice", "PA_1").startswith("room_alice_")
+    one = session_id_for(key, "room", "alice", "PA_1")
+    assert one == session_id_for(key, "room", "alice", "PA_1")
+    # nothing of the room or the caller in it, and another key gives another id
+    phone = session_id_for(key, "support-line", "+441632960961", "PA_9")
+    assert "support" not in phone and "4416" not in phone and "alice" not in one
+    assert session_id_for(session_key("", "another secret"), "room", "alice", "PA_1") != one
+    assert session_id_for(session_key("explicit", "the api secret"), "room", "alice", "PA_1") != one
 
 
 def test_batcher_cuts_20ms_frames() -> None:

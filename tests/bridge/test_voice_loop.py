@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tests.bridge.caller import Caller, Tap, load_wav
+from tests.bridge.caller import Caller, Tap, load_wav, session_of
 from tests.conftest import REGION
 from voxbus.audio import pcm16_to_float32, resample
 from voxbus.contracts.messages import (
@@ -118,7 +118,7 @@ async def in_room(
     caller = Caller(livekit.url, livekit.config.api_key, livekit.config.api_secret, room)
     await caller.join()
     caller.start_mic()
-    sess = (await tap.wait_for(SessionStarted, where=lambda m: m.room == room)).session
+    sess = (await tap.wait_for(SessionStarted, session=session_of(caller))).session
     await asyncio.wait_for(caller.agent_track.wait(), 10)
     await asyncio.wait_for(caller.mic_subscribed.wait(), 10)
     await asyncio.sleep(0.3)  # the bridge's microphone pump is running

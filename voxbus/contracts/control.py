@@ -105,6 +105,9 @@ LLM_STATE: Final = "llm"
 #: ``<session>.interrupted``: the session's highest interrupted turn (an ASCII integer), so a
 #: replica that takes the session over drops the outputs of those turns too.
 INTERRUPTED_STATE: Final = "interrupted"
+#: ``<session>.caller``: the room and caller behind an opaque session id (JSON, written by the
+#: bridge), so an operator can find a caller's session; erased with the session by a purge.
+CALLER_STATE: Final = "caller"
 
 
 def decode_stt_state(data: bytes) -> SttTurnState:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,7 +93,7 @@ class RoomCaller:
     async def connect(cls, loop: VoiceLoop, room: str, identity: str = "caller",
                       *, timeout_s: float = 20.0) -> RoomCaller:
         from voxbus.services.bridge.dispatch import request_dispatch
-        from voxbus.services.bridge.session import session_id_for
+        from voxbus.services.bridge.session import session_id_for, session_key
 
         lk, bus, server = loop.livekit, loop.bus, loop.server
         if lk is None or bus is None or server is None:
@@ -108,7 +109,9 @@ class RoomCaller:
         except Exception as e:
             await caller.leave()
             raise LoopError(f"the caller could not join room {room!r}: {e!r}") from e
-        session = session_id_for(room, identity, caller.room.local_participant.sid)
+        key = session_key({**os.environ, **loop.extra_env}.get("BRIDGE_SESSION_KEY", ""),
+                          lk.config.api_secret)  # as the bridge makes the id
+        session = session_id_for(key, room, identity, caller.room.local_participant.sid)
         rc = cls(caller, bus, loop.region, session)
         await rc.watch.start()
         caller.start_mic()

@@ -106,13 +106,13 @@ class Bridge:
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
             await agent.close("join_failed")
-            log.error("dispatch_failed", room=room, error=repr(e))
+            log.error("dispatch_failed", pii={"room": room}, error=repr(e))
             raise
         finally:
             self._joining.pop(room, None)
         self.rooms[room] = agent
         fut.set_result(agent)
-        log.info("dispatched", room=room, ms=round((time.perf_counter() - t0) * 1000, 1))
+        log.info("dispatched", pii={"room": room}, ms=round((time.perf_counter() - t0) * 1000, 1))
         return agent
 
     async def leave(self, room: str, reason: str = "agent_left") -> None:

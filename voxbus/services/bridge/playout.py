@@ -54,8 +54,9 @@ class Playout:
         if len(self._pending) >= self.max_pending:
             self.dropped_full += 1
             if self.dropped_full == 1 or self.dropped_full % 500 == 0:
-                log.warning("playout_full_frame_dropped", room=self.room, session=f.session,
-                            turn=f.turn, dropped=self.dropped_full, pending=len(self._pending))
+                log.warning("playout_full_frame_dropped", pii={"room": self.room},
+                            session=f.session, turn=f.turn, dropped=self.dropped_full,
+                            pending=len(self._pending))
             return False
         self._pending.append(f)
         self._wake.set()

@@ -59,7 +59,7 @@ class RoomAgent:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.timings: dict[str, float] = {}
-        self.log = log.bind(room=name)
+        self.log = log.bind(pii={"room": name})
         self._on_gone = on_gone
         self._tasks = TaskSet(f"room-{name}")
         # Only the closing task: it outlives _tasks, which it closes, and close() awaits it.

@@ -13,9 +13,11 @@ never interrupted by turn logic and produce no ``AgentSpoke``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
-import re
+import hmac
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from voxbus.contracts import decode
+from voxbus.contracts.control import CALLER_STATE, state_key
 from voxbus.contracts.messages import (
     AgentSpoke,
     AudioIn,
@@ -43,6 +46,7 @@ from voxbus.contracts.messages import (
     Transcript,
     UserStartedSpeaking,
 )
+from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet, cancel_and_wait
@@ -52,21 +56,28 @@ from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge.session")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: How long a control message waits for the bus to come back before it is given up.
 CTL_RETRY_S = 15.0
 #: Control messages waiting for the bus, at most (a few per turn: room for many turns).
 CTL_QUEUE = 1024
 
 
-def session_id_for(room: str, identity: str, participant_sid: str = "") -> str:
-    """A session id (one subject token, ``[A-Za-z0-9_-]{1,64}``) for a caller in a room: readable
-    parts of both names plus a hash of the exact names and the participant's sid, so two joins of
-    the same identity are two sessions and odd characters never collide."""
-    digest = hashlib.sha256(f"{room}\0{identity}\0{participant_sid}".encode()).hexdigest()[:10]
-    r = _UNSAFE.sub("-", room).strip("-")[:24] or "room"
-    p = _UNSAFE.sub("-", identity).strip("-")[:24] or "caller"
-    return f"{r}_{p}_{digest}"
+def session_key(settings_key: str, api_secret: str) -> bytes:
+    """The key session ids are made with: ``BRIDGE_SESSION_KEY``, else one derived from the
+    LiveKit API secret (whoever holds that can mint room tokens anyway)."""
+    if settings_key:
+        return settings_key.encode()
+    return hmac.new(api_secret.encode(), b"voxbus session ids", hashlib.sha256).digest()
+
+
+def session_id_for(key: bytes, room: str, identity: str, participant_sid: str = "") -> str:
+    """An opaque session id (one subject token) for a caller in a room: a keyed hash of the exact
+    names and the participant's sid, so two joins of the same identity are two sessions, and the
+    id says nothing of the room or the caller (a phone number, say) to anyone without the key.
+    Which room and caller it stands for is kept in the session's state (``<session>.caller``),
+    erased with the session by a purge."""
+    mac = hmac.new(key, f"{room}\0{identity}\0{participant_sid}".encode(), hashlib.sha256)
+    return "s" + base64.b32encode(mac.digest()[:20]).decode().lower().rstrip("=")
 
 
 @dataclass
@@ -114,8 +125,9 @@ class CallerSession:
         self.region = link.settings.region
         self.identity = participant.identity
         self.participant_sid = participant.sid
-        self.id = session_id_for(link.room_name, participant.identity, participant.sid)
-        self.log = log.bind(session=self.id, room=link.room_name)
+        self.id = session_id_for(session_key(self.s.session_key, self.s.api_secret),
+                                 link.room_name, participant.identity, participant.sid)
+        self.log = log.bind(session=self.id)
         self.replies: dict[int, Reply] = {}
         self.user_turn = 0
         self.interrupted_turn = 0
@@ -140,13 +152,23 @@ class CallerSession:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
+    async def _save_caller(self) -> None:
+        """``<session>.caller``: the room and caller behind the opaque id, for an operator who
+        must find a caller's session (to purge it); erased with the session."""
+        value = json.dumps({"room": self.link.room_name, "identity": self.identity,
+                            "participant_sid": self.participant_sid}).encode()
+        try:
+            kv = await self.bus.kv(state_bucket(self.region))
+            await kv.put(state_key(self.id, CALLER_STATE), value)
+        except Exception as e:  # noqa: BLE001 - the call goes on without it
+            self.log.warning("caller_not_saved", error=repr(e))
+
     async def start(self) -> None:
         self._ctl_task = self._tasks.spawn(self._ctl_loop(), name=f"ctl-{self.id}")
         self._tasks.spawn(self._caption_loop(), name=f"captions-{self.id}")
-        self.publish_ctl(SessionStarted(
-            session=self.id, room=self.link.room_name, participant=self.identity,
-            at_ns=self.started_ns,
-        ))
+        # Which room and caller this is stays in the session's state, not on the wire
+        self._tasks.spawn(self._save_caller(), name=f"caller-{self.id}")
+        self.publish_ctl(SessionStarted(session=self.id, at_ns=self.started_ns))
         nc = self.bus.nc
         subs = [
             (Kind.AUDIO_OUT, self._on_audio_out),
@@ -250,7 +272,7 @@ class CallerSession:
         now_ns = time.time_ns()
         msg = AudioIn(
             session=self.id, seq=self._seq, sample_rate_hz=self.s.input_sample_rate_hz,
-            capture_ns=now_ns, pcm=pcm, participant=self.identity, turns_heard=self.user_turn,
+            capture_ns=now_ns, pcm=pcm, turns_heard=self.user_turn,
         )
         self._seq += 1
         if not self.bus.nc.is_connected:

@@ -18,6 +18,9 @@ class BridgeSettings:
     #: The LiveKit API key and secret: no default (the dev harness passes its dev server's).
     api_key: str = ""
     api_secret: str = ""
+    #: Keys the session ids (``BRIDGE_SESSION_KEY``; by default derived from the API secret):
+    #: without it nobody can tell which room or caller a session id stands for.
+    session_key: str = ""
     #: The agent's participant identity in every room it joins.
     identity: str = "voxbus-agent"
     name: str = "voxbus"
@@ -61,6 +64,7 @@ class BridgeSettings:
             livekit_url=env.str("LIVEKIT_URL", d.livekit_url),
             api_key=env.str("API_KEY", d.api_key),
             api_secret=env.str("API_SECRET", d.api_secret),
+            session_key=env.str("SESSION_KEY", d.session_key),
             identity=env.str("IDENTITY", d.identity),
             name=env.str("NAME", d.name),
             auto_join=env.bool("AUTO_JOIN", d.auto_join),
