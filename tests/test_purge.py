@@ -70,9 +70,56 @@ async def test_purge_erases_one_session_only(bus: Bus, via: str) -> None:
     assert removed[f"KV_{streams.state_bucket(REGION)}"] == 2
     after = await _scan(bus)
     for name, msgs in after.items():
-        leftovers = [m for m in msgs if b"victim" in m and name != streams.ops_stream()]
+        # what stays: the purge records, and the tombstone (its key holds only the session id)
+        leftovers = [m for m in msgs if b"victim" in m and name != streams.ops_stream()
+                     and b".purged/victim " not in m]
         assert not leftovers, (name, leftovers)
         by_stander_before = [m for m in before.get(name, []) if b"bystander" in m]
         assert [m for m in msgs if b"bystander" in m] == by_stander_before, name
     kv = await bus.kv(streams.state_bucket(REGION))
     assert (await kv.get("bystander.history")).value == b"history of bystander"
+
+
+async def test_a_purge_during_a_reply_leaves_nothing_written_after_it(bus: Bus) -> None:
+    """A stage is speaking a reply (100 frames a chunk, 10 ms apart) when the purge comes: the
+    tombstone stops it at once, and after the completion nothing of the session is written or
+    published; a message of the session sent afterwards is dropped, not handled."""
+    from tests.runtime.stages import TickerStage
+    from voxbus.contracts import decode
+    from voxbus.contracts.messages import AudioOut
+    from voxbus.ops.purge import purge_session
+    from voxbus.runtime.worker import Worker
+
+    heard: list[tuple[float, int]] = []
+
+    async def on(m) -> None:  # type: ignore[no-untyped-def]
+        msg = decode(m.data)
+        if isinstance(msg, AudioOut):
+            heard.append((time.monotonic(), msg.turn))
+
+    await bus.nc.subscribe(f"voxbus.{REGION}.live.audio.out", cb=on)
+    worker = Worker(bus, TickerStage())
+    await worker.start()
+    try:
+        for chunk in range(5):
+            await bus.publish(REGION, ReplyText(session="live", turn=1, seq=chunk, text="hello",
+                                                char_start=chunk * 5, char_end=chunk * 5 + 5))
+        while len(heard) < 20:
+            await asyncio.sleep(0.01)
+        removed = await purge_session(bus, REGION, "live")
+        done = time.monotonic()
+        assert removed[streams.audio_stream(REGION)] >= 20
+        await bus.publish(REGION, ReplyText(session="live", turn=2, seq=0, text="again",
+                                            char_start=0, char_end=5))
+        await asyncio.sleep(1.0)
+        after = [t for t, _turn in heard if t > done]
+        assert not after, f"{len(after)} frames published after the purge completed"
+        assert len(heard) < 500, "the reply ran on to its end"
+        for name, msgs in (await _scan(bus)).items():
+            if name == streams.audio_stream(REGION) or name == streams.text_stream(REGION):
+                kept = [m for m in msgs if b".live." in m]
+                # the one message sent after the purge is stored (a publisher is not the stage)
+                # but was never handled: no audio for it
+                assert all(b"llm.reply" in m for m in kept), (name, kept[:3])
+    finally:
+        await worker.stop()

@@ -105,6 +105,13 @@ LLM_STATE: Final = "llm"
 #: ``<session>.interrupted``: the session's highest interrupted turn (an ASCII integer), so a
 #: replica that takes the session over drops the outputs of those turns too.
 INTERRUPTED_STATE: Final = "interrupted"
+def tombstone_key(session: str) -> str:
+    """``purged/<session>`` in the state bucket: the session was purged. A tombstone, outside
+    the ``<session>.`` keys a purge erases (no session id has a ``/``), kept as long as the bucket
+    keeps entries: workers drop the session's messages and publish nothing more for it."""
+    return f"purged/{check_session(session)}"
+
+
 #: ``<session>.caller``: the room and caller behind an opaque session id (JSON, written by the
 #: bridge), so an operator can find a caller's session; erased with the session by a purge.
 CALLER_STATE: Final = "caller"

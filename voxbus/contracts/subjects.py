@@ -141,6 +141,13 @@ def purge_subject(region: str) -> str:
     return f"{PREFIX}.{OPS}.{check_region(region)}.purge"
 
 
+def tombstone_subject(region: str) -> str:
+    """The purger announces here (core NATS, the session id as the payload) that a session is
+    being purged: every worker and bridge holding it stops at once (three tokens: no stream
+    stores it)."""
+    return f"{PREFIX}.{check_region(region)}.purging"
+
+
 def purged_subject(region: str) -> str:
     """The purge service publishes ``PurgeCompleted`` here."""
     return f"{PREFIX}.{OPS}.{check_region(region)}.purged"

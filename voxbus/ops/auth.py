@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxbus.contracts import streams
-from voxbus.contracts.subjects import OPS, PREFIX, check_region
+from voxbus.contracts.subjects import OPS, PREFIX, check_region, tombstone_subject
 
 ADMIN_DENY = [
     f"{PREFIX}.{OPS}.>",
@@ -77,7 +77,8 @@ def stage_permissions(regions: list[str]) -> dict[str, object]:
             ],
             "deny": ADMIN_DENY,
         },
-        "subscribe": {"allow": [*session_subjects, "_INBOX.>"]},
+        "subscribe": {"allow": [*session_subjects, *(tombstone_subject(r) for r in regions),
+                                "_INBOX.>"]},
     }
 
 

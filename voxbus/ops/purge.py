@@ -3,7 +3,12 @@ region's streams and every KV entry under its key prefix. The purge service answ
 ``PurgeRequested`` on ``voxbus.ops.<region>.purge`` (only the operator identity may publish there:
 see ``ops.auth``) with ``PurgeCompleted`` on ``voxbus.ops.<region>.purged``.
 
-Purge a session after it ended: a stage still working on it could write again afterwards.
+A purge is fenced against late writes, so it can run while the session is still live: first a
+tombstone (``purged/<session>`` in the state bucket, kept after the erase) and a notice on
+``voxbus.<region>.purging``; every worker holding the session stops it at once, publishes
+nothing more for it and drops its messages from then on (a worker that opens the session later
+finds the tombstone). After a grace longer than a lease's fence (a worker cut off from the
+notice has stopped by then too), everything is erased, then completion is reported.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from voxbus.contracts import decode, encode, streams
+from voxbus.contracts.control import tombstone_key
 from voxbus.contracts.messages import PurgeCompleted, PurgeRequested
 from voxbus.contracts.subjects import (
     OPS,
@@ -26,6 +32,7 @@ from voxbus.contracts.subjects import (
     purge_subject,
     purged_subject,
     stored_session_wildcard,
+    tombstone_subject,
 )
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.pull import PullConsumer
@@ -45,10 +52,23 @@ async def _purge_filter(bus: Bus, stream: str, subject_filter: str) -> int:
     return int(resp.get("purged", 0))
 
 
-async def purge_session(bus: Bus, region: str, session: str) -> dict[str, int]:
-    """Erase the session's messages and state; returns how many messages each stream lost."""
+#: From the notice to the erase: longer than a worker takes to stop the session, and than a
+#: lease's fence (``ttl - margin``, 1.2 s), after which a worker that missed the notice has
+#: stopped publishing for the partition anyway.
+GRACE_S = 1.5
+
+
+async def purge_session(bus: Bus, region: str, session: str, *,
+                        grace_s: float = GRACE_S) -> dict[str, int]:
+    """Tombstone the session, let its work stop, then erase its messages and state; returns how
+    many messages each stream lost."""
     bus.check_region(region)
     check_session(session)
+    kv = await bus.kv(streams.state_bucket(region))
+    await kv.put(tombstone_key(session), str(time.time_ns()).encode())
+    await bus.nc.publish(tombstone_subject(region), session.encode())
+    await bus.nc.flush()
+    await asyncio.sleep(grace_s)
     removed: dict[str, int] = {}
     stored = stored_session_wildcard(region, session)
     for spec in streams.region_streams(region, partitions=bus.partitions):

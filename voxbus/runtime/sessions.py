@@ -140,12 +140,16 @@ class SessionScope:
         self.release_requested = False
         #: The partition's lease may be gone: nothing more is published from here.
         self.fenced = False
+        #: The session is being purged: nothing more is published for it, from anywhere.
+        self.purged = False
         #: Messages handled and held unacked (``Context.hold``), oldest first.
         self.held: OrderedDict[tuple[str, int], Delivery] = OrderedDict()
 
     @property
     def owned(self) -> bool:
         """This replica still holds the session's partition for certain."""
+        if self.purged:
+            return False
         if self.fenced or not self._owned():
             self.fenced = True
             return False
@@ -219,10 +223,13 @@ class SessionLanes:
     def __init__(
         self, stage: Stage, bus: StageBus, region: str, *, admission: Admission,
         opts: LaneOptions | None = None, stats: SessionStats | None = None, name: str = "",
-        owned: Callable[[], bool] = lambda: True,
+        owned: Callable[[], bool] = lambda: True, tombstones: RecentKeys | None = None,
     ) -> None:
         self.stage = stage
         self._owned = owned
+        #: Sessions purged (shared by a worker's partitions of the region): their messages are
+        #: acked and dropped, never handled.
+        self.tombstones = tombstones if tombstones is not None else RecentKeys(4096)
         self.bus = bus
         self.region = region
         self.admission = admission
@@ -237,6 +244,8 @@ class SessionLanes:
     async def deliver(self, d: Delivery) -> None:
         """An input message: into its session's lane, or back to JetStream for later. Never
         waits for the session (only for the ack/nak round trip)."""
+        if await self._purged(d):
+            return
         sess = self._session(d.msg.session)
         if d.inbound.num_delivered > 1 and await self._duplicate(d, sess):
             return
@@ -255,6 +264,8 @@ class SessionLanes:
 
     async def urgent(self, d: Delivery) -> None:
         """An urgent message (an interrupt): handled at once, beside the session's lane."""
+        if await self._purged(d):
+            return
         sess = self._session(d.msg.session)
         if isinstance(d.msg, Interrupt):
             if d.msg.turn > sess.scope.interrupted_turn:
@@ -272,6 +283,37 @@ class SessionLanes:
             sess = self.sessions[session] = Session(scope)
         sess.last_seen = time.monotonic()
         return sess
+
+    # ---- purged sessions ----------------------------------------------------------------------
+
+    async def _purged(self, d: Delivery) -> bool:
+        """A message of a purged session: acked and dropped. A session new to this partition is
+        looked up once in the state bucket (its tombstone may predate this worker)."""
+        session = d.msg.session
+        if session not in self.tombstones and session not in self.sessions:
+            try:
+                kv = await self.bus.kv(state_bucket(self.region))
+                await kv.get(control.tombstone_key(session))
+                self.tombstones.add(session)
+            except KeyNotFoundError:
+                pass
+            except Exception as e:  # noqa: BLE001 - the bus is away: the notice still stops it
+                log.warning("tombstone_not_checked", session=session, error=repr(e))
+        if session not in self.tombstones:
+            return False
+        await d.inbound.ack()
+        return True
+
+    async def purge(self, session: str) -> None:
+        """The session is being purged: publish nothing more for it, stop its work now, and
+        drop what it holds (acked: nobody is to handle it again)."""
+        self.tombstones.add(session)
+        sess = self.sessions.get(session)
+        if sess is None:
+            return
+        sess.scope.purged = True
+        await self.end(sess, "purged")
+        sess.scope.log.info("session_purged_here")
 
     # ---- the interrupt watermark ------------------------------------------------------------
     # Kept in the session's state (``<session>.interrupted``, expiring with the bucket, erased by
@@ -542,12 +584,19 @@ class SessionLanes:
             await asyncio.gather(lane.task, return_exceptions=True)
         for d in queued:  # cut short (fenced, or a drain ran out of time): back to JetStream now,
             if d.key not in self._done:  # not left to an ack timer, so the next owner need not wait
-                await d.inbound.nak(0.1)
+                if reason == "purged":
+                    await d.inbound.ack()
+                else:
+                    await d.inbound.nak(0.1)
         if handler is not None:
             await self._close_handler(sess, handler, reason)
         await tasks.close()
         if reason in ("drained", "fenced"):  # the next owner replays what the handler held
             await sess.scope.hand_back_held()
+        elif reason == "purged":  # nobody is to handle it again
+            held, sess.scope.held = list(sess.scope.held.values()), OrderedDict()
+            for d in held:
+                await d.inbound.ack()
         else:  # idle or released: the handler is done with it
             await sess.scope.ack_held()
         if admitted:

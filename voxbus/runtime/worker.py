@@ -36,12 +36,15 @@ from voxbus.contracts import decode, streams
 from voxbus.contracts.subjects import (
     InvalidSubject,
     Kind,
+    check_session,
     kind_of,
     parse_subject,
     partition_filter,
+    partition_of,
+    tombstone_subject,
 )
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.lanes import Delivery
+from voxbus.runtime.lanes import Delivery, RecentKeys
 from voxbus.runtime.leases import PartitionLeases
 from voxbus.runtime.pull import PullConsumer
 from voxbus.runtime.sessions import Admission, LaneOptions, SessionLanes, SessionStats
@@ -187,6 +190,7 @@ class Partition:
                              retry_backoff_s=o.retry_backoff_s,
                              recent_keys=o.recent_keys),
             name=f"sessions-{region}-{index}", owned=owned,
+            tombstones=worker.tombstones.setdefault(region, RecentKeys(o.recent_keys)),
         )
         self._pullers = TaskSet(f"pull-{region}-{index}")
         self.pulls: list[PullConsumer] = []
@@ -298,6 +302,9 @@ class Worker:
         self.stats = SessionStats()
         self._leases: dict[str, PartitionLeases] = {}
         self._tasks = TaskSet(f"worker-{stage.name}")
+        #: Sessions being purged, per region (``contracts.subjects.tombstone_subject``).
+        self.tombstones: dict[str, RecentKeys] = {}
+        self._purges = TaskSet(f"purges-{stage.name}")
         self._provisioning = asyncio.Lock()
         self._provisioned_at: dict[str, float] = {}
         self.log = log.bind(stage=stage.name, replica=self.replica)
@@ -395,9 +402,25 @@ class Worker:
         if part is not None:
             await part.abandon()
 
+    async def _on_tombstone(self, region: str, raw: Msg) -> None:
+        """A session is being purged: stop it here now and drop its messages from now on (the
+        purger erases after a grace longer than this takes)."""
+        try:
+            session = check_session(raw.data.decode())
+        except (UnicodeDecodeError, InvalidSubject):
+            log.warning("bad_tombstone", subject=raw.subject)
+            return
+        self.tombstones.setdefault(region, RecentKeys(self.opts.recent_keys)).add(session)
+        part = self.partitions.get((region, partition_of(session, self.bus.partitions)))
+
+        if part is not None:
+            self._purges.spawn(part.sessions.purge(session), name=f"purge-{session}")
+
     async def start(self) -> None:
         await self.stage.start()
         for region in self.bus.regions:
+            await self.bus.nc.subscribe(tombstone_subject(region),
+                                        cb=functools.partial(self._on_tombstone, region))
             await self.ensure_consumers(region)
             bucket = streams.lease_bucket(region)
             kv = await self.bus.kv(bucket)
@@ -431,6 +454,7 @@ class Worker:
         drain: a drain longer than the fence would otherwise lose the partitions under it."""
         await asyncio.gather(*(leases.release_all() for leases in self._leases.values()))
         await self._tasks.close()
+        await self._purges.close()
         await self.stage.stop()
         self.log.info("worker_stopped", handled=self.handled)
 
