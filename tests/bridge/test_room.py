@@ -358,3 +358,31 @@ async def test_bus_outage_drops_frames_and_recovers(
         for s in (restarted, server):
             if s is not None:
                 s.stop()
+
+
+async def test_a_purge_stops_a_live_callers_session(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    """A purge while the caller is still talking: the bridge stops the session at once and
+    writes nothing more for it, not even its end, though the caller's microphone goes on."""
+    from voxbus.ops.purge import purge_session
+
+    await bridge.dispatch("purge-room")
+    caller = caller_for(livekit, "purge-room")
+    await caller.join()
+    sess = (await started(tap, caller)).session
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    pcm, rate = load_wav("traffic.wav")
+    talking = asyncio.create_task(caller.play(np.concatenate([pcm, pcm, pcm])))
+    try:
+        await asyncio.sleep(1.5)
+        assert len(tap.of(AudioIn, sess)) > 20
+        await purge_session(bus, REGION, sess)
+        done = time.monotonic()
+        await asyncio.sleep(1.5)
+        late = [m for at, m in tap.got if at > done and m.session == sess]
+        assert not late, f"{len(late)} messages of the purged session after the purge"
+    finally:
+        talking.cancel()
+        await asyncio.gather(talking, return_exceptions=True)
+        await caller.leave()

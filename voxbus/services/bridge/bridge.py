@@ -23,6 +23,7 @@ from voxbus.contracts.control import (
     dispatch_subject,
     encode_json,
 )
+from voxbus.contracts.subjects import tombstone_subject
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet
 from voxbus.services.bridge.room import RoomAgent
@@ -48,6 +49,7 @@ class Bridge:
         self._tasks = TaskSet("bridge")
         self._sub: Subscription | None = None
         self._api: api.LiveKitAPI | None = None
+        self._purge_sub: Subscription | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -55,12 +57,26 @@ class Bridge:
         self._sub = await self.bus.nc.subscribe(
             dispatch_subject(self.s.region), queue=DISPATCH_QUEUE, cb=self._on_dispatch
         )
+        self._purge_sub = await self.bus.nc.subscribe(tombstone_subject(self.s.region),
+                                                      cb=self._on_tombstone)
         if self.s.auto_join:
             self._tasks.spawn(self._auto_join(), name="auto-join")
         log.info("bridge_started", livekit=self.s.livekit_url, region=self.s.region,
                  auto_join=self.s.auto_join)
 
+    async def _on_tombstone(self, raw: Msg) -> None:
+        """A session is being purged: a caller of it in one of our rooms is no longer heard or
+        answered, and nothing more is written for it (the call itself goes on)."""
+        session = raw.data.decode(errors="replace")
+        for agent in list(self.rooms.values()):
+            for sess in list(agent.sessions.values()):
+                if sess.id == session:
+                    self._tasks.spawn(sess.purge(), name=f"purge-{session}")
+
     async def close(self) -> None:
+        if self._purge_sub is not None:
+            await self._purge_sub.unsubscribe()
+            self._purge_sub = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None

@@ -133,6 +133,7 @@ class CallerSession:
         self.interrupted_turn = 0
         self.ended = asyncio.Event()
         self.end_reason = ""
+        self.purged = False  # being purged: nothing more is published for it
         self.started_ns = time.time_ns()
         self.first_audio_in_ns = 0
         self.first_audio_out_played_ns = 0
@@ -203,6 +204,14 @@ class CallerSession:
     def _start_mic(self, track: rtc.Track) -> None:
         self._mic_task = self._tasks.spawn(self._mic(track), name=f"mic-{self.id}")
 
+    async def purge(self) -> None:
+        """The session is being purged (``ops.purge``): stop it now and write nothing more for
+        it, not even its end (control messages still queued are dropped)."""
+        self.purged = True
+        while not self._ctl.empty():
+            self._ctl.get_nowait()
+        await self.end("purged")
+
     async def end(self, reason: str) -> None:
         """Stop everything of this session: its audio leaves the room at once; the bus hears
         what the agent got to say and ``SessionEnded``. Idempotent."""
@@ -242,6 +251,8 @@ class CallerSession:
 
     def publish_ctl(self, msg: Message) -> None:
         """Control messages go out in order from one task; they wait (bounded) for the bus."""
+        if self.purged:
+            return
         try:
             self._ctl.put_nowait(msg)
         except asyncio.QueueFull:  # the bus has been down for long: this one is lost
@@ -269,6 +280,8 @@ class CallerSession:
                     await asyncio.sleep(0.2)
 
     async def _publish_audio(self, pcm: bytes) -> None:
+        if self.purged:
+            return
         now_ns = time.time_ns()
         msg = AudioIn(
             session=self.id, seq=self._seq, sample_rate_hz=self.s.input_sample_rate_hz,
