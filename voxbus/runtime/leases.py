@@ -358,6 +358,10 @@ class PartitionLeases:
         except Exception as e:  # noqa: BLE001 - classified below
             if not transient(e):
                 raise
+            # While the bus is away nobody can renew: a key unchanged meanwhile proves nothing
+            # about its holder, so what we saw is forgotten and watching starts again after.
+            self._seen.clear()
+            self._seen_members.clear()
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.log.warning("lease_bus_error", error=repr(e), held=len(self.held))

@@ -287,21 +287,25 @@ class SessionLanes:
     # ---- purged sessions ----------------------------------------------------------------------
 
     async def _purged(self, d: Delivery) -> bool:
-        """A message of a purged session: acked and dropped. A session new to this partition is
-        looked up once in the state bucket (its tombstone may predate this worker)."""
-        session = d.msg.session
-        if session not in self.tombstones and session not in self.sessions:
-            try:
-                kv = await self.bus.kv(state_bucket(self.region))
-                await kv.get(control.tombstone_key(session))
-                self.tombstones.add(session)
-            except KeyNotFoundError:
-                pass
-            except Exception as e:  # noqa: BLE001 - the bus is away: the notice still stops it
-                log.warning("tombstone_not_checked", session=session, error=repr(e))
-        if session not in self.tombstones:
+        """A message of a session purged while this worker ran: acked and dropped. (No await
+        before that: a message must not overtake an earlier one of its session here.)"""
+        if d.msg.session not in self.tombstones:
             return False
         await d.inbound.ack()
+        return True
+
+    async def _tombstone_stored(self, session: str) -> bool:
+        """Whether the session was purged before this worker saw it (its tombstone in the state
+        bucket): asked once per opening, in the session's lane, so order holds."""
+        try:
+            kv = await self.bus.kv(state_bucket(self.region))
+            await kv.get(control.tombstone_key(session))
+        except KeyNotFoundError:
+            return False
+        except Exception as e:  # noqa: BLE001 - the bus is away: the notice still stops it
+            log.warning("tombstone_not_checked", session=session, error=repr(e))
+            return False
+        self.tombstones.add(session)
         return True
 
     async def purge(self, session: str) -> None:
@@ -452,6 +456,10 @@ class SessionLanes:
             while True:
                 try:
                     handler = sess.handler
+                    if handler is None and await self._tombstone_stored(sess.id):
+                        await d.inbound.ack()  # purged: dropped, never handled
+                        self._done.add(d.key)
+                        break
                     if handler is None:
                         if urgent and not sess.admitted:  # beside admission: a short visit
                             temporary = temporary or await self._open(sess)
