@@ -25,8 +25,9 @@ class TtsSettings:
     ``TTS_FIRST_WORDS``, ``TTS_FIRST_LOOKAHEAD``, ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP``
     (comma-separated caps): the unit splitter, the one place that decides where speech units end.
     ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for reuse
-    (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is dropped after
-    this long without a message.
+    (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is ended (its end
+    marker sent) after this long without a message. ``TTS_EVICT_IDLE_S``: with every slot taken,
+    a reply without text for this long gives its slot to a new one.
     """
 
     model_path: str | None = None
