@@ -52,6 +52,33 @@ from voxbus.runtime.transient import missing_stream, transient
 log = structlog.get_logger("voxbus.leases")
 
 OnChange = Callable[[int], Awaitable[None]]
+
+
+class Unchanged:
+    """How long each watched key has kept its revision, on this replica's clock, counted from
+    when its current revision was first seen here (which is after its holder wrote it)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def for_s(self, key: str, revision: int) -> float:
+        """Seconds ``key`` has been at ``revision``: 0 when that revision is new here."""
+        now = time.monotonic()
+        rev, since = self._seen.get(key, (None, now))
+        if rev != revision:
+            self._seen[key] = (revision, now)
+            return 0.0
+        return now - since
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+    def keep_only(self, keys: set[str]) -> None:
+        for key in set(self._seen) - keys:
+            del self._seen[key]
+
+    def clear(self) -> None:
+        self._seen.clear()
 Reprovision = Callable[[], Awaitable[KeyValue]]
 
 
@@ -103,12 +130,10 @@ class PartitionLeases:
         self.fenced = 0  # partitions dropped because their lease could not be renewed
         #: Set by ``release_all``: renew what is held (it is being drained), take nothing more.
         self.leaving = False
-        # partition -> (revision of another replica's lease, when we first saw that revision)
-        self._seen: dict[int, tuple[int, float]] = {}
-        self._seen_members: dict[str, tuple[int, float]] = {}  # the same for membership keys
+        #: Other replicas' lease and membership keys, by how long each kept its revision.
+        self._unchanged = Unchanged()
         #: A member whose key has not changed this long is not counted (it renews every tick).
         self.member_stale_s = min(self.fence_after_s, 2.5 * tick_s)
-        self.orphans_taken = 0  # partitions taken from a holder that stopped renewing
         self.log = log.bind(stage=stage, replica=replica, bucket=bucket)
 
     def _key(self, p: int) -> str:
@@ -136,25 +161,19 @@ class PartitionLeases:
         )
         ours = self._subject(self._member_key())
         others = [subj for subj in info.state.subjects or {} if subj != ours]
-        stale = await asyncio.gather(*(self._member_stale(subj) for subj in others))
-        for subj in set(self._seen_members) - set(others):
-            del self._seen_members[subj]
+        keys = [subj.removeprefix(f"$KV.{self._bucket}.") for subj in others]
+        stale = await asyncio.gather(*(self._member_stale(key) for key in keys))
+        self._unchanged.keep_only({*keys, *(self._key(p) for p in range(self._partitions))})
         return 1 + sum(1 for gone in stale if not gone)
 
-    async def _member_stale(self, subject: str) -> bool:
-        key = subject.removeprefix(f"$KV.{self._bucket}.")
+    async def _member_stale(self, key: str) -> bool:
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
             return True
         if entry.revision is None:
             return True
-        now = time.monotonic()
-        rev, since = self._seen_members.get(subject, (None, now))
-        if rev != entry.revision:
-            self._seen_members[subject] = (entry.revision, now)
-            return False
-        return now - since >= self.member_stale_s
+        return self._unchanged.for_s(key, entry.revision) >= self.member_stale_s
 
     # ---- renewing, taking, giving back ---------------------------------------------------------
 
@@ -186,8 +205,7 @@ class PartitionLeases:
         Keys that vanish otherwise are released (their owner stopped first) or expired (after
         the ttl, so past the fence), so this is the one case that needs waiting."""
         self._hold_off_until = max(self._hold_off_until, time.monotonic() + self.fence_after_s)
-        self._seen.clear()  # what we saw before the drop says nothing about the keys after it
-        self._seen_members.clear()
+        self._unchanged.clear()  # what we saw before the drop says nothing about the keys after
 
     async def _lost(self, p: int) -> None:
         if self.held.pop(p, None) is None:
@@ -233,20 +251,17 @@ class PartitionLeases:
     async def _observe(self, p: int) -> tuple[int, float] | None:
         """Read another replica's lease on ``p``: the revision to take it over with and how long
         we have seen it unchanged, if its holder has stopped acting on it (fenced or dead)."""
+        key = self._key(p)
         try:
-            entry = await self._kv.get(self._key(p))
+            entry = await self._kv.get(key)
         except KeyNotFoundError:
-            self._seen.pop(p, None)
+            self._unchanged.forget(key)
             return None
         if entry.revision is None or entry.value == self._value:
-            self._seen.pop(p, None)
+            self._unchanged.forget(key)
             return None
-        now = time.monotonic()
-        rev, since = self._seen.get(p, (None, now))
-        if rev != entry.revision:
-            self._seen[p] = (entry.revision, now)
-            return None
-        return (entry.revision, now - since) if now - since >= self.fence_after_s else None
+        unchanged_s = self._unchanged.for_s(key, entry.revision)
+        return (entry.revision, unchanged_s) if unchanged_s >= self.fence_after_s else None
 
     async def _take_orphans(self) -> None:
         """Take the partitions whose holders have stopped renewing (see the module's doc)."""
@@ -264,9 +279,8 @@ class PartitionLeases:
                 new_rev = await self._kv.update(self._key(p), self._value, last=rev)
             except (KeyWrongLastSequenceError, KeyNotFoundError):
                 continue  # renewed after all, or taken by another survivor first
-            self._seen.pop(p, None)
+            self._unchanged.forget(self._key(p))
             self.held[p], self.renewed[p] = new_rev, sent
-            self.orphans_taken += 1
             self.log.warning("lease_orphan_taken", partition=p,
                              unchanged_s=round(unchanged_s, 2))
             await self._on_acquire(p)
@@ -360,8 +374,7 @@ class PartitionLeases:
                 raise
             # While the bus is away nobody can renew: a key unchanged meanwhile proves nothing
             # about its holder, so what we saw is forgotten and watching starts again after.
-            self._seen.clear()
-            self._seen_members.clear()
+            self._unchanged.clear()
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.log.warning("lease_bus_error", error=repr(e), held=len(self.held))
