@@ -179,6 +179,13 @@ class SessionScope:
             n += 1
         return n
 
+    async def drop_held(self) -> None:
+        """Ack the held messages whatever the lease says: nobody is to handle them again (the
+        session is being purged)."""
+        held, self.held = list(self.held.values()), OrderedDict()
+        for d in held:
+            await d.inbound.ack()
+
     async def hand_back_held(self) -> None:
         """Give the held messages back to JetStream (the next owner of the session replays
         them)."""
@@ -212,6 +219,9 @@ class Session:
         self.outstanding = Outstanding()
         self.last_seen = time.monotonic()
         self.evicting = False
+        #: Its tombstone and interrupt watermark were read (once per session here: afterwards
+        #: this worker's memory is current, fed by the purge notices and the interrupts).
+        self.state_loaded = False
 
     def busy(self) -> bool:
         return bool(getattr(self.handler, "busy", False))
@@ -294,20 +304,6 @@ class SessionLanes:
         await d.inbound.ack()
         return True
 
-    async def _tombstone_stored(self, session: str) -> bool:
-        """Whether the session was purged before this worker saw it (its tombstone in the state
-        bucket): asked once per opening, in the session's lane, so order holds."""
-        try:
-            kv = await self.bus.kv(state_bucket(self.region))
-            await kv.get(control.tombstone_key(session))
-        except KeyNotFoundError:
-            return False
-        except Exception as e:  # noqa: BLE001 - the bus is away: the notice still stops it
-            log.warning("tombstone_not_checked", session=session, error=repr(e))
-            return False
-        self.tombstones.add(session)
-        return True
-
     async def purge(self, session: str) -> None:
         """The session is being purged: publish nothing more for it, stop its work now, and
         drop what it holds (acked: nobody is to handle it again)."""
@@ -333,20 +329,35 @@ class SessionLanes:
         except Exception as e:  # noqa: BLE001 - this replica still knows; only a takeover won't
             sess.scope.log.warning("interrupt_not_saved", error=repr(e))
 
-    async def _load_watermark(self, sess: Session) -> None:
+    async def _state(self, key: str) -> tuple[bool, bytes | None]:
+        """(read, value) of one key of the state bucket; (True, None) when it is not there."""
         try:
             kv = await self.bus.kv(state_bucket(self.region))
-            entry = await kv.get(self._watermark_key(sess.id))
-            stored = int(entry.value or b"0")
+            return True, (await kv.get(key)).value
         except KeyNotFoundError:
-            return
-        except Exception as e:  # noqa: BLE001 - a new session, or the bus is away: go on
-            sess.scope.log.warning("interrupt_not_loaded", error=repr(e))
-            return
+            return True, None
+        except Exception as e:  # noqa: BLE001 - the bus is away: read again at the next opening
+            log.warning("session_state_not_read", key=key, error=repr(e))
+            return False, None
+
+    async def _load_state(self, sess: Session) -> bool:
+        """Before a session's handler opens: its tombstone (purged before this worker saw it:
+        False, and its messages are dropped from then on) and its interrupt watermark (set by
+        another replica). Read in the session's lane, so order holds, and both at once."""
+        if sess.state_loaded:
+            return True
+        (t_read, tombstone), (w_read, watermark) = await asyncio.gather(
+            self._state(control.tombstone_key(sess.id)), self._state(self._watermark_key(sess.id)))
+        sess.state_loaded = t_read and w_read
+        if tombstone is not None:
+            self.tombstones.add(sess.id)
+            return False
+        stored = int(watermark) if watermark and watermark.isdigit() else 0
         if stored > sess.scope.interrupted_turn:
             sess.scope.interrupted_turn = stored
             if sess.lane is not None:
                 sess.lane.interrupted_turn = max(sess.lane.interrupted_turn, stored)
+        return True
 
     async def _duplicate(self, d: Delivery, sess: Session) -> bool:
         """A redelivered copy of a message handled already, or still held by the lane: JetStream
@@ -439,7 +450,6 @@ class SessionLanes:
         self._done.add(d.key)
 
     async def _open(self, sess: Session) -> SessionHandler:
-        await self._load_watermark(sess)
         handler = await self.stage.open(sess.scope)
         self.stats.opened += 1
         return handler
@@ -456,7 +466,7 @@ class SessionLanes:
             while True:
                 try:
                     handler = sess.handler
-                    if handler is None and await self._tombstone_stored(sess.id):
+                    if handler is None and not await self._load_state(sess):
                         await d.inbound.ack()  # purged: dropped, never handled
                         self._done.add(d.key)
                         break
@@ -602,9 +612,7 @@ class SessionLanes:
         if reason in ("drained", "fenced"):  # the next owner replays what the handler held
             await sess.scope.hand_back_held()
         elif reason == "purged":  # nobody is to handle it again
-            held, sess.scope.held = list(sess.scope.held.values()), OrderedDict()
-            for d in held:
-                await d.inbound.ack()
+            await sess.scope.drop_held()
         else:  # idle or released: the handler is done with it
             await sess.scope.ack_held()
         if admitted:

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 import structlog
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
@@ -190,7 +191,7 @@ class Partition:
                              retry_backoff_s=o.retry_backoff_s,
                              recent_keys=o.recent_keys),
             name=f"sessions-{region}-{index}", owned=owned,
-            tombstones=worker.tombstones.setdefault(region, RecentKeys(o.recent_keys)),
+            tombstones=worker.tombstones[region],
         )
         self._pullers = TaskSet(f"pull-{region}-{index}")
         self.pulls: list[PullConsumer] = []
@@ -303,7 +304,8 @@ class Worker:
         self._leases: dict[str, PartitionLeases] = {}
         self._tasks = TaskSet(f"worker-{stage.name}")
         #: Sessions being purged, per region (``contracts.subjects.tombstone_subject``).
-        self.tombstones: dict[str, RecentKeys] = {}
+        self.tombstones = {r: RecentKeys(self.opts.recent_keys) for r in bus.regions}
+        self._tombstone_subs: list[Subscription] = []
         self._purges = TaskSet(f"purges-{stage.name}")
         self._provisioning = asyncio.Lock()
         self._provisioned_at: dict[str, float] = {}
@@ -410,17 +412,16 @@ class Worker:
         except (UnicodeDecodeError, InvalidSubject):
             log.warning("bad_tombstone", subject=raw.subject)
             return
-        self.tombstones.setdefault(region, RecentKeys(self.opts.recent_keys)).add(session)
+        self.tombstones[region].add(session)
         part = self.partitions.get((region, partition_of(session, self.bus.partitions)))
-
         if part is not None:
             self._purges.spawn(part.sessions.purge(session), name=f"purge-{session}")
 
     async def start(self) -> None:
         await self.stage.start()
         for region in self.bus.regions:
-            await self.bus.nc.subscribe(tombstone_subject(region),
-                                        cb=functools.partial(self._on_tombstone, region))
+            self._tombstone_subs.append(await self.bus.nc.subscribe(
+                tombstone_subject(region), cb=functools.partial(self._on_tombstone, region)))
             await self.ensure_consumers(region)
             bucket = streams.lease_bucket(region)
             kv = await self.bus.kv(bucket)
@@ -454,6 +455,10 @@ class Worker:
         drain: a drain longer than the fence would otherwise lose the partitions under it."""
         await asyncio.gather(*(leases.release_all() for leases in self._leases.values()))
         await self._tasks.close()
+        subs, self._tombstone_subs = self._tombstone_subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await sub.unsubscribe()
         await self._purges.close()
         await self.stage.stop()
         self.log.info("worker_stopped", handled=self.handled)
