@@ -58,11 +58,9 @@ class TtsSession:
             self.scope.log.warning("reply_expired", turn=reply.turn, spoken_end=reply.spoken_end,
                                    reason=reason)
             try:
-                await self.scope.publish(AudioOut(
-                    session=self.scope.session, turn=reply.turn, seq=reply.seq,
-                    sample_rate_hz=self.stage.sample_rate_hz, pcm=b"",
-                    text_start=reply.spoken_end, text_end=reply.spoken_end, last=True,
-                    emitted_ns=time.time_ns()))
+                await self.scope.publish(self.stage.end_marker(
+                    self.scope.session, reply.turn, reply.seq, reply.spoken_end,
+                    reply.spoken_end))
             except Exception as e:  # noqa: BLE001 - closing must go on
                 self.scope.log.warning("reply_end_not_sent", error=repr(e))
 
@@ -125,11 +123,9 @@ class TtsSession:
                     yield out
             total = max(len(msg.text), len(reply.text) if reply is not None else 0)
             spoken = reply.spoken_end if reply is not None else 0
-            yield AudioOut(
-                session=msg.session, turn=msg.turn, seq=reply.seq if reply is not None else 0,
-                sample_rate_hz=self.stage.sample_rate_hz, pcm=b"", text_start=min(spoken, total),
-                text_end=total, last=True, emitted_ns=time.time_ns(),
-            )
+            yield self.stage.end_marker(msg.session, msg.turn,
+                                        reply.seq if reply is not None else 0,
+                                        min(spoken, total), total)
             if reply is not None:
                 ctx.log.info("reply_spoken", frames=reply.seq, chars=total, reason=msg.reason,
                              took_ms=round((time.monotonic() - reply.origin) * 1e3))

@@ -126,11 +126,15 @@ class TtsStage:
     async def open(self, scope: SessionScope) -> TtsSession:
         return TtsSession(self, scope)
 
+    def end_marker(self, session: str, turn: int, seq: int, text_start: int,
+                   text_end: int) -> AudioOut:
+        """The empty last frame that ends a reply: the listener closes it there."""
+        return AudioOut(session=session, turn=turn, seq=seq, sample_rate_hz=self.sample_rate_hz,
+                        pcm=b"", text_start=text_start, text_end=text_end, last=True,
+                        emitted_ns=time.time_ns())
+
     def refused(self, msg: AnyMessage) -> Sequence[Message]:
         """A reply refused for want of a place still ends, so the bridge closes it."""
         if not isinstance(msg, ReplyEnd):
             return ()
-        return [AudioOut(
-            session=msg.session, turn=msg.turn, seq=0, sample_rate_hz=self.sample_rate_hz,
-            pcm=b"", text_start=0, text_end=len(msg.text), last=True, emitted_ns=time.time_ns(),
-        )]
+        return [self.end_marker(msg.session, msg.turn, 0, 0, len(msg.text))]
