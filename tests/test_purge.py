@@ -71,7 +71,7 @@ async def test_purge_erases_one_session_only(bus: Bus, via: str) -> None:
     after = await _scan(bus)
     for name, msgs in after.items():
         # what stays: the purge records, and the tombstone (its key holds only the session id)
-        leftovers = [m for m in msgs if b"victim" in m and name != streams.ops_stream()
+        leftovers = [m for m in msgs if b"victim" in m and name != streams.ops_stream(REGION)
                      and b".purged/victim " not in m]
         assert not leftovers, (name, leftovers)
         by_stander_before = [m for m in before.get(name, []) if b"bystander" in m]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REGION
 from tests.runtime.stages import PickyStage
-from voxbus.contracts import decode, encode
+from voxbus.contracts import decode, encode, streams
 from voxbus.contracts.messages import AudioIn, AudioOut, ErrorEvent
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime.bus import Bus, UnknownRegion
@@ -142,3 +142,26 @@ async def test_a_flood_of_bad_input_makes_a_few_error_events(running: tuple[Bus,
     sessions = [tap.errors.get_nowait().session for _ in range(tap.errors.qsize())]
     assert 1 <= sessions.count("f1") <= 10, sessions.count("f1")
     assert sessions.count("f2") == 1
+
+
+async def test_stored_error_events_are_capped_per_session_and_per_region(nats_url: str) -> None:
+    """Rate limits bound what one process publishes; the errors stream bounds what is stored,
+    whoever publishes (many processes, or a hostile one): the oldest events go first."""
+    region = "capped"
+    bus = await Bus.connect(nats_url, regions=[region], partitions=4, name="test-caps")
+    try:
+        await bus.provision(streams.Retention(errors_max=40, errors_per_session=5))
+        for i in range(30):  # one session's flood
+            await bus.publish(region, ErrorEvent(session="loud", turn=0, code="x", message=str(i),
+                                                 stage="test"))
+        for i in range(100):  # many sessions
+            await bus.publish(region, ErrorEvent(session=f"s{i}", turn=0, code="x",
+                                                 message="m", stage="test"))
+        errors = streams.errors_stream(region)
+        info = await bus.js.stream_info(errors, subjects_filter=">")
+        assert info.state.messages == 40
+        assert all(n <= 5 for n in (info.state.subjects or {}).values())
+        ctl = await bus.js.stream_info(streams.control_stream(region))
+        assert ctl.state.messages == 0, "error events are kept apart from the control events"
+    finally:
+        await bus.close()

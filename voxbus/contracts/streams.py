@@ -27,6 +27,9 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     transform: tuple[str, str] | None = None
     max_msg_size: int = -1
     duplicate_window_s: float = 0.0  # 0: DUPLICATE_WINDOW_S
+    #: Caps on what the stream stores (-1: none); the oldest messages go first.
+    max_msgs: int = -1
+    max_msgs_per_subject: int = -1
 
 
 class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,7 +56,15 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     text_s: float = 24 * HOUR
     control_s: float = 24 * HOUR
     state_s: float = 24 * HOUR
-    ops_s: float = 30 * 24 * HOUR
+    #: Purge requests and completions (opaque session ids only): long enough for a purge
+    #: service that was down overnight to find the request, and for the requester to read
+    #: the completion.
+    ops_s: float = 24 * HOUR
+    errors_s: float = 24 * HOUR
+    #: Error events stored per region, and per session: a flood of bad input (each message
+    #: rejected with an event) cannot grow storage past these, whatever the rate limits let by.
+    errors_max: int = 10_000
+    errors_per_session: int = 20
     #: Not personal data: how long a partition lease outlives its last renewal.
     leases_s: float = LEASE_TTL_S
 
@@ -86,8 +97,18 @@ def control_stream(region: str) -> str:
     return f"VOXBUS_{_token(region)}_CTL"
 
 
-def ops_stream() -> str:
-    return "VOXBUS_OPS"
+def errors_stream(region: str) -> str:
+    return f"VOXBUS_{_token(region)}_ERRORS"
+
+
+def ops_stream(region: str) -> str:
+    """Purge requests and completions of one region (``voxbus.ops.<region>.*``)."""
+    return f"VOXBUS_{_token(region)}_OPS"
+
+
+#: The one ops stream of every region before ops streams were per region: ``provision``
+#: removes it (its subjects overlap the new streams'; it held only purge records).
+LEGACY_OPS_STREAM: Final = "VOXBUS_OPS"
 
 
 def state_bucket(region: str) -> str:
@@ -105,7 +126,13 @@ def stream_of(region: str, kind: Kind) -> str:
         return audio_stream(region)
     if kind in (Kind.TRANSCRIPT, Kind.REPLY):
         return text_stream(region)
+    if kind == Kind.ERROR:
+        return errors_stream(region)
     return control_stream(region)
+
+
+#: The kinds the control stream stores (error events have their own, capped stream).
+CONTROL_KINDS: Final = (Kind.SESSION, Kind.SPEECH, Kind.TURN, Kind.INTERRUPT, Kind.SPOKEN)
 
 
 def region_streams(
@@ -130,10 +157,19 @@ def region_streams(
         ),
         StreamSpec(
             name=control_stream(region),
-            subjects=[f"{PREFIX}.{region}.*.ctl.*"],
+            subjects=_kinds(region, *CONTROL_KINDS),
             max_age_s=r.control_s,
-            description="session, speech, turn, interrupt, spoken and error events",
+            description="session, speech, turn, interrupt and spoken events",
             transform=transform,
+        ),
+        StreamSpec(
+            name=errors_stream(region),
+            subjects=_kinds(region, Kind.ERROR),
+            max_age_s=r.errors_s,
+            description="error events (capped: the oldest go first)",
+            transform=transform,
+            max_msgs=r.errors_max,
+            max_msgs_per_subject=r.errors_per_session,
         ),
     ]
 
@@ -155,9 +191,10 @@ def ops_streams(regions: list[str], *, retention: Retention | None = None) -> li
     r = retention or Retention()
     return [
         StreamSpec(
-            name=ops_stream(),
-            subjects=[f"{PREFIX}.{OPS}.{check_region(x)}.*" for x in regions],
+            name=ops_stream(x),
+            subjects=[f"{PREFIX}.{OPS}.{check_region(x)}.*"],
             max_age_s=r.ops_s,
-            description="purge requests and completions (session ids only, no content)",
+            description="purge requests and completions (opaque session ids only, no content)",
         )
+        for x in regions
     ]

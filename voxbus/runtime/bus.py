@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -51,6 +52,9 @@ class Bus:
         self._disconnect_listeners: list[Callable[[], None]] = []
         #: Error events answering bad input, rate-limited per session and in all (``ratelimit``).
         self.error_budget = ErrorBudget()
+        #: False for an identity that may not create streams (every role but the operator's):
+        #: a worker then waits for the operator's provisioning instead of asking in vain.
+        self.may_provision = True
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -85,8 +89,11 @@ class Bus:
         name: str = "voxbus",
         user: str | None = None,
         password: str | None = None,
+        inbox_prefix: str | None = None,
         max_reconnect_attempts: int = -1,
     ) -> Bus:
+        """``inbox_prefix``: where replies come to (``_INBOX`` by default); an identity may
+        subscribe only under its own (``ops.auth``)."""
         bus: Bus | None = None
 
         async def reconnected() -> None:
@@ -107,6 +114,7 @@ class Bus:
             name=name,
             user=user,
             password=password,
+            inbox_prefix=inbox_prefix or "_INBOX",
             max_reconnect_attempts=max_reconnect_attempts,
             allow_reconnect=max_reconnect_attempts != 0,
             # Retried every 0.25 s: work resumes within a second of the server coming back.
@@ -141,6 +149,8 @@ class Bus:
         """Create or update every stream and bucket of the served regions (idempotent).
         ``create_only``: create what is missing, leave what exists as it is (a worker
         recovering from an empty store must not reset an operator's settings)."""
+        if not create_only:
+            await self._drop_legacy_ops()
         for spec in streams.ops_streams(self.regions, retention=retention):
             await self._ensure_stream(spec, create_only=create_only)
         for region in self.regions:
@@ -149,7 +159,7 @@ class Bus:
             ):
                 await self._ensure_stream(spec, create_only=create_only)
             for b in streams.region_buckets(region, retention=retention):
-                await self._ensure_bucket(b)
+                await self._ensure_bucket(b, create_only=create_only)
 
     async def _ensure_stream(self, spec: streams.StreamSpec, *, create_only: bool = False
                              ) -> None:
@@ -158,6 +168,9 @@ class Bus:
             subjects=spec.subjects,
             description=spec.description,
             max_age=spec.max_age_s,
+            max_msgs=spec.max_msgs,
+            max_msgs_per_subject=spec.max_msgs_per_subject,
+            discard=js_api.DiscardPolicy.OLD,
             duplicate_window=min(spec.duplicate_window_s or streams.DUPLICATE_WINDOW_S,
                                  spec.max_age_s),
             storage=js_api.StorageType.FILE,
@@ -182,15 +195,39 @@ class Bus:
         except BadRequestError as e:
             log.warning("stream_update_refused", stream=spec.name, error=str(e))
 
-    async def _ensure_bucket(self, spec: streams.BucketSpec) -> None:
+    async def _drop_legacy_ops(self) -> None:
+        """Stores provisioned before ops streams were per region have one ``VOXBUS_OPS`` whose
+        subjects overlap theirs; it held only purge records (a pending request is lost: it is
+        logged, and can be sent again)."""
         try:
-            self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
+            info = await self.js.stream_info(streams.LEGACY_OPS_STREAM)
+        except NotFoundError:
+            return
+        await self.js.delete_stream(streams.LEGACY_OPS_STREAM)
+        log.warning("legacy_ops_stream_removed", stream=streams.LEGACY_OPS_STREAM,
+                    messages=info.state.messages)
+
+    async def _ensure_bucket(self, spec: streams.BucketSpec, *, create_only: bool = False
+                             ) -> None:
+        """Buckets allow direct gets: a key is then read by its subject
+        (``$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>``), which permissions can limit
+        to an identity's own keys; a message get names the key only in its payload."""
+        try:
+            kv = await self.js.key_value(spec.bucket)
         except (NotFoundError, nats.js.errors.BucketNotFoundError):
             self._kv[spec.bucket] = await self.js.create_key_value(
                 js_api.KeyValueConfig(
-                    bucket=spec.bucket, ttl=spec.ttl_s, description=spec.description, history=1
+                    bucket=spec.bucket, ttl=spec.ttl_s, description=spec.description, history=1,
+                    direct=True,
                 )
             )
+            return
+        self._kv[spec.bucket] = kv
+        info = await self.js.stream_info(f"KV_{spec.bucket}")
+        if not info.config.allow_direct and not create_only:  # made by an older voxbus
+            await self.js.update_stream(dataclasses.replace(info.config, allow_direct=True))
+            self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
+            log.info("bucket_direct_get_enabled", bucket=spec.bucket)
 
     def forget_kv(self, bucket: str) -> None:
         self._kv.pop(bucket, None)
