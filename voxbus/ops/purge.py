@@ -26,8 +26,6 @@ from voxbus.contracts import decode, encode, streams
 from voxbus.contracts.control import tombstone_key
 from voxbus.contracts.messages import PurgeCompleted, PurgeRequested
 from voxbus.contracts.subjects import (
-    OPS,
-    PREFIX,
     check_session,
     purge_subject,
     purged_subject,
@@ -104,26 +102,32 @@ async def request_purge(bus: Bus, region: str, session: str, *, timeout_s: float
 
 
 class PurgeService:
-    """Consumes purge requests of every served region from the ops stream."""
+    """Consumes the purge requests of every served region, each from its region's ops stream
+    (consumer ``purger``, the only one the purger identity may read)."""
+
+    CONSUMER = "purger"
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
     async def run(self) -> None:
-        await self.bus.js.add_consumer(
-            streams.ops_stream(),
-            js_api.ConsumerConfig(
-                durable_name="purger",
-                filter_subject=f"{PREFIX}.{OPS}.*.purge",
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                ack_wait=30,
-                deliver_policy=js_api.DeliverPolicy.NEW,
-            ),
-        )
-        await PullConsumer(
-            self.bus.nc, stream=streams.ops_stream(), consumer="purger", handler=self._handle,
-            batch=8,
-        ).run()
+        for region in self.bus.regions:
+            await self.bus.js.add_consumer(
+                streams.ops_stream(region),
+                js_api.ConsumerConfig(
+                    durable_name=self.CONSUMER,
+                    filter_subject=purge_subject(region),
+                    ack_policy=js_api.AckPolicy.EXPLICIT,
+                    ack_wait=30,
+                    deliver_policy=js_api.DeliverPolicy.NEW,
+                ),
+            )
+        async with asyncio.TaskGroup() as pulls:  # one puller per region, until cancelled
+            for region in self.bus.regions:
+                pulls.create_task(PullConsumer(
+                    self.bus.nc, stream=streams.ops_stream(region), consumer=self.CONSUMER,
+                    handler=self._handle, batch=8,
+                ).run(), name=f"purger-{region}")
 
     async def _handle(self, m: Msg) -> None:
         try:

@@ -410,8 +410,8 @@ class PartitionLeases:
         await self._drains.close()
         await asyncio.gather(*(self.release(p) for p in sorted(self.held)))
         try:
-            await self._js.purge_stream(f"KV_{self._bucket}",
-                                        subject=self._subject(self._member_key()))
+            # a purge marker, published on our own key: an identity may not purge the stream
+            await self._kv.purge(self._member_key())
         except Exception as e:  # noqa: BLE001 - the membership key ages out anyway
             if not transient(e):
                 raise
