@@ -1,4 +1,6 @@
-"""Only the operator identity may purge: permissions enforced by a real nats-server."""
+"""The identities at work on a real nats-server: the purger erases what the operator asks it to
+and a stage identity can do neither; a process refuses another role's or region's identity
+before it connects; a wrong password is refused."""
 
 from __future__ import annotations
 
@@ -13,22 +15,25 @@ import pytest
 from voxbus.contracts import encode, streams
 from voxbus.contracts.messages import AudioIn, PurgeRequested
 from voxbus.contracts.subjects import purge_subject
-from voxbus.ops.auth import Credentials, server_config
+from voxbus.ops.auth import Identities, server_config
 from voxbus.ops.nats import EmbeddedNats
-from voxbus.ops.purge import PurgeError, PurgeService, purge_session
+from voxbus.ops.purge import PurgeService, purge_session, request_purge
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.echo import EchoStage
+from voxbus.runtime.settings import BusSettings, SettingsError
 from voxbus.runtime.tasks import TaskSet
-from voxbus.runtime.worker import Worker
 
 REGION = "eu"
-CREDS = Credentials.generate()
 
 
 @pytest.fixture
-def secure_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+def ids(tmp_path: Path) -> Identities:
+    return Identities.load_or_create(tmp_path / "ids", [REGION, "us"])
+
+
+@pytest.fixture
+def secure_server(tmp_path: Path, ids: Identities) -> Iterator[EmbeddedNats]:
     conf = tmp_path / "nats.conf"
-    conf.write_text(server_config([REGION], CREDS))
+    conf.write_text(server_config(ids, partitions=4))
     server = EmbeddedNats(config_file=conf).start()
     try:
         yield server
@@ -36,12 +41,15 @@ def secure_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
         server.stop()
 
 
-async def _connect(url: str, user: str, password: str) -> Bus:
-    return await Bus.connect(url, regions=[REGION], partitions=4, user=user, password=password)
+async def _connect(server: EmbeddedNats, ids: Identities, role: str) -> Bus:
+    i = ids.get(role, REGION)
+    return await Bus.connect(server.url, regions=[REGION], partitions=4, user=i.user,
+                             password=i.password, inbox_prefix=i.inbox_prefix,
+                             name=f"test-{role}")
 
 
-def _frame(session: str) -> AudioIn:
-    return AudioIn(session=session, seq=0, sample_rate_hz=16000, capture_ns=time.time_ns(),
+def _frame(session: str, seq: int) -> AudioIn:
+    return AudioIn(session=session, seq=seq, sample_rate_hz=16000, capture_ns=time.time_ns(),
                    pcm=b"\0\0" * 160)
 
 
@@ -50,39 +58,57 @@ async def _stored(bus: Bus) -> int:
     return info.state.messages
 
 
-async def test_stage_identity_cannot_purge_but_can_work(secure_server: EmbeddedNats) -> None:
-    op = await _connect(secure_server.url, "operator", CREDS.operator)
+async def test_only_the_purger_erases_and_only_the_operator_asks(
+    secure_server: EmbeddedNats, ids: Identities
+) -> None:
+    op = await _connect(secure_server, ids, "operator")
     await op.provision()
-    stage = await _connect(secure_server.url, "stage", CREDS.stage)
+    bridge = await _connect(secure_server, ids, "bridge")
+    purger = await _connect(secure_server, ids, "purger")
+    stt = await _connect(secure_server, ids, "stt")
     tasks = TaskSet("auth-test")
-    tasks.spawn(PurgeService(op).run())
-    worker = Worker(stage, EchoStage())
+    tasks.spawn(PurgeService(purger).run())
     try:
-        await worker.start()  # consumers, leases and KV work with the stage identity
-        await stage.publish(REGION, _frame("victim"))
-        await asyncio.sleep(1.0)
-        assert await _stored(op) == 2  # the frame and the echo stage's answer
+        for seq in range(3):  # the bridge's identity publishes caller audio
+            await bridge.publish(REGION, _frame("victim", seq), ack=True)
+        assert await _stored(op) == 3
 
         req = PurgeRequested(session="victim", region=REGION, requested_by="intruder")
         with pytest.raises(Exception):  # noqa: B017 - permission violation: no ack ever comes
-            await stage.js.publish(purge_subject(REGION), encode(req), timeout=1)
-        with pytest.raises((PurgeError, TimeoutError, Exception)):
-            await purge_session(stage, REGION, "victim")
-        await asyncio.sleep(0.5)
-        assert await _stored(op) == 2, "a stage identity purged data"
+            await stt.js.publish(purge_subject(REGION), encode(req), timeout=1)
+        with pytest.raises(Exception):  # noqa: B017 - the tombstone write is refused
+            await purge_session(stt, REGION, "victim", grace_s=0)
+        await asyncio.sleep(0.3)
+        assert await _stored(op) == 3, "a stage identity purged data"
 
-        removed = await purge_session(op, REGION, "victim")
-        assert removed[streams.audio_stream(REGION)] == 2
+        done = await request_purge(op, REGION, "victim")  # the purger identity does it
+        assert done.removed[streams.audio_stream(REGION)] == 3
         assert await _stored(op) == 0
     finally:
-        await worker.stop()
         await tasks.close()
-        await stage.close()
-        await op.close()
+        for bus in (stt, purger, bridge, op):
+            await bus.close()
+
+
+def test_a_process_refuses_an_identity_that_is_not_its_own(ids: Identities,
+                                                           tmp_path: Path) -> None:
+    llm = str(ids.path("llm-eu"))
+    settings = BusSettings.from_env({"VOXBUS_CREDENTIALS": llm})
+    assert settings.regions == (REGION,) and settings.inbox_prefix == "_INBOX_llm-eu"
+    settings.require_role("llm")
+    with pytest.raises(SettingsError, match="'llm' identity .*needs 'stt'"):
+        settings.require_role("stt")
+    with pytest.raises(SettingsError, match="serves region 'eu' only"):
+        BusSettings.from_env({"VOXBUS_CREDENTIALS": llm, "VOXBUS_REGIONS": "eu,us"})
+    with pytest.raises(SettingsError, match="cannot read credentials"):
+        BusSettings.from_env({"VOXBUS_CREDENTIALS": str(tmp_path / "missing.json")})
+    (tmp_path / "bad.json").write_text('{"user": 1}')
+    with pytest.raises(SettingsError, match="not a voxbus identity file"):
+        BusSettings.from_env({"VOXBUS_CREDENTIALS": str(tmp_path / "bad.json")})
 
 
 def test_wrong_password_is_refused(secure_server: EmbeddedNats) -> None:
     with socket.create_connection(("127.0.0.1", secure_server.port), timeout=5) as sock:
         assert sock.recv(4096).startswith(b"INFO")
-        sock.sendall(b'CONNECT {"user":"stage","pass":"nope","verbose":false}\r\nPING\r\n')
+        sock.sendall(b'CONNECT {"user":"stt-eu","pass":"nope","verbose":false}\r\nPING\r\n')
         assert b"Authorization Violation" in sock.recv(4096)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from voxbus.ops.auth import ROLES
 from voxbus.runtime.procs import free_port
 
 
@@ -60,7 +61,10 @@ def test_sigterm_stops_the_server_and_the_store_stays(tmp_path: Path) -> None:
 def test_secure_keeps_its_passwords_across_restarts(tmp_path: Path) -> None:
     store, port = tmp_path / "nats", free_port()
     _stop(_start(store, port, "--secure"), port)
-    first = json.loads((store / "credentials.json").read_text())
-    assert (store / "credentials.json").stat().st_mode & 0o077 == 0
+    files = sorted((store / "credentials").glob("*.json"))
+    assert [f.stem for f in files] == sorted(f"{r}-clitest" for r in ROLES)
+    first = {f.name: json.loads(f.read_text()) for f in files}
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files)
+    assert first["stt-clitest.json"]["inbox_prefix"] == "_INBOX_stt-clitest"
     _stop(_start(store, port, "--secure"), port)
-    assert json.loads((store / "credentials.json").read_text()) == first
+    assert {f.name: json.loads(f.read_text()) for f in files} == first

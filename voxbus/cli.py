@@ -16,7 +16,7 @@ from pathlib import Path
 def _nats(args: argparse.Namespace) -> int:
     import signal
 
-    from voxbus.ops.auth import Credentials, server_config
+    from voxbus.ops.auth import ROLES, Identities, server_config
     from voxbus.ops.nats import EmbeddedNats, NatsServerError
     from voxbus.runtime.bus import Bus
     from voxbus.runtime.settings import BusSettings
@@ -25,11 +25,11 @@ def _nats(args: argparse.Namespace) -> int:
     store = Path(args.store)
     store.mkdir(parents=True, exist_ok=True)
     conf: Path | None = None
-    creds: Credentials | None = None
+    ids: Identities | None = None
     if args.secure:  # the same passwords across restarts: running workers stay logged in
-        creds = Credentials.load_or_create(store / "credentials.json")
+        ids = Identities.load_or_create(store / "credentials", regions)
         conf = store / "auth.conf"
-        conf.write_text(server_config(regions, creds))
+        conf.write_text(server_config(ids, partitions=args.partitions))
         conf.chmod(0o600)
     try:
         server = EmbeddedNats(port=args.port, store_dir=store, config_file=conf).start()
@@ -43,18 +43,24 @@ def _nats(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, terminate)
 
     async def provision() -> None:
-        bus = await Bus.connect(server.url, regions=regions, partitions=args.partitions,
-                                user="operator" if creds else None,
-                                password=creds.operator if creds else None)
-        await bus.provision(BusSettings.from_env().retention())
-        await bus.close()
+        # each region by its own operator when secure (an operator may touch only its region)
+        for group in ([[r] for r in regions] if ids else [regions]):
+            op = ids.get("operator", group[0]) if ids else None
+            bus = await Bus.connect(server.url, regions=group, partitions=args.partitions,
+                                    user=op.user if op else None,
+                                    password=op.password if op else None,
+                                    inbox_prefix=op.inbox_prefix if op else None)
+            await bus.provision(BusSettings.from_env().retention())
+            await bus.close()
 
     try:
         asyncio.run(provision())
         print(f"NATS_URL={server.url}  regions={','.join(regions)}  partitions={args.partitions}"
               f"  store={store}  log={server.log_file}", flush=True)
-        if creds:
-            print(f"credentials (operator/stage/analytics) in {store / 'credentials.json'}")
+        if ids:
+            print(f"credentials: {ids.directory}/<role>-<region>.json, one per identity "
+                  f"(roles {', '.join(ROLES)}); a process reads its own from "
+                  "VOXBUS_CREDENTIALS", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -68,6 +74,7 @@ def _provision(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         settings = BusSettings.from_env()
+        settings.require_role("operator")
         bus = await connect(settings, name="voxbus-provision")
         await bus.provision(settings.retention())
         await bus.close()
@@ -77,12 +84,13 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from voxbus.ops.purge import purge_session, request_purge
+    import nats.errors
+
+    from voxbus.ops.purge import PurgeError, purge_session, request_purge
     from voxbus.runtime.serve import connect
-    from voxbus.runtime.settings import BusSettings
+    from voxbus.runtime.settings import BusSettings, SettingsError
 
     async def run() -> dict[str, int]:
-        settings = BusSettings.from_env()
         bus = await connect(settings, name="voxbus-purge")
         if args.region not in bus.regions:
             bus.regions.append(args.region)
@@ -93,7 +101,17 @@ def _purge(args: argparse.Namespace) -> int:
         finally:
             await bus.close()
 
-    removed = asyncio.run(run())
+    settings = BusSettings.from_env()
+    settings.require_role("operator", "purger")
+    if settings.identity is not None and args.region != settings.identity.region:
+        raise SettingsError(f"the identity in VOXBUS_CREDENTIALS ({settings.identity.user}) "
+                            f"may not purge region {args.region!r}")
+    try:
+        removed = asyncio.run(run())
+    except (TimeoutError, nats.errors.TimeoutError, PurgeError) as e:
+        print(f"voxbus purge: the purge of {args.session} did not complete: "
+              f"{e or 'no answer in time'}", file=sys.stderr)
+        return 1
     for stream, n in removed.items():
         print(f"{stream}: {n} removed")
     return 0
@@ -108,7 +126,9 @@ def _purger(args: argparse.Namespace) -> int:
     logging.configure()
 
     async def run() -> None:
-        bus = await connect(BusSettings.from_env(), name="voxbus-purger")
+        settings = BusSettings.from_env()
+        settings.require_role("purger")
+        bus = await connect(settings, name="voxbus-purger")
         try:
             await PurgeService(bus).run()
         finally:
@@ -144,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--regions", default=os.environ.get("VOXBUS_REGIONS", "local"))
     n.add_argument("--partitions", type=int, default=16)
     n.add_argument("--secure", action="store_true",
-                   help="require operator/stage/analytics users (passwords made once, kept "
-                        "in the store)")
+                   help="require one identity per role and region (stt, llm, tts, bridge, "
+                        "purger, analytics, operator), each with exactly its permissions; "
+                        "one credentials file each in <store>/credentials, made once")
     n.set_defaults(fn=_nats)
 
     pv = sub.add_parser("provision", help="create/update streams and buckets on NATS_URL")

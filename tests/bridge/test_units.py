@@ -15,7 +15,7 @@ from voxbus.contracts.messages import SESSION_PATTERN
 from voxbus.contracts.streams import ops_streams, region_streams
 from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitConfig
-from voxbus.ops.auth import stage_permissions
+from voxbus.ops.auth import permissions
 from voxbus.runtime.settings import SettingsError
 from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher, PlayoutLedger, rms
 from voxbus.services.bridge.playout import Playout
@@ -188,9 +188,10 @@ def test_settings_from_env() -> None:
 
 def test_dispatch_subject_is_allowed_and_never_stored() -> None:
     subj = dispatch_subject("local")
-    perms = stage_permissions(["local"])
-    allowed = cast(dict[str, list[str]], perms["publish"])["allow"]
-    assert any(nats_match(p, subj) for p in allowed)
+    bridge = cast(dict[str, list[str]], permissions("bridge", "local")["subscribe"])["allow"]
+    operator = cast(dict[str, list[str]], permissions("operator", "local")["publish"])["allow"]
+    assert any(nats_match(p, subj) for p in bridge)
+    assert any(nats_match(p, subj) for p in operator)
     for spec in [*region_streams("local"), *ops_streams(["local"])]:
         assert not any(nats_match(p, subj) for p in spec.subjects), spec.name
 

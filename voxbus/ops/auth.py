@@ -1,119 +1,279 @@
-"""NATS identities and permissions.
+"""NATS identities and their exact permissions: one identity per role and per region.
 
-- ``operator``: everything, including the purge subject and the JetStream admin API (creating,
-  purging and deleting streams). Only operators (people or the purge service) hold it.
-- ``stage``: the STT/LLM/TTS workers and the bridge. They publish and consume session subjects of
-  the served regions, create and pull their consumers, ack, and use KV (leases, session state);
-  they may not publish on ``voxbus.ops.>`` nor call the stream purge/delete/create APIs, so a
-  compromised worker can neither purge nor reconfigure retention.
-- ``analytics``: read-only consumers of the text streams (transcripts and replies).
+Roles (``ROLES``): the ``stt``, ``llm`` and ``tts`` stage workers, the ``bridge``, the
+``purger`` (the purge service), ``analytics`` (read-only text consumers) and the ``operator``
+(provisioning, dispatch, purge requests: everything of its region). The identity of role R in
+region X is the NATS user ``R-X``; it may:
 
-``voxbus nats --secure`` writes such a config with passwords kept in its store;
-``server_config`` renders it.
+- publish only the session kinds its role produces, in region X;
+- consume only its own durable consumers (``<role>-p<n>`` for the stages, ``purger`` on the
+  ops stream, ``analytics-<n>`` on the text stream): create, info, pull and ack them, never
+  pause, delete or create another;
+- read and write only its own KV keys (``<session>.<owner>`` in the state bucket, its stage's
+  lease keys), plus the tombstones (``purged/<session>``, written by the purger only);
+- subscribe only under its own inbox prefix (``_INBOX_R-X.``, set on its connection), so
+  nobody can capture what JetStream delivers to another identity;
+- read no stream by direct or message get: a stage sees a session's data only through the
+  consumers of its inputs.
+
+Only the purger and the operator may purge a stream, only the operator may publish a purge
+request, create, update or delete streams and consumers, or read the ops stream.
+
+``voxbus nats --secure`` writes the server's configuration (``server_config``) and one
+credentials file per identity (``Identities``); a worker reads its own from
+``VOXBUS_CREDENTIALS``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+
+import msgspec
 
 from voxbus.contracts import streams
-from voxbus.contracts.subjects import OPS, PREFIX, check_region, tombstone_subject
-
-ADMIN_DENY = [
-    f"{PREFIX}.{OPS}.>",
-    "$JS.API.STREAM.PURGE.>",
-    "$JS.API.STREAM.DELETE.>",
-    "$JS.API.STREAM.MSG.DELETE.>",
-    "$JS.API.STREAM.CREATE.>",
-    "$JS.API.STREAM.UPDATE.>",
-    "$JS.API.CONSUMER.DELETE.>",
-]
+from voxbus.contracts.control import (
+    CALLER_STATE,
+    INTERRUPTED_STATE,
+    LLM_STATE,
+    STT_STATE,
+    dispatch_subject,
+)
+from voxbus.contracts.subjects import (
+    OPS,
+    PREFIX,
+    Kind,
+    check_region,
+    purged_subject,
+    tombstone_subject,
+)
+from voxbus.runtime.settings import IdentityFile, read_identity
 
 
 @dataclass(frozen=True)
-class Credentials:
-    operator: str
-    stage: str
-    analytics: str
+class Role:
+    """What one role does on the bus in its region."""
+
+    name: str
+    #: Session kinds it takes from JetStream, by its durable consumers ``<name>-p<n>``.
+    consumes: tuple[Kind, ...] = ()
+    #: Session kinds it publishes.
+    publishes: tuple[Kind, ...] = ()
+    #: Session kinds it hears live on core NATS (the bridge forwards them to the room).
+    hears: tuple[Kind, ...] = ()
+    #: ``<session>.<owner>`` state keys it reads and writes.
+    state: tuple[str, ...] = ()
+    #: State keys it only reads (every stage reads the tombstones and the interrupt watermark).
+    reads: tuple[str, ...] = ()
+    #: Stage workers hold partition leases under ``<name>.`` in the lease bucket.
+    leases: bool = False
+
+
+_STAGE_READS = (INTERRUPTED_STATE,)
+
+ROLES: Final[dict[str, Role]] = {r.name: r for r in (
+    Role("stt", consumes=(Kind.AUDIO_IN, Kind.SESSION),
+         publishes=(Kind.TRANSCRIPT, Kind.SPEECH, Kind.TURN, Kind.ERROR),
+         state=(STT_STATE,), reads=_STAGE_READS, leases=True),
+    Role("llm", consumes=(Kind.TURN, Kind.SESSION, Kind.INTERRUPT, Kind.SPOKEN),
+         publishes=(Kind.REPLY, Kind.ERROR), state=(LLM_STATE, INTERRUPTED_STATE), leases=True),
+    Role("tts", consumes=(Kind.REPLY, Kind.INTERRUPT), publishes=(Kind.AUDIO_OUT, Kind.ERROR),
+         state=(INTERRUPTED_STATE,), leases=True),
+    Role("bridge",
+         publishes=(Kind.AUDIO_IN, Kind.SESSION, Kind.INTERRUPT, Kind.SPOKEN, Kind.ERROR),
+         hears=(Kind.AUDIO_OUT, Kind.SPEECH, Kind.TRANSCRIPT, Kind.REPLY), state=(CALLER_STATE,)),
+    Role("purger"),
+    Role("analytics", hears=(Kind.TRANSCRIPT, Kind.REPLY)),
+    Role("operator"),
+)}
+
+#: Durable consumers an analytics identity may make and read on its region's text stream.
+ANALYTICS_CONSUMERS: Final = tuple(f"analytics-{n}" for n in range(8))
+PURGER_CONSUMER: Final = "purger"
+API: Final = "$JS.API"
+
+
+def user_name(role: str, region: str) -> str:
+    return f"{role}-{check_region(region)}"
+
+
+def inbox_prefix(user: str) -> str:
+    """The identity's own inbox prefix: replies and deliveries to it come under
+    ``_INBOX_<user>.``, which no other identity may subscribe to."""
+    return f"_INBOX_{user}"
+
+
+def stage_consumers(role: Role, region: str, partitions: int) -> list[tuple[str, str]]:
+    """(stream, consumer) of each durable consumer a stage worker makes (``runtime.worker``)."""
+    stream_names = sorted({streams.stream_of(region, k) for k in role.consumes})
+    return [(s, f"{role.name}-p{p}") for s in stream_names for p in range(partitions)]
+
+
+def _consumer_use(stream: str, consumer: str, *, delete: bool = False) -> list[str]:
+    """Create (both API forms), inspect, pull and ack one named consumer."""
+    uses = [
+        f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+        f"{API}.CONSUMER.CREATE.{stream}.{consumer}",
+        f"{API}.CONSUMER.CREATE.{stream}.{consumer}.>",
+        f"{API}.CONSUMER.INFO.{stream}.{consumer}",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    ]
+    if delete:
+        uses.append(f"{API}.CONSUMER.DELETE.{stream}.{consumer}")
+    return uses
+
+
+def _kv_keys(bucket: str, key_pattern: str, *, write: bool) -> list[str]:
+    """Read (direct get by subject, as the KV client does) and, with ``write``, write keys."""
+    reads = [f"{API}.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key_pattern}"]
+    return [*reads, f"$KV.{bucket}.{key_pattern}"] if write else reads
+
+
+def _bucket_info(*buckets: str) -> list[str]:
+    return [f"{API}.STREAM.INFO.KV_{b}" for b in buckets]
+
+
+def _session_subjects(region: str, kinds: Iterable[Kind]) -> list[str]:
+    return [f"{PREFIX}.{region}.*.{k.value}" for k in kinds]
+
+
+def _region_stream_names(region: str) -> list[str]:
+    names = [s.name for s in streams.region_streams(region)]
+    names += [s.name for s in streams.ops_streams([region])]
+    names += [f"KV_{b.bucket}" for b in streams.region_buckets(region)]
+    return names
+
+
+def _operator(region: str) -> tuple[list[str], list[str]]:
+    """Everything of its region, nothing of another: its streams and buckets (create, update,
+    delete, purge, read, consumers), its session, ops and KV subjects."""
+    pub = [
+        f"{PREFIX}.{region}.>", f"{PREFIX}.{OPS}.{region}.>",
+        f"{API}.INFO", f"{API}.STREAM.NAMES", f"{API}.STREAM.LIST",
+        *(f"$KV.{b.bucket}.>" for b in streams.region_buckets(region)),
+    ]
+    for s in _region_stream_names(region):
+        pub += [
+            f"{API}.STREAM.*.{s}", f"{API}.STREAM.MSG.*.{s}",
+            f"{API}.DIRECT.GET.{s}", f"{API}.DIRECT.GET.{s}.>",
+            f"{API}.CONSUMER.*.{s}", f"{API}.CONSUMER.*.{s}.>", f"{API}.CONSUMER.*.*.{s}.*",
+            f"$JS.ACK.{s}.>",
+        ]
+    # the one ops stream of stores from before ops streams were per region: provisioning
+    # removes it (``Bus.provision``)
+    legacy = streams.LEGACY_OPS_STREAM
+    pub += [f"{API}.STREAM.INFO.{legacy}", f"{API}.STREAM.DELETE.{legacy}"]
+    sub = [f"{PREFIX}.{region}.>", f"{PREFIX}.{OPS}.{region}.>"]
+    return pub, sub
+
+
+def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAULT_PARTITIONS,
+                ) -> dict[str, object]:
+    """The NATS permissions of identity ``<role>-<region>``."""
+    role = ROLES[role_name]
+    check_region(region)
+    state, leases = streams.state_bucket(region), streams.lease_bucket(region)
+    pub: list[str] = [f"{API}.INFO"]
+    sub: list[str] = [f"{inbox_prefix(user_name(role.name, region))}.>"]
+    extra: dict[str, object] = {}
+    if role.name == "operator":
+        more_pub, more_sub = _operator(region)
+        pub += more_pub
+        sub += more_sub
+    pub += _session_subjects(region, role.publishes)
+    sub += _session_subjects(region, role.hears)
+    for stream, consumer in stage_consumers(role, region, partitions):
+        pub += _consumer_use(stream, consumer)
+    if role.state or role.reads or role.leases:
+        pub += _bucket_info(state)
+        pub += _kv_keys(state, "*", write=False)  # tombstones: the only one-token keys
+        for owner in role.state:
+            pub += _kv_keys(state, f"*.{owner}", write=True)
+        for owner in role.reads:
+            pub += _kv_keys(state, f"*.{owner}", write=False)
+    if role.leases:
+        pub += _bucket_info(leases)
+        pub += _kv_keys(leases, f"{role.name}.>", write=True)
+    if role.consumes:
+        sub.append(tombstone_subject(region))
+    if role.name == "bridge":
+        sub += [tombstone_subject(region), dispatch_subject(region)]
+        extra["allow_responses"] = True  # answers dispatch requests on the requester's inbox
+    if role.name == "purger":
+        ops = streams.ops_stream(region)
+        pub += _consumer_use(ops, PURGER_CONSUMER)
+        pub += [purged_subject(region), tombstone_subject(region)]
+        pub += _bucket_info(state)
+        pub += _kv_keys(state, "*", write=True)  # writes the tombstones
+        pub += [f"{API}.STREAM.PURGE.{s.name}" for s in streams.region_streams(region)]
+        pub += [f"{API}.STREAM.PURGE.KV_{b.bucket}" for b in streams.region_buckets(region)
+                if b.holds_sessions]
+    if role.name == "analytics":
+        text = streams.text_stream(region)
+        pub.append(f"{API}.STREAM.INFO.{text}")
+        for consumer in ANALYTICS_CONSUMERS:
+            pub += _consumer_use(text, consumer, delete=True)
+        sub.append(tombstone_subject(region))  # readers act on purges
+    if role.name == "operator":
+        pub.append(dispatch_subject(region))
+    return {"publish": {"allow": sorted(set(pub))}, "subscribe": {"allow": sorted(set(sub))},
+            **extra}
+
+
+# ---- credentials ---------------------------------------------------------------------------
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+@dataclass
+class Identities:
+    """Every identity of some regions, each in ``<dir>/<role>-<region>.json``."""
+
+    directory: Path
+    regions: list[str]
+    by_user: dict[str, IdentityFile] = field(default_factory=dict)
 
     @classmethod
-    def generate(cls) -> Credentials:
-        return cls(*(secrets.token_urlsafe(18) for _ in range(3)))
+    def load_or_create(cls, directory: Path, regions: list[str]) -> Identities:
+        """Read the identities kept in ``directory`` and make the missing ones (the same
+        passwords across restarts: running workers stay logged in)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        ids = cls(directory, list(regions))
+        for region in regions:
+            for role in ROLES:
+                user = user_name(role, region)
+                path = ids.path(user)
+                if not path.exists():
+                    ident = IdentityFile(user=user, password=secrets.token_urlsafe(24), role=role,
+                                         region=region, inbox_prefix=inbox_prefix(user))
+                    _write_private(path, msgspec.json.encode(ident))
+                ids.by_user[user] = read_identity(path)
+        return ids
 
-    @classmethod
-    def load_or_create(cls, path: Path) -> Credentials:
-        """The credentials kept at ``path`` (JSON, mode 0600), made there on first use."""
-        if path.exists():
-            data = json.loads(path.read_text())
-            return cls(operator=data["operator"], stage=data["stage"],
-                       analytics=data["analytics"])
-        creds = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(creds), f)
-        return creds
+    def path(self, user: str) -> Path:
+        return self.directory / f"{user}.json"
 
-
-def stage_permissions(regions: list[str]) -> dict[str, object]:
-    session_subjects = [f"{PREFIX}.{check_region(r)}.*.*.*" for r in regions]
-    return {
-        "publish": {
-            "allow": [
-                *session_subjects,
-                "$JS.API.INFO",
-                "$JS.API.STREAM.INFO.>",
-                "$JS.API.CONSUMER.>",
-                "$JS.API.DIRECT.GET.>",
-                "$JS.API.STREAM.MSG.GET.>",
-                "$JS.ACK.>",
-                "$JS.FC.>",
-                "$KV.>",
-            ],
-            "deny": ADMIN_DENY,
-        },
-        "subscribe": {"allow": [*session_subjects, *(tombstone_subject(r) for r in regions),
-                                "_INBOX.>"]},
-    }
+    def get(self, role: str, region: str) -> IdentityFile:
+        return self.by_user[user_name(role, region)]
 
 
-def analytics_permissions(regions: list[str]) -> dict[str, object]:
-    text = [streams.text_stream(r) for r in regions]
-    return {
-        "publish": {
-            "allow": [
-                "$JS.API.INFO",
-                *(f"$JS.API.STREAM.INFO.{s}" for s in text),
-                *(f"$JS.API.CONSUMER.*.{s}.>" for s in text),
-                *(f"$JS.API.CONSUMER.*.{s}" for s in text),
-                *(f"$JS.API.CONSUMER.MSG.NEXT.{s}.>" for s in text),
-                *(f"$JS.ACK.{s}.>" for s in text),
-            ],
-            "deny": ADMIN_DENY,
-        },
-        "subscribe": {
-            "allow": [
-                *(f"{PREFIX}.{r}.*.stt.transcript" for r in regions),
-                *(f"{PREFIX}.{r}.*.llm.reply" for r in regions),
-                "_INBOX.>",
-            ]
-        },
-    }
-
-
-def server_config(regions: list[str], creds: Credentials) -> str:
-    """A nats-server config fragment: ``authorization: {...}`` (a JSON map is valid NATS config
+def server_config(ids: Identities, *, partitions: int = streams.DEFAULT_PARTITIONS) -> str:
+    """A nats-server config fragment, ``authorization: {...}`` (a JSON map is valid NATS config
     syntax), to include after other settings."""
     users = [
-        {"user": "operator", "password": creds.operator,
-         "permissions": {"publish": ">", "subscribe": ">"}},
-        {"user": "stage", "password": creds.stage, "permissions": stage_permissions(regions)},
-        {"user": "analytics", "password": creds.analytics,
-         "permissions": analytics_permissions(regions)},
+        {"user": i.user, "password": i.password,
+         "permissions": permissions(i.role, i.region, partitions=partitions)}
+        for i in ids.by_user.values()
     ]
     return "authorization: " + json.dumps({"users": users}, indent=2)

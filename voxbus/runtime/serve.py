@@ -17,16 +17,19 @@ log = structlog.get_logger("voxbus.serve")
 
 
 async def connect(settings: BusSettings, *, name: str) -> Bus:
-    return await Bus.connect(
+    bus = await Bus.connect(
         settings.url, regions=list(settings.regions), partitions=settings.partitions, name=name,
-        user=settings.user, password=settings.password,
+        user=settings.user, password=settings.password, inbox_prefix=settings.inbox_prefix,
     )
+    bus.may_provision = settings.identity is None or settings.identity.role == "operator"
+    return bus
 
 
 async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None = None) -> None:
     """Run ``stage`` until SIGTERM or SIGINT, then drain cleanly."""
     tracing.configure_from_env(stage.name)
     opts = opts or worker_options_from_env()  # bad settings fail before connecting
+    settings.require_role(stage.name)
     bus = await connect(settings, name=f"voxbus-{stage.name}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

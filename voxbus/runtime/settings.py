@@ -10,6 +10,9 @@ import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
 
 from voxbus.contracts.streams import DEFAULT_PARTITIONS, LEASE_TTL_S, Retention
 from voxbus.contracts.subjects import check_region
@@ -58,6 +61,32 @@ class Env:
         raise SettingsError(f"{self.prefix}_{name}={v!r} is not a boolean")
 
 
+class IdentityFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One NATS identity's credentials file (JSON, mode 0600, written by ``voxbus nats
+    --secure``): what a process of role ``role`` in ``region`` needs to log in."""
+
+    user: str
+    password: str
+    role: str
+    region: str
+    inbox_prefix: str
+
+
+def read_identity(path: Path) -> IdentityFile:
+    """The identity in ``path``, or a one-line ``SettingsError`` saying why it can't be used."""
+    try:
+        ident = msgspec.json.decode(path.read_bytes(), type=IdentityFile)
+    except OSError as e:
+        raise SettingsError(f"cannot read credentials {path}: {e.strerror}") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise SettingsError(f"credentials {path} are not a voxbus identity file: {e}") from None
+    try:
+        check_region(ident.region)
+    except ValueError as e:
+        raise SettingsError(f"credentials {path}: {e}") from None
+    return ident
+
+
 @dataclass(frozen=True, kw_only=True)
 class BusSettings:
     url: str = "nats://127.0.0.1:4222"
@@ -65,25 +94,49 @@ class BusSettings:
     partitions: int = DEFAULT_PARTITIONS
     user: str | None = None
     password: str | None = None
+    #: From ``VOXBUS_CREDENTIALS`` (a file of ``voxbus nats --secure``): who this process is.
+    identity: IdentityFile | None = None
     #: The lease bucket's ttl where this process provisions it (``VOXBUS_LEASE_TTL_S``).
     lease_ttl_s: float = LEASE_TTL_S
 
     def retention(self) -> Retention:
         return Retention(leases_s=self.lease_ttl_s)
 
+    @property
+    def inbox_prefix(self) -> str | None:
+        return self.identity.inbox_prefix if self.identity else None
+
+    def require_role(self, *roles: str) -> None:
+        """A process of one role must not run under another's identity (it would be refused
+        half-way, one permission at a time): say so before connecting."""
+        if self.identity is not None and self.identity.role not in roles:
+            raise SettingsError(
+                f"VOXBUS_CREDENTIALS holds the {self.identity.role!r} identity "
+                f"({self.identity.user}); this process needs {' or '.join(map(repr, roles))}")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BusSettings:
         env = Env("VOXBUS", environ)
         e = os.environ if environ is None else environ
-        regions = tuple(r.strip() for r in env.str("REGIONS", "local").split(",") if r.strip())
+        creds = env.str("CREDENTIALS", "")
+        identity = read_identity(Path(creds)) if creds else None
+        default_regions = identity.region if identity else "local"
+        regions = tuple(r.strip() for r in env.str("REGIONS", default_regions).split(",")
+                        if r.strip())
         for r in regions:
             check_region(r)
+        if identity is not None and regions != (identity.region,):
+            raise SettingsError(
+                f"the identity in VOXBUS_CREDENTIALS ({identity.user}) serves region "
+                f"{identity.region!r} only, not VOXBUS_REGIONS={','.join(regions)}: run one "
+                "process per region, each with its region's identity")
         return cls(
             url=e.get("NATS_URL") or cls.url,
             regions=regions,
             partitions=env.int("PARTITIONS", DEFAULT_PARTITIONS),
-            user=e.get("NATS_USER") or None,
-            password=e.get("NATS_PASSWORD") or None,
+            user=identity.user if identity else (e.get("NATS_USER") or None),
+            password=identity.password if identity else (e.get("NATS_PASSWORD") or None),
+            identity=identity,
             lease_ttl_s=_positive(env, "LEASE_TTL_S", LEASE_TTL_S),
         )
 

@@ -358,7 +358,8 @@ class Worker:
                 leases = self._leases.get(region)
                 keep = streams.Retention(leases_s=leases.ttl_s) if leases else None
                 try:  # with the lease ttl this worker fences by, whatever the default
-                    await self.bus.provision(keep, create_only=True)
+                    if self.bus.may_provision:
+                        await self.bus.provision(keep, create_only=True)
                 except Exception as e:  # noqa: BLE001 - refused under least privilege
                     self.log.warning("provision_refused", region=region, error=repr(e))
                 await self.ensure_consumers(region)

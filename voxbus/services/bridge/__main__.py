@@ -32,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rooms = list(sys.argv[1:] if argv is None else argv)
     settings = BridgeSettings.from_env()
     settings.require_credentials()  # before connecting anywhere
-    asyncio.run(run(settings, BusSettings.from_env(), rooms))
+    bus = BusSettings.from_env()
+    bus.require_role("bridge")
+    asyncio.run(run(settings, bus, rooms))
     return 0
 
 

@@ -24,7 +24,7 @@ from voxbus.services.bridge.settings import BridgeSettings
 
 async def request_dispatch(
     room: str, *, nats_url: str, region: str, timeout_s: float = 15.0,
-    user: str | None = None, password: str | None = None,
+    user: str | None = None, password: str | None = None, inbox_prefix: str | None = None,
 ) -> DispatchReply:
     """The bridge's answer, or an ``ok=False`` reply saying why there was none."""
     async def quiet(e: Exception) -> None:  # the answer below says what went wrong
@@ -32,7 +32,7 @@ async def request_dispatch(
 
     try:
         nc = await nats.connect(nats_url, user=user, password=password, name="voxbus-dispatch",
-                                max_reconnect_attempts=1,
+                                inbox_prefix=inbox_prefix or "_INBOX", max_reconnect_attempts=1,
                                 connect_timeout=2, error_cb=quiet)
     except (OSError, nats.errors.Error) as e:
         return DispatchReply(ok=False, room=room, error=f"cannot reach NATS at {nats_url}: {e!r}")
@@ -61,10 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = rest[1:]
     args = p.parse_args(rest)
     bus = BusSettings.from_env()
+    bus.require_role("operator")
     region = args.region or BridgeSettings.from_env().region
     answer = asyncio.run(request_dispatch(
         args.room, nats_url=bus.url, region=region, timeout_s=args.timeout,
-        user=bus.user, password=bus.password,
+        user=bus.user, password=bus.password, inbox_prefix=bus.inbox_prefix,
     ))
     print(encode_json(answer).decode())
     return 0 if answer.ok else 1
