@@ -386,3 +386,61 @@ async def test_a_purge_stops_a_live_callers_session(
         talking.cancel()
         await asyncio.gather(talking, return_exceptions=True)
         await caller.leave()
+
+
+async def test_the_bridge_works_under_its_own_identity(
+    livekit: LiveKitServer, bridge_settings: BridgeSettings, tmp_path: Path
+) -> None:
+    """On a server that requires ``voxbus nats --secure``'s identities: the operator dispatches
+    the bridge, which runs as ``bridge-<region>`` (its own inbox prefix, answering the dispatch
+    on the operator's inbox), hears the caller, plays the agent, and the server logs no
+    permission violation."""
+    from voxbus.contracts import streams
+    from voxbus.contracts.control import CALLER_STATE, state_key
+    from voxbus.ops.auth import Identities, server_config
+    from voxbus.services.bridge.dispatch import request_dispatch
+
+    ids = Identities.load_or_create(tmp_path / "ids", [REGION])
+    (tmp_path / "auth.conf").write_text(server_config(ids))
+    server = EmbeddedNats(config_file=tmp_path / "auth.conf").start()
+
+    async def login(role: str) -> Bus:
+        i = ids.get(role, REGION)
+        return await Bus.connect(server.url, regions=[REGION], user=i.user, password=i.password,
+                                 inbox_prefix=i.inbox_prefix, name=f"test-{role}")
+
+    op = await login("operator")
+    await op.provision()
+    bus = await login("bridge")
+    b = Bridge(bus, bridge_settings)
+    await b.start()
+    tap = await Tap.on_bus(op, REGION)
+    caller = caller_for(livekit, "secure-room")
+    try:
+        o = ids.get("operator", REGION)
+        answer = await request_dispatch("secure-room", nats_url=server.url, region=REGION,
+                                        user=o.user, password=o.password,
+                                        inbox_prefix=o.inbox_prefix)
+        assert answer.ok, answer.error
+        await caller.join()
+        sess = (await started(tap, caller)).session
+        await asyncio.wait_for(caller.agent_track.wait(), 10)
+        pcm, rate = load_wav("traffic.wav")
+        await caller.play(pcm[: rate * 2])
+        assert len(tap.of(AudioIn, sess)) > 50
+        kv = await op.kv(streams.state_bucket(REGION))
+        assert b"secure-room" in ((await kv.get(state_key(sess, CALLER_STATE))).value or b"")
+        await speak(op, sess, 1, "Hello there.", 1.0)  # what the stages would say
+        await asyncio.sleep(1.5)
+        assert caller.first_voice_heard() is not None, "the caller never heard the agent"
+        await caller.leave()
+        await tap.wait_for(SessionEnded, session=sess)
+        violations = [line for line in server.log_file.read_text().splitlines()
+                      if "Violation" in line]
+        assert not violations, "\n".join(violations[:10])
+    finally:
+        await b.close()
+        await tap.close()
+        for x in (bus, op):
+            await x.close()
+        server.stop()

@@ -27,10 +27,13 @@ FRAME_MS = 20
 
 
 class BusCaller:
-    """Speaks WAV files into one session over the bus and listens to everything it gets back."""
+    """Speaks WAV files into one session over the bus and listens to everything it gets back
+    (``speaker``: the connection it speaks on, as the bridge would; by default ``bus``)."""
 
-    def __init__(self, bus: Bus, region: str, session: str) -> None:
+    def __init__(self, bus: Bus, region: str, session: str, *,
+                 speaker: Bus | None = None) -> None:
         self.bus = bus
+        self.speaker = speaker or bus
         self.region = region
         self.session = session
         self._seq = 0
@@ -40,7 +43,7 @@ class BusCaller:
         await self.watch.start()
 
     async def _frame(self, pcm: bytes, rate: int, channels: int) -> None:
-        await self.bus.publish(self.region, AudioIn(
+        await self.speaker.publish(self.region, AudioIn(
             session=self.session, seq=self._seq, sample_rate_hz=rate, channels=channels,
             capture_ns=time.time_ns(), pcm=pcm, participant="caller",
             turns_heard=self.watch.last_done_turn))
@@ -98,8 +101,11 @@ class RoomCaller:
         lk, bus, server = loop.livekit, loop.bus, loop.server
         if lk is None or bus is None or server is None:
             raise LoopError("the loop runs without LiveKit (VoiceLoop(livekit=True))")
+        op = loop.identities.get("operator", loop.region) if loop.identities else None
         answer = await request_dispatch(room, nats_url=server.url, region=loop.region,
-                                        timeout_s=timeout_s)
+                                        timeout_s=timeout_s, user=op.user if op else None,
+                                        password=op.password if op else None,
+                                        inbox_prefix=op.inbox_prefix if op else None)
         if not answer.ok:
             raise LoopError(f"the bridge did not join room {room!r}: {answer.error}")
         caller = Caller(lk.url, lk.config.api_key, lk.config.api_secret, room,
