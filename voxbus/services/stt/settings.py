@@ -32,6 +32,10 @@ class SttSettings:
     cpu_threads: int = 2
     language: str = "en"
     beam_size: int = 1
+    # An utterance up to window_s - window_margin_s long is encoded in a window_s mel window
+    # instead of Whisper's 30 s (most of the decode time); 0: always 30 s.
+    window_s: float = 12.0
+    window_margin_s: float = 2.0
     # turn detection (see services.stt.turns)
     end_silence_ms: int = 300
     min_speech_ms: int = 200
@@ -62,6 +66,9 @@ class SttSettings:
         for name in ("cpu_threads", "beam_size", "max_sessions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"STT_{name.upper()} must be >= 1")
+        if self.window_s and not 0 < self.window_margin_s < self.window_s <= 30:
+            raise SettingsError("STT_WINDOW_S must be 0 (off) or above STT_WINDOW_MARGIN_S "
+                                "(> 0) and at most 30")
         if not 0 <= self.partial_nice <= 19:
             raise SettingsError("STT_PARTIAL_NICE must be 0..19")
         if self.session_idle_s <= 0 or self.drain_timeout_s < 0 or self.evict_idle_s < 0:
@@ -99,6 +106,8 @@ class SttSettings:
             cpu_threads=env.int("CPU_THREADS", d.cpu_threads),
             language=env.str("LANGUAGE", d.language),
             beam_size=env.int("BEAM_SIZE", d.beam_size),
+            window_s=env.float("WINDOW_S", d.window_s),
+            window_margin_s=env.float("WINDOW_MARGIN_S", d.window_margin_s),
             end_silence_ms=env.int("END_SILENCE_MS", d.end_silence_ms),
             min_speech_ms=env.int("MIN_SPEECH_MS", d.min_speech_ms),
             pre_roll_ms=env.int("PRE_ROLL_MS", d.pre_roll_ms),
