@@ -30,7 +30,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$LLAMA_VERSION $LLAMA_FLAGS" ] ||
 fi
 
 echo "==> installing voxbus and its pinned dependencies"
-"${PIP[@]}" install -q -e ".[test]"
+"${PIP[@]}" install -q -e ".[test,piper]"
 
 if [ -f scripts/install-livekit.sh ]; then
   bash scripts/install-livekit.sh

@@ -11,11 +11,14 @@ from voxbus.runtime.settings import Env, SettingsError
 from .engine import DEFAULT_VOICE
 
 Providers = Literal["cpu", "cuda"]
+EngineName = Literal["kokoro", "piper"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class TtsSettings:
-    """``TTS_MODEL_PATH``: an explicit model file (default: the verified cached one).
+    """``TTS_ENGINE``: ``kokoro`` (Kokoro-82M, the better voice) or ``piper`` (Piper's joe voice,
+    several times faster on a CPU; the ``piper`` extra). ``TTS_MODEL_PATH``: an explicit Kokoro
+    model file (default: the verified cached one).
     ``TTS_VOICE``/``TTS_SPEED``: the voice (an unknown one falls back to the default, with a
     warning) and speaking rate. ``TTS_INTRA_OP_THREADS``/``TTS_PROVIDERS``/``TTS_SPIN``:
     onnxruntime threads per forward pass, ``cpu`` or ``cuda``, busy-waiting idle threads (faster
@@ -30,6 +33,7 @@ class TtsSettings:
     a reply without text for this long gives its slot to a new one.
     """
 
+    engine: EngineName = "kokoro"
     model_path: str | None = None
     voice: str = DEFAULT_VOICE
     speed: float = 1.0
@@ -59,6 +63,8 @@ class TtsSettings:
             raise SettingsError(f"TTS_SPEED must be within 0.5..2.0, got {self.speed}")
         if self.providers not in ("cpu", "cuda"):
             raise SettingsError(f"TTS_PROVIDERS must be cpu or cuda, got {self.providers!r}")
+        if self.engine not in ("kokoro", "piper"):
+            raise SettingsError(f"TTS_ENGINE must be kokoro or piper, got {self.engine!r}")
         if self.frame_ms not in (10, 20, 40, 60):
             raise SettingsError(f"TTS_FRAME_MS must be 10, 20, 40 or 60, got {self.frame_ms}")
         for name in ("intra_op_threads", "synth_workers", "max_sessions"):
@@ -81,11 +87,17 @@ class TtsSettings:
         providers = env.str("PROVIDERS", d.providers).lower()
         if providers not in ("cpu", "cuda"):
             raise SettingsError(f"TTS_PROVIDERS must be cpu or cuda, got {providers!r}")
+        engine = env.str("ENGINE", d.engine).lower()
+        if engine not in ("kokoro", "piper"):
+            raise SettingsError(f"TTS_ENGINE must be kokoro or piper, got {engine!r}")
         return cls(
+            engine="piper" if engine == "piper" else "kokoro",
             model_path=env.str("MODEL_PATH", "") or None,
             voice=env.str("VOICE", d.voice),
             speed=env.float("SPEED", d.speed),
-            intra_op_threads=env.int("INTRA_OP_THREADS", d.intra_op_threads),
+            # Piper on one thread: two were slower than one on shared cores
+            intra_op_threads=env.int("INTRA_OP_THREADS",
+                                     1 if engine == "piper" else d.intra_op_threads),
             providers="cuda" if providers == "cuda" else "cpu",
             spin=env.bool("SPIN", d.spin),
             frame_ms=env.int("FRAME_MS", d.frame_ms),

@@ -84,8 +84,13 @@ class TtsStage:
             await self._scheduler.close()
             self._scheduler = None
 
-    def _load(self) -> KokoroEngine:
+    def _load(self) -> Synthesizer:
         s = self.settings
+        if s.engine == "piper":
+            from .piper import PiperEngine
+
+            return PiperEngine(speed=s.speed, intra_op_threads=s.intra_op_threads,
+                               providers=s.providers, spin=s.spin)
         return KokoroEngine(
             model_path=s.model_path,
             speed=s.speed,

@@ -1,0 +1,96 @@
+"""Piper, the fast CPU voice (marked ``model``): what it says Whisper hears back, a forward pass
+stops at once when aborted, and it is faster than Kokoro on the same short units."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from voxbus.audio import resample
+from voxbus.runtime.engine_thread import Abort
+from voxbus.services.stt.engine import WhisperEngine
+from voxbus.services.stt.normalize import word_errors
+from voxbus.services.tts.engine import SAMPLE_RATE_HZ, KokoroEngine, SynthesisAborted, Synthesizer
+from voxbus.services.tts.piper import PiperEngine
+from voxbus.services.tts.settings import TtsSettings
+from voxbus.services.tts.stage import TtsStage
+
+pytestmark = pytest.mark.model
+
+SENTENCES = ["Sure, I can help with that.", "The museum opens at nine in the morning.",
+             "Your table for four is booked for tonight."]
+
+
+@pytest.fixture(scope="module")
+def piper() -> Iterator[PiperEngine]:
+    engine = PiperEngine()
+    engine.warmup()
+    yield engine
+
+
+@pytest.fixture(scope="module")
+def whisper() -> WhisperEngine:
+    return WhisperEngine()
+
+
+def test_whisper_hears_what_piper_says(piper: PiperEngine, whisper: WhisperEngine) -> None:
+    assert isinstance(piper, Synthesizer)
+    assert piper.sample_rate_hz == SAMPLE_RATE_HZ and piper.default_voice == "joe"
+    for text in SENTENCES:
+        audio = piper.synthesize(text)
+        assert audio.dtype == np.float32 and 0.5 < audio.size / SAMPLE_RATE_HZ < 5.0
+        heard = whisper.transcribe(resample(audio, in_rate_hz=SAMPLE_RATE_HZ,
+                                            out_rate_hz=16_000)).text
+        assert word_errors(text, heard) <= 1, (text, heard)
+    assert piper.synthesize("... 🙂").size == 0
+
+
+def test_abort_stops_a_piper_forward_pass(piper: PiperEngine) -> None:
+    long = " ".join(SENTENCES * 6)
+    abort = Abort()
+    outcome: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            outcome.append(piper.synthesize(long, abort=abort).size)
+        except SynthesisAborted as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.15)
+    started = time.monotonic()
+    abort.set()
+    thread.join()
+    assert isinstance(outcome[0], SynthesisAborted)
+    assert time.monotonic() - started < 0.25
+    assert piper.synthesize("Still works.", abort=Abort()).size > 0
+
+
+def test_piper_is_faster_than_kokoro_on_short_units(piper: PiperEngine,
+                                                     kokoro: KokoroEngine) -> None:
+    """Medians of three, both on this machine's shared cores: not a benchmark, a sanity check
+    that the fast voice is the fast one (``voxbus bench tts`` has the numbers)."""
+    def median_s(engine: Synthesizer, text: str) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            engine.synthesize(text)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[1]
+
+    for text in ("Sure,", "Sure, I can help."):
+        assert median_s(piper, text) < median_s(kokoro, text), text
+
+
+async def test_the_stage_speaks_with_piper_when_asked() -> None:
+    stage = TtsStage(TtsSettings(engine="piper", intra_op_threads=1))
+    await stage.start()
+    try:
+        assert isinstance(stage.engine, PiperEngine)
+    finally:
+        await stage.stop()
