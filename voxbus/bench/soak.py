@@ -50,7 +50,7 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 async def _talk(loop: VoiceLoop, session: str, until: float, turns: list[int]) -> None:
-    fixtures = _fixtures()
+    fixtures = _fixtures("speech")
     caller = await loop.caller(session)
     i = 0
     try:

@@ -2,6 +2,7 @@
 real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
 
     voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
+                       [--tts kokoro,piper]
 
 Bus mode (the default): the caller publishes its audio on the bus and "hears" the first
 ``AudioOut`` frame on the bus. ``--livekit``: livekit-server (loopback config) and the bridge
@@ -15,7 +16,10 @@ Results: ``bench/results/voice.json`` (bus) and ``bench/results/voice-livekit.js
 The per-stage breakdown is taken from the stages' OpenTelemetry traces (each worker writes its
 spans to a JSON-lines file; one conversational turn is one trace): STT end of turn published,
 LLM first text published, TTS first audio frame published, each measured from the end of
-speech. Then the same with several sessions ("rooms") talking at once.
+speech. Then the same with several sessions ("rooms") talking at once. With ``--tts
+kokoro,piper`` the whole run is done once per voice (``TTS_ENGINE``), one after the other in
+one invocation, so the voices are compared on the same machine state; each summary row also
+gives the word error rate of the user transcripts against the fixtures' text.
 """
 
 from __future__ import annotations
@@ -35,13 +39,23 @@ from voxbus.dev.probes import TurnResult
 from voxbus.dev.supervise import LoopError, run_supervised
 from voxbus.runtime import logging as vlog
 from voxbus.runtime.tracing import turn_trace_id
+from voxbus.services.stt.normalize import word_errors
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech"
+FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+#: ``varied``: 24 sentences, five voices, a third noisy (``tests/fixtures/make_varied.py``);
+#: ``speech``: the six espeak sentences the STT tests use.
+FIXTURE_SETS = ("varied", "speech")
 
 
-def _fixtures() -> list[tuple[Path, float]]:
-    manifest = json.loads((FIXTURES / "manifest.json").read_text())
-    return [(FIXTURES / it["file"], float(it["speech_end_ms"])) for it in manifest["items"]]
+def _fixtures(which: str) -> list[tuple[Path, float]]:
+    d = FIXTURES_DIR / which
+    manifest = json.loads((d / "manifest.json").read_text())
+    return [(d / it["file"], float(it["speech_end_ms"])) for it in manifest["items"]]
+
+
+def _texts(which: str) -> dict[str, str]:
+    manifest = json.loads((FIXTURES_DIR / which / "manifest.json").read_text())
+    return {it["file"]: it["text"] for it in manifest["items"]}
 
 
 def _spans(trace_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -94,6 +108,7 @@ async def _conversation(loop: VoiceLoop, session: str, turns: int,
         for i in range(turns):
             wav, end_ms = fixtures[(offset + i) % len(fixtures)]
             results.append(await caller.say(wav, end_ms))
+            results[-1].fixture = wav.name
             await asyncio.sleep(0.5)
     finally:
         await caller.close()
@@ -108,6 +123,7 @@ async def _room_conversation(loop: VoiceLoop, room: str, turns: int,
         for i in range(turns):
             wav, end_ms = fixtures[(offset + i) % len(fixtures)]
             results.append(await caller.say(wav, end_ms, timeout_s=60.0))
+            results[-1].fixture = wav.name
             await asyncio.sleep(0.5)
     finally:
         await caller.close()
@@ -125,6 +141,8 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"{key[:-3]}_p50"] = round(percentile(vals, 50), 1) if vals else None
         if key == "caller_first_audio_ms":
             out[f"{key[:-3]}_p95"] = round(percentile(vals, 95), 1) if vals else None
+    words = sum(r["words"] for r in rows)
+    out["transcript_wer"] = round(sum(r["word_errors"] for r in rows) / words, 3) if words else None
     out["failed"] = sum(
         1 for r in rows if r.get("caller_first_audio_ms") is None
         or any("no complete answer" in e for e in r["errors"])
@@ -132,11 +150,11 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    fixtures = _fixtures()
+async def _run(args: argparse.Namespace, tts: str) -> dict[str, Any]:
+    fixtures, texts = _fixtures(args.fixtures), _texts(args.fixtures)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
         loop = VoiceLoop(region="bench", echo=False, livekit=args.livekit,
-                         env={"VOXBUS_TRACE_DIR": td})
+                         env={"VOXBUS_TRACE_DIR": td, "TTS_ENGINE": tts})
         await loop.start()
         talk = _room_conversation if args.livekit else _conversation
         try:
@@ -150,15 +168,17 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         traces = _spans(Path(td))
 
     def row(r: TurnResult, i: int) -> dict[str, Any]:
+        said = texts.get(r.fixture, "")
         return {**_breakdown(r, i + 1, traces), "reply": r.reply, "heard": r.transcript,
-                "errors": r.errors}
+                "said": said, "words": len(said.split()),
+                "word_errors": word_errors(said, r.transcript), "errors": r.errors}
 
     rows_single = [row(r, i) for i, r in enumerate(single)]
     rows_multi = [row(r, i) for results in multi_lists for i, r in enumerate(results)]
     where = "rooms" if args.livekit else "sessions"
-    summary = [_summarize(f"1 {where[:-1]}", rows_single),
-               _summarize(f"{args.rooms} {where} at once", rows_multi)]
-    return {"mode": "livekit" if args.livekit else "bus", "summary": summary,
+    summary = [_summarize(f"{tts}: 1 {where[:-1]}", rows_single),
+               _summarize(f"{tts}: {args.rooms} {where} at once", rows_multi)]
+    return {"mode": "livekit" if args.livekit else "bus", "tts": tts, "summary": summary,
             "turns_single": rows_single, "turns_concurrent": rows_multi}
 
 
@@ -172,20 +192,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--rooms", type=int, default=3)
     ap.add_argument("--room-turns", type=int, default=6)
+    ap.add_argument("--fixtures", choices=FIXTURE_SETS, default="varied",
+                    help="what the callers say (default: 24 varied sentences, five voices)")
+    ap.add_argument("--tts", default="kokoro",
+                    help="comma-separated voices to compare in one run: kokoro, piper")
     args = ap.parse_args(argv)
+    voices = [v.strip() for v in args.tts.split(",") if v.strip()]
+    if not voices or any(v not in ("kokoro", "piper") for v in voices):
+        ap.error(f"--tts takes kokoro and/or piper, got {args.tts!r}")
     rc = run_supervised("voxbus.bench.voice", argv, want_netns=args.livekit, no_netns=args.no_netns)
     if rc is not None:
         return rc
     vlog.configure("warning")
+    runs = []
     try:
-        result = asyncio.run(_run(args))
+        for tts in voices:
+            print(f"== {tts}", flush=True)
+            runs.append(asyncio.run(_run(args, tts)))
     except LoopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     where = "in the room" if args.livekit else "on the bus"
-    print_table(f"voice to voice ({result['mode']}), ms after the end of the caller's speech; "
+    print_table(f"voice to voice ({runs[0]['mode']}), ms after the end of the caller's speech; "
                 f"caller_first_audio = first agent audio {where} (p50 unless noted)",
-                result["summary"])
+                [row for run in runs for row in run["summary"]])
+    result = {**runs[0], "summary": [row for run in runs for row in run["summary"]],
+              "runs": runs} if len(runs) > 1 else runs[0]
     write_json("voice-livekit" if args.livekit else "voice", result)
     return 0
 

@@ -47,6 +47,7 @@ class TurnResult:
     audio: bytearray = field(default_factory=bytearray)
     audio_rate_hz: int = 24000
     errors: list[str] = field(default_factory=list)
+    fixture: str = ""  # the WAV the caller spoke (benchmarks)
 
     def since_speech_end(self, t: float | None) -> float | None:
         return None if t is None else t - self.speech_end
