@@ -32,6 +32,9 @@ fi
 echo "==> installing voxbus and its pinned dependencies"
 "${PIP[@]}" install -q -e ".[test,piper]"
 
+echo "==> Smart Turn v3.2 (the one model file, out of the pipecat-ai wheel; sha256 checked)"
+.venv/bin/python -m voxbus.services.stt.smart_turn fetch
+
 if [ -f scripts/install-livekit.sh ]; then
   bash scripts/install-livekit.sh
 fi

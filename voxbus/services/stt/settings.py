@@ -11,6 +11,7 @@ from voxbus.services.stt.models import DEFAULT_MODEL
 from voxbus.services.stt.turns import TurnConfig
 
 Device = Literal["cpu", "cuda"]
+TurnModel = Literal["silence", "smart-turn"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,14 @@ class SttSettings:
     start_threshold: float = 0.5
     stop_threshold: float = 0.35
     max_utterance_ms: int = 30_000
+    # "smart-turn": after model_silence_ms of silence Smart Turn v3.2 says whether the turn is
+    # complete (probability >= turn_model_threshold): it ends there, else after
+    # incomplete_silence_ms. "silence": the turn ends after end_silence_ms of silence.
+    turn_model: TurnModel = "silence"
+    turn_model_threshold: float = 0.5
+    model_silence_ms: int = 200
+    incomplete_silence_ms: int = 1000
+    model_tail_ms: int = 100
     # transcripts
     partials: bool = True
     partial_interval_ms: int = 400
@@ -69,6 +78,11 @@ class SttSettings:
         if self.window_s and not 0 < self.window_margin_s < self.window_s <= 30:
             raise SettingsError("STT_WINDOW_S must be 0 (off) or above STT_WINDOW_MARGIN_S "
                                 "(> 0) and at most 30")
+        if self.turn_model not in ("silence", "smart-turn"):
+            raise SettingsError(f"STT_TURN_MODEL must be silence or smart-turn, got "
+                                f"{self.turn_model!r}")
+        if not 0 < self.turn_model_threshold < 1:
+            raise SettingsError("STT_TURN_MODEL_THRESHOLD must be within (0, 1)")
         if not 0 <= self.partial_nice <= 19:
             raise SettingsError("STT_PARTIAL_NICE must be 0..19")
         if self.session_idle_s <= 0 or self.drain_timeout_s < 0 or self.evict_idle_s < 0:
@@ -89,6 +103,9 @@ class SttSettings:
             pre_roll_ms=self.pre_roll_ms,
             partial_interval_ms=self.partial_interval_ms,
             max_utterance_ms=self.max_utterance_ms,
+            model_silence_ms=self.model_silence_ms,
+            incomplete_silence_ms=self.incomplete_silence_ms,
+            model_tail_ms=self.model_tail_ms,
         )
 
     @classmethod
@@ -114,6 +131,11 @@ class SttSettings:
             start_threshold=env.float("START_THRESHOLD", d.start_threshold),
             stop_threshold=env.float("STOP_THRESHOLD", d.stop_threshold),
             max_utterance_ms=env.int("MAX_UTTERANCE_MS", d.max_utterance_ms),
+            turn_model=_turn_model(env.str("TURN_MODEL", d.turn_model)),
+            turn_model_threshold=env.float("TURN_MODEL_THRESHOLD", d.turn_model_threshold),
+            model_silence_ms=env.int("MODEL_SILENCE_MS", d.model_silence_ms),
+            incomplete_silence_ms=env.int("INCOMPLETE_SILENCE_MS", d.incomplete_silence_ms),
+            model_tail_ms=env.int("MODEL_TAIL_MS", d.model_tail_ms),
             partials=env.bool("PARTIALS", d.partials),
             partial_interval_ms=env.int("PARTIAL_INTERVAL_MS", d.partial_interval_ms),
             partial_nice=env.int("PARTIAL_NICE", d.partial_nice),
@@ -126,3 +148,11 @@ class SttSettings:
             evict_idle_s=env.float("EVICT_IDLE_S", d.evict_idle_s),
             drain_timeout_s=env.float("DRAIN_TIMEOUT_S", d.drain_timeout_s),
         )
+
+
+def _turn_model(value: str) -> TurnModel:
+    if value == "smart-turn":
+        return "smart-turn"
+    if value == "silence":
+        return "silence"
+    raise SettingsError(f"STT_TURN_MODEL must be silence or smart-turn, got {value!r}")

@@ -53,9 +53,11 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
+from voxbus.audio import Float32Array
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import SessionPolicy
@@ -65,6 +67,9 @@ from voxbus.services.stt.engine import Transcriber
 from voxbus.services.stt.session import SttSession, read_state
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.vad import SileroVad, VoiceActivity
+
+if TYPE_CHECKING:
+    from voxbus.services.stt.smart_turn import SmartTurn
 
 log = structlog.get_logger("voxbus.stt")
 
@@ -80,6 +85,8 @@ class SttStats:
     speculative_started: int = 0
     speculative_discarded: int = 0
     finals: int = 0
+    turns_judged: int = 0  # pauses Smart Turn was asked about
+    turns_judged_complete: int = 0
     decode_ms: list[float] = field(default_factory=list)
     audio_ms: list[float] = field(default_factory=list)
 
@@ -119,6 +126,7 @@ class SttStage:
         self.partial: Decoder | None = None  # None: partials share the final decoder
         self.frontend: ThreadPoolExecutor | None = None
         self._spare: list[turns.Segmenter] = []
+        self.smart_turn: SmartTurn | None = None
 
     @property
     def engine(self) -> Transcriber:
@@ -149,12 +157,16 @@ class SttStage:
                 warmup_s += await self.partial.warmup()
         self.frontend = ThreadPoolExecutor(1, thread_name_prefix="stt-frontend")
         loop = asyncio.get_running_loop()
+        if s.turn_model == "smart-turn":  # asked on the frontend thread, where turns are found
+            from voxbus.services.stt.smart_turn import SmartTurn
+
+            self.smart_turn = await loop.run_in_executor(self.frontend, SmartTurn)
         self._spare.append(await loop.run_in_executor(self.frontend, self._segmenter))
         log.info("stt_started", model=s.model, device=s.device, cpu_threads=s.cpu_threads,
                  compute_type=s.compute_type or "default", load_s=round(load_s, 3),
                  warmup_s=round(warmup_s, 3),
                  partials="off" if not s.partials else "background" if self.partial else "shared",
-                 max_sessions=s.max_sessions)
+                 max_sessions=s.max_sessions, turn_model=s.turn_model)
 
     async def stop(self) -> None:
         for dec in (self.final, self.partial):
@@ -185,7 +197,16 @@ class SttStage:
             seg = self._spare.pop()
             seg.reset()
             return seg
-        return turns.Segmenter(vad=self._vad_factory(), config=self._turn_config)
+        return turns.Segmenter(vad=self._vad_factory(), config=self._turn_config,
+                               turn_model=self._complete if self.smart_turn else None)
+
+    def _complete(self, audio: Float32Array) -> bool:
+        assert self.smart_turn is not None
+        p = self.smart_turn.complete_probability(audio)
+        self.stats.turns_judged += 1
+        complete = p >= self.settings.turn_model_threshold
+        self.stats.turns_judged_complete += complete
+        return complete
 
     def partial_decoder(self) -> Decoder | None:
         """Where a partial may decode right now; None while any decode runs (never queued)."""

@@ -12,7 +12,10 @@ Time is the number of 16 kHz samples consumed, so the same input always gives th
 - `SpeechResumed`: speech (>= `start_threshold`) came back before the turn ended: drop the
   speculative final.
 - `EndOfTurn`: `end_silence_ms` of silence; its audio span is exactly the last SilenceBegan's, so
-  a speculative result for that span is the final. `forced=True` when the turn hit
+  a speculative result for that span is the final. With a turn model (``judge``: Smart Turn),
+  the model is asked once, after `model_silence_ms` of silence, whether the utterance so far is
+  complete: if so the turn ends there, else only after `incomplete_silence_ms` (a user who
+  paused mid-sentence keeps the turn). `forced=True` when the turn hit
   `max_utterance_ms` (a new turn starts at once if the user is still speaking) or the stream ended.
 
 `Segmenter` runs a `VoiceActivity` over audio chunks of any length, feeds the detector and keeps a
@@ -23,6 +26,7 @@ arrives with the audio it refers to.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +47,16 @@ class TurnConfig:
     pre_roll_ms: int = 200
     partial_interval_ms: int = 400
     max_utterance_ms: int = 30_000
+    # with a turn model: when it is asked, and how long an incomplete-sounding pause may last
+    model_silence_ms: int = 200
+    incomplete_silence_ms: int = 1000
+    model_tail_ms: int = 100  # silence after the last speech window that the model hears
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_threshold <= self.start_threshold <= 1.0:
             raise ValueError("need 0 <= stop_threshold <= start_threshold <= 1")
-        if self.min_speech_ms < 0 or self.pre_roll_ms < 0 or self.speculative_silence_ms < 0:
+        if min(self.min_speech_ms, self.pre_roll_ms, self.speculative_silence_ms,
+               self.model_tail_ms) < 0:
             raise ValueError("durations must be >= 0")
         if self.end_silence_ms <= 0 or self.partial_interval_ms <= 0:
             raise ValueError("end_silence_ms and partial_interval_ms must be > 0")
@@ -55,6 +64,8 @@ class TurnConfig:
             raise ValueError("speculative_silence_ms must not exceed end_silence_ms")
         if self.max_utterance_ms <= self.pre_roll_ms + self.min_speech_ms:
             raise ValueError("max_utterance_ms is too short")
+        if not 0 < self.model_silence_ms <= self.incomplete_silence_ms:
+            raise ValueError("need 0 < model_silence_ms <= incomplete_silence_ms")
 
     def samples(self, ms: int) -> int:
         return ms * self.sample_rate_hz // 1000
@@ -107,13 +118,19 @@ class _State(enum.Enum):
 
 
 class TurnDetector:
-    """Feed `push(probability, num_samples)` per VAD window, in stream order."""
+    """Feed `push(probability, num_samples)` per VAD window, in stream order. ``judge(start,
+    end)``: whether the utterance in that span of samples sounds complete (a turn model)."""
 
-    def __init__(self, config: TurnConfig | None = None) -> None:
+    def __init__(self, config: TurnConfig | None = None,
+                 judge: Callable[[int, int], bool] | None = None) -> None:
         self.config = config or TurnConfig()
         c = self.config
+        self._judge = judge
         self._min_speech = c.samples(c.min_speech_ms)
         self._end_silence = c.samples(c.end_silence_ms)
+        self._model_silence = c.samples(c.model_silence_ms)
+        self._incomplete_silence = c.samples(c.incomplete_silence_ms)
+        self._model_tail = c.samples(c.model_tail_ms)
         self._speculative = c.samples(c.speculative_silence_ms)
         self._pre_roll = c.samples(c.pre_roll_ms)
         self._partial_every = c.samples(c.partial_interval_ms)
@@ -131,6 +148,8 @@ class TurnDetector:
         self._silent = False
         self._silence_run = 0
         self._announced: SilenceBegan | None = None
+        self._verdict: bool | None = None  # the turn model's, for the current pause
+        self.judged = self.judged_complete = 0
 
     @property
     def position(self) -> int:
@@ -170,6 +189,7 @@ class TurnDetector:
             self._silent = False
             self._silence_run = 0
             self._announced = None
+            self._verdict = None
             self._speech_window(start, end, events)
         else:
             self._silence_window(end, num_samples, events)
@@ -201,6 +221,7 @@ class TurnDetector:
         self._silent = False
         self._silence_run = 0
         self._announced = None
+        self._verdict = None
 
     def _speech_window(self, start: int, end: int, events: list[TurnEvent]) -> None:
         n = end - start
@@ -236,11 +257,28 @@ class TurnDetector:
                 audio_end_sample=end,
             )
             events.append(self._announced)
-        if self._silence_run >= self._end_silence:
+        if self._silence_run >= self._required_silence(end):
             events.append(self._end_of_turn(end, forced=False))
             self._state = _State.IDLE
             self._silent = False
             self._announced = None
+            self._verdict = None
+
+    def _required_silence(self, end: int) -> int:
+        """Silence that ends the turn now: the plain rule, or what the turn model allows."""
+        if self._judge is None:
+            return self._end_silence
+        if self._verdict is None:
+            if self._silence_run < self._model_silence:
+                return self._model_silence
+            # the model hears the utterance and model_tail_ms after its last speech window: it
+            # is sensitive to that tail (for one pause mid-sentence, 0.08 with 200 ms after the
+            # words and 0.91 with 250 ms; the VAD's last speech window ends ~50 ms after them)
+            self._verdict = self._judge(self._audio_start,
+                                        min(end, self._speech_end + self._model_tail))
+            self.judged += 1
+            self.judged_complete += self._verdict
+        return self._model_silence if self._verdict else self._incomplete_silence
 
     def _end_of_turn(self, at: int, *, forced: bool) -> EndOfTurn:
         if self._announced is not None and not forced:
@@ -333,8 +371,12 @@ class Segment:
 class Segmenter:
     """VAD + TurnDetector + utterance buffer for one 16 kHz mono stream. Not thread-safe."""
 
-    def __init__(self, *, vad: VoiceActivity, config: TurnConfig | None = None) -> None:
-        self.detector = TurnDetector(config)
+    def __init__(self, *, vad: VoiceActivity, config: TurnConfig | None = None,
+                 turn_model: Callable[[Float32Array], bool] | None = None) -> None:
+        """``turn_model(audio)``: whether an utterance sounds complete (see ``TurnDetector``)."""
+        self.detector = TurnDetector(
+            config, None if turn_model is None
+            else lambda start, end: turn_model(self._buffer.slice(start, end)))
         self.config = self.detector.config
         self._vad = vad
         c = self.config
