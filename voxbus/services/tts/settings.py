@@ -8,23 +8,22 @@ from typing import Literal
 
 from voxbus.runtime.settings import Env, SettingsError
 
-from .engine import DEFAULT_VOICE
-
 Providers = Literal["cpu", "cuda"]
 EngineName = Literal["kokoro", "piper"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class TtsSettings:
-    """``TTS_ENGINE``: ``kokoro`` (Kokoro-82M, the better voice) or ``piper`` (Piper's joe voice,
-    several times faster on a CPU; the ``piper`` extra). ``TTS_MODEL_PATH``: an explicit Kokoro
-    model file (default: the verified cached one).
-    ``TTS_VOICE``/``TTS_SPEED``: the voice (an unknown one falls back to the default, with a
-    warning) and speaking rate. ``TTS_INTRA_OP_THREADS``/``TTS_PROVIDERS``/``TTS_SPIN``:
-    onnxruntime threads per forward pass, ``cpu`` or ``cuda``, busy-waiting idle threads (faster
-    only when the cores are not shared). ``TTS_SYNTH_WORKERS``: forward passes at once in this
-    worker (1 on 2 cores). ``TTS_MAX_SESSIONS``: replies synthesized at once; a further session
-    waits up to ``TTS_ADMIT_TIMEOUT_S`` for a slot, then gets an error event.
+    """``TTS_ENGINE``: ``piper`` (default: Piper's joe voice, the ``piper`` extra; in the room
+    it answered in a third of Kokoro's time on this CPU) or ``kokoro`` (Kokoro-82M, the better
+    voice). ``TTS_MODEL_PATH``: an explicit Kokoro model file (default: the verified cached one).
+    ``TTS_VOICE``/``TTS_SPEED``: the voice (an unknown one falls back to the engine's default,
+    with a warning) and speaking rate. ``TTS_INTRA_OP_THREADS`` (0: Kokoro 2, Piper 1),
+    ``TTS_PROVIDERS``/``TTS_SPIN``: onnxruntime threads per forward pass, ``cpu`` or ``cuda``,
+    busy-waiting idle threads (faster only when the cores are not shared).
+    ``TTS_SYNTH_WORKERS``: forward passes at once in this worker (1 on 2 cores).
+    ``TTS_MAX_SESSIONS``: replies synthesized at once; a further session waits up to
+    ``TTS_ADMIT_TIMEOUT_S`` for a slot, then gets an error event.
     ``TTS_FIRST_WORDS``, ``TTS_FIRST_LOOKAHEAD``, ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP``
     (comma-separated caps): the unit splitter, the one place that decides where speech units end.
     ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for reuse
@@ -33,11 +32,11 @@ class TtsSettings:
     a reply without text for this long gives its slot to a new one.
     """
 
-    engine: EngineName = "kokoro"
+    engine: EngineName = "piper"
     model_path: str | None = None
-    voice: str = DEFAULT_VOICE
+    voice: str = ""  # "": the engine's default voice (Kokoro's af_heart, Piper's joe)
     speed: float = 1.0
-    intra_op_threads: int = 2
+    intra_op_threads: int = 0  # 0: the engine's (Kokoro 2; Piper 1, two were slower shared)
     providers: Providers = "cpu"
     spin: bool = False
     frame_ms: int = 20
@@ -58,6 +57,11 @@ class TtsSettings:
     #: With every place taken, a reply without text for this long makes room for a new one.
     evict_idle_s: float = 1.0
 
+    @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads for this engine."""
+        return self.intra_op_threads or (1 if self.engine == "piper" else 2)
+
     def __post_init__(self) -> None:
         if not 0.5 <= self.speed <= 2.0:
             raise SettingsError(f"TTS_SPEED must be within 0.5..2.0, got {self.speed}")
@@ -67,7 +71,9 @@ class TtsSettings:
             raise SettingsError(f"TTS_ENGINE must be kokoro or piper, got {self.engine!r}")
         if self.frame_ms not in (10, 20, 40, 60):
             raise SettingsError(f"TTS_FRAME_MS must be 10, 20, 40 or 60, got {self.frame_ms}")
-        for name in ("intra_op_threads", "synth_workers", "max_sessions"):
+        if self.intra_op_threads < 0:
+            raise SettingsError("TTS_INTRA_OP_THREADS must be at least 1 (0: the engine's)")
+        for name in ("synth_workers", "max_sessions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"TTS_{name.upper()} must be at least 1")
         if self.first_words < 2 or self.first_lookahead < 0:
@@ -95,9 +101,7 @@ class TtsSettings:
             model_path=env.str("MODEL_PATH", "") or None,
             voice=env.str("VOICE", d.voice),
             speed=env.float("SPEED", d.speed),
-            # Piper on one thread: two were slower than one on shared cores
-            intra_op_threads=env.int("INTRA_OP_THREADS",
-                                     1 if engine == "piper" else d.intra_op_threads),
+            intra_op_threads=env.int("INTRA_OP_THREADS", d.intra_op_threads),
             providers="cuda" if providers == "cuda" else "cpu",
             spin=env.bool("SPIN", d.spin),
             frame_ms=env.int("FRAME_MS", d.frame_ms),

@@ -48,7 +48,7 @@ class TtsStage:
     urgent: tuple[Kind, ...] = (Kind.INTERRUPT,)
 
     def __init__(self, settings: TtsSettings, *, engine: Synthesizer | None = None) -> None:
-        """``engine``: an already loaded engine (tests, benchmarks); else Kokoro per settings."""
+        """``engine``: an already loaded engine (tests, benchmarks); else ``settings.engine``."""
         self.settings = settings
         self.policy = SessionPolicy(max_sessions=settings.max_sessions,
                                     admit_timeout_s=settings.admit_timeout_s,
@@ -66,7 +66,8 @@ class TtsStage:
         if self._engine is None:
             self._engine = await asyncio.to_thread(self._load)
         engine = self._engine
-        self.voice = self.check_voice(self.settings.voice, log)
+        self.voice = (self.check_voice(self.settings.voice, log) if self.settings.voice
+                      else engine.default_voice)
         await asyncio.to_thread(engine.warmup)
         self._scheduler = SynthScheduler(
             engine,
@@ -77,7 +78,7 @@ class TtsStage:
         self._scheduler.start()
         log.info("tts_ready", voice=self.voice, ready_ms=round((time.monotonic() - started) * 1e3),
                  synth_workers=self.settings.synth_workers,
-                 intra_op_threads=self.settings.intra_op_threads)
+                 intra_op_threads=self.settings.threads)
 
     async def stop(self) -> None:
         if self._scheduler is not None:
@@ -89,12 +90,12 @@ class TtsStage:
         if s.engine == "piper":
             from .piper import PiperEngine
 
-            return PiperEngine(speed=s.speed, intra_op_threads=s.intra_op_threads,
+            return PiperEngine(speed=s.speed, intra_op_threads=s.threads,
                                providers=s.providers, spin=s.spin)
         return KokoroEngine(
             model_path=s.model_path,
             speed=s.speed,
-            intra_op_threads=s.intra_op_threads,
+            intra_op_threads=s.threads,
             providers=s.providers,
             spin=s.spin,
         )
