@@ -30,7 +30,9 @@ REPLY = ("Sure, I can help with that. Our store opens at nine in the morning, an
 
 @pytest.fixture
 async def tts_pair(tmp_path: Path) -> AsyncIterator[tuple[Bus, list[subprocess.Popen[bytes]]]]:
-    async with two_replicas("tts", tmp_path) as pair:
+    # Kokoro: its first unit takes about 0.4 s, the window a kill "before its first audio" needs
+    # (Piper's, the default voice, is out in about 0.05 s)
+    async with two_replicas("tts", tmp_path, env={"TTS_ENGINE": "kokoro"}) as pair:
         yield pair
 
 
