@@ -378,9 +378,16 @@ class PartitionLeases:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.log.warning("lease_bus_error", error=repr(e), held=len(self.held))
-            if self._reprovision is not None and missing_stream(e):
+            # A store that came back empty usually answers "not found" (or nobody answers), but
+            # a tick can also keep timing out on it: after a few ticks of outage, provisioning
+            # is asked for too (idempotent, at most once a second).
+            # Asked for that reason alone, it may not hold the loop longer than a fence (the
+            # server may just be frozen).
+            stuck = time.monotonic() - self._outage_since >= 4 * self.tick_s
+            if self._reprovision is not None and (missing_stream(e) or stuck):
                 try:
-                    self._kv = await self._reprovision()
+                    self._kv = await (self._reprovision() if missing_stream(e) else
+                                      asyncio.wait_for(self._reprovision(), self.fence_after_s))
                 except Exception as again:  # noqa: BLE001 - tried again next tick
                     if not transient(again) and not missing_stream(again):
                         raise
