@@ -130,6 +130,8 @@ class PartitionLeases:
         self.fenced = 0  # partitions dropped because their lease could not be renewed
         #: Set by ``release_all``: renew what is held (it is being drained), take nothing more.
         self.leaving = False
+        #: When the bus last came back (``Worker`` tells us): see ``_tick_safely``.
+        self.reconnected_at = 0.0
         #: Other replicas' lease and membership keys, by how long each kept its revision.
         self._unchanged = Unchanged()
         #: A member whose key has not changed this long is not counted (it renews every tick).
@@ -379,15 +381,14 @@ class PartitionLeases:
                 self._outage_since = time.monotonic()
                 self.log.warning("lease_bus_error", error=repr(e), held=len(self.held))
             # A store that came back empty usually answers "not found" (or nobody answers), but
-            # a tick can also keep timing out on it: after a few ticks of outage, provisioning
-            # is asked for too (idempotent, at most once a second).
-            # Asked for that reason alone, it may not hold the loop longer than a fence (the
-            # server may just be frozen).
-            stuck = time.monotonic() - self._outage_since >= 4 * self.tick_s
+            # a tick can also keep timing out on it: once the connection has come back during
+            # the outage and a few ticks still failed, provisioning is asked for too
+            # (idempotent; a server that is only frozen never reconnects).
+            stuck = (self.reconnected_at >= self._outage_since
+                     and time.monotonic() - self._outage_since >= 4 * self.tick_s)
             if self._reprovision is not None and (missing_stream(e) or stuck):
                 try:
-                    self._kv = await (self._reprovision() if missing_stream(e) else
-                                      asyncio.wait_for(self._reprovision(), self.fence_after_s))
+                    self._kv = await self._reprovision()
                 except Exception as again:  # noqa: BLE001 - tried again next tick
                     if not transient(again) and not missing_stream(again):
                         raise

@@ -368,6 +368,8 @@ class Worker:
 
     async def _on_reconnect(self) -> None:
         """Pull requests died with the old connection: send new ones now, not at their expiry."""
+        for leases in self._leases.values():
+            leases.reconnected_at = time.monotonic()
         for part in list(self.partitions.values()):
             for puller in part.pulls:
                 await puller.kick()
