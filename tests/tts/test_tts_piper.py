@@ -3,13 +3,13 @@ stops at once when aborted, and it is faster than Kokoro on the same short units
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from tests.tts.conftest import abort_midway
 from voxbus.audio import resample
 from voxbus.runtime.engine_thread import Abort
 from voxbus.services.stt.engine import WhisperEngine
@@ -50,24 +50,9 @@ def test_whisper_hears_what_piper_says(piper: PiperEngine, whisper: WhisperEngin
 
 
 def test_abort_stops_a_piper_forward_pass(piper: PiperEngine) -> None:
-    long = " ".join(SENTENCES * 6)
-    abort = Abort()
-    outcome: list[BaseException | int] = []
-
-    def run() -> None:
-        try:
-            outcome.append(piper.synthesize(long, abort=abort).size)
-        except SynthesisAborted as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    time.sleep(0.15)
-    started = time.monotonic()
-    abort.set()
-    thread.join()
-    assert isinstance(outcome[0], SynthesisAborted)
-    assert time.monotonic() - started < 0.25
+    outcome, ran_on_s = abort_midway(piper, " ".join(SENTENCES * 6), after_s=0.15)
+    assert isinstance(outcome, SynthesisAborted)
+    assert ran_on_s < 0.25
     assert piper.synthesize("Still works.", abort=Abort()).size > 0
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
 
+from tests.tts.conftest import abort_midway
 from voxbus.runtime.engine_thread import Abort
 from voxbus.services.tts.engine import KokoroEngine, SynthesisAborted
 from voxbus.services.tts.fake import FakeSynthesizer
@@ -87,24 +87,11 @@ async def test_closing_fails_waiting_callers() -> None:
 
 @pytest.mark.model
 def test_abort_stops_a_kokoro_forward_pass(kokoro: KokoroEngine) -> None:
-    abort = Abort()
-    outcome: list[BaseException | int] = []
-
-    def run() -> None:
-        try:
-            outcome.append(kokoro.synthesize(LONG, abort=abort).size)
-        except SynthesisAborted as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    abort.set()
-    thread.join()
-    stopped_s = time.monotonic() - started
-    assert isinstance(outcome[0], SynthesisAborted)
+    outcome, stopped_s = abort_midway(kokoro, LONG, after_s=0.3)
+    assert isinstance(outcome, SynthesisAborted)
     assert stopped_s < 0.25, f"the forward pass ran {stopped_s:.3f} s after the abort"
     assert kokoro.synthesize("Still works.", abort=Abort()).size > 0
+    spent = Abort()
+    spent.set()  # an abort already set stops the next synthesis before it starts
     with pytest.raises(SynthesisAborted):
-        kokoro.synthesize("Too late.", abort=abort)
+        kokoro.synthesize("Too late.", abort=spent)

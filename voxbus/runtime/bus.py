@@ -223,8 +223,10 @@ class Bus:
             )
             return
         self._kv[spec.bucket] = kv
+        if create_only:  # a worker recovering: nothing to read or change in what exists
+            return
         info = await self.js.stream_info(f"KV_{spec.bucket}")
-        if not info.config.allow_direct and not create_only:  # made by an older voxbus
+        if not info.config.allow_direct:  # made by an older voxbus
             await self.js.update_stream(dataclasses.replace(info.config, allow_direct=True))
             self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
             log.info("bucket_direct_get_enabled", bucket=spec.bucket)
