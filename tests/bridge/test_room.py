@@ -16,6 +16,7 @@ from voxbus.contracts.messages import (
     AgentSpoke,
     AudioIn,
     AudioOut,
+    EndOfTurn,
     ErrorEvent,
     Interrupt,
     ReplyEnd,
@@ -23,8 +24,10 @@ from voxbus.contracts.messages import (
     SessionEnded,
     SessionStarted,
     Transcript,
+    TurnResumed,
     UserStartedSpeaking,
 )
+from voxbus.dev.livekit_caller import LISTEN_RATE_HZ
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
@@ -101,18 +104,20 @@ REPLY = (
 )
 
 
-async def speak(bus: Bus, session: str, turn: int, text: str, seconds: float) -> None:
+async def speak(bus: Bus, session: str, turn: int, text: str, seconds: float, *,
+                speculation: int = 0, hz: float = 300.0) -> None:
     """What the LLM and TTS stages would publish: the reply text, then its audio (24 kHz, 20 ms
     frames) as fast as the bus takes it, each frame covering its share of the text."""
     await bus.publish(REGION, ReplyText(session=session, turn=turn, seq=0, text=text,
-                                        char_start=0, char_end=len(text)))
-    await bus.publish(REGION, ReplyEnd(session=session, turn=turn, text=text))
-    pcm = tone(seconds)
+                                        char_start=0, char_end=len(text), speculation=speculation))
+    await bus.publish(REGION, ReplyEnd(session=session, turn=turn, text=text,
+                                       speculation=speculation))
+    pcm = tone(seconds, hz=hz)
     n = len(pcm) // 480
     for i in range(n):
         await bus.publish(REGION, AudioOut(
             session=session, turn=turn, seq=i, sample_rate_hz=24_000,
-            pcm=pcm[i * 480:(i + 1) * 480].tobytes(),
+            pcm=pcm[i * 480:(i + 1) * 480].tobytes(), speculation=speculation,
             text_start=i * len(text) // n, text_end=(i + 1) * len(text) // n, last=i == n - 1,
         ))
 
@@ -311,6 +316,51 @@ async def test_stale_reply_is_never_played(
     users = [c for c in caller.captions if c[0] == "caller-1"]
     assert users and users[0][1] == "hello there"
     assert users[0][2].get("lk.transcription_final") == "true"
+    await caller.leave()
+
+
+def tone_level(pcm: bytes, hz: float, rate: int = LISTEN_RATE_HZ) -> float:
+    """How much of ``pcm`` (PCM16 mono) is a ``hz`` tone: its magnitude there over the mean."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(x))
+    freqs = np.fft.rfftfreq(x.size, 1 / rate)
+    band = spectrum[(freqs > hz - 20) & (freqs < hz + 20)]
+    return float(band.max() / (spectrum.mean() + 1e-9)) if band.size else 0.0
+
+
+async def test_a_speculative_reply_plays_only_once_committed(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap
+) -> None:
+    """Guess 1 (a 700 Hz reply) is voided by the user going on, guess 2 (300 Hz) is committed:
+    nothing plays before the commit, the committed one plays at once, and nothing of guess 1
+    is ever heard or reported as spoken."""
+    await bridge.dispatch("guess-room")
+    caller = caller_for(livekit, "guess-room", keep_audio=True)
+    await caller.join()
+    sess = (await started(tap, caller)).session
+    await asyncio.wait_for(caller.agent_track.wait(), 10)
+    t0 = time.monotonic()
+    await speak(bus, sess, 1, "Dropped guess.", 1.0, speculation=1, hz=700.0)
+    await asyncio.sleep(0.6)
+    assert caller.voiced_after(t0) == 0, "a reply played before its turn was committed"
+    await bus.publish(REGION, TurnResumed(session=sess, turn=1, speculation=1))
+    await speak(bus, sess, 1, "Kept guess.", 1.0, speculation=2)
+    await asyncio.sleep(0.4)
+    assert caller.voiced_after(t0) == 0
+    t_commit = time.monotonic()
+    await bus.publish(REGION, EndOfTurn(session=sess, turn=1, transcript="a table for four",
+                                        speech_start_ns=1, speech_end_ns=2, speculation=2))
+    first = await caller.wait_voice(t_commit, 5.0)
+    assert first is not None, "the committed guess never played"
+    spoke = await tap.wait_for(AgentSpoke, session=sess, within_s=5)
+    assert spoke.turn == 1 and not spoke.interrupted and spoke.text == "Kept guess."
+    await asyncio.sleep(0.3)
+    heard = caller.audio_between(t0)
+    assert tone_level(heard, 300.0) > 20, "the committed reply is not what was heard"
+    assert tone_level(heard, 700.0) < 3, "audio of the dropped guess was heard"
+    assert not tap.of(Interrupt, sess)
+    report("speculation", commit_to_first_audio=first.t - t_commit)
+    assert first.t - t_commit < 1.0
     await caller.leave()
 
 

@@ -1,6 +1,7 @@
 """The whole voice loop on real parts: a real livekit-server, the bridge, the real STT (Whisper
-tiny.en), LLM (SmolLM2 through llama.cpp) and TTS (Kokoro) stages as in-process workers on a real
-nats-server, and a caller in the room.
+tiny.en), LLM (SmolLM2 through llama.cpp) and TTS (Kokoro; Piper too for barge-in) stages as
+in-process workers on a real nats-server, and a caller in the room. Replies are prepared inside
+the silence window (speculative turns, on by default) and played once the turn is committed.
 
 (a) The caller asks a question; the answer arrives as audio in the room, and that audio, heard by
     the caller through Opus and the jitter buffers, transcribes back to the reply the LLM wrote.
@@ -43,7 +44,7 @@ from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import normalize_text, word_edit_distance
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.stage import SttStage
-from voxbus.services.tts.engine import KokoroEngine
+from voxbus.services.tts.engine import KokoroEngine, Synthesizer
 from voxbus.services.tts.settings import TtsSettings
 from voxbus.services.tts.stage import TtsStage
 
@@ -73,6 +74,15 @@ def kokoro() -> KokoroEngine:
     return engine
 
 
+@pytest.fixture(scope="module")
+def piper() -> Synthesizer:
+    from voxbus.services.tts.piper import PiperEngine
+
+    engine = PiperEngine()
+    engine.warmup()
+    return engine
+
+
 @dataclass
 class Agent:
     bus: Bus
@@ -81,7 +91,7 @@ class Agent:
 
 
 async def start_agent(
-    bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: KokoroEngine, system_prompt: str
+    bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: Synthesizer, system_prompt: str
 ) -> Agent:
     llm = LlmSettings(temperature=0.0, max_tokens=128, system_prompt=system_prompt)
     workers = [
@@ -180,18 +190,21 @@ async def test_answer_arrives_as_audio_in_the_room(
     await caller.leave()
 
 
+@pytest.mark.parametrize("voice", ["kokoro", "piper"])
 async def test_caller_barges_in_and_history_keeps_what_was_said(
     livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,
-    kokoro: KokoroEngine, agent_factory: list[Agent],
+    agent_factory: list[Agent], voice: str, request: pytest.FixtureRequest,
 ) -> None:
-    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, LONG_ANSWERS))
+    engine: Synthesizer = request.getfixturevalue(voice)
+    agent_factory.append(await start_agent(bus, bridge, whisper, engine, LONG_ANSWERS))
     caller, sess = await in_room(livekit, bridge, tap, "barge-room")
     question, _ = speech("table.wav")  # "Can you book a table for four people?" (ends 2555 ms)
     spoken = await caller.say(question)
     speech_end = spoken.at(2.555)
     first = await caller.wait_voice(speech_end, 40, threshold=FIRST_AUDIO_RMS)
     assert first is not None, "the agent never answered"
-    turn = tap.of(EndOfTurn, sess)[0].turn
+    committed = tap.of(EndOfTurn, sess)[0]
+    turn = committed.turn
 
     # Let the agent talk for a second, then speak over it ("Turn left at the next traffic
     # light.", from its onset).
@@ -206,8 +219,11 @@ async def test_caller_barges_in_and_history_keeps_what_was_said(
 
     # The reply as the bridge knew it: the LLM's whole text, or what it published before it
     # was cut off.
-    ends = [m for m in tap.of(ReplyEnd, sess) if m.turn == turn]
-    chunks = sorted((m for m in tap.of(ReplyText, sess) if m.turn == turn),
+    # (of the reply the commit named: a guess voided meanwhile was never played)
+    ends = [m for m in tap.of(ReplyEnd, sess)
+            if m.turn == turn and m.speculation == committed.speculation]
+    chunks = sorted((m for m in tap.of(ReplyText, sess)
+                     if m.turn == turn and m.speculation == committed.speculation),
                     key=lambda m: m.char_start)
     reply = ends[0].text if ends else "".join(m.text for m in chunks)
     assert 0 < spoke.char_end < len(reply), (spoke.char_end, reply)  # > 0: it spoke for 1 s+

@@ -1,5 +1,6 @@
-"""Writes golden_v1.msgpack: one encoded message of every type as version 1 produced them.
-Never regenerate it for a new version: it is the proof that old messages still decode."""
+"""Writes golden_v1.msgpack (one encoded message of every type as version 1 produced them) and
+golden_v2.msgpack (what version 2 added: speculative turns). Never regenerate a written file
+for a newer version: it is the proof that old messages still decode; write the next one."""
 
 from __future__ import annotations
 
@@ -30,7 +31,23 @@ SAMPLES: list[m.Message] = [
     m.PurgeCompleted(session="s1", region="eu", request_id="r1", removed={"VOXBUS_EU_AUDIO": 3}),
 ]
 
+V2_SAMPLES: list[m.Message] = [
+    m.EndOfTurn(session="s1", turn=2, transcript="a table for", speech_start_ns=30,
+                speech_end_ns=40, speculative=True, speculation=1),
+    m.TurnResumed(session="s1", turn=2, speculation=1, at_ns=41),
+    m.ReplyText(session="s1", turn=2, seq=0, text="Sure,", char_start=0, char_end=5,
+                speculation=2),
+    m.AudioOut(session="s1", turn=2, seq=0, sample_rate_hz=24000, pcm=b"\0\0", text_end=5,
+               speculation=2),
+]
+
+GOLDEN: dict[str, list[m.Message]] = {"golden_v1.msgpack": SAMPLES,
+                                      "golden_v2.msgpack": V2_SAMPLES}
+
 if __name__ == "__main__":
-    out = Path(__file__).with_name("golden_v1.msgpack")
-    out.write_bytes(msgspec.msgpack.encode([m.encode(s) for s in SAMPLES]))
-    print(f"wrote {out}")
+    for name, samples in GOLDEN.items():
+        out = Path(__file__).with_name(name)
+        if out.exists():
+            continue
+        out.write_bytes(msgspec.msgpack.encode([m.encode(s) for s in samples]))
+        print(f"wrote {out}")

@@ -8,20 +8,20 @@ import msgspec
 import pytest
 
 import voxbus.contracts.messages as m
-from tests.contracts.make_golden import SAMPLES
-
-GOLDEN = Path(__file__).with_name("golden_v1.msgpack")
+from tests.contracts.make_golden import GOLDEN, SAMPLES, V2_SAMPLES
 
 
 def test_every_message_type_has_a_golden_sample() -> None:
-    tags = {type(s) for s in SAMPLES}
+    tags = {type(s) for s in SAMPLES + V2_SAMPLES}
     union_members = set(m.AnyMessage.__args__)
     assert tags == union_members
 
 
-def test_version_1_bytes_still_decode() -> None:
-    encoded = msgspec.msgpack.decode(GOLDEN.read_bytes(), type=list[bytes])
-    assert [m.decode(b) for b in encoded] == SAMPLES
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_old_versions_bytes_still_decode(name: str) -> None:
+    data = Path(__file__).with_name(name).read_bytes()
+    encoded = msgspec.msgpack.decode(data, type=list[bytes])
+    assert [m.decode(b) for b in encoded] == GOLDEN[name]
 
 
 class AudioInV0(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="audio.in"):

@@ -30,9 +30,9 @@ def test_every_session_message_has_a_subject() -> None:
 
 
 def _sample(t: type[m.Message]) -> m.Message:
-    from tests.contracts.make_golden import SAMPLES
+    from tests.contracts.make_golden import SAMPLES, V2_SAMPLES
 
-    sample = next(s for s in SAMPLES if type(s) is t)
+    sample = next(s for s in SAMPLES + V2_SAMPLES if type(s) is t)
     return type(sample)(**{**{f: getattr(sample, f) for f in sample.__struct_fields__},
                            "session": "s"})
 

@@ -34,6 +34,7 @@ from voxbus.contracts.messages import (
     ReplyEnd,
     ReplyText,
     SessionEnded,
+    TurnResumed,
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
@@ -403,3 +404,105 @@ async def test_a_kv_timeout_during_a_turn_is_retried_not_terminal() -> None:
         assert not failures, "the history was never read"
         assert runner.tap.of(ReplyEnd, "flaky")[0].text == "Fine, thanks."
         assert not runner.tap.of(ErrorEvent, "flaky")
+
+
+# ---- speculation: replies started on a speculative EndOfTurn -----------------------------------
+
+
+def guess(session: str, n: int, text: str, number: int) -> EndOfTurn:
+    now = time.time_ns()
+    return EndOfTurn(session=session, turn=n, transcript=text, speech_start_ns=now,
+                     speech_end_ns=now, at_ns=now, speculative=True, speculation=number)
+
+
+def commit(session: str, n: int, text: str, speculation: int) -> EndOfTurn:
+    now = time.time_ns()
+    return EndOfTurn(session=session, turn=n, transcript=text, speech_start_ns=now,
+                     speech_end_ns=now, at_ns=now, speculation=speculation)
+
+
+async def test_a_committed_guess_is_the_reply_generated_once(bus: Bus) -> None:
+    said = "We open at nine tomorrow."
+    fake = FakeLLM([FakeTurn.words(said, token_delay_s=0.02)])
+    out = await Outputs.on(bus)
+    stage = LlmStage(fake, SETTINGS)
+    async with running(bus, stage):
+        await bus.publish(REGION, guess("s1", 1, "When do you open?", 1))
+        await eventually(lambda: len(out.chunks("s1", 1)) >= 2)
+        assert (await history(bus, "s1")).turns == []  # nothing is written for a guess
+        await bus.publish(REGION, commit("s1", 1, "When do you open?", 1))
+        end = await out.end("s1", 1)
+    assert_well_formed(out.chunks("s1", 1), end)
+    assert end.text == said and end.speculation == 1
+    assert {c.speculation for c in out.chunks("s1", 1)} == {1}
+    assert len(fake.calls) == 1, "the committed turn generated again"
+    saved = (await history(bus, "s1")).turns
+    assert [(r.turn, r.user, reply_text(r.reply)) for r in saved] == [
+        (1, "When do you open?", said)]
+    assert (stage.speculation.started, stage.speculation.adopted) == (1, 1)
+
+
+async def test_a_voided_guess_stops_and_never_enters_the_history(bus: Bus) -> None:
+    guessed = "A table for how many people would you like to book this evening?"
+    answer = "Four people at eight, booked."
+    fake = FakeLLM([FakeTurn.words(answer), FakeTurn.words(guessed, token_delay_s=0.05),
+                    FakeTurn.words(answer)])
+    out = await Outputs.on(bus)
+    stage = LlmStage(fake, SETTINGS)
+    async with running(bus, stage):
+        await bus.publish(REGION, turn("s1", 1, "Hello."))
+        await out.end("s1", 1)
+        await bus.publish(REGION, guess("s1", 2, "I'd like a table for", 1))
+        await eventually(lambda: bool(out.chunks("s1", 2)))
+        await bus.publish(REGION, TurnResumed(session="s1", turn=2, speculation=1))
+        await eventually(lambda: fake.cancelled == 1)
+        stopped = len(out.chunks("s1", 2))
+        await bus.publish(REGION, commit("s1", 2, "I'd like a table for four people.", 0))
+        end = await out.end("s1", 2)
+    assert stopped < len(guessed.split()), "the guess was generated to its end"
+    assert end.text == answer and end.speculation == 0
+    assert "".join(c.text for c in out.chunks("s1", 2) if c.speculation == 0) == answer
+    assert fake.calls[-1][0][1:] == [
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "I'd like a table for four people."},
+    ]
+    saved = (await history(bus, "s1")).turns
+    assert [(r.user, reply_text(r.reply)) for r in saved] == [
+        ("Hello.", answer), ("I'd like a table for four people.", answer)]
+    assert (stage.speculation.started, stage.speculation.adopted,
+            stage.speculation.dropped) == (1, 0, 1)
+
+
+async def test_a_commit_of_other_words_replaces_the_guess(bus: Bus) -> None:
+    fake = FakeLLM([FakeTurn.words("Guessed reply here.", token_delay_s=0.05),
+                    FakeTurn.words("Real reply.")])
+    out = await Outputs.on(bus)
+    async with running(bus, LlmStage(fake, SETTINGS)):
+        await bus.publish(REGION, guess("s1", 1, "Book a", 1))
+        await eventually(lambda: bool(out.chunks("s1", 1)))
+        # the commit names no guess (its words were decoded anew): the guess is void
+        await bus.publish(REGION, commit("s1", 1, "Book a taxi.", 0))
+        end = await out.end("s1", 1)
+    assert end.text == "Real reply." and end.speculation == 0
+    assert fake.cancelled == 1
+    saved = (await history(bus, "s1")).turns
+    assert [(r.user, reply_text(r.reply)) for r in saved] == [("Book a taxi.", "Real reply.")]
+
+
+async def test_barge_in_during_an_adopted_guess_cuts_it(bus: Bus) -> None:
+    fake = FakeLLM([FakeTurn.words("one two three four five six seven eight nine ten",
+                                   token_delay_s=0.05)])
+    out = await Outputs.on(bus)
+    async with running(bus, LlmStage(fake, SETTINGS)):
+        await bus.publish(REGION, guess("s1", 1, "Count to ten.", 1))
+        await bus.publish(REGION, commit("s1", 1, "Count to ten.", 1))
+        await eventually(lambda: len(out.chunks("s1", 1)) >= 3)
+        await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
+        await eventually(lambda: fake.cancelled == 1)
+        await asyncio.sleep(0.2)
+    assert not any(isinstance(m, ReplyEnd) for m in out.turn_of("s1", 1))
+    heard = "".join(c.text for c in out.chunks("s1", 1))
+    assert len(heard.split()) < 10
+    saved = (await history(bus, "s1")).turns
+    assert [(r.user, reply_text(r.reply)) for r in saved] == [("Count to ten.", heard)]

@@ -30,6 +30,7 @@ from voxbus.contracts.messages import (
     Transcript,
     UserStartedSpeaking,
     UserStoppedSpeaking,
+    ends_turn,
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import testing
@@ -335,9 +336,9 @@ async def test_extra_sessions_wait_and_idle_sessions_are_closed() -> None:
             await runner.tap.until(lambda t: len(t.of(EndOfTurn)) == 2)
             watcher.cancel()
         tap = runner.tap
-    order = [m.session for _, m in tap.got if isinstance(m, EndOfTurn)]
+    order = [m.session for _, m in tap.got if ends_turn(m)]
     later = order[1]
-    first_final = tap.arrival(lambda m: isinstance(m, EndOfTurn))
+    first_final = tap.arrival(ends_turn)
     assert tap.arrival(lambda m: isinstance(m, UserStartedSpeaking) and m.session == later) > (
         first_final
     )

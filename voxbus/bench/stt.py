@@ -33,7 +33,13 @@ from nats.aio.msg import Msg
 
 from voxbus.bench.report import percentile, print_table, summary_ms, write_json
 from voxbus.contracts import decode
-from voxbus.contracts.messages import AudioIn, EndOfTurn, Transcript, UserStartedSpeaking
+from voxbus.contracts.messages import (
+    AudioIn,
+    EndOfTurn,
+    Transcript,
+    UserStartedSpeaking,
+    ends_turn,
+)
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.procs import stop_process
@@ -188,7 +194,7 @@ async def _run_level(bus: Bus, clock: Clock, fixtures: list[Fixture], n: int, ro
     await asyncio.gather(*sessions)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and sum(
-        isinstance(m, EndOfTurn) for _, m in level.got
+        ends_turn(m) for _, m in level.got
     ) < len(level.plays):
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)
@@ -218,7 +224,7 @@ def _summarise(level: Level) -> dict[str, Any]:
         final_lat.append((t_recv - play.speech_end_ns) / 1e9)
         decode_ms.append(msg.decode_ms)
         errors.append(word_errors(play.fixture.text, msg.text))
-        eot = next((m for _, m in level.got if isinstance(m, EndOfTurn)
+        eot = next((m for _, m in level.got if isinstance(m, EndOfTurn) and ends_turn(m)
                     and m.session == msg.session and m.turn == msg.turn), None)
         if eot is not None:
             detect_lat.append((eot.at_ns - play.speech_end_ns) / 1e9)

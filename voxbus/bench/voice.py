@@ -2,7 +2,7 @@
 real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
 
     voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
-                       [--tts kokoro,piper]
+                       [--tts kokoro,piper] [--speculate on,off]
 
 Bus mode (the default): the caller publishes its audio on the bus and "hears" the first
 ``AudioOut`` frame on the bus. ``--livekit``: livekit-server (loopback config) and the bridge
@@ -19,7 +19,10 @@ LLM first text published, TTS first audio frame published, each measured from th
 speech. Then the same with several sessions ("rooms") talking at once. With ``--tts
 kokoro,piper`` the whole run is done once per voice (``TTS_ENGINE``), one after the other in
 one invocation, so the voices are compared on the same machine state; each summary row also
-gives the word error rate of the user transcripts against the fixtures' text.
+gives the word error rate of the user transcripts against the fixtures' text. ``--speculate
+on,off`` does the same with and without replies prepared inside the silence window; the rows
+give the speculation hit rate (turns whose reply was the prepared one) and the prepared replies
+thrown away.
 """
 
 from __future__ import annotations
@@ -88,10 +91,13 @@ def _breakdown(r: TurnResult, turn: int, traces: dict[str, list[dict[str, Any]]]
 
     producer = [s for s in spans if s["name"] == "publish EndOfTurn"]
     bd = r.breakdown()
+    reply = f".s{r.speculation}" if r.speculation else ""  # the reply the caller got
     row = {
         "stt_end_of_turn_ms": ms(min((s["start_ns"] for s in producer), default=None)),
-        "llm_first_text_ms": ms(_first(spans, "llm ", "ReplyText")),
-        "tts_first_audio_ms": ms(_first(spans, "tts ", "AudioOut")),
+        "llm_first_text_ms": ms(_first(spans, "llm ", "ReplyText" + reply)),
+        "tts_first_audio_ms": ms(_first(spans, "tts ", "AudioOut" + reply)),
+        "speculated": bool(r.speculation),
+        "guesses": r.guesses,
         # bus mode: the caller hears the first AudioOut on the bus; livekit: in the room
         "caller_first_audio_ms": bd.get("caller_first_audio_ms", bd["first_tts_audio_ms"]),
     }
@@ -141,6 +147,11 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"{key[:-3]}_p50"] = round(percentile(vals, 50), 1) if vals else None
         if key == "caller_first_audio_ms":
             out[f"{key[:-3]}_p95"] = round(percentile(vals, 95), 1) if vals else None
+    # speculation: turns whose reply was the one prepared inside the silence window, and the
+    # prepared replies thrown away (the user went on, or the committed words differed)
+    hits = sum(1 for r in rows if r.get("speculated"))
+    out["speculation_hit_rate"] = round(hits / len(rows), 2) if rows else None
+    out["guesses_dropped"] = sum(r.get("guesses", 0) for r in rows) - hits
     words = sum(r["words"] for r in rows)
     out["transcript_wer"] = round(sum(r["word_errors"] for r in rows) / words, 3) if words else None
     out["failed"] = sum(
@@ -150,11 +161,12 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def _run(args: argparse.Namespace, tts: str) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, tts: str, speculate: bool) -> dict[str, Any]:
     fixtures, texts = _fixtures(args.fixtures), _texts(args.fixtures)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
         loop = VoiceLoop(region="bench", echo=False, livekit=args.livekit,
-                         env={"VOXBUS_TRACE_DIR": td, "TTS_ENGINE": tts})
+                         env={"VOXBUS_TRACE_DIR": td, "TTS_ENGINE": tts,
+                              "STT_SPECULATIVE_REPLIES": "1" if speculate else "0"})
         await loop.start()
         talk = _room_conversation if args.livekit else _conversation
         try:
@@ -176,9 +188,11 @@ async def _run(args: argparse.Namespace, tts: str) -> dict[str, Any]:
     rows_single = [row(r, i) for i, r in enumerate(single)]
     rows_multi = [row(r, i) for results in multi_lists for i, r in enumerate(results)]
     where = "rooms" if args.livekit else "sessions"
-    summary = [_summarize(f"{tts}: 1 {where[:-1]}", rows_single),
-               _summarize(f"{tts}: {args.rooms} {where} at once", rows_multi)]
-    return {"mode": "livekit" if args.livekit else "bus", "tts": tts, "summary": summary,
+    label = tts + ("" if speculate else " (no speculation)")
+    summary = [_summarize(f"{label}: 1 {where[:-1]}", rows_single),
+               _summarize(f"{label}: {args.rooms} {where} at once", rows_multi)]
+    return {"mode": "livekit" if args.livekit else "bus", "tts": tts, "speculate": speculate,
+            "summary": summary,
             "turns_single": rows_single, "turns_concurrent": rows_multi}
 
 
@@ -196,10 +210,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="what the callers say (default: 24 varied sentences, five voices)")
     ap.add_argument("--tts", default="kokoro",
                     help="comma-separated voices to compare in one run: kokoro, piper")
+    ap.add_argument("--speculate", default="on",
+                    help="on, off or on,off: replies prepared inside the silence window "
+                         "(STT_SPECULATIVE_REPLIES); on,off compares both in one run")
     args = ap.parse_args(argv)
     voices = [v.strip() for v in args.tts.split(",") if v.strip()]
     if not voices or any(v not in ("kokoro", "piper") for v in voices):
         ap.error(f"--tts takes kokoro and/or piper, got {args.tts!r}")
+    modes = [v.strip() for v in args.speculate.split(",") if v.strip()]
+    if not modes or any(v not in ("on", "off") for v in modes):
+        ap.error(f"--speculate takes on and/or off, got {args.speculate!r}")
     rc = run_supervised("voxbus.bench.voice", argv, want_netns=args.livekit, no_netns=args.no_netns)
     if rc is not None:
         return rc
@@ -207,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     try:
         for tts in voices:
-            print(f"== {tts}", flush=True)
-            runs.append(asyncio.run(_run(args, tts)))
+            for mode in modes:
+                print(f"== {tts}, speculation {mode}", flush=True)
+                runs.append(asyncio.run(_run(args, tts, mode == "on")))
     except LoopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

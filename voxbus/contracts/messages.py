@@ -73,13 +73,16 @@ class Transcript(Message, frozen=True, kw_only=True, tag="stt.transcript"):
 
 
 class ReplyText(Message, frozen=True, kw_only=True, tag="llm.reply.text"):
-    """A clause-sized chunk of the agent's reply; ``char_start``/``char_end`` index the reply."""
+    """A clause-sized chunk of the agent's reply; ``char_start``/``char_end`` index the reply.
+    ``speculation``: the reply to the user's words as guessed by speculative ``EndOfTurn`` number
+    ``speculation`` of the turn (0: to the committed words; see ``EndOfTurn``)."""
 
     seq: NonNegative
     text: Text
     char_start: NonNegative
     char_end: NonNegative
     emitted_ns: int = 0
+    speculation: NonNegative = 0
 
 
 class ReplyEnd(Message, frozen=True, kw_only=True, tag="llm.reply.end"):
@@ -89,6 +92,7 @@ class ReplyEnd(Message, frozen=True, kw_only=True, tag="llm.reply.end"):
     reason: Literal["done", "interrupted", "error", "length"] = "done"
     end_call: bool = False
     emitted_ns: int = 0
+    speculation: NonNegative = 0
 
 
 class AudioOut(Message, frozen=True, kw_only=True, tag="audio.out"):
@@ -103,6 +107,7 @@ class AudioOut(Message, frozen=True, kw_only=True, tag="audio.out"):
     text_end: NonNegative = 0
     last: bool = False
     emitted_ns: int = 0
+    speculation: NonNegative = 0  # the reply's (``ReplyText.speculation``)
 
 
 # ---- control --------------------------------------------------------------------------------
@@ -128,12 +133,27 @@ class UserStoppedSpeaking(Message, frozen=True, kw_only=True, tag="ctl.speech.st
 
 
 class EndOfTurn(Message, frozen=True, kw_only=True, tag="ctl.turn.end"):
-    """The user finished utterance ``turn``; carries its final transcript."""
+    """The user finished utterance ``turn``; carries its final transcript.
+
+    Speculative (``speculative``): the user fell silent and the words so far are decoded, but the
+    turn may yet go on. Stages may prepare the reply to these words (tagged ``speculation``, its
+    number within the turn, from 1) and nobody plays it. Then either ``TurnResumed`` voids it, or
+    the committed ``EndOfTurn`` (not speculative) names in ``speculation`` the guess whose words
+    it commits (0: none; everything speculative of the turn is dropped)."""
 
     transcript: Text
     speech_start_ns: int
     speech_end_ns: int
     decode_ms: float = 0.0
+    at_ns: int = 0
+    speculative: bool = False
+    speculation: NonNegative = 0
+
+
+class TurnResumed(Message, frozen=True, kw_only=True, tag="ctl.turn.resumed"):
+    """The user went on speaking after speculative ``EndOfTurn`` ``speculation``: drop its reply."""
+
+    speculation: NonNegative
     at_ns: int = 0
 
 
@@ -182,6 +202,7 @@ ControlEvent: TypeAlias = (
     | UserStartedSpeaking
     | UserStoppedSpeaking
     | EndOfTurn
+    | TurnResumed
     | Interrupt
     | AgentSpoke
     | ErrorEvent
@@ -234,8 +255,25 @@ def message_id(msg: Message) -> str | None:
     if isinstance(msg, Transcript):
         part = "final" if msg.is_final else f"p{msg.seq}"
         return f"{msg.session}.{msg.turn}.tr.{part}"
+    if isinstance(msg, TurnResumed):
+        return f"{msg.session}.{msg.turn}.resumed.s{msg.speculation}"
     tag = _OUTPUT_TAGS.get(type(msg))
     if tag is None:
         return None
+    if isinstance(msg, EndOfTurn) and msg.speculative:
+        tag += f".s{msg.speculation}"
+    elif isinstance(msg, ReplyText | ReplyEnd | AudioOut) and msg.speculation:
+        tag += f".s{msg.speculation}"
     seq = getattr(msg, "seq", None)
     return f"{msg.session}.{msg.turn}.{tag}" + (f".{seq}" if seq is not None else "")
+
+
+def ends_turn(msg: Message) -> bool:
+    """``msg`` is the committed end of a turn (an ``EndOfTurn`` that is not a guess)."""
+    return isinstance(msg, EndOfTurn) and not msg.speculative
+
+
+def reply_rank(turn: int, speculation: int) -> tuple[int, int]:
+    """Orders the replies a turn may get: a later speculation replaces an earlier one, and the
+    reply to committed words nobody guessed (``speculation`` 0) comes after every guess."""
+    return (turn, speculation or 1 << 30)

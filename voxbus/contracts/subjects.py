@@ -51,6 +51,7 @@ _KIND_OF: Final[dict[type[m.Message], Kind]] = {
     m.UserStartedSpeaking: Kind.SPEECH,
     m.UserStoppedSpeaking: Kind.SPEECH,
     m.EndOfTurn: Kind.TURN,
+    m.TurnResumed: Kind.TURN,
     m.Interrupt: Kind.INTERRUPT,
     m.AgentSpoke: Kind.SPOKEN,
     m.ErrorEvent: Kind.ERROR,

@@ -48,6 +48,8 @@ class TurnResult:
     audio_rate_hz: int = 24000
     errors: list[str] = field(default_factory=list)
     fixture: str = ""  # the WAV the caller spoke (benchmarks)
+    guesses: int = 0  # speculative EndOfTurn seen for the turn
+    speculation: int = 0  # the guess the committed EndOfTurn named (0: none)
 
     def since_speech_end(self, t: float | None) -> float | None:
         return None if t is None else t - self.speech_end
@@ -64,9 +66,18 @@ class TurnResult:
         return {k: None if v is None else round(v * 1000, 1) for k, v in ms.items()}
 
 
+@dataclass
+class _Prepared:
+    """The parts of one reply (a turn's ``speculation``) seen before the turn was committed."""
+
+    parts: list[tuple[float, ReplyText | ReplyEnd | AudioOut]] = field(default_factory=list)
+
+
 class SessionWatch:
     """Everything published for one session, folded into the current ``TurnResult``: the
-    transcript, the reply, when each stage's first output appeared on the bus."""
+    transcript, the reply, when each stage's first output appeared on the bus. A reply prepared
+    for a speculative turn counts once the committed turn names it (with the times its parts
+    appeared); any other is ignored, as the bridge drops it."""
 
     def __init__(self, bus: Bus, region: str, session: str, *, done_on_spoken: bool) -> None:
         self.bus = bus
@@ -77,6 +88,8 @@ class SessionWatch:
         self.done = asyncio.Event()
         self.audio_in = asyncio.Event()
         self.last_done_turn = 0
+        self._prepared: dict[int, _Prepared] = {}
+        self._committed: int | None = None
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -91,6 +104,7 @@ class SessionWatch:
 
     def begin(self, result: TurnResult) -> None:
         self.current, self.done = result, asyncio.Event()
+        self._prepared, self._committed = {}, None
 
     def end(self) -> None:
         if self.current is not None and self.current.turn:
@@ -117,13 +131,35 @@ class SessionWatch:
             r.turn = r.turn or msg.turn
             r.final_transcript = r.final_transcript or now
             r.transcript = msg.text
+        elif isinstance(msg, EndOfTurn) and msg.speculative:
+            r.guesses += 1
         elif isinstance(msg, EndOfTurn):
             if not msg.transcript.strip():
                 return  # noise: no reply follows
             r.turn = r.turn or msg.turn
             r.end_of_turn = r.end_of_turn or now
             r.transcript = msg.transcript
-        elif isinstance(msg, ReplyText):
+            r.speculation = self._committed = msg.speculation
+            prepared = self._prepared.pop(msg.speculation, _Prepared())
+            self._prepared.clear()
+            for at, part in prepared.parts:
+                self._reply_part(r, part, at)
+        elif isinstance(msg, ReplyText | ReplyEnd | AudioOut):
+            if self._committed is None:
+                self._prepared.setdefault(msg.speculation, _Prepared()).parts.append((now, msg))
+            elif msg.speculation == self._committed:
+                self._reply_part(r, msg, now)
+        elif isinstance(msg, AgentSpoke):
+            r.spoken_chars = msg.char_end
+            r.interrupted = msg.interrupted
+            r.reply_done = now
+            self.done.set()
+        elif isinstance(msg, ErrorEvent):
+            r.errors.append(f"{msg.stage}:{msg.code}: {msg.message}")
+
+    def _reply_part(self, r: TurnResult, msg: ReplyText | ReplyEnd | AudioOut,
+                    now: float) -> None:
+        if isinstance(msg, ReplyText):
             r.first_text = r.first_text or now
         elif isinstance(msg, ReplyEnd):
             r.reply = msg.text
@@ -135,11 +171,3 @@ class SessionWatch:
             if msg.last and not self.done_on_spoken:
                 r.reply_done = now
                 self.done.set()
-        elif isinstance(msg, AgentSpoke):
-            r.spoken_chars = msg.char_end
-            r.interrupted = msg.interrupted
-            r.reply_done = now
-            self.done.set()
-        elif isinstance(msg, ErrorEvent):
-            r.errors.append(f"{msg.stage}:{msg.code}: {msg.message}")
-

@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from voxbus.contracts import decode
-from voxbus.contracts.messages import AnyMessage, ErrorEvent, Message
+from voxbus.contracts.messages import AnyMessage, EndOfTurn, ErrorEvent, Message, ends_turn
 from voxbus.contracts.streams import stream_of
 from voxbus.contracts.subjects import kind_of, subject_for
 from voxbus.runtime.bus import Bus
@@ -81,9 +81,12 @@ class Tap:
     def got(self) -> list[tuple[float, AnyMessage]]:
         return [(e.at, e.msg) for e in self.entries]
 
-    def of(self, kind: type[M], session: str | None = None) -> list[M]:
+    def of(self, kind: type[M], session: str | None = None, *, guesses: bool = False) -> list[M]:
+        """The ``kind`` messages (of ``session``); an ``EndOfTurn`` only when committed, unless
+        ``guesses`` (the speculative ones too)."""
         return [e.msg for e in self.entries if isinstance(e.msg, kind)
-                and (session is None or e.msg.session == session)]
+                and (session is None or e.msg.session == session)
+                and (guesses or not isinstance(e.msg, EndOfTurn) or ends_turn(e.msg))]
 
     def timed(self, kind: type[M]) -> list[tuple[float, M]]:
         return [(e.at, e.msg) for e in self.entries if isinstance(e.msg, kind)]

@@ -92,11 +92,18 @@ def publishing(msg: Message) -> Iterator[dict[str, str]]:
     """Around a publish: yields the trace headers for ``msg``. Inside a handler span of the same
     turn the publish is an event on that span; otherwise (e.g. the STT's end of turn, emitted
     while handling a frame of no turn) a short producer span in the message's turn trace, so
-    the turn's trace shows when each stage emitted what."""
+    the turn's trace shows when each stage emitted what. A speculative turn's messages are
+    named apart: ``publish EndOfTurn.guess`` and, for its reply, ``publish ReplyText.s<k>``."""
     name = f"publish {type(msg).__name__}"
+    if getattr(msg, "speculative", False):
+        name += ".guess"
+    elif speculation := getattr(msg, "speculation", 0):
+        name += f".s{speculation}"
     current = trace.get_current_span()
     sc = current.get_span_context()
-    if sc.is_valid and sc.trace_id == turn_trace_id(msg.session, msg.turn):
+    # (a task spawned by a handler outlives its span: an ended span records nothing)
+    if (sc.is_valid and current.is_recording()
+            and sc.trace_id == turn_trace_id(msg.session, msg.turn)):
         current.add_event(name)
         carrier: dict[str, str] = {}
         inject(carrier)

@@ -6,6 +6,12 @@ Down: the session's ``AudioOut`` frames go to the room's playout; transcripts an
 to the room as captions; ``UserStartedSpeaking`` (or a transcript of a newer turn) while a reply
 plays is a barge-in.
 
+Speculation: the reply to a speculative ``EndOfTurn`` (its frames and text carry
+``speculation`` k) is held here, never played, until the committed ``EndOfTurn`` of the turn names
+guess k: then what was held plays at once and the rest follows as it comes. Anything else
+speculative of the turn (a guess the commit does not name, or one ``TurnResumed`` voided) is
+dropped unheard, and so never reaches ``AgentSpoke`` or the history.
+
 Turn 0 frames ("not part of a turn", e.g. the echo stage's) are played but are no reply: they are
 never interrupted by turn logic and produce no ``AgentSpoke``.
 """
@@ -36,6 +42,7 @@ from voxbus.contracts.messages import (
     AgentSpoke,
     AudioIn,
     AudioOut,
+    EndOfTurn,
     ErrorEvent,
     Interrupt,
     Message,
@@ -44,6 +51,7 @@ from voxbus.contracts.messages import (
     SessionEnded,
     SessionStarted,
     Transcript,
+    TurnResumed,
     UserStartedSpeaking,
 )
 from voxbus.contracts.streams import state_bucket
@@ -60,6 +68,18 @@ log = structlog.get_logger("voxbus.bridge.session")
 CTL_RETRY_S = 15.0
 #: Control messages waiting for the bus, at most (a few per turn: room for many turns).
 CTL_QUEUE = 1024
+#: Messages of a reply held until its speculative turn is committed, at most (a first unit is
+#: a few hundred 20 ms frames; more than this and the rest of the guess is not kept).
+HOLD_MAX = 1500
+
+ReplyPart = AudioOut | ReplyText | ReplyEnd
+
+
+@dataclass
+class SpeculationCounts:
+    committed: int = 0  # a held guess the commit named: played
+    dropped: int = 0  # a guess voided (the user went on, or the commit named another)
+    held_frames_played: int = 0  # frames of committed guesses that were ready at the commit
 
 
 def session_key(settings_key: str, api_secret: str) -> bytes:
@@ -129,6 +149,11 @@ class CallerSession:
                                  link.room_name, participant.identity, participant.sid)
         self.log = log.bind(session=self.id)
         self.replies: dict[int, Reply] = {}
+        #: turn -> the guess its committed EndOfTurn named (0: none)
+        self.commits: dict[int, int] = {}
+        self.held: dict[tuple[int, int], list[ReplyPart]] = {}  # (turn, speculation) -> parts
+        self.voided: set[tuple[int, int]] = set()
+        self.speculation = SpeculationCounts()
         self.user_turn = 0
         self.interrupted_turn = 0
         self.ended = asyncio.Event()
@@ -176,6 +201,7 @@ class CallerSession:
             (Kind.SPEECH, self._on_control),
             (Kind.TRANSCRIPT, self._on_control),
             (Kind.REPLY, self._on_control),
+            (Kind.TURN, self._on_control),
         ]
         for kind, cb in subs:
             self._subs.append(await nc.subscribe(subject(self.region, self.id, kind), cb=cb))
@@ -369,6 +395,71 @@ class CallerSession:
         msg = self._decode(raw)
         if not isinstance(msg, AudioOut) or self.ended.is_set():
             return
+        if self._admit(msg):
+            self._audio_out(msg)
+
+    # ---- speculation ------------------------------------------------------------------------
+
+    def _admit(self, msg: ReplyPart) -> bool:
+        """Whether a part of a reply is handled now; a guess's part before its commit is held."""
+        if msg.turn <= 0:
+            return True
+        committed = self.commits.get(msg.turn)
+        if committed is not None:
+            return msg.speculation == committed
+        if msg.speculation == 0:  # the reply to committed words (its commit is on its way)
+            return True
+        key = (msg.turn, msg.speculation)
+        if key in self.voided or self._stale(msg.turn):
+            return False
+        held = self.held.setdefault(key, [])
+        if len(held) < HOLD_MAX:
+            held.append(msg)
+        elif len(held) == HOLD_MAX:
+            self.log.warning("speculation_hold_full", turn=msg.turn, speculation=msg.speculation)
+            held.append(msg)  # the marker: warned once; nothing more is kept
+        return False
+
+    def _committed(self, msg: EndOfTurn) -> None:
+        """The turn is committed: the guess it names plays, any other is dropped."""
+        self.commits[msg.turn] = msg.speculation
+        for turn in [t for t in self.commits if t < msg.turn - 4]:
+            del self.commits[turn]
+        self.voided = {key for key in self.voided if key[0] > msg.turn}
+        for key in [key for key in self.held if key[0] <= msg.turn]:
+            parts = self.held.pop(key)[:HOLD_MAX]
+            if key == (msg.turn, msg.speculation):
+                self.speculation.committed += 1
+                frames = sum(isinstance(p, AudioOut) for p in parts)
+                self.speculation.held_frames_played += frames
+                self.log.info("speculation_committed", turn=msg.turn,
+                              speculation=msg.speculation, held_frames=frames)
+                for part in parts:
+                    self._handle_part(part)
+            else:
+                self._drop_guess(key, parts, why="not_committed")
+
+    def _drop_guess(self, key: tuple[int, int], parts: list[ReplyPart], *, why: str) -> None:
+        self.speculation.dropped += 1
+        self.log.info("speculation_dropped", turn=key[0], speculation=key[1], why=why,
+                      held_frames=sum(isinstance(p, AudioOut) for p in parts))
+
+    def _resumed(self, msg: TurnResumed) -> None:
+        key = (msg.turn, msg.speculation)
+        self.voided.add(key)
+        self._drop_guess(key, self.held.pop(key, []), why="resumed")
+
+    def _handle_part(self, msg: ReplyPart) -> None:
+        if isinstance(msg, AudioOut):
+            self._audio_out(msg)
+        elif isinstance(msg, ReplyText):
+            self._reply_text(msg)
+        else:
+            self._reply_end(msg)
+
+    # ---- replies ----------------------------------------------------------------------------
+
+    def _audio_out(self, msg: AudioOut) -> None:
         if msg.turn > 0:
             if self._stale(msg.turn):
                 self._stale_reply(msg.turn)
@@ -407,21 +498,31 @@ class CallerSession:
                 self.barge_in(msg.turn, reason="barge_in")
             if msg.is_final and msg.text:
                 self._caption_user(msg)
-        elif isinstance(msg, ReplyText):
-            if msg.turn > 0 and self._stale(msg.turn):
-                self._stale_reply(msg.turn)
-                return
-            reply = self._reply(msg.turn)
-            reply.add_text(msg)
-            self._caption_agent(reply, msg.text)
-        elif isinstance(msg, ReplyEnd):
-            if msg.turn > 0 and self._stale(msg.turn):
-                return
-            reply = self._reply(msg.turn)
-            if msg.text:
-                reply.text = msg.text
-            reply.final = True
-            self._caption_agent_end(reply, interrupted=False)
+        elif isinstance(msg, ReplyText | ReplyEnd):
+            if self._admit(msg):
+                self._handle_part(msg)
+        elif isinstance(msg, EndOfTurn):
+            if not msg.speculative:
+                self._committed(msg)
+        elif isinstance(msg, TurnResumed):
+            self._resumed(msg)
+
+    def _reply_text(self, msg: ReplyText) -> None:
+        if msg.turn > 0 and self._stale(msg.turn):
+            self._stale_reply(msg.turn)
+            return
+        reply = self._reply(msg.turn)
+        reply.add_text(msg)
+        self._caption_agent(reply, msg.text)
+
+    def _reply_end(self, msg: ReplyEnd) -> None:
+        if msg.turn > 0 and self._stale(msg.turn):
+            return
+        reply = self._reply(msg.turn)
+        if msg.text:
+            reply.text = msg.text
+        reply.final = True
+        self._caption_agent_end(reply, interrupted=False)
 
     # ---- barge-in and completion --------------------------------------------------------------
 
@@ -437,6 +538,8 @@ class CallerSession:
         if user_turn <= 0:
             return
         self.user_turn = max(self.user_turn, user_turn)
+        for key in [key for key in self.held if key[0] < user_turn]:
+            self._drop_guess(key, self.held.pop(key), why="barge_in")
         victims = [r for r in self.active_replies() if 0 < r.turn < user_turn]
         if not victims and self.interrupted_turn >= user_turn - 1:
             return

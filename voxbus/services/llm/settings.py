@@ -64,6 +64,9 @@ class LlmSettings:
     history_max_chars: int = 6000
     apology: str = DEFAULT_APOLOGY
     max_tool_rounds: int = 3
+    # Start the reply on a speculative EndOfTurn (the user fell silent, the turn not yet
+    # committed): adopted when the commit names it, cancelled when the user goes on
+    speculate: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in get_args(Backend):
@@ -98,5 +101,6 @@ class LlmSettings:
             timeout_s=env.float("TIMEOUT_S", cls.timeout_s),
             history_max_turns=env.int("HISTORY_MAX_TURNS", cls.history_max_turns),
             history_max_chars=env.int("HISTORY_MAX_CHARS", cls.history_max_chars),
+            speculate=env.bool("SPECULATE", cls.speculate),
             apology=env.str("APOLOGY", cls.apology),
         )

@@ -27,6 +27,7 @@ from voxbus.contracts.messages import (
     SessionEnded,
     SessionStarted,
     Transcript,
+    TurnResumed,
     UserStartedSpeaking,
     UserStoppedSpeaking,
 )
@@ -77,7 +78,9 @@ BUS_RETRY_S = 15.0
 @dataclass(eq=False)
 class _Speculative:
     span: tuple[int, int]  # [audio_start_sample, audio_end_sample) it decodes
-    task: asyncio.Task[Any]
+    number: int  # its ``EndOfTurn.speculation`` within the turn
+    task: asyncio.Task[Any] | None = None
+    published: bool = False  # its speculative EndOfTurn went (or is going) out
 
 
 class SttSession:
@@ -96,6 +99,7 @@ class SttSession:
         self.partials_sent = 0  # partials published for `turn`; the final's seq follows them
         self.last_partial = ""
         self.spec: _Speculative | None = None
+        self.specs = 0  # speculative finals started in `turn`
         self.final: asyncio.Task[Any] | None = None
         self.publish_lock = asyncio.Lock()
         # The frames are held unacked (``Context.hold``) until nothing later needs them: their
@@ -114,7 +118,7 @@ class SttSession:
             if reason == "fenced":  # another replica owns the session now: it decodes again
                 self.final.cancel()
             await asyncio.wait({self.final}, timeout=self.stage.settings.drain_timeout_s)
-        if self.spec is not None:
+        if self.spec is not None and self.spec.task is not None:
             self.spec.task.cancel()
         self.stage.closed(self.frontend.segmenter)
         self.scope.log.info("session_closed", reason=reason, turn=self.turn)
@@ -167,7 +171,7 @@ class SttSession:
             case turns.SpeechStarted() as ev:
                 self.turn = await self._next_turn(
                     self.frontend.timeline.seq_at(ev.speech_start_sample))
-                self.partials_sent, self.last_partial = 0, ""
+                self.partials_sent, self.last_partial, self.specs = 0, "", 0
                 self.scope.log.info("speech_started", turn=self.turn)
                 yield UserStartedSpeaking(session=self.scope.session, turn=self.turn,
                                           at_ns=ns_at(ev.speech_start_sample))
@@ -184,26 +188,66 @@ class SttSession:
             case turns.SilenceBegan() as ev:
                 assert seg.audio is not None and stage.final is not None
                 if stage.settings.speculative_final:
-                    self._drop_speculative()
-                    task = self.scope.spawn(stage.final.run(seg.audio, partial=False),
-                                            name=f"stt-speculative-{self.scope.session}")
-                    self.spec = _Speculative((ev.audio_start_sample, ev.audio_end_sample), task)
+                    if resumed := self._drop_speculative():
+                        yield resumed
+                    self.specs += 1
+                    spec = _Speculative((ev.audio_start_sample, ev.audio_end_sample), self.specs)
+                    spec.task = self.scope.spawn(
+                        self._speculate(spec, seg.audio, ns_at(ev.speech_start_sample),
+                                        ns_at(ev.speech_end_sample), ns_at(ev.at_sample)),
+                        name=f"stt-speculative-{self.scope.session}")
+                    self.spec = spec
                     stage.stats.speculative_started += 1
             case turns.SpeechResumed():
-                if self._drop_speculative():
-                    self.scope.log.debug("speculative_discarded", turn=self.turn)
+                if resumed := self._drop_speculative():
+                    yield resumed
             case turns.EndOfTurn() as ev:
                 assert seg.audio is not None
                 async for out in self._end_of_turn(ev, seg.audio):
                     yield out
 
-    def _drop_speculative(self) -> bool:
+    def _drop_speculative(self) -> TurnResumed | None:
+        """Discard the speculative final (the user went on); what voids the reply others
+        prepared for it, if its words went out."""
         spec, self.spec = self.spec, None
         if spec is None:
-            return False
-        spec.task.cancel()  # its thread finishes the decode; the result is ignored
+            return None
+        if spec.task is not None:
+            spec.task.cancel()  # its thread finishes the decode; the result is ignored
         self.stage.stats.speculative_discarded += 1
-        return True
+        self.scope.log.debug("speculative_discarded", turn=self.turn, published=spec.published)
+        if not spec.published:
+            return None
+        return TurnResumed(session=self.scope.session, turn=self.turn, speculation=spec.number,
+                           at_ns=time.time_ns())
+
+    async def _speculate(
+        self, spec: _Speculative, audio: Float32Array, start_ns: int, end_ns: int, at_ns: int
+    ) -> TranscriptResult:
+        """Decode the words so far; while the user stays silent, publish them as a speculative
+        ``EndOfTurn`` so the reply can be prepared. Returns the decode (the final, if the turn
+        ends on this span)."""
+        stage = self.stage
+        assert stage.final is not None
+        result: TranscriptResult = await stage.final.run(audio, partial=False)
+        text = self._text(result)
+        turn = self.turn
+        if (not stage.settings.speculative_replies or not text or self.spec is not spec
+                or self.closed_turn >= turn):
+            return result
+        spec.published = True  # decided here, before any await: the commit reads it
+        try:
+            async with self.publish_lock:
+                await self.scope.publish(EndOfTurn(
+                    session=self.scope.session, turn=turn, transcript=text,
+                    speech_start_ns=start_ns, speech_end_ns=end_ns,
+                    decode_ms=round(result.decode_s * 1000, 3), at_ns=at_ns, speculative=True,
+                    speculation=spec.number,
+                ))
+            stage.stats.speculative_published += 1
+        except Exception as e:  # noqa: BLE001 - the committed final goes out anyway
+            self.scope.log.warning("speculative_turn_not_sent", turn=turn, error=repr(e))
+        return result
 
     async def _end_of_turn(
         self, ev: turns.EndOfTurn, audio: Float32Array
@@ -215,10 +259,13 @@ class SttSession:
         self.closed_turn = turn
         yield UserStoppedSpeaking(session=self.scope.session, turn=turn, at_ns=end_ns)
         spec, self.spec = self.spec, None
-        if spec is not None and spec.span == (ev.audio_start_sample, ev.audio_end_sample):
+        speculation = 0
+        if (spec is not None and spec.task is not None
+                and spec.span == (ev.audio_start_sample, ev.audio_end_sample)):
             decode = spec.task
+            speculation = spec.number if spec.published else 0
         else:
-            if spec is not None:
+            if spec is not None and spec.task is not None:
                 spec.task.cancel()
                 stage.stats.speculative_discarded += 1
             decode = self.scope.spawn(stage.final.run(audio, partial=False),
@@ -230,7 +277,7 @@ class SttSession:
             self._publish_final(
                 turn=turn, seq=self.partials_sent, decode=decode, start_ns=start_ns,
                 end_ns=end_ns, at_ns=ns_at(ev.at_sample), audio_ms=audio.size / 16.0,
-                forced=ev.forced,
+                forced=ev.forced, speculation=speculation,
             ),
             name=f"stt-publish-final-{self.scope.session}",
         )
@@ -321,7 +368,7 @@ class SttSession:
 
     async def _publish_final(
         self, *, turn: int, seq: int, decode: asyncio.Task[Any], start_ns: int,
-        end_ns: int, at_ns: int, audio_ms: float, forced: bool,
+        end_ns: int, at_ns: int, audio_ms: float, forced: bool, speculation: int = 0,
     ) -> None:
         scope, stats = self.scope, self.stage.stats
         try:
@@ -344,12 +391,15 @@ class SttSession:
             ))
             await self._publish_retrying(EndOfTurn(
                 session=scope.session, turn=turn, transcript=text, speech_start_ns=start_ns,
-                speech_end_ns=end_ns, decode_ms=decode_ms, at_ns=at_ns,
+                speech_end_ns=end_ns, decode_ms=decode_ms, at_ns=at_ns, speculation=speculation,
             ))
         await self._turn_done(turn)
         stats.finals += 1
         stats.decode_ms.append(decode_ms)
         stats.audio_ms.append(audio_ms)
+        if speculation:
+            stats.speculative_committed += 1
         scope.log.info("final_transcript", turn=turn, decode_ms=decode_ms,
                        audio_ms=round(audio_ms, 1), forced=forced, empty=not text,
+                       speculation=speculation,
                        pii={"text": text})

@@ -61,6 +61,9 @@ class SttSettings:
     partial_nice: int = 19
     speculative_final: bool = True
     speculative_silence_ms: int = 0  # silence before the speculative final starts (0: at once)
+    # Publish the speculative final as a speculative EndOfTurn, so the LLM and TTS prepare the
+    # reply inside the silence window (the bridge plays it once the turn is committed)
+    speculative_replies: bool = True
     no_speech_threshold: float = 0.6  # with avg_logprob < -1: a decode of noise, text dropped
     # capacity
     max_sessions: int = 32  # sessions with state in this worker; more wait (backpressure)
@@ -142,6 +145,7 @@ class SttSettings:
             partial_nice=env.int("PARTIAL_NICE", d.partial_nice),
             speculative_final=env.bool("SPECULATIVE_FINAL", d.speculative_final),
             speculative_silence_ms=env.int("SPECULATIVE_SILENCE_MS", d.speculative_silence_ms),
+            speculative_replies=env.bool("SPECULATIVE_REPLIES", d.speculative_replies),
             no_speech_threshold=env.float("NO_SPEECH_THRESHOLD", d.no_speech_threshold),
             max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
             session_idle_s=env.float("SESSION_IDLE_S", d.session_idle_s),

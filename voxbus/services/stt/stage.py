@@ -10,11 +10,15 @@ on one "frontend" thread, so the event loop only routes messages. The turn event
   it never waits behind one (barge-in depends on it).
 - ``PartialDue``: a partial decode as a background task, only if no decode (final or partial)
   runs in the worker at that moment: partials are skipped, never queued.
-- ``SilenceBegan``: the final decode starts speculatively (background task) ...
-- ``SpeechResumed``: ... and is discarded if the user goes on speaking.
+- ``SilenceBegan``: the final decode starts speculatively (background task); once decoded, if
+  the user is still silent, its words go out as a speculative ``EndOfTurn`` (number k of the
+  turn) so the LLM and TTS prepare the reply while the silence window runs ...
+- ``SpeechResumed``: ... and it is discarded if the user goes on speaking (``TurnResumed``
+  voids guess k, if it went out).
 - ``EndOfTurn`` (``end_silence_ms`` of silence): ``UserStoppedSpeaking`` yielded at once; a
   background task awaits the speculative decode (usually done by then) and publishes the final
-  ``Transcript`` and ``EndOfTurn``. A session has at most one final outstanding: the next one
+  ``Transcript`` and ``EndOfTurn``, which names the guess it commits (``speculation`` k) when the
+  final is that guess's decode. A session has at most one final outstanding: the next one
   waits for it in the lane (backpressure), which also keeps finals in turn order. A user who
   speaks again at once may get ``UserStartedSpeaking(n+1)`` before ``EndOfTurn(n)``.
 
@@ -84,6 +88,8 @@ class SttStats:
     partials_skipped: int = 0
     speculative_started: int = 0
     speculative_discarded: int = 0
+    speculative_published: int = 0  # speculative EndOfTurn out: a reply may start
+    speculative_committed: int = 0  # a committed EndOfTurn confirmed the published guess
     finals: int = 0
     turns_judged: int = 0  # pauses Smart Turn was asked about
     turns_judged_complete: int = 0

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from voxbus.contracts.control import VOICE_HEADER, header
-from voxbus.contracts.messages import AnyMessage, AudioOut, Interrupt, Message, ReplyEnd, ReplyText
+from voxbus.contracts.messages import (
+    AnyMessage,
+    AudioOut,
+    Interrupt,
+    Message,
+    ReplyEnd,
+    ReplyText,
+    reply_rank,
+)
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import BadInput, Context
 
@@ -32,6 +40,7 @@ class _Reply:
     """A reply being spoken: ``text`` so far, and how far its frames have got."""
 
     turn: int
+    speculation: int  # the reply's ``ReplyText.speculation``: (turn, speculation) names it
     voice: str
     splitter: UnitSplitter
     origin: float  # monotonic time its first message was handled
@@ -60,7 +69,7 @@ class TtsSession:
             try:
                 await self.scope.publish(self.stage.end_marker(
                     self.scope.session, reply.turn, reply.seq, reply.spoken_end,
-                    reply.spoken_end))
+                    reply.spoken_end, speculation=reply.speculation))
             except Exception as e:  # noqa: BLE001 - closing must go on
                 self.scope.log.warning("reply_end_not_sent", error=repr(e))
 
@@ -106,7 +115,7 @@ class TtsSession:
 
     async def _on_end(self, msg: ReplyEnd, ctx: Context) -> AsyncIterator[AudioOut]:
         reply = self.reply
-        if reply is not None and reply.turn > msg.turn:
+        if reply is not None and _rank(reply) > reply_rank(msg.turn, msg.speculation):
             ctx.log.info("stale_reply_end_dropped", reply_turn=reply.turn)
             return
         reply = self._reply_for(msg, ctx)
@@ -125,7 +134,7 @@ class TtsSession:
             spoken = reply.spoken_end if reply is not None else 0
             yield self.stage.end_marker(msg.session, msg.turn,
                                         reply.seq if reply is not None else 0,
-                                        min(spoken, total), total)
+                                        min(spoken, total), total, speculation=msg.speculation)
             if reply is not None:
                 ctx.log.info("reply_spoken", frames=reply.seq, chars=total, reason=msg.reason,
                              took_ms=round((time.monotonic() - reply.origin) * 1e3))
@@ -136,21 +145,26 @@ class TtsSession:
             self.scope.release()
 
     def _reply_for(self, msg: ReplyText | ReplyEnd, ctx: Context) -> _Reply | None:
-        """The session's reply for ``msg.turn``, started if new; None for a stale one."""
+        """The session's reply ``(msg.turn, msg.speculation)``, started if new; None for a stale
+        one (a reply that ``contracts.messages.reply_rank`` puts before the current one)."""
         reply = self.reply
         if reply is not None:
-            if reply.turn == msg.turn:
+            rank = reply_rank(msg.turn, msg.speculation)
+            if _rank(reply) == rank:
                 return reply
-            if reply.turn > msg.turn:
-                ctx.log.info("stale_reply_dropped", reply_turn=reply.turn)
+            if _rank(reply) > rank:
+                ctx.log.info("stale_reply_dropped", reply_turn=reply.turn,
+                             speculation=msg.speculation)
                 return None
-            ctx.log.warning("reply_abandoned", reply_turn=reply.turn, spoken_end=reply.spoken_end)
+            ctx.log.warning("reply_abandoned", reply_turn=reply.turn, spoken_end=reply.spoken_end,
+                            speculation=reply.speculation)
         voice = self.stage.voice
         if requested := header(ctx.headers, VOICE_HEADER):
             voice = self.stage.check_voice(requested, ctx.log)
         s = self.stage.settings
         self.reply = reply = _Reply(
             turn=msg.turn,
+            speculation=msg.speculation,
             voice=voice,
             splitter=UnitSplitter(first_words=s.first_words, first_lookahead=s.first_lookahead,
                                   max_chars=s.max_unit_chars, ramp=s.ramp),
@@ -205,11 +219,15 @@ class TtsSession:
             out.append(AudioOut(
                 session=session, turn=reply.turn, seq=reply.seq, sample_rate_hz=rate, pcm=frame.pcm,
                 text_start=reply.spoken_end, text_end=max(frame.text_end, reply.spoken_end),
-                emitted_ns=time.time_ns(),
+                emitted_ns=time.time_ns(), speculation=reply.speculation,
             ))
             reply.seq += 1
             reply.spoken_end = max(frame.text_end, reply.spoken_end)
         return out
+
+
+def _rank(reply: _Reply) -> tuple[int, int]:
+    return reply_rank(reply.turn, reply.speculation)
 
 
 def _place(reply: _Reply, msg: ReplyText) -> str | None:

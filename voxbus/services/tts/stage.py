@@ -8,7 +8,12 @@ and each unit's frames are yielded as soon as it is synthesized: the bridge pace
 ``ReplyEnd`` flushes the rest and ends with an empty ``AudioOut(last=True)`` whose ``text_end`` is
 the reply's length.
 
-Frames carry contiguous ``seq`` from 0 per turn and text spans that tile the reply: a frame
+A reply is named by its turn and its ``speculation`` (a reply prepared for a speculative turn:
+see ``EndOfTurn``); its frames carry the same, so the bridge holds them until the turn is
+committed. A reply that ``reply_rank`` puts after the current one replaces it (a guess voided by
+the commit); one before it is stale.
+
+Frames carry contiguous ``seq`` from 0 per reply and text spans that tile the reply: a frame
 starts where the previous one ended, so text with nothing to say (an emoji, "...") is covered by
 the next frame with audio, or by the final marker.
 
@@ -133,14 +138,15 @@ class TtsStage:
         return TtsSession(self, scope)
 
     def end_marker(self, session: str, turn: int, seq: int, text_start: int,
-                   text_end: int) -> AudioOut:
+                   text_end: int, *, speculation: int = 0) -> AudioOut:
         """The empty last frame that ends a reply: the listener closes it there."""
         return AudioOut(session=session, turn=turn, seq=seq, sample_rate_hz=self.sample_rate_hz,
                         pcm=b"", text_start=text_start, text_end=text_end, last=True,
-                        emitted_ns=time.time_ns())
+                        emitted_ns=time.time_ns(), speculation=speculation)
 
     def refused(self, msg: AnyMessage) -> Sequence[Message]:
         """A reply refused for want of a place still ends, so the bridge closes it."""
         if not isinstance(msg, ReplyEnd):
             return ()
-        return [self.end_marker(msg.session, msg.turn, 0, 0, len(msg.text))]
+        return [self.end_marker(msg.session, msg.turn, 0, 0, len(msg.text),
+                                speculation=msg.speculation)]
