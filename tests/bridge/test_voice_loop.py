@@ -21,7 +21,8 @@ import pytest
 
 from tests.bridge.caller import Caller, Tap, load_wav, session_of
 from tests.conftest import REGION
-from voxbus.audio import pcm16_to_float32, resample
+from tests.stt.test_smart_turn import PAUSED, _kokoro_pause
+from voxbus.audio import float32_to_pcm16, pcm16_to_float32, resample
 from voxbus.contracts.messages import (
     AgentSpoke,
     AudioOut,
@@ -30,6 +31,7 @@ from voxbus.contracts.messages import (
     ReplyEnd,
     ReplyText,
     SessionStarted,
+    TurnResumed,
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.dev.livekit_server import LiveKitServer
@@ -91,11 +93,12 @@ class Agent:
 
 
 async def start_agent(
-    bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: Synthesizer, system_prompt: str
+    bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: Synthesizer, system_prompt: str,
+    *, stt: SttSettings | None = None,
 ) -> Agent:
     llm = LlmSettings(temperature=0.0, max_tokens=128, system_prompt=system_prompt)
     workers = [
-        Worker(bus, SttStage(SttSettings(), engine=whisper)),
+        Worker(bus, SttStage(stt or SttSettings(), engine=whisper)),
         Worker(bus, LlmStage(build_engine(llm), llm)),
         Worker(bus, TtsStage(TtsSettings(), engine=kokoro)),
     ]
@@ -251,4 +254,41 @@ async def test_caller_barges_in_and_history_keeps_what_was_said(
           f" chars); voice at the caller {1000 * (first.t - speech_end):.0f} ms after the "
           f"question, audio stopped {1000 * (silent - t_intr):.0f} ms after the Interrupt")
     await talking
+    await caller.leave()
+
+
+async def test_a_voided_guess_is_never_heard_nor_kept(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,
+    kokoro: KokoroEngine, agent_factory: list[Agent],
+) -> None:
+    """The caller pauses 1 s mid-sentence ("I'd like a table for... four people.") inside a
+    1.5 s end-of-turn silence: the words before the pause are guessed and the reply to them
+    prepared, then voided when the caller goes on. The caller hears nothing before the turn is
+    committed, then the reply to the whole sentence; the history holds that one turn only."""
+    stt = SttSettings(end_silence_ms=1500, window_s=12)
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT,
+                                           stt=stt))
+    caller, sess = await in_room(livekit, bridge, tap, "guess-room")
+    audio, _ = _kokoro_pause(PAUSED, 1000)
+    spoken = await caller.say(np.frombuffer(float32_to_pcm16(audio), dtype="<i2"))
+    end = await tap.wait_for(ReplyEnd, session=sess, within_s=40)
+    done = await tap.wait_for(AgentSpoke, session=sess, within_s=40,
+                              where=lambda m: m.turn == end.turn)
+    (eot,) = tap.of(EndOfTurn, sess)
+    guesses = [e for e in tap.of(EndOfTurn, sess, guesses=True) if e.speculative]
+    resumed = tap.of(TurnResumed, sess)
+    assert resumed and resumed[0].speculation == guesses[0].speculation, (guesses, resumed)
+    voided = resumed[0].speculation
+    assert "four" in normalize_text(eot.transcript).replace("4", "four"), eot.transcript
+    assert eot.speculation != voided and end.speculation == eot.speculation
+    committed_at = next(t for t, m in tap.timed(EndOfTurn) if m == eot)
+    assert caller.voiced_after(spoken.started, until=committed_at) == 0, "heard before the commit"
+    assert not done.interrupted and done.text == end.text
+    store = HistoryStore(await bus.kv(state_bucket(REGION)))
+    turns = (await store.load(sess)).turns
+    assert [(r.turn, r.user, reply_text(r.reply)) for r in turns] == [
+        (eot.turn, eot.transcript, end.text)]
+    prepared = "".join(m.text for m in tap.of(ReplyText, sess) if m.speculation == voided)
+    print(f"\nguessed: {guesses[0].transcript!r}, reply prepared before the caller went on: "
+          f"{prepared!r}\ncommitted: {eot.transcript!r} -> {end.text!r}")
     await caller.leave()

@@ -124,7 +124,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus = await Bus.connect(server.url, regions=[REGION], partitions=4, name="bench-llm")
         await bus.provision()
         settings = LlmSettings(temperature=args.temperature, max_tokens=args.max_tokens,
-                               n_threads=args.threads, n_threads_batch=args.threads_batch)
+                               n_threads=args.threads, n_threads_batch=args.threads_batch,
+                               engines=1)
         engine = build_engine(settings)
         assert isinstance(engine, LlamaCppEngine)
         stage = LlmStage(engine, settings)

@@ -2,7 +2,7 @@
 real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
 
     voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
-                       [--tts kokoro,piper] [--speculate on,off]
+                       [--tts kokoro,piper] [--speculate on,off] [--llm-engines 1,2]
 
 Bus mode (the default): the caller publishes its audio on the bus and "hears" the first
 ``AudioOut`` frame on the bus. ``--livekit``: livekit-server (loopback config) and the bridge
@@ -161,12 +161,15 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def _run(args: argparse.Namespace, tts: str, speculate: bool) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, tts: str, speculate: bool,
+               engines: int | None) -> dict[str, Any]:
     fixtures, texts = _fixtures(args.fixtures), _texts(args.fixtures)
+    env = {"TTS_ENGINE": tts, "STT_SPECULATIVE_REPLIES": "1" if speculate else "0"}
+    if engines is not None:
+        env["LLM_ENGINES"] = str(engines)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
         loop = VoiceLoop(region="bench", echo=False, livekit=args.livekit,
-                         env={"VOXBUS_TRACE_DIR": td, "TTS_ENGINE": tts,
-                              "STT_SPECULATIVE_REPLIES": "1" if speculate else "0"})
+                         env={"VOXBUS_TRACE_DIR": td, **env})
         await loop.start()
         talk = _room_conversation if args.livekit else _conversation
         try:
@@ -188,11 +191,12 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool) -> dict[str,
     rows_single = [row(r, i) for i, r in enumerate(single)]
     rows_multi = [row(r, i) for results in multi_lists for i, r in enumerate(results)]
     where = "rooms" if args.livekit else "sessions"
-    label = tts + ("" if speculate else " (no speculation)")
+    label = tts + ("" if speculate else " (no speculation)") + (
+        "" if engines is None else f" ({engines} LLM engine{'s' if engines > 1 else ''})")
     summary = [_summarize(f"{label}: 1 {where[:-1]}", rows_single),
                _summarize(f"{label}: {args.rooms} {where} at once", rows_multi)]
     return {"mode": "livekit" if args.livekit else "bus", "tts": tts, "speculate": speculate,
-            "summary": summary,
+            "llm_engines": engines, "summary": summary,
             "turns_single": rows_single, "turns_concurrent": rows_multi}
 
 
@@ -213,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speculate", default="on",
                     help="on, off or on,off: replies prepared inside the silence window "
                          "(STT_SPECULATIVE_REPLIES); on,off compares both in one run")
+    ap.add_argument("--llm-engines", default="",
+                    help="comma-separated LLM_ENGINES values to compare in one run (e.g. 1,2; "
+                         "default: the stage's)")
     args = ap.parse_args(argv)
     voices = [v.strip() for v in args.tts.split(",") if v.strip()]
     if not voices or any(v not in ("kokoro", "piper") for v in voices):
@@ -220,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     modes = [v.strip() for v in args.speculate.split(",") if v.strip()]
     if not modes or any(v not in ("on", "off") for v in modes):
         ap.error(f"--speculate takes on and/or off, got {args.speculate!r}")
+    try:
+        engine_counts: list[int | None] = [int(v) for v in args.llm_engines.split(",")
+                                           if v.strip()] or [None]
+    except ValueError:
+        ap.error(f"--llm-engines takes numbers, got {args.llm_engines!r}")
+    if any(n is not None and n < 1 for n in engine_counts):
+        ap.error("--llm-engines: each count must be at least 1")
     rc = run_supervised("voxbus.bench.voice", argv, want_netns=args.livekit, no_netns=args.no_netns)
     if rc is not None:
         return rc
@@ -228,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for tts in voices:
             for mode in modes:
-                print(f"== {tts}, speculation {mode}", flush=True)
-                runs.append(asyncio.run(_run(args, tts, mode == "on")))
+                for engines in engine_counts:
+                    print(f"== {tts}, speculation {mode}, LLM engines "
+                          f"{engines or 'default'}", flush=True)
+                    runs.append(asyncio.run(_run(args, tts, mode == "on", engines)))
     except LoopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -97,7 +97,7 @@ def publishing(msg: Message) -> Iterator[dict[str, str]]:
     name = f"publish {type(msg).__name__}"
     if getattr(msg, "speculative", False):
         name += ".guess"
-    elif speculation := getattr(msg, "speculation", 0):
+    elif name != "publish EndOfTurn" and (speculation := getattr(msg, "speculation", 0)):
         name += f".s{speculation}"
     current = trace.get_current_span()
     sc = current.get_span_context()

@@ -9,7 +9,9 @@
 | ``LLM_API_KEY`` | none | bearer token for the ``openai`` server |
 | ``LLM_N_THREADS`` | 1 | llama.cpp decoding threads (2 cores here, shared with STT and TTS) |
 | ``LLM_N_THREADS_BATCH`` | ``LLM_N_THREADS`` | llama.cpp threads for prompt evaluation |
+| ``LLM_ENGINES`` | 2 | llama.cpp engines (model copies): replies of that many sessions at once |
 | ``LLM_NICE`` | 10 | nice of the generation thread: later tokens yield to the first clause |
+| ``LLM_SPECULATE`` | on | start the reply on a speculative end of turn (inside the silence) |
 | ``LLM_N_CTX`` | 2048 | llama.cpp context length in tokens |
 | ``LLM_TEMPERATURE`` | 0.6 | sampling temperature (0: deterministic) |
 | ``LLM_MAX_TOKENS`` | 128 | longest reply, in tokens |
@@ -50,6 +52,9 @@ class LlmSettings:
     model: str = "default"
     api_key: str | None = field(default=None, repr=False)
     n_threads: int = 1
+    #: llama.cpp engines (model copies) in the worker: replies of that many sessions are
+    #: generated at once instead of one after the other (``services.llm.pool``)
+    engines: int = 2
     #: nice value of the generation thread: on cores shared with the TTS, tokens after the first
     #: clause only need to stay ahead of playback, so synthesis of the first clause goes first.
     nice: int = 10
@@ -71,7 +76,7 @@ class LlmSettings:
     def __post_init__(self) -> None:
         if self.backend not in get_args(Backend):
             raise SettingsError(f"LLM_BACKEND={self.backend!r}: expected {get_args(Backend)}")
-        for name in ("n_threads", "n_ctx", "max_tokens", "history_max_turns",
+        for name in ("n_threads", "engines", "n_ctx", "max_tokens", "history_max_turns",
                      "history_max_chars", "max_tool_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"LLM_{name.upper()} must be at least 1")
@@ -91,6 +96,7 @@ class LlmSettings:
             model=env.str("MODEL", cls.model),
             api_key=env.str("API_KEY", "") or None,
             n_threads=env.int("N_THREADS", cls.n_threads),
+            engines=env.int("ENGINES", cls.engines),
             nice=env.int("NICE", cls.nice),
             n_threads_batch=env.int("N_THREADS_BATCH", 0) or None,
             n_ctx=env.int("N_CTX", cls.n_ctx),

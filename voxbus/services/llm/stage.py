@@ -10,11 +10,11 @@ failing or silent backend gives an ``ErrorEvent`` and a spoken apology rather th
 Speculation: a speculative ``EndOfTurn`` (the user fell silent, the turn not committed yet)
 starts the reply to its words at once, in a task of the session outside the lane, on the history
 as it stands plus those words; its text goes out tagged with the guess's number, and nothing is
-written to the history. The committed ``EndOfTurn`` adopts it when it names that guess and the
-prompt is still the same (the turn handler then waits for it instead of generating), else
-cancels it and generates anew (tagged with the commit's ``speculation``, so the bridge plays
-it). ``TurnResumed`` (the user went on) and an ``Interrupt`` cancel it at the next token: a
-dropped guess costs the tokens generated so far and never enters the history.
+written to the history. The committed ``EndOfTurn`` adopts it when it names that guess (the turn
+handler then waits for it instead of generating), else cancels it and generates anew (tagged
+with the commit's ``speculation``, so the bridge plays it). ``TurnResumed`` (the user went on)
+and an ``Interrupt`` cancel it at the next token: a dropped guess costs the tokens generated so
+far and never enters the history.
 
 Barge-in: the runtime cancels the handler of the interrupted turn; leaving the engine's stream
 stops generation at once. What was published of the reply is saved; the bridge's ``AgentSpoke``
@@ -64,6 +64,7 @@ from voxbus.services.llm.engine import (
 from voxbus.services.llm.history import HistoryLimits, HistoryStore, needs_space, truncate_reply
 from voxbus.services.llm.llama_engine import LlamaCppEngine
 from voxbus.services.llm.openai_engine import OpenAICompatEngine
+from voxbus.services.llm.pool import EnginePool
 from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.tools import ToolExecutor
 
@@ -83,7 +84,7 @@ def build_engine(settings: LlmSettings) -> LLMEngine:
             temperature=settings.temperature,
             read_timeout_s=settings.timeout_s,
         )
-    return LlamaCppEngine(
+    engines: list[LLMEngine] = [LlamaCppEngine(
         model_path=settings.model_path,
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
@@ -92,7 +93,8 @@ def build_engine(settings: LlmSettings) -> LLMEngine:
         temperature=settings.temperature,
         tool_mode="hermes" if settings.tools else "off",
         nice=settings.nice,
-    )
+    ) for _ in range(settings.engines)]
+    return engines[0] if len(engines) == 1 else EnginePool(engines)
 
 
 @dataclass(slots=True)
@@ -445,12 +447,16 @@ class LlmSession:
                             why=why, published_chars=guess.reply.sent)
 
     def adopt(self, msg: EndOfTurn, conversation: list[ChatMessage]) -> _Guess | None:
-        """The guess the committed ``msg`` names, if it answers the same conversation; any other
-        guess of the turn (or before) is dropped."""
+        """The guess the committed ``msg`` names; any other guess of the turn (or before) is
+        dropped. A named guess is adopted even if the history changed under it (an earlier
+        reply cut to what was heard after it started): its text is already out under the ids
+        of that guess, and a second text under the same ids would reach the caller mixed."""
         guess = self.guess
         if (guess is not None and msg.speculation and guess.turn == msg.turn
-                and guess.number == msg.speculation and guess.prompt == conversation):
+                and guess.number == msg.speculation):
             self.guess = None
+            if guess.prompt != conversation:
+                self.scope.log.info("llm_guess_history_changed", turn=guess.turn)
             return guess
         self.drop_guess(lambda g: g.turn <= msg.turn, "not_committed")
         return None
