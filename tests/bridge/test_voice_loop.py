@@ -279,7 +279,8 @@ async def test_a_voided_guess_is_never_heard_nor_kept(
     resumed = tap.of(TurnResumed, sess)
     assert resumed and resumed[0].speculation == guesses[0].speculation, (guesses, resumed)
     voided = resumed[0].speculation
-    assert "four" in normalize_text(eot.transcript).replace("4", "four"), eot.transcript
+    # the words after the pause are in the turn ("four" often comes back "for" through Opus)
+    assert "people" in normalize_text(eot.transcript), eot.transcript
     assert eot.speculation != voided and end.speculation == eot.speculation
     committed_at = next(t for t, m in tap.timed(EndOfTurn) if m == eot)
     assert caller.voiced_after(spoken.started, until=committed_at) == 0, "heard before the commit"
