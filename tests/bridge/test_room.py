@@ -91,7 +91,9 @@ async def test_echo_through_the_room(
         bus_to_caller=heard - voiced_out,
         first_frame_latency=latency,
     )
-    assert latency < 1.0
+    # about 0.2 s here; the bound only catches a frame held up for real (a fresh-clone run
+    # under a parallel build once took 1.04 s): the latency itself is for the benchmarks
+    assert latency < 2.0
     await caller.leave()
     ended = await tap.wait_for(SessionEnded, session=sess.session)
     assert ended.reason == "participant_left"

@@ -25,7 +25,7 @@ from voxbus.contracts.messages import (
     message_id,
 )
 from voxbus.contracts.subjects import Kind, subject
-from voxbus.runtime import tracing
+from voxbus.runtime import metrics, tracing
 from voxbus.runtime.ratelimit import ErrorBudget
 
 log = structlog.get_logger("voxbus.bus")
@@ -283,6 +283,7 @@ class Bus:
     ) -> None:
         """Answer bad input on the session's control subject; never raises. Past the session's
         (or this process's) error budget the event is counted and logged, not published."""
+        metrics.ERRORS.add(1, {"stage": stage, "code": code})
         if not self.error_budget.allow(f"{region}.{session}"):
             n = self.error_budget.suppressed
             if n & (n - 1) == 0:  # 1, 2, 4, 8...: a flood logs a few lines, not one per message

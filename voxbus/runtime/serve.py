@@ -7,7 +7,7 @@ import signal
 
 import structlog
 
-from voxbus.runtime import tracing
+from voxbus.runtime import metrics, tracing
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import BusSettings
 from voxbus.runtime.stage import Stage
@@ -29,6 +29,8 @@ async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None 
     """Run ``stage`` until SIGTERM or SIGINT, then drain cleanly."""
     tracing.configure_from_env(stage.name)
     opts = opts or worker_options_from_env()  # bad settings fail before connecting
+    if (port := metrics.serve_from_env()) is not None:
+        log.info("metrics_served", port=port, path="/metrics")
     settings.require_role(stage.name)
     bus = await connect(settings, name=f"voxbus-{stage.name}")
     stop = asyncio.Event()

@@ -33,7 +33,7 @@ from nats.js.errors import KeyNotFoundError
 from voxbus.contracts import control
 from voxbus.contracts.messages import Interrupt, Message
 from voxbus.contracts.streams import state_bucket
-from voxbus.runtime import tracing
+from voxbus.runtime import metrics, tracing
 from voxbus.runtime.lanes import Delivery, Lane, Outstanding, RecentKeys
 from voxbus.runtime.stage import (
     BadInput,
@@ -257,8 +257,10 @@ class SessionLanes:
         if await self._purged(d):
             return
         sess = self._session(d.msg.session)
-        if d.inbound.num_delivered > 1 and await self._duplicate(d, sess):
-            return
+        if d.inbound.num_delivered > 1:
+            metrics.REDELIVERIES.add(1, {"stage": self.stage.name})
+            if await self._duplicate(d, sess):
+                return
         if sess.outstanding.blocks(d.key):
             await self._defer(sess, d)
             return
@@ -389,6 +391,7 @@ class SessionLanes:
             lane.interrupted_turn = sess.scope.interrupted_turn
             sess.lane = lane
             lane.task = self._tasks.spawn(lane.run(), name=f"lane-{sess.id}")
+            metrics.SESSIONS.add(1, {"stage": self.stage.name})
             return True
         self._evict_for(sess)
         now = time.monotonic()

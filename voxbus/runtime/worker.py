@@ -44,6 +44,7 @@ from voxbus.contracts.subjects import (
     partition_of,
     tombstone_subject,
 )
+from voxbus.runtime import metrics
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.lanes import Delivery, RecentKeys
 from voxbus.runtime.leases import PartitionLeases
@@ -309,6 +310,7 @@ class Worker:
         self._purges = TaskSet(f"purges-{stage.name}")
         self._provisioning = asyncio.Lock()
         self._provisioned_at: dict[str, float] = {}
+        self._unwatch: Callable[[], None] = lambda: None
         self.log = log.bind(stage=stage.name, replica=self.replica)
 
     @property
@@ -450,12 +452,15 @@ class Worker:
         self.bus.on_reconnect(self._on_reconnect)
         for leases in self._leases.values():
             self.bus.on_disconnect(leases.hold_off)
+        self._unwatch = metrics.watch(self.stage.name, lambda: {
+            "sessions": self.admission.held, "partitions": len(self.partitions)})
         self.log.info("worker_started", regions=self.bus.regions)
 
     async def stop(self) -> None:
         """Drain: stop taking work, finish and ack what was taken, hand the partitions back.
         The leases stay renewed and the taken messages marked in progress while the partitions
         drain: a drain longer than the fence would otherwise lose the partitions under it."""
+        self._unwatch()
         await asyncio.gather(*(leases.release_all() for leases in self._leases.values()))
         await self._tasks.close()
         subs, self._tombstone_subs = self._tombstone_subs, []

@@ -8,11 +8,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import structlog
+
 from voxbus.runtime import logging as vlog
+from voxbus.runtime import metrics
 from voxbus.runtime.serve import connect
 from voxbus.runtime.settings import BusSettings
 from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.bridge.settings import BridgeSettings
+
+log = structlog.get_logger("voxbus.bridge")
 
 
 async def run(settings: BridgeSettings, bus_settings: BusSettings, rooms: list[str]) -> None:
@@ -34,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.require_credentials()  # before connecting anywhere
     bus = BusSettings.from_env()
     bus.require_role("bridge")
+    if (port := metrics.serve_from_env()) is not None:
+        log.info("metrics_served", port=port, path="/metrics")
     asyncio.run(run(settings, bus, rooms))
     return 0
 

@@ -56,6 +56,7 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind, subject
+from voxbus.runtime import metrics
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet, cancel_and_wait
 from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher
@@ -151,6 +152,7 @@ class CallerSession:
         self.replies: dict[int, Reply] = {}
         #: turn -> the guess its committed EndOfTurn named (0: none)
         self.commits: dict[int, int] = {}
+        self.speech_end_ns: dict[int, int] = {}  # turn -> end of the caller's speech
         self.held: dict[tuple[int, int], list[ReplyPart]] = {}  # (turn, speculation) -> parts
         self.voided: set[tuple[int, int]] = set()
         self.speculation = SpeculationCounts()
@@ -195,6 +197,7 @@ class CallerSession:
         # Which room and caller this is stays in the session's state, not on the wire
         self._tasks.spawn(self._save_caller(), name=f"caller-{self.id}")
         self.publish_ctl(SessionStarted(session=self.id, at_ns=self.started_ns))
+        metrics.SESSIONS.add(1, {"stage": "bridge"})
         nc = self.bus.nc
         subs = [
             (Kind.AUDIO_OUT, self._on_audio_out),
@@ -423,8 +426,10 @@ class CallerSession:
     def _committed(self, msg: EndOfTurn) -> None:
         """The turn is committed: the guess it names plays, any other is dropped."""
         self.commits[msg.turn] = msg.speculation
+        self.speech_end_ns[msg.turn] = msg.speech_end_ns
         for turn in [t for t in self.commits if t < msg.turn - 4]:
             del self.commits[turn]
+            self.speech_end_ns.pop(turn, None)
         self.voided = {key for key in self.voided if key[0] > msg.turn}
         for key in [key for key in self.held if key[0] <= msg.turn]:
             parts = self.held.pop(key)[:HOLD_MAX]
@@ -550,6 +555,7 @@ class CallerSession:
             lambda f: f.session == self.id and 0 < f.turn <= up_to
         )
         if victims:
+            metrics.BARGE_INS.add(len(victims), {"reason": reason})
             self.publish_ctl(Interrupt(
                 session=self.id, turn=up_to, at_ns=time.time_ns(), reason=reason,
             ))
@@ -581,6 +587,9 @@ class CallerSession:
         reply.played_char_end = max(reply.played_char_end, f.text_end)
         if not reply.first_played_ns:
             reply.first_played_ns = time.time_ns()
+            # the speech's end is on the bridge's clock (AudioIn.capture_ns): comparable
+            if end_ns := self.speech_end_ns.get(f.turn, 0):
+                metrics.VOICE_TO_VOICE.record(max(0.0, (reply.first_played_ns - end_ns) / 1e9))
 
     def frame_finished(self, f: AgentFrame) -> None:
         """Playout: the last frame of reply ``f.turn`` finished playing."""

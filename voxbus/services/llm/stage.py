@@ -50,6 +50,7 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind
+from voxbus.runtime import metrics
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import Context, SessionPolicy
 from voxbus.services.llm.engine import (
@@ -318,6 +319,7 @@ class LlmStage:
             ctx.log.info("llm_turn_ignored", reason="empty_transcript")
             return
         stats = TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns())
+        committed_ns = stats.started_ns
         store = await self._store(ctx)
         history = await store.begin_turn(msg.session, msg.turn, user)
         prompt = [self._system, *history.messages()]
@@ -326,6 +328,7 @@ class LlmStage:
         guess = session.adopt(msg, prompt[1:])
         if guess is not None:
             self.speculation.adopted += 1
+            metrics.SPECULATION.add(1, {"stage": self.name, "outcome": "hit"})
             reply, stats = guess.reply, guess.stats
             stats.speculated = True
         saved = False
@@ -358,6 +361,10 @@ class LlmStage:
             reason = stats.reason or "done"
             stats.done_ns = time.time_ns()
             self.recent.append(stats)
+            metrics.TURNS.add(1, {"stage": self.name})
+            if stats.first_text_ns is not None:  # an adopted guess's may precede the commit
+                metrics.STAGE_DELAY.record(max(0.0, (stats.first_text_ns - committed_ns) / 1e9),
+                                           {"stage": self.name, "step": "first_text"})
             ctx.log.info(
                 "llm_turn_done", reason=reason, rounds=stats.rounds, deltas=stats.text_deltas,
                 speculated=stats.speculated,
@@ -443,6 +450,7 @@ class LlmSession:
         if guess.task is not None:
             guess.task.cancel()
         self.stage.speculation.dropped += 1
+        metrics.SPECULATION.add(1, {"stage": "llm", "outcome": "miss"})
         self.scope.log.info("llm_guess_dropped", turn=guess.turn, speculation=guess.number,
                             why=why, published_chars=guess.reply.sent)
 

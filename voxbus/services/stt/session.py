@@ -32,6 +32,7 @@ from voxbus.contracts.messages import (
     UserStoppedSpeaking,
 )
 from voxbus.contracts.streams import state_bucket
+from voxbus.runtime import metrics
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import BadInput, Context, Retryable, StageBus
 from voxbus.runtime.transient import transient
@@ -394,6 +395,10 @@ class SttSession:
                 speech_end_ns=end_ns, decode_ms=decode_ms, at_ns=at_ns, speculation=speculation,
             ))
         await self._turn_done(turn)
+        metrics.STAGE_DELAY.record(max(0.0, (time.time_ns() - end_ns) / 1e9),
+                                   {"stage": "stt", "step": "final_transcript"})
+        if text:
+            metrics.TURNS.add(1, {"stage": "stt"})
         stats.finals += 1
         stats.decode_ms.append(decode_ms)
         stats.audio_ms.append(audio_ms)

@@ -18,6 +18,7 @@ from voxbus.contracts.messages import (
     ReplyText,
     reply_rank,
 )
+from voxbus.runtime import metrics
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import BadInput, Context
 
@@ -215,6 +216,9 @@ class TtsSession:
         frames = frame_audio(synthesis.audio, (unit.start, unit.end), sample_rate_hz=rate,
                              frame_ms=self.stage.settings.frame_ms)
         out: list[AudioOut] = []
+        if reply.seq == 0 and frames:
+            metrics.STAGE_DELAY.record(time.monotonic() - reply.origin,
+                                       {"stage": "tts", "step": "first_audio"})
         for frame in frames:
             out.append(AudioOut(
                 session=session, turn=reply.turn, seq=reply.seq, sample_rate_hz=rate, pcm=frame.pcm,
