@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -46,8 +47,16 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
-async def test_a_worker_s_turns_speculation_and_partitions_are_scraped(bus: Bus) -> None:
-    port = metrics.serve(_free_port(), "127.0.0.1")
+@pytest.fixture
+def port() -> Iterator[int]:
+    """The endpoint, served for this test only (later tests' workers measure no lag)."""
+    yield metrics.serve(_free_port(), "127.0.0.1")
+    metrics.stop()
+
+
+async def test_a_worker_s_turns_speculation_and_partitions_are_scraped(
+    bus: Bus, port: int
+) -> None:
     fake = FakeLLM([FakeTurn.words("We open at nine.", token_delay_s=0.01),
                     FakeTurn.words("A much longer guess that goes on", token_delay_s=0.05),
                     FakeTurn.words("Four at eight, booked.")])
@@ -70,12 +79,21 @@ async def test_a_worker_s_turns_speculation_and_partitions_are_scraped(bus: Bus)
     assert live['voxbus_stage_delay_seconds_bucket{le="0.5",stage="llm",step="first_text"}'] >= 1
     assert live['voxbus_partitions_held{stage="llm"}'] == 8  # all of them, while it runs
     assert live['voxbus_sessions_total{stage="llm"}'] >= 1
+    assert live['voxbus_consumer_lag{stage="llm"}'] >= 0
     assert "sq7zk" not in body and "open" not in body, "a session id or text in a label"
     # the worker stopped: it holds nothing any more
     deadline = time.monotonic() + 5
     while _scrape(port).get('voxbus_partitions_held{stage="llm"}', 0) != 0:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+
+
+def test_a_port_in_use_is_one_line(port: int) -> None:
+    with pytest.raises(SettingsError, match="cannot serve metrics"):
+        metrics.stop()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", port))
+            metrics.serve(port, "127.0.0.1")
 
 
 def test_a_bad_metrics_port_is_one_line() -> None:

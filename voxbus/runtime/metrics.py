@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -50,6 +50,8 @@ _Probe = Callable[[], dict[str, int]]
 _probes: dict[int, tuple[str, _Probe]] = {}
 _lock = threading.Lock()
 _served: int | None = None
+_server: Any = None  # the HTTP server, while serving
+_reader_installed = False
 
 
 def watch(stage: str, probe: _Probe) -> Callable[[], None]:
@@ -82,6 +84,15 @@ _meter.create_observable_gauge("voxbus.sessions.active", callbacks=[_gauge("sess
                                description="sessions a worker holds now")
 _meter.create_observable_gauge("voxbus.partitions.held", callbacks=[_gauge("partitions")],
                                description="partitions whose lease a worker holds now")
+_meter.create_observable_gauge(
+    "voxbus.consumer.lag", callbacks=[_gauge("lag")],
+    description="messages waiting in the consumers of the partitions a worker holds (read every "
+                "few seconds from the server)")
+
+
+def serving() -> bool:
+    """An exporter is on in this process (worth measuring what needs a server round trip)."""
+    return _served is not None
 
 
 def port_from_env(environ: dict[str, str] | None = None) -> int | None:
@@ -94,25 +105,42 @@ def port_from_env(environ: dict[str, str] | None = None) -> int | None:
     return int(raw)
 
 
-def serve(port: int, host: str = "") -> int:
-    """Install the Prometheus reader and serve ``/metrics`` on ``port`` (once per process;
-    later calls return the port already served)."""
-    global _served
+def serve(port: int, host: str = "0.0.0.0") -> int:
+    """Install the Prometheus reader (once per process) and serve ``/metrics`` on ``port``;
+    while served, a call returns the port already served."""
+    global _served, _server, _reader_installed
     with _lock:
         if _served is not None:
             return _served
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from opentelemetry.sdk.metrics import Histogram, MeterProvider
-        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
         from prometheus_client import start_http_server
 
-        reader = PrometheusMetricReader()
-        view = View(instrument_type=Histogram,
-                    aggregation=ExplicitBucketHistogramAggregation(BUCKETS_S))
-        metrics.set_meter_provider(MeterProvider(metric_readers=[reader], views=[view]))
-        start_http_server(port, addr=host)
+        if not _reader_installed:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from opentelemetry.sdk.metrics import Histogram, MeterProvider
+            from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+            view = View(instrument_type=Histogram,
+                        aggregation=ExplicitBucketHistogramAggregation(BUCKETS_S))
+            metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()],
+                                                     views=[view]))
+            _reader_installed = True
+        try:
+            _server, _thread = start_http_server(port, addr=host)
+        except OSError as e:  # in use (each process needs its own port), or a bad address
+            raise SettingsError(f"VOXBUS_METRICS_PORT={port}: cannot serve metrics on "
+                                f"{host or '*'}:{port} ({e.strerror or e})") from None
         _served = port
         return port
+
+
+def stop() -> None:
+    """Stop serving (the instruments go on recording into the installed reader)."""
+    global _served, _server
+    with _lock:
+        server, _server, _served = _server, None, None
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 def serve_from_env() -> int | None:
@@ -120,4 +148,4 @@ def serve_from_env() -> int | None:
     port = port_from_env()
     if port is None:
         return None
-    return serve(port, os.environ.get("VOXBUS_METRICS_HOST", ""))
+    return serve(port, os.environ.get("VOXBUS_METRICS_HOST", "") or "0.0.0.0")

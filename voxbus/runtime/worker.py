@@ -290,6 +290,9 @@ class Partition:
             await self.sessions.deliver(d)
 
 
+#: How often a worker with metrics on reads its consumers' lag from the server.
+LAG_EVERY_S = 5.0
+
 class Worker:
     def __init__(self, bus: Bus, stage: Stage, opts: WorkerOptions | None = None) -> None:
         self.bus = bus
@@ -311,6 +314,7 @@ class Worker:
         self._provisioning = asyncio.Lock()
         self._provisioned_at: dict[str, float] = {}
         self._unwatch: Callable[[], None] = lambda: None
+        self._lag = 0  # messages waiting in the held partitions' consumers, last measured
         self.log = log.bind(stage=stage.name, replica=self.replica)
 
     @property
@@ -453,8 +457,26 @@ class Worker:
         for leases in self._leases.values():
             self.bus.on_disconnect(leases.hold_off)
         self._unwatch = metrics.watch(self.stage.name, lambda: {
-            "sessions": self.admission.held, "partitions": len(self.partitions)})
+            "sessions": self.admission.held, "partitions": len(self.partitions),
+            "lag": self._lag})
+        if metrics.serving():
+            self._tasks.spawn(self._measure_lag(), name="consumer-lag")
         self.log.info("worker_started", regions=self.bus.regions)
+
+    async def _measure_lag(self) -> None:
+        """Every ``LAG_EVERY_S``: the messages not yet delivered to the consumers of the
+        partitions held here (what a lag-based autoscaler reads), for the metrics."""
+        while True:
+            total = 0
+            for (region, _index), part in list(self.partitions.items()):
+                for stream, _kinds in self.consumer_plan(region):
+                    try:
+                        info = await self.bus.js.consumer_info(stream, part.consumer_name())
+                    except Exception:  # noqa: BLE001 - gone meanwhile, or the bus is down
+                        continue
+                    total += info.num_pending or 0
+            self._lag = total
+            await asyncio.sleep(LAG_EVERY_S)
 
     async def stop(self) -> None:
         """Drain: stop taking work, finish and ack what was taken, hand the partitions back.
