@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("bridge", "voxbus.services.bridge.__main__", "run the LiveKit bridge"),
         ("demo", "voxbus.dev.demo", "run the whole voice loop with a scripted caller"),
         ("dispatch", "voxbus.services.bridge.dispatch", "send the agent into a LiveKit room"),
+        ("top", "voxbus.ops.top", "a live view of stages, replicas, partitions, lag, latency"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
         sp.set_defaults(fn=_module_main(module), passthrough=True)
