@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "voxbus.dev.demo", "run the whole voice loop with a scripted caller"),
         ("dispatch", "voxbus.services.bridge.dispatch", "send the agent into a LiveKit room"),
         ("top", "voxbus.ops.top", "a live view of stages, replicas, partitions, lag, latency"),
+        ("transcripts", "voxbus.ops.transcripts",
+         "print a region's final transcripts (personal data) as the analytics identity"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
         sp.set_defaults(fn=_module_main(module), passthrough=True)

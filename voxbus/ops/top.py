@@ -24,6 +24,7 @@ from nats.js.errors import NoKeysError, NotFoundError
 
 from voxbus.contracts import streams
 from voxbus.ops.auth import ROLES
+from voxbus.runtime import logging as vlog
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import BusSettings, SettingsError
 
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=WINDOW_S,
                     help="seconds of history behind the latency percentiles")
     args = ap.parse_args(argv)
+    vlog.configure("warning")  # stdout is the view: logs go to stderr
     if args.every <= 0 or args.window <= 0:
         raise SettingsError("--every and --window must be positive")
     with contextlib.suppress(KeyboardInterrupt):
