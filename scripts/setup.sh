@@ -38,4 +38,25 @@ echo "==> Smart Turn v3.2 (the one model file, out of the pipecat-ai wheel; sha2
 if [ -f scripts/install-livekit.sh ]; then
   bash scripts/install-livekit.sh
 fi
+
+# The browser page: livekit-client bundled by esbuild (npm, pinned by web/package-lock.json)
+if command -v npm >/dev/null; then
+  echo "==> the browser page (livekit-client bundled by esbuild into voxbus/web/static/app.js)"
+  (cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run -s build >/dev/null)
+else
+  echo "note: npm not found: voxbus web has no page until ./dev setup runs with Node and npm"
+fi
+
+# Debian's chromium and its driver, for the browser test (root on Debian only; else a note)
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> chromium and chromium-driver (Debian), for the browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+  else
+    echo "note: chromium/chromedriver not found and not root: install Debian's chromium and" \
+         "chromium-driver for the browser test (tests/bridge/test_browser.py)"
+  fi
+fi
 echo "==> setup done"

@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "voxbus.dev.demo", "run the whole voice loop with a scripted caller"),
         ("dispatch", "voxbus.services.bridge.dispatch", "send the agent into a LiveKit room"),
         ("top", "voxbus.ops.top", "a live view of stages, replicas, partitions, lag, latency"),
+        ("web", "voxbus.web.server", "serve the browser page to talk to the agent"),
         ("transcripts", "voxbus.ops.transcripts",
          "print a region's final transcripts (personal data) as the analytics identity"),
     ]:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from voxbus.audio import write_wav
+from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitServerError, livekit_server_binary
 from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
@@ -66,6 +67,8 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"ready in {time.monotonic() - t0:.1f} s", flush=True)
+        if args.web is not None:
+            return await _serve_page(loop, args)
         out = Path(args.out)
         if livekit:
             room = args.room or f"demo-{int(time.time())}"
@@ -103,6 +106,37 @@ async def _run(args: argparse.Namespace) -> int:
         await loop.stop()
 
 
+async def _serve_page(loop: VoiceLoop, args: argparse.Namespace) -> int:
+    """``--web``: the browser page instead of the scripted caller, until Ctrl-C."""
+    from voxbus.services.bridge.dispatch import request_dispatch
+    from voxbus.web.server import WebApp
+
+    assert loop.livekit is not None and loop.server is not None
+    nats_url, region = loop.server.url, loop.region
+
+    async def dispatch(room: str) -> str:
+        reply = await request_dispatch(room, nats_url=nats_url, region=region)
+        return "" if reply.ok else reply.error
+
+    lk = loop.livekit
+    app = WebApp(lk.url, lk.config.api_key, lk.config.api_secret, dispatch)
+    try:
+        server = await app.serve(args.web_host, args.web)
+    except OSError as e:
+        print(f"error: cannot serve the page on {args.web_host}:{args.web}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    print(f"open http://{args.web_host}:{args.web}/ in a browser, join, and talk "
+          "(Ctrl-C stops everything)", flush=True)
+    if netns.in_private_netns():
+        print("note: this demo runs inside a private network namespace (for WebRTC on this "
+              "machine): the page is reachable from inside it only; on a laptop run it as a "
+              "normal user (or with --no-netns) to open it in your browser", flush=True)
+    async with server:
+        await asyncio.Event().wait()  # until Ctrl-C cancels us
+    return 0
+
+
 async def _main(args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     assert task is not None
@@ -132,7 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-timeout", type=float, default=300.0,
                     help="seconds to wait for the models to load")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--web", nargs="?", type=int, const=8080, default=None, metavar="PORT",
+                    help="serve the browser page (default port 8080) instead of the scripted "
+                         "caller; prints its URL")
+    ap.add_argument("--web-host", default="127.0.0.1", help="with --web: the address to serve on")
     args = ap.parse_args(argv)
+    if args.web is not None and args.bus_only:
+        ap.error("--web needs LiveKit: leave out --bus-only")
+    if args.web is not None:
+        from voxbus.runtime.settings import SettingsError
+        from voxbus.web.server import check_bundle
+
+        try:
+            check_bundle()
+        except SettingsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if not args.bus_only:
         try:
             livekit_server_binary()

@@ -1,0 +1,1 @@
+"""The browser page (``voxbus web``): static files bundled at setup, served with LiveKit tokens."""
