@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.bridge.caller import Tap
 from tests.bridge.test_voice_loop import (  # noqa: F401 - fixtures
     Agent,
     agent_factory,
@@ -24,6 +25,7 @@ from tests.bridge.test_voice_loop import (  # noqa: F401 - fixtures
     start_agent,
     whisper,
 )
+from voxbus.contracts.messages import ReplyEnd
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.runtime.bus import Bus
 from voxbus.services.bridge.bridge import Bridge
@@ -79,7 +81,7 @@ def output() -> Iterator[Path]:
 
 async def test_browser_page_talks_to_the_agent(
     livekit: LiveKitServer, bridge: Bridge, bus: Bus, whisper: WhisperEngine,  # noqa: F811
-    piper: Synthesizer, agent_factory: list[Agent], output: Path,  # noqa: F811
+    piper: Synthesizer, agent_factory: list[Agent], output: Path, tap: Tap,  # noqa: F811
 ) -> None:
     check_bundle()
     agent_factory.append(await start_agent(bus, bridge, whisper, piper, DEFAULT_SYSTEM_PROMPT))
@@ -112,6 +114,8 @@ async def test_browser_page_talks_to_the_agent(
         server.close()
     heard = normalize_text(users[0]["text"])
     assert "museum" in heard and "open" in heard, users
-    assert len(normalize_text(agents[0]["text"]).split()) >= 3, agents
+    # the agent's caption is the reply the LLM wrote (the one the commit named)
+    ends = [m.text for m in tap.of(ReplyEnd) if m.text.strip()]
+    assert ends and agents[0]["text"] == f"Agent: {ends[0]}", (agents, ends)
     assert shot.stat().st_size > 10_000
     assert 0 < seen["latency"][0] < 20_000
