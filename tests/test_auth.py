@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.secure import connect_as, secure_nats
 from voxbus.contracts import encode, streams
 from voxbus.contracts.messages import AudioIn, PurgeRequested
 from voxbus.contracts.subjects import purge_subject
-from voxbus.ops.auth import Identities, server_config
+from voxbus.ops.auth import Identities
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.ops.purge import PurgeService, purge_session, request_purge
 from voxbus.runtime.bus import Bus
@@ -32,20 +33,12 @@ def ids(tmp_path: Path) -> Identities:
 
 @pytest.fixture
 def secure_server(tmp_path: Path, ids: Identities) -> Iterator[EmbeddedNats]:
-    conf = tmp_path / "nats.conf"
-    conf.write_text(server_config(ids, partitions=4))
-    server = EmbeddedNats(config_file=conf).start()
-    try:
+    with secure_nats(ids, tmp_path / "nats.conf", partitions=4) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def _connect(server: EmbeddedNats, ids: Identities, role: str) -> Bus:
-    i = ids.get(role, REGION)
-    return await Bus.connect(server.url, regions=[REGION], partitions=4, user=i.user,
-                             password=i.password, inbox_prefix=i.inbox_prefix,
-                             name=f"test-{role}")
+    return await connect_as(server, ids, role, REGION, partitions=4)
 
 
 def _frame(session: str, seq: int) -> AudioIn:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.secure import secure_nats
 from voxbus.contracts.control import dispatch_subject
-from voxbus.ops.auth import ROLES, Identities, server_config
+from voxbus.ops.auth import ROLES, Identities
 from voxbus.ops.nats import EmbeddedNats
 
 EU, US = "eu", "us"
@@ -209,13 +210,8 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
 @pytest.fixture(scope="module")
 def secure_server(identities: Identities, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[EmbeddedNats]:
-    conf = tmp_path_factory.mktemp("conf") / "auth.conf"
-    conf.write_text(server_config(identities))
-    server = EmbeddedNats(config_file=conf).start()
-    try:
+    with secure_nats(identities, tmp_path_factory.mktemp("conf") / "auth.conf") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.secure import connect_as, secure_nats
 from voxbus.contracts.messages import Transcript
-from voxbus.ops.auth import Identities, server_config
+from voxbus.ops.auth import Identities
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
 
@@ -30,20 +31,12 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
 @pytest.fixture(scope="module")
 def secure(identities: Identities, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[EmbeddedNats]:
-    conf = tmp_path_factory.mktemp("conf") / "auth.conf"
-    conf.write_text(server_config(identities))
-    server = EmbeddedNats(config_file=conf).start()
-    try:
+    with secure_nats(identities, tmp_path_factory.mktemp("conf") / "auth.conf") as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def _as(identities: Identities, server: EmbeddedNats, role: str) -> Bus:
-    ident = identities.get(role, EU)
-    return await Bus.connect(server.url, regions=[EU], name=f"test-{role}", user=ident.user,
-                             password=ident.password,
-                             inbox_prefix=f"_INBOX_{ident.user}")
+    return await connect_as(server, identities, role, EU)
 
 
 @pytest.fixture
