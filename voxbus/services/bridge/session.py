@@ -76,13 +76,6 @@ HOLD_MAX = 1500
 ReplyPart = AudioOut | ReplyText | ReplyEnd
 
 
-@dataclass
-class SpeculationCounts:
-    committed: int = 0  # a held guess the commit named: played
-    dropped: int = 0  # a guess voided (the user went on, or the commit named another)
-    held_frames_played: int = 0  # frames of committed guesses that were ready at the commit
-
-
 def session_key(settings_key: str, api_secret: str) -> bytes:
     """The key session ids are made with: ``BRIDGE_SESSION_KEY``, else one derived from the
     LiveKit API secret (whoever holds that can mint room tokens anyway)."""
@@ -155,7 +148,6 @@ class CallerSession:
         self.speech_end_ns: dict[int, int] = {}  # turn -> end of the caller's speech
         self.held: dict[tuple[int, int], list[ReplyPart]] = {}  # (turn, speculation) -> parts
         self.voided: set[tuple[int, int]] = set()
-        self.speculation = SpeculationCounts()
         self.user_turn = 0
         self.interrupted_turn = 0
         self.ended = asyncio.Event()
@@ -434,18 +426,15 @@ class CallerSession:
         for key in [key for key in self.held if key[0] <= msg.turn]:
             parts = self.held.pop(key)[:HOLD_MAX]
             if key == (msg.turn, msg.speculation):
-                self.speculation.committed += 1
-                frames = sum(isinstance(p, AudioOut) for p in parts)
-                self.speculation.held_frames_played += frames
                 self.log.info("speculation_committed", turn=msg.turn,
-                              speculation=msg.speculation, held_frames=frames)
+                              speculation=msg.speculation,
+                              held_frames=sum(isinstance(p, AudioOut) for p in parts))
                 for part in parts:
                     self._handle_part(part)
             else:
                 self._drop_guess(key, parts, why="not_committed")
 
     def _drop_guess(self, key: tuple[int, int], parts: list[ReplyPart], *, why: str) -> None:
-        self.speculation.dropped += 1
         self.log.info("speculation_dropped", turn=key[0], speculation=key[1], why=why,
                       held_frames=sum(isinstance(p, AudioOut) for p in parts))
 
