@@ -91,8 +91,20 @@ def test_a_process_refuses_an_identity_that_is_not_its_own(ids: Identities,
     settings.require_role("llm")
     with pytest.raises(SettingsError, match="'llm' identity .*needs 'stt'"):
         settings.require_role("stt")
-    with pytest.raises(SettingsError, match="serves region 'eu' only"):
+    with pytest.raises(SettingsError, match=r"no identity for region\(s\) us"):
         BusSettings.from_env({"VOXBUS_CREDENTIALS": llm, "VOXBUS_REGIONS": "eu,us"})
+    with pytest.raises(SettingsError, match="serves region 'eu', not VOXBUS_REGIONS=us"):
+        BusSettings.from_env({"VOXBUS_CREDENTIALS": llm, "VOXBUS_REGION": "us"})
+    with pytest.raises(SettingsError, match="VOXBUS_CREDENTIALS_US holds llm-eu"):
+        BusSettings.from_env({"VOXBUS_CREDENTIALS_US": llm, "VOXBUS_REGIONS": "eu,us"})
+    # a process of two regions: each region's own identity and servers
+    both = BusSettings.from_env({
+        "VOXBUS_CREDENTIALS": llm, "VOXBUS_CREDENTIALS_US": str(ids.path("llm-us")),
+        "VOXBUS_REGIONS": "eu,us", "NATS_URL_US": "nats://10.0.0.2:4222"})
+    eu, us = both.per_region()
+    assert (eu.regions, eu.user, eu.url) == (("eu",), "llm-eu", "nats://127.0.0.1:4222")
+    assert (us.regions, us.user, us.url) == (("us",), "llm-us", "nats://10.0.0.2:4222")
+    assert us.inbox_prefix == "_INBOX_llm-us"
     with pytest.raises(SettingsError, match="cannot read credentials"):
         BusSettings.from_env({"VOXBUS_CREDENTIALS": str(tmp_path / "missing.json")})
     (tmp_path / "bad.json").write_text('{"user": 1}')

@@ -18,54 +18,115 @@ def _nats(args: argparse.Namespace) -> int:
 
     from voxbus.ops.auth import ROLES, Identities, server_config
     from voxbus.ops.nats import EmbeddedNats, NatsServerError
-    from voxbus.runtime.bus import Bus
-    from voxbus.runtime.settings import BusSettings
+    from voxbus.ops.supercluster import Supercluster
+    from voxbus.runtime import logging
 
+    logging.configure(os.environ.get("VOXBUS_LOG_LEVEL", "warning"))  # stdout: the URLs only
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
     store = Path(args.store)
     store.mkdir(parents=True, exist_ok=True)
-    conf: Path | None = None
     ids: Identities | None = None
+    auth = ""
     if args.secure:  # the same passwords across restarts: running workers stay logged in
         ids = Identities.load_or_create(store / "credentials", regions)
-        conf = store / "auth.conf"
-        conf.write_text(server_config(ids, partitions=args.partitions))
-        conf.chmod(0o600)
-    try:
-        server = EmbeddedNats(port=args.port, store_dir=store, config_file=conf).start()
-    except NatsServerError as e:
-        print(f"voxbus nats: {e}", file=sys.stderr)
-        return 1
+        auth = server_config(ids, partitions=args.partitions)
 
     def terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds to the ``finally`` below: the server stops with us
+        raise KeyboardInterrupt  # unwinds to the ``finally`` below: the servers stop with us
 
     signal.signal(signal.SIGTERM, terminate)
-
-    async def provision() -> None:
-        # each region by its own operator when secure (an operator may touch only its region)
-        for group in ([[r] for r in regions] if ids else [regions]):
-            op = ids.get("operator", group[0]) if ids else None
-            bus = await Bus.connect(server.url, regions=group, partitions=args.partitions,
-                                    user=op.user if op else None,
-                                    password=op.password if op else None,
-                                    inbox_prefix=op.inbox_prefix if op else None)
-            await bus.provision(BusSettings.from_env().retention())
-            await bus.close()
-
+    cluster: Supercluster | None = None
+    server: EmbeddedNats | None = None
     try:
-        asyncio.run(provision())
-        print(f"NATS_URL={server.url}  regions={','.join(regions)}  partitions={args.partitions}"
-              f"  store={store}  log={server.log_file}", flush=True)
+        if args.cluster_size:
+            cluster = Supercluster(regions, args.cluster_size, store, auth_config=auth,
+                                   base_port=args.port or None).start()
+            urls = {r: cluster.url(r) for r in regions}
+        else:
+            conf: Path | None = None
+            if auth:
+                conf = store / "auth.conf"
+                conf.write_text(auth)
+                conf.chmod(0o600)
+            server = EmbeddedNats(port=args.port, store_dir=store, config_file=conf).start()
+            urls = dict.fromkeys(regions, server.url)
+        asyncio.run(_provision_regions(urls, ids, args.partitions))
+    except KeyboardInterrupt:
+        return 0
+    except (NatsServerError, ValueError, RuntimeError) as e:
+        print(f"voxbus nats: {e}", file=sys.stderr)
+        if cluster is not None:
+            cluster.stop()
+        if server is not None:
+            server.stop()
+        return 1
+    try:
+        if cluster is not None:
+            for r in regions:
+                print(cluster.env_line(r), flush=True)
+            print(f"store={store}/<region>-<n>  logs=<store>/<region>-<n>/nats-server.log  "
+                  f"partitions={args.partitions}", file=sys.stderr, flush=True)
+        else:
+            assert server is not None
+            print(f"NATS_URL={server.url}  regions={','.join(regions)}  "
+                  f"partitions={args.partitions}  store={store}  log={server.log_file}",
+                  flush=True)
         if ids:
             print(f"credentials: {ids.directory}/<role>-<region>.json, one per identity "
                   f"(roles {', '.join(ROLES)}); a process reads its own from "
-                  "VOXBUS_CREDENTIALS", flush=True)
-        return server.wait()
+                  "VOXBUS_CREDENTIALS", file=sys.stderr if cluster else sys.stdout, flush=True)
+        if server is not None:
+            return server.wait()
+        assert cluster is not None
+        _watch(cluster)
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        server.stop()
+        if cluster is not None:
+            cluster.stop()
+        if server is not None:
+            server.stop()
+
+
+def _watch(cluster: object) -> None:
+    """Until interrupted: say once when a server of the supercluster exits."""
+    import time
+
+    from voxbus.ops.supercluster import Supercluster
+
+    assert isinstance(cluster, Supercluster)
+    gone: set[str] = set()
+    while True:
+        for m in cluster.members:
+            if not m.server.running and m.name not in gone:
+                gone.add(m.name)
+                print(f"voxbus nats: server {m.name} exited (see {m.store_dir}/nats-server.log)",
+                      file=sys.stderr, flush=True)
+        time.sleep(0.5)
+
+
+async def _provision_regions(urls: dict[str, str], ids: object, partitions: int) -> None:
+    """Each region provisioned on its own servers, by its own operator when secure (an
+    operator may touch only its region)."""
+    from voxbus.ops.auth import Identities
+    from voxbus.runtime.bus import Bus
+    from voxbus.runtime.settings import BusSettings
+
+    retention = BusSettings.from_env().retention()
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r, url in urls.items():  # a lone server for all regions: one connection, unless secure
+        groups.setdefault((url, r if ids else ""), []).append(r)
+    for (url, _), regions in groups.items():
+        op = ids.get("operator", regions[0]) if isinstance(ids, Identities) else None
+        bus = await Bus.connect(url, regions=regions, partitions=partitions,
+                                user=op.user if op else None,
+                                password=op.password if op else None,
+                                inbox_prefix=op.inbox_prefix if op else None)
+        try:
+            await bus.provision(retention)
+        finally:
+            await bus.close()
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -156,8 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voxbus", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    n = sub.add_parser("nats", help="run an embedded JetStream nats-server and provision it")
-    n.add_argument("--port", type=int, default=4222)
+    n = sub.add_parser("nats", help="run an embedded JetStream nats-server (or a supercluster, "
+                       "one cluster per region) and provision it")
+    n.add_argument("--port", type=int, default=4222,
+                   help="the client port (with --cluster-size: the first of the ports used; "
+                        "0: free ports)")
+    n.add_argument("--cluster-size", type=int, default=0, metavar="N",
+                   help="one cluster of N servers per region (tagged region:<r>), joined by "
+                        "gateways; prints VOXBUS_REGION=<r> NATS_URL=<that region's servers> "
+                        "per region (1 for a laptop, 3 for replicated streams)")
     n.add_argument("--store", default=".voxbus/nats",
                    help="store directory: JetStream data, the server's log, credentials "
                         "(default: .voxbus/nats, kept across restarts)")

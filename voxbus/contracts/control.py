@@ -30,10 +30,12 @@ def dispatch_subject(region: str) -> str:
 RoomName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class DispatchRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Request on ``dispatch_subject(region)``: join ``room``."""
+class DispatchRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Request on ``dispatch_subject(region)``: join ``room``; its sessions live in ``region``
+    (empty: the bridge chooses, from the room's metadata, its region map or its default)."""
 
     room: RoomName
+    region: str = ""
 
 
 class DispatchReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -41,6 +43,8 @@ class DispatchReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
 
     ok: bool
     room: str = ""
+    #: The region the room's sessions live in.
+    region: str = ""
     sessions: list[str] = msgspec.field(default_factory=list)
     ms: float = 0.0
     error: str = ""

@@ -69,6 +69,15 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     leases_s: float = LEASE_TTL_S
 
 
+#: Servers of a region carry this tag (``server_tags``); every stream and bucket of the region
+#: is placed on servers with it, so a session's data stays on its region's cluster.
+REGION_TAG_PREFIX: Final = "region:"
+
+
+def region_tag(region: str) -> str:
+    return f"{REGION_TAG_PREFIX}{check_region(region)}"
+
+
 def _token(region: str) -> str:
     return check_region(region).upper().replace("-", "_")
 

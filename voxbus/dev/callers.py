@@ -19,6 +19,7 @@ from voxbus.dev.livekit_caller import LISTEN_RATE_HZ, Caller
 from voxbus.dev.probes import FIRST_AUDIO_RMS, SessionWatch, TurnResult
 from voxbus.dev.supervise import LoopError
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.caller_audio import CallerAudio
 
 if TYPE_CHECKING:
     from voxbus.dev.loop import VoiceLoop
@@ -38,12 +39,16 @@ class BusCaller:
         self.session = session
         self._seq = 0
         self.watch = SessionWatch(bus, region, session, done_on_spoken=False)
+        #: Frames go out as the bridge sends them: acknowledged in the background, sent again
+        #: in order when the stream stored nothing (a leader election, a broken link).
+        self.audio = CallerAudio(self.speaker, region, name=session)
 
     async def subscribe(self) -> None:
         await self.watch.start()
+        await self.audio.start()
 
     async def _frame(self, pcm: bytes, rate: int, channels: int) -> None:
-        await self.speaker.publish(self.region, AudioIn(
+        await self.audio.send(AudioIn(
             session=self.session, seq=self._seq, sample_rate_hz=rate, channels=channels,
             capture_ns=time.time_ns(), pcm=pcm, participant="caller",
             turns_heard=self.watch.last_done_turn))
@@ -73,6 +78,7 @@ class BusCaller:
         return result
 
     async def close(self) -> None:
+        await self.audio.close()
         await self.watch.stop()
 
 
@@ -94,15 +100,18 @@ class RoomCaller:
 
     @classmethod
     async def connect(cls, loop: VoiceLoop, room: str, identity: str = "caller",
-                      *, timeout_s: float = 20.0) -> RoomCaller:
+                      *, timeout_s: float = 20.0, region: str | None = None) -> RoomCaller:
+        """Dispatch the agent into ``room`` for ``region`` (default: the loop's first) and
+        join it as ``identity``."""
         from voxbus.services.bridge.dispatch import request_dispatch
         from voxbus.services.bridge.session import session_id_for, session_key
 
-        lk, bus, server = loop.livekit, loop.bus, loop.server
-        if lk is None or bus is None or server is None:
+        region = region or loop.region
+        lk, bus = loop.livekit, loop.buses.get(region)
+        if lk is None or bus is None:
             raise LoopError("the loop runs without LiveKit (VoiceLoop(livekit=True))")
-        op = loop.identities.get("operator", loop.region) if loop.identities else None
-        answer = await request_dispatch(room, nats_url=server.url, region=loop.region,
+        op = loop.identities.get("operator", region) if loop.identities else None
+        answer = await request_dispatch(room, nats_url=loop.url(region), region=region,
                                         timeout_s=timeout_s, user=op.user if op else None,
                                         password=op.password if op else None,
                                         inbox_prefix=op.inbox_prefix if op else None)
@@ -118,7 +127,7 @@ class RoomCaller:
         key = session_key({**os.environ, **loop.extra_env}.get("BRIDGE_SESSION_KEY", ""),
                           lk.config.api_secret)  # as the bridge makes the id
         session = session_id_for(key, room, identity, caller.room.local_participant.sid)
-        rc = cls(caller, bus, loop.region, session)
+        rc = cls(caller, bus, region, session)
         await rc.watch.start()
         caller.start_mic()
         try:

@@ -111,8 +111,8 @@ async def _serve_page(loop: VoiceLoop, args: argparse.Namespace) -> int:
     from voxbus.services.bridge.dispatch import request_dispatch
     from voxbus.web.server import WebApp
 
-    assert loop.livekit is not None and loop.server is not None
-    nats_url, region = loop.server.url, loop.region
+    assert loop.livekit is not None
+    nats_url, region = loop.url(), loop.region
 
     async def dispatch(room: str) -> str:
         reply = await request_dispatch(room, nats_url=nats_url, region=region)

@@ -2,6 +2,11 @@
 workers as separate processes (as in production) and, with ``livekit=True``, a livekit-server
 (loopback config) and the LiveKit bridge process too. Used by ``voxbus demo`` and
 ``voxbus bench voice``; the callers are in ``voxbus.dev.callers``.
+
+With several ``regions`` and a ``cluster_size``, NATS is a supercluster (one cluster per region,
+``ops.supercluster``) and every process serves all regions, each on its own region's servers
+(``NATS_URL_<REGION>``); ``gateway_links`` puts a cuttable link (``dev.links``) in front of
+every gateway.
 """
 
 from __future__ import annotations
@@ -10,16 +15,19 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from voxbus.dev import netns
 from voxbus.dev.callers import BusCaller, RoomCaller
+from voxbus.dev.links import Link, link_gateways
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.supervise import ChildProcess
 from voxbus.ops.auth import Identities, server_config
 from voxbus.ops.nats import EmbeddedNats
+from voxbus.ops.supercluster import Supercluster
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.settings import region_env_suffix
 
 STAGES = ("stt", "llm", "tts")
 
@@ -34,11 +42,21 @@ class VoiceLoop:
 
     def __init__(self, *, region: str = "demo", echo: bool = True, livekit: bool = False,
                  env: Mapping[str, str] | None = None, secure: bool = False,
-                 progress: Callable[[str], None] | None = None) -> None:
-        self.region = region
+                 progress: Callable[[str], None] | None = None,
+                 regions: Sequence[str] = (), cluster_size: int = 0,
+                 gateway_links: bool = False) -> None:
+        #: The first region is the bridge's default (``BRIDGE_REGION``).
+        self.regions = list(regions) or [region]
+        self.region = self.regions[0]
+        self.cluster_size = cluster_size
+        self.gateway_links = gateway_links
+        self.cluster: Supercluster | None = None
+        self.links: dict[str, Link] = {}
+        self.buses: dict[str, Bus] = {}
+        self.speakers: dict[str, Bus] = {}
         self.secure = secure
         self.identities: Identities | None = None
-        self._creds_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._speaker: Bus | None = None
         self.echo = echo
         self.with_livekit = livekit
@@ -50,34 +68,63 @@ class VoiceLoop:
         self.stages: list[ChildProcess] = []
         self.bridge: ChildProcess | None = None
 
+    def url(self, region: str | None = None) -> str:
+        """The servers of ``region`` (default: the first), comma-separated."""
+        if self.cluster is not None:
+            return self.cluster.url(region or self.region)
+        assert self.server is not None
+        return self.server.url
+
     def _identity_env(self, role: str) -> dict[str, str]:
         if self.identities is None:
             return {}
-        return {"VOXBUS_CREDENTIALS": str(self.identities.path(f"{role}-{self.region}"))}
+        return {f"VOXBUS_CREDENTIALS_{region_env_suffix(r)}":
+                str(self.identities.path(f"{role}-{r}")) for r in self.regions}
 
-    async def _connect(self, role: str, name: str) -> Bus:
-        assert self.server is not None
-        ident = self.identities.get(role, self.region) if self.identities else None
-        return await Bus.connect(self.server.url, regions=[self.region], name=name,
+    async def connect(self, role: str, name: str, region: str | None = None) -> Bus:
+        """A connection to ``region``'s servers, as ``role`` when the servers are secure."""
+        region = region or self.region
+        ident = self.identities.get(role, region) if self.identities else None
+        return await Bus.connect(self.url(region), regions=[region], name=name,
                                  user=ident.user if ident else None,
                                  password=ident.password if ident else None,
                                  inbox_prefix=ident.inbox_prefix if ident else None)
 
+    async def _start_nats(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="voxbus-loop-")
+        base = Path(self._dir.name)
+        auth = ""
+        if self.secure:
+            self.identities = Identities.load_or_create(base / "credentials", self.regions)
+            auth = server_config(self.identities)
+        if not self.cluster_size:
+            conf: Path | None = None
+            if auth:
+                conf = base / "auth.conf"
+                conf.write_text(auth)
+            self.server = await asyncio.to_thread(EmbeddedNats(config_file=conf).start)
+            self.progress(f"  [nats] ready at {self.server.url}")
+            return
+        cluster = Supercluster(self.regions, self.cluster_size, base / "nats", auth_config=auth)
+        if self.gateway_links:
+            self.links = link_gateways(cluster)
+        self.cluster = cluster
+        await asyncio.to_thread(cluster.start)
+        for r in self.regions:
+            self.progress(f"  [nats] {cluster.env_line(r)}")
+
     async def start(self, timeout_s: float = 300.0) -> None:
-        conf: Path | None = None
-        if self.secure:
-            self._creds_dir = tempfile.TemporaryDirectory(prefix="voxbus-identities-")
-            self.identities = Identities.load_or_create(Path(self._creds_dir.name),
-                                                        [self.region])
-            conf = Path(self._creds_dir.name) / "auth.conf"
-            conf.write_text(server_config(self.identities))
-        self.server = await asyncio.to_thread(EmbeddedNats(config_file=conf).start)
-        self.bus = await self._connect("operator", "voice-caller")
-        await self.bus.provision()
-        if self.secure:
-            self._speaker = await self._connect("bridge", "voice-caller-speaker")
-        self.progress(f"  [nats] ready at {self.server.url}")
-        env = {**os.environ, "NATS_URL": self.server.url, "VOXBUS_REGIONS": self.region,
+        await self._start_nats()
+        for r in self.regions:
+            self.buses[r] = bus = await self.connect("operator", f"voice-caller-{r}", r)
+            await bus.provision()
+            if self.secure:
+                self.speakers[r] = await self.connect("bridge", f"voice-caller-speaker-{r}", r)
+        self.bus = self.buses[self.region]
+        self._speaker = self.speakers.get(self.region)
+        env = {**os.environ, "NATS_URL": self.url(), "VOXBUS_REGIONS": ",".join(self.regions),
+               **({f"NATS_URL_{region_env_suffix(r)}": self.url(r) for r in self.regions}
+                  if self.cluster else {}),
                **self.extra_env}
         self.stages = [ChildProcess(s, {**env, **self._identity_env(s)}, echo=self.echo)
                        for s in STAGES]
@@ -100,14 +147,15 @@ class VoiceLoop:
         procs = [*self.stages, *([self.bridge] if self.bridge else [])]
         await asyncio.gather(*(p.wait_ready(timeout_s) for p in procs))
 
-    async def caller(self, session: str) -> BusCaller:
-        assert self.bus is not None
-        c = BusCaller(self.bus, self.region, session, speaker=self._speaker)
+    async def caller(self, session: str, region: str | None = None) -> BusCaller:
+        region = region or self.region
+        c = BusCaller(self.buses[region], region, session, speaker=self.speakers.get(region))
         await c.subscribe()
         return c
 
-    async def room_caller(self, room: str, identity: str = "caller") -> RoomCaller:
-        return await RoomCaller.connect(self, room, identity)
+    async def room_caller(self, room: str, identity: str = "caller",
+                          region: str | None = None) -> RoomCaller:
+        return await RoomCaller.connect(self, room, identity, region=region)
 
     async def stop(self) -> None:
         if self.bridge is not None:
@@ -115,11 +163,14 @@ class VoiceLoop:
         await asyncio.gather(*(s.stop() for s in self.stages))
         if self.livekit is not None:
             await asyncio.to_thread(self.livekit.stop)
-        for bus in (self._speaker, self.bus):
-            if bus is not None:
-                with contextlib.suppress(Exception):
-                    await bus.close()
+        for bus in [*self.speakers.values(), *self.buses.values()]:
+            with contextlib.suppress(Exception):
+                await bus.close()
         if self.server is not None:
             self.server.stop()
-        if self._creds_dir is not None:
-            self._creds_dir.cleanup()
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+        for link in self.links.values():
+            link.stop()
+        if self._dir is not None:
+            self._dir.cleanup()

@@ -58,6 +58,10 @@ class EmbeddedNats:
     port: int = 0
     store_dir: Path | None = None
     config_file: Path | None = None
+    #: More configuration, placed before ``config_file``'s (cluster, gateway, server name...).
+    extra_config: str = ""
+    #: The HTTP monitoring port (``/healthz``, ``/jsz``...), or none.
+    http_port: int | None = None
     extra_args: list[str] = field(default_factory=list)
     _proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -79,6 +83,10 @@ class EmbeddedNats:
             f"logfile_size_limit: {LOG_SIZE_LIMIT}",
             f"logfile_max_num: {LOG_FILES}",
         ]
+        if self.http_port is not None:
+            lines.append(f"http: 127.0.0.1:{self.http_port}")
+        if self.extra_config:
+            lines.append(self.extra_config)
         if self.config_file is not None:
             lines.append(self.config_file.read_text())
         conf = self.store_dir / "nats-server.conf"
@@ -111,6 +119,10 @@ class EmbeddedNats:
             time.sleep(0.02)
         self.stop()
         raise NatsServerError(f"nats-server did not start on port {self.port} in {timeout_s}s")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL the server and keep its store (a crash; ``start`` again to restart it)."""

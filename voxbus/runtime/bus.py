@@ -37,10 +37,24 @@ class UnknownRegion(ValueError):
     pass
 
 
+class PlacementError(RuntimeError):
+    """A region's stream or bucket cannot be placed on that region's servers."""
+
+
+#: JetStream's answer when no set of servers fits a placement (tags, replicas).
+_NO_SUITABLE_PEERS = 10005
+
+
+def server_urls(url: str) -> list[str]:
+    """``NATS_URL`` may name several servers of one region, comma-separated."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 class Bus:
     """A connection to NATS with the regions this deployment serves."""
 
-    def __init__(self, nc: Client, *, regions: list[str], partitions: int) -> None:
+    def __init__(self, nc: Client, *, regions: list[str], partitions: int,
+                 replicas: int = 0) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.regions = list(regions)
@@ -55,6 +69,9 @@ class Bus:
         #: False for an identity that may not create streams (every role but the operator's):
         #: a worker then waits for the operator's provisioning instead of asking in vain.
         self.may_provision = True
+        #: Replicas of each stream and bucket this process creates (0: three where the region's
+        #: cluster has three servers, else one).
+        self.replicas = replicas
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -91,6 +108,7 @@ class Bus:
         password: str | None = None,
         inbox_prefix: str | None = None,
         max_reconnect_attempts: int = -1,
+        replicas: int = 0,
     ) -> Bus:
         """``inbox_prefix``: where replies come to (``_INBOX`` by default); an identity may
         subscribe only under its own (``ops.auth``)."""
@@ -110,7 +128,7 @@ class Bus:
             level("bus_error", error=repr(e))
 
         nc = await nats.connect(
-            url,
+            server_urls(url),
             name=name,
             user=user,
             password=password,
@@ -123,7 +141,7 @@ class Bus:
             disconnected_cb=disconnected,
             error_cb=error,
         )
-        bus = cls(nc, regions=regions, partitions=partitions)
+        bus = cls(nc, regions=regions, partitions=partitions, replicas=replicas)
         return bus
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -151,18 +169,44 @@ class Bus:
         recovering from an empty store must not reset an operator's settings)."""
         if not create_only:
             await self._drop_legacy_ops()
-        for spec in streams.ops_streams(self.regions, retention=retention):
-            await self._ensure_stream(spec, create_only=create_only)
         for region in self.regions:
-            for spec in streams.region_streams(
-                region, partitions=self.partitions, retention=retention
-            ):
-                await self._ensure_stream(spec, create_only=create_only)
+            for spec in [*streams.ops_streams([region], retention=retention),
+                         *streams.region_streams(region, partitions=self.partitions,
+                                                 retention=retention)]:
+                await self._ensure_stream(spec, region, create_only=create_only)
             for b in streams.region_buckets(region, retention=retention):
-                await self._ensure_bucket(b, create_only=create_only)
+                await self._ensure_bucket(b, region, create_only=create_only)
 
-    async def _ensure_stream(self, spec: streams.StreamSpec, *, create_only: bool = False
-                             ) -> None:
+    @property
+    def clustered(self) -> bool:
+        """Connected to a server of a named cluster (a region's, in a supercluster): streams
+        are then placed on their region's servers. A lone server holds everything itself."""
+        info: dict[str, object] = getattr(self.nc, "_server_info", None) or {}
+        return bool(info.get("cluster"))
+
+    def placement(self, region: str) -> js_api.Placement | None:
+        return js_api.Placement(tags=[streams.region_tag(region)]) if self.clustered else None
+
+    async def _create_placed(self, what: str, region: str,
+                             create: Callable[[int], Awaitable[object]]) -> None:
+        """Create with three replicas where the region's cluster has room for them, else one
+        (or exactly ``replicas``); no server of the region: a one-line ``PlacementError``."""
+        tries = [self.replicas] if self.replicas else ([3, 1] if self.clustered else [1])
+        for n in tries:
+            try:
+                await create(n)
+                log.info("created", what=what, region=region, replicas=n,
+                         placement=streams.region_tag(region) if self.clustered else None)
+                return
+            except BadRequestError as e:
+                if e.err_code != _NO_SUITABLE_PEERS or n == tries[-1]:
+                    raise PlacementError(
+                        f"{what} of region {region!r} cannot be placed with {n} replica(s) on "
+                        f"servers tagged {streams.region_tag(region)!r}: {e.description}"
+                    ) from None
+
+    async def _ensure_stream(self, spec: streams.StreamSpec, region: str, *,
+                             create_only: bool = False) -> None:
         cfg = js_api.StreamConfig(
             name=spec.name,
             subjects=spec.subjects,
@@ -183,15 +227,20 @@ class Bus:
             ),
         )
         try:
-            await self.js.stream_info(spec.name)
+            existing = await self.js.stream_info(spec.name)
         except NotFoundError:
-            await self.js.add_stream(cfg)
-            log.info("stream_created", stream=spec.name, max_age_s=spec.max_age_s)
+            async def add(n: int) -> None:
+                await self.js.add_stream(dataclasses.replace(
+                    cfg, num_replicas=n, placement=self.placement(region)))
+
+            await self._create_placed(f"stream {spec.name}", region, add)
             return
         if create_only:
             return
-        try:
-            await self.js.update_stream(cfg)
+        try:  # where it is and how many copies it has stay as they are: nothing moves
+            await self.js.update_stream(dataclasses.replace(
+                cfg, num_replicas=existing.config.num_replicas,
+                placement=existing.config.placement))
         except BadRequestError as e:
             log.warning("stream_update_refused", stream=spec.name, error=str(e))
 
@@ -207,20 +256,29 @@ class Bus:
         log.warning("legacy_ops_stream_removed", stream=streams.LEGACY_OPS_STREAM,
                     messages=info.state.messages)
 
-    async def _ensure_bucket(self, spec: streams.BucketSpec, *, create_only: bool = False
-                             ) -> None:
+    async def _ensure_bucket(self, spec: streams.BucketSpec, region: str, *,
+                             create_only: bool = False) -> None:
         """Buckets allow direct gets: a key is then read by its subject
         (``$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>``), which permissions can limit
         to an identity's own keys; a message get names the key only in its payload."""
         try:
             kv = await self.js.key_value(spec.bucket)
         except (NotFoundError, nats.js.errors.BucketNotFoundError):
-            self._kv[spec.bucket] = await self.js.create_key_value(
-                js_api.KeyValueConfig(
-                    bucket=spec.bucket, ttl=spec.ttl_s, description=spec.description, history=1,
-                    direct=True,
-                )
-            )
+            async def create(n: int) -> None:
+                # nats-py's create_key_value drops the placement: the bucket's stream is made
+                # here as it would make it, placed
+                await self.js.add_stream(js_api.StreamConfig(
+                    name=f"KV_{spec.bucket}", description=spec.description,
+                    subjects=[f"$KV.{spec.bucket}.>"], allow_direct=True,
+                    allow_rollup_hdrs=True, deny_delete=True,
+                    discard=js_api.DiscardPolicy.NEW,
+                    duplicate_window=min(120.0, spec.ttl_s), max_age=spec.ttl_s,
+                    max_consumers=-1, max_msgs=-1, max_msgs_per_subject=1, num_replicas=n,
+                    storage=js_api.StorageType.FILE, placement=self.placement(region),
+                ))
+                self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
+
+            await self._create_placed(f"bucket {spec.bucket}", region, create)
             return
         self._kv[spec.bucket] = kv
         if create_only:  # a worker recovering: nothing to read or change in what exists

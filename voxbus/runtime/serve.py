@@ -1,15 +1,20 @@
-"""Run one stage as a worker process: connect, provision if allowed, work until SIGTERM, drain."""
+"""Run one stage as a worker process: connect, provision if allowed, work until SIGTERM, drain.
+
+A process of several regions whose servers differ (``NATS_URL_<REGION>``, a supercluster) holds
+one connection per region, to that region's own servers, and one worker on each: a region's
+messages never travel through another region's servers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
 
 from voxbus.runtime import metrics, tracing
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.settings import BusSettings
+from voxbus.runtime.settings import BusSettings, SettingsError
 from voxbus.runtime.stage import Stage
 from voxbus.runtime.worker import Worker, WorkerOptions, worker_options_from_env
 
@@ -17,12 +22,33 @@ log = structlog.get_logger("voxbus.serve")
 
 
 async def connect(settings: BusSettings, *, name: str) -> Bus:
+    """One connection for every region of ``settings`` (they must share servers and identity:
+    see ``connect_regions``)."""
+    if len(settings.per_region()) > 1:
+        raise SettingsError(f"regions {','.join(settings.regions)} have servers or identities "
+                            "of their own: this command serves one region at a time")
     bus = await Bus.connect(
         settings.url, regions=list(settings.regions), partitions=settings.partitions, name=name,
         user=settings.user, password=settings.password, inbox_prefix=settings.inbox_prefix,
+        replicas=settings.replicas,
     )
     bus.may_provision = settings.identity is None or settings.identity.role == "operator"
+    if bus.clustered and (cluster := bus.nc._server_info.get("cluster")) not in bus.regions:
+        log.warning("connected_outside_region", cluster=cluster, regions=bus.regions,
+                    note="NATS_URL should name this region's own servers")
     return bus
+
+
+async def connect_regions(settings: BusSettings, *, name: str) -> list[Bus]:
+    """One connection per group of regions sharing servers and identity."""
+    buses: list[Bus] = []
+    try:
+        for part in settings.per_region():
+            buses.append(await connect(part, name=name))
+    except BaseException:
+        await asyncio.gather(*(b.close() for b in buses), return_exceptions=True)
+        raise
+    return buses
 
 
 async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None = None) -> None:
@@ -32,12 +58,25 @@ async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None 
     if (port := metrics.serve_from_env()) is not None:
         log.info("metrics_served", port=port, path="/metrics")
     settings.require_role(stage.name)
-    bus = await connect(settings, name=f"voxbus-{stage.name}")
+    buses = await connect_regions(settings, name=f"voxbus-{stage.name}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await Worker(bus, stage, opts or worker_options_from_env()).run_until(stop)
+        if len(buses) == 1:
+            await Worker(buses[0], stage, opts).run_until(stop)
+            return
+        # one model, one worker per region: the stage starts once and stops after them all
+        await stage.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for bus in buses:
+                    tg.create_task(Worker(bus, stage, opts, owns_stage=False).run_until(stop),
+                                   name=f"worker-{bus.regions[0]}")
+        finally:
+            await stage.stop()
     finally:
-        await bus.close()
+        for bus in buses:
+            with contextlib.suppress(Exception):
+                await bus.close()

@@ -7,9 +7,10 @@ own prefix (``STT_``, ``LLM_``, ``TTS_``, ``BRIDGE_``).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -87,8 +88,14 @@ def read_identity(path: Path) -> IdentityFile:
     return ident
 
 
+def region_env_suffix(region: str) -> str:
+    """``eu-west`` -> ``EU_WEST``: the tail of a per-region variable (``NATS_URL_EU_WEST``)."""
+    return region.upper().replace("-", "_")
+
+
 @dataclass(frozen=True, kw_only=True)
 class BusSettings:
+    #: The servers of this process's region, comma-separated (``NATS_URL``).
     url: str = "nats://127.0.0.1:4222"
     regions: tuple[str, ...] = ("local",)
     partitions: int = DEFAULT_PARTITIONS
@@ -98,6 +105,33 @@ class BusSettings:
     identity: IdentityFile | None = None
     #: The lease bucket's ttl where this process provisions it (``VOXBUS_LEASE_TTL_S``).
     lease_ttl_s: float = LEASE_TTL_S
+    #: Replicas of what this process creates (``VOXBUS_REPLICAS``; 0: three where the region's
+    #: cluster has three servers, else one).
+    replicas: int = 0
+    #: A region's own servers (``NATS_URL_<REGION>``), where they are not ``url``'s.
+    region_urls: Mapping[str, str] = field(default_factory=dict)
+    #: A region's own identity (``VOXBUS_CREDENTIALS_<REGION>``), for a process of several
+    #: regions on secure servers.
+    region_identities: Mapping[str, IdentityFile] = field(default_factory=dict)
+
+    def url_for(self, region: str) -> str:
+        return self.region_urls.get(region, self.url)
+
+    def for_region(self, region: str) -> BusSettings:
+        """This process's settings for one region: that region's servers and identity."""
+        ident = self.region_identities.get(region, self.identity)
+        return dataclasses.replace(
+            self, url=self.url_for(region), regions=(region,), region_urls={},
+            region_identities={}, identity=ident,
+            user=ident.user if ident else self.user,
+            password=ident.password if ident else self.password)
+
+    def per_region(self) -> list[BusSettings]:
+        """One connection's settings per region when regions have servers or identities of
+        their own (each region's traffic stays on its servers); else one for all."""
+        if not self.region_urls and not self.region_identities:
+            return [self]
+        return [self.for_region(r) for r in self.regions]
 
     def retention(self) -> Retention:
         return Retention(leases_s=self.lease_ttl_s)
@@ -109,10 +143,11 @@ class BusSettings:
     def require_role(self, *roles: str) -> None:
         """A process of one role must not run under another's identity (it would be refused
         half-way, one permission at a time): say so before connecting."""
-        if self.identity is not None and self.identity.role not in roles:
-            raise SettingsError(
-                f"VOXBUS_CREDENTIALS holds the {self.identity.role!r} identity "
-                f"({self.identity.user}); this process needs {' or '.join(map(repr, roles))}")
+        for ident in [self.identity, *self.region_identities.values()]:
+            if ident is not None and ident.role not in roles:
+                raise SettingsError(
+                    f"VOXBUS_CREDENTIALS holds the {ident.role!r} identity "
+                    f"({ident.user}); this process needs {' or '.join(map(repr, roles))}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BusSettings:
@@ -120,25 +155,71 @@ class BusSettings:
         e = os.environ if environ is None else environ
         creds = env.str("CREDENTIALS", "")
         identity = read_identity(Path(creds)) if creds else None
-        default_regions = identity.region if identity else "local"
-        regions = tuple(r.strip() for r in env.str("REGIONS", default_regions).split(",")
-                        if r.strip())
+        regions = _regions(env, identity)
+        region_identities: dict[str, IdentityFile] = {}
         for r in regions:
-            check_region(r)
-        if identity is not None and regions != (identity.region,):
+            if path := env.str(f"CREDENTIALS_{region_env_suffix(r)}", ""):
+                ident = read_identity(Path(path))
+                if ident.region != r:
+                    raise SettingsError(
+                        f"VOXBUS_CREDENTIALS_{region_env_suffix(r)} holds {ident.user}, an "
+                        f"identity of region {ident.region!r}, not {r!r}")
+                region_identities[r] = ident
+        if len(regions) == 1 and regions[0] in region_identities:  # the same as CREDENTIALS
+            identity = region_identities.pop(regions[0])
+        if identity is not None and identity.region not in regions:
             raise SettingsError(
                 f"the identity in VOXBUS_CREDENTIALS ({identity.user}) serves region "
-                f"{identity.region!r} only, not VOXBUS_REGIONS={','.join(regions)}: run one "
-                "process per region, each with its region's identity")
+                f"{identity.region!r}, not VOXBUS_REGIONS={','.join(regions)}")
+        if identity is not None or region_identities:
+            lacking = [r for r in regions if r not in region_identities
+                       and (identity is None or identity.region != r)]
+            if lacking:
+                raise SettingsError(
+                    f"no identity for region(s) {','.join(lacking)}: an identity serves one "
+                    "region; give each its own (VOXBUS_CREDENTIALS_<REGION>), or run one "
+                    "process per region")
+        region_urls = {r: u for r in regions
+                       if (u := (e.get(f"NATS_URL_{region_env_suffix(r)}") or "").strip())}
+        replicas = env.int("REPLICAS", 0)
+        if replicas not in (0, 1, 3, 5):
+            raise SettingsError(f"VOXBUS_REPLICAS must be 1, 3 or 5 (0: automatic), got "
+                                f"{replicas}")
+        main = identity if identity is not None and len(regions) == 1 else None
         return cls(
             url=e.get("NATS_URL") or cls.url,
             regions=regions,
             partitions=env.int("PARTITIONS", DEFAULT_PARTITIONS),
-            user=identity.user if identity else (e.get("NATS_USER") or None),
-            password=identity.password if identity else (e.get("NATS_PASSWORD") or None),
+            user=main.user if main else (e.get("NATS_USER") or None),
+            password=main.password if main else (e.get("NATS_PASSWORD") or None),
             identity=identity,
             lease_ttl_s=_positive(env, "LEASE_TTL_S", LEASE_TTL_S),
+            replicas=replicas,
+            region_urls=region_urls,
+            region_identities=(
+                {identity.region: identity, **region_identities}
+                if identity is not None and len(regions) > 1 else region_identities),
         )
+
+
+def _regions(env: Env, identity: IdentityFile | None) -> tuple[str, ...]:
+    """``VOXBUS_REGIONS`` (comma-separated), or ``VOXBUS_REGION`` (what ``voxbus nats`` prints
+    per region), or the identity's region, or ``local``."""
+    many, one = env.str("REGIONS", ""), env.str("REGION", "").strip()
+    if many and one and [r.strip() for r in many.split(",") if r.strip()] != [one]:
+        raise SettingsError(f"VOXBUS_REGION={one} and VOXBUS_REGIONS={many} disagree: set one")
+    raw = many or one or (identity.region if identity else "local")
+    regions = tuple(r.strip() for r in raw.split(",") if r.strip())
+    if not regions:
+        raise SettingsError("VOXBUS_REGIONS names no region")
+    for r in regions:
+        try:
+            check_region(r)
+        except ValueError as e:
+            raise SettingsError(f"VOXBUS_REGIONS: {e}") from None
+    if len(set(regions)) != len(regions):
+        raise SettingsError(f"VOXBUS_REGIONS repeats a region: {raw}")
+    return regions
 
 
 def _positive(env: Env, name: str, default: float) -> float:

@@ -294,9 +294,13 @@ class Partition:
 LAG_EVERY_S = 5.0
 
 class Worker:
-    def __init__(self, bus: Bus, stage: Stage, opts: WorkerOptions | None = None) -> None:
+    def __init__(self, bus: Bus, stage: Stage, opts: WorkerOptions | None = None, *,
+                 owns_stage: bool = True) -> None:
         self.bus = bus
         self.stage = stage
+        #: False where one stage serves several workers (one per region's servers): whoever
+        #: made them starts and stops it.
+        self.owns_stage = owns_stage
         self.opts = opts or WorkerOptions()
         if self.opts.pull_expires_s >= self.opts.lease_fence_margin_s:
             raise ValueError(f"pull requests ({self.opts.pull_expires_s}s) must expire inside "
@@ -427,7 +431,8 @@ class Worker:
             self._purges.spawn(part.sessions.purge(session), name=f"purge-{session}")
 
     async def start(self) -> None:
-        await self.stage.start()
+        if self.owns_stage:
+            await self.stage.start()
         for region in self.bus.regions:
             self._tombstone_subs.append(await self.bus.nc.subscribe(
                 tombstone_subject(region), cb=functools.partial(self._on_tombstone, region)))
@@ -490,7 +495,8 @@ class Worker:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await sub.unsubscribe()
         await self._purges.close()
-        await self.stage.stop()
+        if self.owns_stage:
+            await self.stage.stop()
         self.log.info("worker_stopped", handled=self.handled)
 
     async def run_until(self, stop: asyncio.Event) -> None:

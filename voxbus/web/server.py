@@ -107,9 +107,12 @@ def _json(status: int, value: dict[str, str]) -> tuple[int, str, bytes]:
 def nats_dispatch(bus: BusSettings, region: str) -> Dispatch:
     from voxbus.services.bridge.dispatch import request_dispatch
 
-    async def dispatch(room: str) -> str:
-        reply = await request_dispatch(room, nats_url=bus.url, region=region, user=bus.user,
-                                       password=bus.password, inbox_prefix=bus.inbox_prefix)
+    own = bus.for_region(region) if region in bus.regions else bus
+
+    async def dispatch(room: str) -> str:  # the bridge chooses the room's region
+        reply = await request_dispatch(room, nats_url=own.url, region=region, user=own.user,
+                                       password=own.password, inbox_prefix=own.inbox_prefix,
+                                       explicit=False)
         return "" if reply.ok else reply.error
 
     return dispatch

@@ -12,7 +12,7 @@ import structlog
 
 from voxbus.runtime import logging as vlog
 from voxbus.runtime import metrics
-from voxbus.runtime.serve import connect
+from voxbus.runtime.serve import connect_regions
 from voxbus.runtime.settings import BusSettings
 from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.bridge.settings import BridgeSettings
@@ -21,15 +21,17 @@ log = structlog.get_logger("voxbus.bridge")
 
 
 async def run(settings: BridgeSettings, bus_settings: BusSettings, rooms: list[str]) -> None:
-    bus = await connect(bus_settings, name="voxbus-bridge")
+    """One connection per region (to its own servers), one bridge for all of them."""
+    buses = await connect_regions(bus_settings, name="voxbus-bridge")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await Bridge(bus, settings).run_until(stop, rooms)
+        await Bridge({r: b for b in buses for r in b.regions}, settings).run_until(stop, rooms)
     finally:
-        await bus.close()
+        for bus in buses:
+            await bus.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

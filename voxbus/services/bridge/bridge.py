@@ -3,12 +3,17 @@
 Rooms are joined on request (``Bridge.dispatch(room)``, also reachable over NATS: see
 ``services.bridge.dispatch``) and, with ``BRIDGE_AUTO_JOIN``, whenever the RoomService lists a
 room with participants that the agent is not in.
+
+One bridge serves the rooms of every region it has a connection for (one per region, to that
+region's servers): a room's region is chosen when the agent is dispatched (``routing``) and its
+sessions live there; a room of a region it does not serve is refused with an error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import msgspec
 import structlog
@@ -27,6 +32,8 @@ from voxbus.contracts.subjects import tombstone_subject
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet
 from voxbus.services.bridge.room import RoomAgent
+from voxbus.services.bridge.routing import Caller, RegionRefused, RegionRouter, Route
+from voxbus.services.bridge.session import session_id_for, session_key
 from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge")
@@ -36,50 +43,51 @@ class BridgeError(RuntimeError):
 
 
 class Bridge:
-    def __init__(self, bus: Bus, settings: BridgeSettings) -> None:
+    def __init__(self, buses: Bus | Mapping[str, Bus], settings: BridgeSettings) -> None:
+        """``buses``: a connection per served region (or one connection for all of its
+        regions); ``BRIDGE_REGION`` must be one of them."""
         settings.require_credentials()
-        if settings.region not in bus.regions:
-            raise BridgeError(
-                f"BRIDGE_REGION={settings.region!r} is not served by the bus ({bus.regions})"
-            )
-        self.bus = bus
+        self.buses: dict[str, Bus] = (
+            dict.fromkeys(buses.regions, buses) if isinstance(buses, Bus) else dict(buses))
+        if settings.region not in self.buses:
+            raise BridgeError(f"BRIDGE_REGION={settings.region!r} is not served by the bus "
+                              f"({', '.join(self.buses)})")
+        self.bus = self.buses[settings.region]
         self.s = settings
+        self.router = RegionRouter(list(self.buses), settings.region, settings.region_map)
         self.rooms: dict[str, RoomAgent] = {}
         self._joining: dict[str, asyncio.Future[RoomAgent]] = {}
         self._tasks = TaskSet("bridge")
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._api: api.LiveKitAPI | None = None
-        self._purge_sub: Subscription | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._sub = await self.bus.nc.subscribe(
-            dispatch_subject(self.s.region), queue=DISPATCH_QUEUE, cb=self._on_dispatch
-        )
-        self._purge_sub = await self.bus.nc.subscribe(tombstone_subject(self.s.region),
-                                                      cb=self._on_tombstone)
+        for region, bus in self.buses.items():
+            self._subs.append(await bus.nc.subscribe(
+                dispatch_subject(region), queue=DISPATCH_QUEUE, cb=self._on_dispatch))
+            self._subs.append(await bus.nc.subscribe(tombstone_subject(region),
+                                                     cb=self._on_tombstone))
         if self.s.auto_join:
             self._tasks.spawn(self._auto_join(), name="auto-join")
         log.info("bridge_started", livekit=self.s.livekit_url, region=self.s.region,
-                 auto_join=self.s.auto_join)
+                 regions=list(self.buses), auto_join=self.s.auto_join)
 
     async def _on_tombstone(self, raw: Msg) -> None:
         """A session is being purged: a caller of it in one of our rooms is no longer heard or
         answered, and nothing more is written for it (the call itself goes on)."""
         session = raw.data.decode(errors="replace")
+        region = raw.subject.split(".")[1]
         for agent in list(self.rooms.values()):
             for sess in list(agent.sessions.values()):
-                if sess.id == session:
+                if sess.id == session and agent.region == region:
                     self._tasks.spawn(sess.purge(), name=f"purge-{session}")
 
     async def close(self) -> None:
-        if self._purge_sub is not None:
-            await self._purge_sub.unsubscribe()
-            self._purge_sub = None
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.unsubscribe()
         await self._tasks.close()
         await asyncio.gather(*(r.close("bridge_stopped") for r in list(self.rooms.values())),
                              return_exceptions=True)
@@ -104,18 +112,57 @@ class Bridge:
 
     # ---- rooms --------------------------------------------------------------------------------
 
-    async def dispatch(self, room: str) -> RoomAgent:
-        """Join ``room`` (once: a second call returns the same agent)."""
+    async def route(self, room: str, explicit: str = "") -> Route:
+        """The region of ``room``'s sessions (``routing``): what the dispatch asks for, the
+        room's metadata, the region map on the callers already in it, or the default. Raises
+        ``RegionRefused`` (after an error event) for a region this bridge does not serve."""
+        metadata, callers = "", []
+        lk = self.livekit_api()
+        rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+        if rooms.rooms:  # the room's own word (none if it does not exist yet)
+            metadata = rooms.rooms[0].metadata
+            if self.router.rules and not explicit:
+                resp = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+                callers = [Caller(dict(p.attributes), p.region) for p in resp.participants
+                           if p.identity != self.s.identity]
+        try:
+            return self.router.choose(explicit=explicit, metadata=metadata, callers=callers)
+        except RegionRefused as e:
+            await self._refused(room, str(e))
+            raise
+
+    async def _refused(self, room: str, why: str) -> None:
+        """One error event for the refused room, in the default region (the only content: an
+        opaque id of the room and why), and a log line."""
+        sid = session_id_for(session_key(self.s.session_key, self.s.api_secret), room, "")
+        log.error("room_refused", session=sid, reason=why, pii={"room": room})
+        await self.bus.publish_error(self.s.region, sid, turn=0, code="region_not_served",
+                                     message=why, stage="bridge")
+
+    async def dispatch(self, room: str, region: str = "") -> RoomAgent:
+        """Join ``room`` (once: a second call returns the same agent), its sessions in
+        ``region`` (empty: the bridge chooses; see ``route``)."""
         if not room or len(room) > 256:
             raise BridgeError(f"invalid room name {room!r}")
         if (agent := self.rooms.get(room)) is not None and not agent.closed.is_set():
+            if region and region != agent.region:
+                raise RegionRefused(f"the agent is in room {room!r} for region "
+                                    f"{agent.region!r}, not {region!r}")
             return agent
         if (pending := self._joining.get(room)) is not None:
             return await asyncio.shield(pending)
         fut: asyncio.Future[RoomAgent] = asyncio.get_running_loop().create_future()
         self._joining[room] = fut
-        agent = RoomAgent(self.bus, self.s, room, on_gone=self._gone)
         t0 = time.perf_counter()
+        try:
+            route = await self.route(room, region)
+        except BaseException as e:
+            self._joining.pop(room, None)
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        agent = RoomAgent(self.buses[route.region], self.s, room, on_gone=self._gone,
+                          region=route.region)
         try:
             await agent.join()
         except BaseException as e:
@@ -128,7 +175,8 @@ class Bridge:
             self._joining.pop(room, None)
         self.rooms[room] = agent
         fut.set_result(agent)
-        log.info("dispatched", pii={"room": room}, ms=round((time.perf_counter() - t0) * 1000, 1))
+        log.info("dispatched", pii={"room": room}, region=route.region, source=route.source,
+                 ms=round((time.perf_counter() - t0) * 1000, 1))
         return agent
 
     async def leave(self, room: str, reason: str = "agent_left") -> None:
@@ -142,18 +190,23 @@ class Bridge:
 
     async def _on_dispatch(self, msg: Msg) -> None:
         try:
-            room = decode_dispatch_request(msg.data).room
+            req = decode_dispatch_request(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             await msg.respond(encode_json(DispatchReply(ok=False, error=f"bad request: {e}")))
             return
         t0 = time.perf_counter()
         try:
-            agent = await self.dispatch(room)
+            agent = await self.dispatch(req.room, req.region)
+        except RegionRefused as e:
+            await msg.respond(encode_json(DispatchReply(ok=False, room=req.room, error=str(e))))
+            return
         except Exception as e:  # noqa: BLE001 - the requester hears why
-            await msg.respond(encode_json(DispatchReply(ok=False, room=room, error=repr(e))))
+            await msg.respond(encode_json(DispatchReply(ok=False, room=req.room,
+                                                        error=repr(e))))
             return
         await msg.respond(encode_json(DispatchReply(
-            ok=True, room=room, sessions=[s.id for s in agent.sessions.values()],
+            ok=True, room=req.room, region=agent.region,
+            sessions=[s.id for s in agent.sessions.values()],
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )))
 

@@ -18,6 +18,7 @@ from voxbus.contracts.control import (
     dispatch_subject,
     encode_json,
 )
+from voxbus.runtime.bus import server_urls
 from voxbus.runtime.settings import BusSettings
 from voxbus.services.bridge.settings import BridgeSettings
 
@@ -25,20 +26,26 @@ from voxbus.services.bridge.settings import BridgeSettings
 async def request_dispatch(
     room: str, *, nats_url: str, region: str, timeout_s: float = 15.0,
     user: str | None = None, password: str | None = None, inbox_prefix: str | None = None,
+    explicit: bool = True,
 ) -> DispatchReply:
-    """The bridge's answer, or an ``ok=False`` reply saying why there was none."""
+    """The bridge's answer, or an ``ok=False`` reply saying why there was none. The request
+    goes to ``region``'s bridges; with ``explicit`` the room's sessions are to live in
+    ``region``, else the bridge chooses (the room's metadata, its region map, its default)."""
     async def quiet(e: Exception) -> None:  # the answer below says what went wrong
         return None
 
     try:
-        nc = await nats.connect(nats_url, user=user, password=password, name="voxbus-dispatch",
+        nc = await nats.connect(server_urls(nats_url), user=user, password=password,
+                                name="voxbus-dispatch",
                                 inbox_prefix=inbox_prefix or "_INBOX", max_reconnect_attempts=1,
                                 connect_timeout=2, error_cb=quiet)
     except (OSError, nats.errors.Error) as e:
         return DispatchReply(ok=False, room=room, error=f"cannot reach NATS at {nats_url}: {e!r}")
     try:
         reply = await nc.request(
-            dispatch_subject(region), encode_json(DispatchRequest(room=room)), timeout=timeout_s
+            dispatch_subject(region),
+            encode_json(DispatchRequest(room=room, region=region if explicit else "")),
+            timeout=timeout_s
         )
         return decode_dispatch_reply(reply.data)
     except nats.errors.NoRespondersError:
@@ -54,18 +61,21 @@ async def request_dispatch(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxbus dispatch", description=__doc__)
     p.add_argument("room")
-    p.add_argument("--region", help="default: BRIDGE_REGION")
+    p.add_argument("--region", help="the region the room's sessions live in (default: the "
+                   "bridge chooses from the room's metadata, its region map or BRIDGE_REGION)")
     p.add_argument("--timeout", type=float, default=15.0)
     rest = list(sys.argv[1:] if argv is None else argv)
     if rest[:1] == ["--"]:
         rest = rest[1:]
     args = p.parse_args(rest)
-    bus = BusSettings.from_env()
-    bus.require_role("operator")
+    settings = BusSettings.from_env()
+    settings.require_role("operator")
     region = args.region or BridgeSettings.from_env().region
+    bus = settings.for_region(region) if region in settings.regions else settings
     answer = asyncio.run(request_dispatch(
         args.room, nats_url=bus.url, region=region, timeout_s=args.timeout,
         user=bus.user, password=bus.password, inbox_prefix=bus.inbox_prefix,
+        explicit=args.region is not None,
     ))
     print(encode_json(answer).decode())
     return 0 if answer.ok else 1

@@ -49,10 +49,12 @@ def is_caller(p: rtc.RemoteParticipant) -> bool:
 class RoomAgent:
     def __init__(
         self, bus: Bus, settings: BridgeSettings, name: str,
-        *, on_gone: Callable[[RoomAgent], None] | None = None,
+        *, on_gone: Callable[[RoomAgent], None] | None = None, region: str = "",
     ) -> None:
         self.bus = bus
         self.s = settings
+        #: Where the room's sessions live (``bus`` is that region's connection).
+        self.region = region or settings.region
         self.name = name
         self.room = rtc.Room()
         self.sessions: dict[str, CallerSession] = {}
@@ -122,7 +124,8 @@ class RoomAgent:
 
     def _link(self) -> RoomLink:
         return RoomLink(
-            bus=self.bus, settings=self.s, room_name=self.name, room=self.room,
+            bus=self.bus, settings=self.s, region=self.region, room_name=self.name,
+            room=self.room,
             playout=self.playout, agent_track_sid=lambda: self._track_sid,
         )
 

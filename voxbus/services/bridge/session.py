@@ -58,6 +58,7 @@ from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime import metrics
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.caller_audio import CallerAudio
 from voxbus.runtime.tasks import TaskSet, cancel_and_wait
 from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher
 from voxbus.services.bridge.playout import Playout
@@ -125,6 +126,8 @@ class RoomLink:
 
     bus: Bus
     settings: BridgeSettings
+    #: The room's region, chosen at dispatch (``routing``): its sessions live there.
+    region: str
     room_name: str
     room: rtc.Room
     playout: Playout
@@ -136,7 +139,7 @@ class CallerSession:
         self.link = link
         self.s = link.settings
         self.bus = link.bus
-        self.region = link.settings.region
+        self.region = link.region
         self.identity = participant.identity
         self.participant_sid = participant.sid
         self.id = session_id_for(session_key(self.s.session_key, self.s.api_secret),
@@ -158,7 +161,8 @@ class CallerSession:
         self.first_audio_out_played_ns = 0
         self.frames_in = 0
         self.frames_dropped = 0
-        self._outage_started = 0.0
+        self._outage_logged = False
+        self._audio: CallerAudio | None = None
         self._seq = 0
         self._agent_audio = AgentAudio(link.playout.rate)
         self._subs: list[Subscription] = []
@@ -200,6 +204,10 @@ class CallerSession:
         ]
         for kind, cb in subs:
             self._subs.append(await nc.subscribe(subject(self.region, self.id, kind), cb=cb))
+        self._audio = await CallerAudio(
+            self.bus, self.region, ack_timeout_s=self.s.publish_timeout_s,
+            backlog_s=self.s.audio_backlog_s, frame_s=self.s.frame_ms / 1000, name=self.id,
+            on_dropped=self._audio_dropped, on_recovered=self._audio_recovered).start()
         if self.ended.is_set():  # the caller left while we were subscribing
             await self._unsubscribe()
             return
@@ -250,6 +258,10 @@ class CallerSession:
             self._interrupted(reply, reason=reason)
         await self._unsubscribe()
         await cancel_and_wait(self._mic_task)
+        if self._audio is not None:
+            if not self.purged:  # what the caller said last is stored before the session ends
+                await self._audio.flush(self.s.publish_timeout_s * 2)
+            await self._audio.close()
         self.publish_ctl(SessionEnded(session=self.id, reason=reason, at_ns=time.time_ns()))
         try:
             async with asyncio.timeout(CTL_RETRY_S + 2):
@@ -301,7 +313,7 @@ class CallerSession:
                     await asyncio.sleep(0.2)
 
     async def _publish_audio(self, pcm: bytes) -> None:
-        if self.purged:
+        if self.purged or self._audio is None:
             return
         now_ns = time.time_ns()
         msg = AudioIn(
@@ -309,34 +321,27 @@ class CallerSession:
             capture_ns=now_ns, pcm=pcm, turns_heard=self.user_turn,
         )
         self._seq += 1
-        if not self.bus.nc.is_connected:
-            self._audio_dropped("bus_disconnected")
-            return
-        try:
-            async with asyncio.timeout(self.s.publish_timeout_s):
-                await self.bus.publish(self.region, msg)
-        except (TimeoutError, nats.errors.Error) as e:
-            self._audio_dropped(type(e).__name__)
-            return
+        await self._audio.send(msg)
         if self.frames_in == 0:
             self.first_audio_in_ns = now_ns
         self.frames_in += 1
-        if self._outage_started:
-            outage_s = time.monotonic() - self._outage_started
-            self._outage_started = 0.0
-            self.log.warning("bus_back_audio_resumed", dropped=self.frames_dropped,
-                             outage_s=round(outage_s, 2))
+
+    def _audio_dropped(self, dropped: int) -> None:
+        """The backlog of unstored frames overflowed (a long outage): its oldest went."""
+        if self.frames_dropped == 0 or not self._outage_logged:
+            self.log.warning("bus_down_audio_dropped", seq=self._seq - 1)
+            self._outage_logged = True
+        self.frames_dropped = dropped
+
+    def _audio_recovered(self, dropped: int, outage_s: float) -> None:
+        self._outage_logged = False
+        self.log.warning("bus_back_audio_resumed", dropped=dropped, outage_s=round(outage_s, 2))
+        if dropped:
             self.publish_ctl(ErrorEvent(
                 session=self.id, code="audio_dropped", stage="bridge", at_ns=time.time_ns(),
-                message=f"{self.frames_dropped} caller frames dropped during a "
-                        f"{outage_s:.1f} s bus outage",
+                message=f"{dropped} caller frames dropped during a {outage_s:.1f} s bus "
+                        f"outage (the oldest past {self.s.audio_backlog_s:g} s)",
             ))
-
-    def _audio_dropped(self, why: str) -> None:
-        self.frames_dropped += 1
-        if not self._outage_started:
-            self._outage_started = time.monotonic()
-            self.log.warning("bus_down_audio_dropped", reason=why, seq=self._seq - 1)
 
     # ---- microphone ---------------------------------------------------------------------------
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voxbus.contracts.subjects import check_region
 from voxbus.runtime.settings import Env, SettingsError
+from voxbus.services.bridge.routing import RegionMapError, parse_region_map
 
 _INPUT_RATES = (8_000, 16_000, 24_000, 48_000)
 
@@ -27,7 +28,10 @@ class BridgeSettings:
     #: Join every room that has a participant (found by polling the RoomService).
     auto_join: bool = False
     poll_s: float = 1.0
+    #: The default region of a room (``routing``), served by this bridge.
     region: str = "local"
+    #: ``BRIDGE_REGION_MAP``: ``country:DE=eu,node:lk-us-east=us`` (``routing``).
+    region_map: Mapping[str, str] = field(default_factory=dict)
     #: The agent track's AudioSource queue: small, so barge-in and latency stay short.
     queue_size_ms: int = 100
     #: Rate of the AudioIn frames published to the bus (mono, 20 ms frames).
@@ -37,8 +41,12 @@ class BridgeSettings:
     frame_ms: int = 20
     #: Agent audio the bridge holds per room beyond the source queue (TTS runs ahead of playout).
     max_pending_s: float = 120.0
-    #: A JetStream publish that takes longer is given up (the frame is dropped).
+    #: A control message whose acknowledgement takes longer is sent again; so is a caller frame
+    #: (and the ones after it: ``runtime.caller_audio``).
     publish_timeout_s: float = 1.0
+    #: Caller audio held while its stream stores nothing (a leader election, a broken link),
+    #: sent in order once it does; past this the oldest frames are dropped.
+    audio_backlog_s: float = 10.0
     #: Subscriber frames the SDK may hold for the microphone pump before dropping the oldest.
     mic_queue_frames: int = 50
     captions: bool = True
@@ -60,6 +68,11 @@ class BridgeSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeSettings:
         env = Env("BRIDGE", environ)
         d = cls()
+        try:
+            region_map = parse_region_map(env.str("REGION_MAP", ""))
+            region = check_region(env.str("REGION", d.region))
+        except (RegionMapError, ValueError) as e:
+            raise SettingsError(str(e)) from None
         s = cls(
             livekit_url=env.str("LIVEKIT_URL", d.livekit_url),
             api_key=env.str("API_KEY", d.api_key),
@@ -69,12 +82,14 @@ class BridgeSettings:
             name=env.str("NAME", d.name),
             auto_join=env.bool("AUTO_JOIN", d.auto_join),
             poll_s=env.float("POLL_S", d.poll_s),
-            region=check_region(env.str("REGION", d.region)),
+            region=region,
+            region_map=region_map,
             queue_size_ms=env.int("QUEUE_SIZE_MS", d.queue_size_ms),
             input_sample_rate_hz=env.int("INPUT_SAMPLE_RATE_HZ", d.input_sample_rate_hz),
             output_sample_rate_hz=env.int("OUTPUT_SAMPLE_RATE_HZ", d.output_sample_rate_hz),
             max_pending_s=env.float("MAX_PENDING_S", d.max_pending_s),
             publish_timeout_s=env.float("PUBLISH_TIMEOUT_S", d.publish_timeout_s),
+            audio_backlog_s=env.float("AUDIO_BACKLOG_S", d.audio_backlog_s),
             mic_queue_frames=env.int("MIC_QUEUE_FRAMES", d.mic_queue_frames),
             captions=env.bool("CAPTIONS", d.captions),
             caption_topic=env.str("CAPTION_TOPIC", d.caption_topic),
@@ -99,5 +114,6 @@ class BridgeSettings:
             raise SettingsError("BRIDGE_QUEUE_SIZE_MS must be within 10..1000")
         if not self.livekit_url.startswith(("ws://", "wss://", "http://", "https://")):
             raise SettingsError(f"BRIDGE_LIVEKIT_URL={self.livekit_url!r} is not a ws(s) URL")
-        if self.poll_s <= 0 or self.publish_timeout_s <= 0:
-            raise SettingsError("BRIDGE_POLL_S and BRIDGE_PUBLISH_TIMEOUT_S must be > 0")
+        if self.poll_s <= 0 or self.publish_timeout_s <= 0 or self.audio_backlog_s <= 0:
+            raise SettingsError("BRIDGE_POLL_S, BRIDGE_PUBLISH_TIMEOUT_S and "
+                                "BRIDGE_AUDIO_BACKLOG_S must be > 0")
