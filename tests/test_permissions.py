@@ -75,7 +75,8 @@ MATRIX: list[tuple[str, list[Op]]] = [
             "none"),
     ]),
     ("Reading streams", [
-        _op("direct get from the audio stream", "pub", "$JS.API.DIRECT.GET.VOXBUS_EU_AUDIO"),
+        _op("direct get from the audio stream (the purger: to find what it erases)", "pub",
+            "$JS.API.DIRECT.GET.VOXBUS_EU_AUDIO", "purger"),
         _op("direct get a transcript by subject", "pub",
             f"$JS.API.DIRECT.GET.VOXBUS_EU_TEXT.voxbus.eu.1.{S}.stt.transcript"),
         _op("message get from the control stream", "pub",
@@ -121,6 +122,8 @@ MATRIX: list[tuple[str, list[Op]]] = [
     ]),
     ("Streams", [
         _op("purge the audio stream", "pub", "$JS.API.STREAM.PURGE.VOXBUS_EU_AUDIO", "purger"),
+        _op("erase a message of the audio stream", "pub",
+            "$JS.API.STREAM.MSG.DELETE.VOXBUS_EU_AUDIO", "purger"),
         _op("purge the lease bucket", "pub", f"$JS.API.STREAM.PURGE.KV_{LEASES}"),
         _op("delete a stream", "pub", "$JS.API.STREAM.DELETE.VOXBUS_EU_AUDIO"),
         _op("create or update a stream", "pub", "$JS.API.STREAM.UPDATE.VOXBUS_EU_AUDIO"),

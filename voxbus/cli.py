@@ -148,11 +148,12 @@ def _purge(args: argparse.Namespace) -> int:
     import nats.errors
 
     from voxbus.ops.purge import PurgeError, purge_session, request_purge
+    from voxbus.runtime import logging
     from voxbus.runtime.serve import connect
     from voxbus.runtime.settings import BusSettings, SettingsError
 
     async def run() -> dict[str, int]:
-        bus = await connect(settings, name="voxbus-purge")
+        bus = await connect(own, name="voxbus-purge")
         if args.region not in bus.regions:
             bus.regions.append(args.region)
         try:
@@ -162,10 +163,12 @@ def _purge(args: argparse.Namespace) -> int:
         finally:
             await bus.close()
 
+    logging.configure()  # stderr: stdout is what was removed
     settings = BusSettings.from_env()
     settings.require_role("operator", "purger")
-    if settings.identity is not None and args.region != settings.identity.region:
-        raise SettingsError(f"the identity in VOXBUS_CREDENTIALS ({settings.identity.user}) "
+    own = settings.for_region(args.region)  # the region's own servers and identity
+    if own.identity is not None and args.region != own.identity.region:
+        raise SettingsError(f"the identity in VOXBUS_CREDENTIALS ({own.identity.user}) "
                             f"may not purge region {args.region!r}")
     try:
         removed = asyncio.run(run())
@@ -181,7 +184,7 @@ def _purge(args: argparse.Namespace) -> int:
 def _purger(args: argparse.Namespace) -> int:
     from voxbus.ops.purge import PurgeService
     from voxbus.runtime import logging
-    from voxbus.runtime.serve import connect
+    from voxbus.runtime.serve import connect_regions
     from voxbus.runtime.settings import BusSettings
 
     logging.configure()
@@ -189,11 +192,14 @@ def _purger(args: argparse.Namespace) -> int:
     async def run() -> None:
         settings = BusSettings.from_env()
         settings.require_role("purger")
-        bus = await connect(settings, name="voxbus-purger")
-        try:
-            await PurgeService(bus).run()
+        buses = await connect_regions(settings, name="voxbus-purger")
+        try:  # each region's purges on that region's own servers
+            async with asyncio.TaskGroup() as tg:
+                for bus in buses:
+                    tg.create_task(PurgeService(bus).run())
         finally:
-            await bus.close()
+            for bus in buses:
+                await bus.close()
 
     asyncio.run(run())
     return 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.faults.stages import report
-from tests.regions.conftest import REGIONS, Rig, leader_of, region_bus, stream_detail, until
+from tests.regions.conftest import REGIONS, Rig, leader_of, region_bus, stream_detail
 from voxbus.contracts import decode, streams
 from voxbus.contracts.messages import AudioIn
 from voxbus.runtime.bus import Bus

@@ -14,10 +14,11 @@ region X is the NATS user ``R-X``; it may:
 - subscribe only under its own inbox prefix (``_INBOX_R-X.``, set on its connection), so
   nobody can capture what JetStream delivers to another identity;
 - read no stream by direct or message get: a stage sees a session's data only through the
-  consumers of its inputs.
+  consumers of its inputs (the purger alone finds a session's messages by direct get, to
+  erase them).
 
-Only the purger and the operator may purge a stream, only the operator may publish a purge
-request, create, update or delete streams and consumers, or read the ops stream.
+Only the purger and the operator may purge a stream or erase a message, only the operator may
+publish a purge request, create, update or delete streams and consumers, or read the ops stream.
 
 ``voxbus nats --secure`` writes the server's configuration (``server_config``) and one
 credentials file per identity (``Identities``); a worker reads its own from
@@ -212,9 +213,13 @@ def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAUL
         pub += [purged_subject(region), tombstone_subject(region)]
         pub += _bucket_info(state)
         pub += _kv_keys(state, "*", write=True)  # writes the tombstones
-        pub += [f"{API}.STREAM.PURGE.{s.name}" for s in streams.region_streams(region)]
-        pub += [f"{API}.STREAM.PURGE.KV_{b.bucket}" for b in streams.region_buckets(region)
-                if b.holds_sessions]
+        # erases: finds each message of the session (a direct get by subject in the payload)
+        # and deletes it with erase on every replica, then purges what came in meanwhile
+        erased = [s.name for s in streams.region_streams(region)]
+        erased += [f"KV_{b.bucket}" for b in streams.region_buckets(region) if b.holds_sessions]
+        for name in erased:
+            pub += [f"{API}.STREAM.PURGE.{name}", f"{API}.DIRECT.GET.{name}",
+                    f"{API}.STREAM.MSG.DELETE.{name}"]
     if role.name == "analytics":
         text = streams.text_stream(region)
         pub.append(f"{API}.STREAM.INFO.{text}")

@@ -9,6 +9,13 @@ tombstone (``purged/<session>`` in the state bucket, kept after the erase) and a
 nothing more for it and drops its messages from then on (a worker that opens the session later
 finds the tombstone). After a grace longer than a lease's fence (a worker cut off from the
 notice has stopped by then too), everything is erased, then completion is reported.
+
+Erased means overwritten on disk, on every replica: each stored message of the session is found
+(a direct get by subject, answered inside the region) and deleted with JetStream's erase, which
+every replica of the stream applies to its own store; a filtered purge then takes whatever came
+in meanwhile. (A plain purge only marks messages deleted: their bytes would stay in the store's
+files until the retention age removes whole blocks.) A replicated stream's raft log keeps its
+recent entries until the group's next snapshot, which NATS takes every two to three minutes.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import api as js_api
+from nats.js.errors import APIError, NotFoundError
 
 from voxbus.contracts import decode, encode, streams
 from voxbus.contracts.control import tombstone_key
@@ -42,6 +51,48 @@ class PurgeError(RuntimeError):
     pass
 
 
+#: Erase requests in flight at once per stream.
+ERASE_CONCURRENCY = 32
+
+
+async def _erase(bus: Bus, stream: str, subject_filter: str,
+                 progress: Callable[[], Awaitable[None]] | None = None) -> int:
+    """Overwrite every stored message of ``stream`` matching ``subject_filter`` (on every
+    replica: the delete goes through the stream's raft group); how many."""
+    erased, seq = 0, 0
+    slots = asyncio.Semaphore(ERASE_CONCURRENCY)
+    refused: list[str] = []
+
+    async def erase(n: int) -> None:
+        try:
+            await bus.js.delete_msg(stream, n)  # no "no_erase": the bytes are overwritten
+        except NotFoundError:
+            pass  # aged out meanwhile
+        except APIError as e:  # a bucket of an older voxbus denies deletes
+            refused.append(str(e.description))
+        finally:
+            slots.release()
+
+    async with asyncio.TaskGroup() as tg:
+        while not refused:
+            try:
+                raw = await bus.js.get_msg(stream, seq + 1, subject=subject_filter, next=True,
+                                           direct=True)
+            except NotFoundError:
+                break
+            assert raw.seq is not None
+            seq = raw.seq
+            await slots.acquire()
+            tg.create_task(erase(seq))
+            erased += 1
+            if progress is not None and erased % 1000 == 0:
+                await progress()
+    if refused:  # the purge that follows still removes them; their bytes stay on disk
+        log.warning("erase_refused", stream=stream, error=refused[0])
+        return 0
+    return erased
+
+
 async def _purge_filter(bus: Bus, stream: str, subject_filter: str) -> int:
     req = json.dumps({"filter": subject_filter}).encode()
     resp = json.loads((await bus.nc.request(f"$JS.API.STREAM.PURGE.{stream}", req, 5)).data)
@@ -56,10 +107,11 @@ async def _purge_filter(bus: Bus, stream: str, subject_filter: str) -> int:
 GRACE_S = 1.5
 
 
-async def purge_session(bus: Bus, region: str, session: str, *,
-                        grace_s: float = GRACE_S) -> dict[str, int]:
+async def purge_session(bus: Bus, region: str, session: str, *, grace_s: float = GRACE_S,
+                        progress: Callable[[], Awaitable[None]] | None = None
+                        ) -> dict[str, int]:
     """Tombstone the session, let its work stop, then erase its messages and state; returns how
-    many messages each stream lost."""
+    many messages each stream lost. ``progress`` is awaited now and then on a long erase."""
     bus.check_region(region)
     check_session(session)
     kv = await bus.kv(streams.state_bucket(region))
@@ -69,13 +121,13 @@ async def purge_session(bus: Bus, region: str, session: str, *,
     await asyncio.sleep(grace_s)
     removed: dict[str, int] = {}
     stored = stored_session_wildcard(region, session)
-    for spec in streams.region_streams(region, partitions=bus.partitions):
-        removed[spec.name] = await _purge_filter(bus, spec.name, stored)
-    for b in streams.region_buckets(region):
-        if b.holds_sessions:
-            removed[f"KV_{b.bucket}"] = await _purge_filter(
-                bus, f"KV_{b.bucket}", f"$KV.{b.bucket}.{session}.>"
-            )
+    targets = [(spec.name, stored)
+               for spec in streams.region_streams(region, partitions=bus.partitions)]
+    targets += [(f"KV_{b.bucket}", f"$KV.{b.bucket}.{session}.>")
+                for b in streams.region_buckets(region) if b.holds_sessions]
+    for stream, subject_filter in targets:
+        erased = await _erase(bus, stream, subject_filter, progress)
+        removed[stream] = erased + await _purge_filter(bus, stream, subject_filter)
     log.info("session_purged", region=region, session=session, removed=removed)
     return removed
 
@@ -134,7 +186,8 @@ class PurgeService:
             req = decode(m.data)
             if not isinstance(req, PurgeRequested):
                 raise msgspec.ValidationError(f"expected a purge request, got {type(req).__name__}")
-            removed = await purge_session(self.bus, req.region, req.session)
+            removed = await purge_session(self.bus, req.region, req.session,
+                                          progress=m.in_progress)
         except (msgspec.DecodeError, ValueError, PurgeError) as e:
             log.error("purge_rejected", subject=m.subject, error=str(e))
             await m.term()

@@ -270,7 +270,8 @@ class Bus:
                 await self.js.add_stream(js_api.StreamConfig(
                     name=f"KV_{spec.bucket}", description=spec.description,
                     subjects=[f"$KV.{spec.bucket}.>"], allow_direct=True,
-                    allow_rollup_hdrs=True, deny_delete=True,
+                    # a purge erases a session's entries message by message (``ops.purge``)
+                    allow_rollup_hdrs=True, deny_delete=not spec.holds_sessions,
                     discard=js_api.DiscardPolicy.NEW,
                     duplicate_window=min(120.0, spec.ttl_s), max_age=spec.ttl_s,
                     max_consumers=-1, max_msgs=-1, max_msgs_per_subject=1, num_replicas=n,
@@ -288,6 +289,10 @@ class Bus:
             await self.js.update_stream(dataclasses.replace(info.config, allow_direct=True))
             self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
             log.info("bucket_direct_get_enabled", bucket=spec.bucket)
+        if spec.holds_sessions and info.config.deny_delete:  # JetStream can't lift it
+            log.warning("bucket_entries_not_erasable", bucket=spec.bucket,
+                        note="made by an older voxbus: a purge marks its entries deleted "
+                             "but cannot overwrite them; recreate the bucket to erase")
 
     def forget_kv(self, bucket: str) -> None:
         self._kv.pop(bucket, None)

@@ -193,7 +193,11 @@ class PartitionLeases:
             if entry is None or entry.value != self._value or entry.revision is None:
                 await self._lost(p)
                 return
-            new_rev = await self._kv.update(self._key(p), self._value, last=entry.revision)
+            try:
+                new_rev = await self._kv.update(self._key(p), self._value, last=entry.revision)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                await self._lost(p)
+                return
         except KeyNotFoundError:
             await self._lost(p)
             return
@@ -240,6 +244,10 @@ class PartitionLeases:
             sent = time.monotonic()
             try:
                 rev = await self._kv.create(self._key(p), self._value)
+            except KeyNotFoundError:
+                # the key was there, then aged out while the client looked at why the create
+                # failed (nats-py's create reads it): free now, taken on a later tick
+                continue
             except KeyWrongLastSequenceError:
                 adopted = await self._adopt(p)
                 if adopted is None:
@@ -333,12 +341,10 @@ class PartitionLeases:
 
     async def tick(self) -> None:
         if self.leaving:  # draining: renew what we drain, and no longer count as a member
-            for p, rev in list(self.held.items()):
-                await self._renew(p, rev)
+            await self._renew_all()
             return
         await self._kv.put(self._member_key(), b"1")
-        for p, rev in list(self.held.items()):
-            await self._renew(p, rev)
+        await self._renew_all()
         await self._take_orphans()
         share = math.ceil(self._partitions / await self._members())
         keeping = [p for p in sorted(self.held) if p not in self._releasing]
@@ -348,6 +354,15 @@ class PartitionLeases:
                 self._drains.spawn(self.release(p), name=f"drain-p{p}")
         elif len(self.held) < share:
             await self._acquire(share - len(self.held))
+
+    async def _renew_all(self) -> None:
+        """Every held lease at once: on a replicated bucket each renewal is a raft round, and
+        sixteen in a row could outlast the fence on a busy machine."""
+        results = await asyncio.gather(
+            *(self._renew(p, rev) for p, rev in list(self.held.items())), return_exceptions=True)
+        for r in results:  # all done first: the tick's error handling sees one of them
+            if isinstance(r, BaseException):
+                raise r
 
     async def check_fences(self) -> None:
         """Drop every partition whose lease may expire before we could renew it."""
@@ -371,6 +386,11 @@ class PartitionLeases:
         try:
             # A tick never outlives the fence: a renewal stuck on a dead link is abandoned.
             await asyncio.wait_for(self.tick(), timeout=self.fence_after_s)
+        except (KeyNotFoundError, KeyWrongLastSequenceError) as e:
+            # a key changed under a step of the tick (it aged out, another replica took it):
+            # the next tick starts from what the bucket holds then; the loop must go on
+            self.log.warning("lease_tick_raced", error=repr(e), held=len(self.held))
+            return
         except Exception as e:  # noqa: BLE001 - classified below
             if not transient(e):
                 raise
@@ -404,7 +424,10 @@ class PartitionLeases:
         fences.spawn(self._fence_loop(), name=f"fence-{self._stage}")
         try:
             while True:
-                await self._tick_safely()
+                try:
+                    await self._tick_safely()
+                except Exception:  # noqa: BLE001 - a worker without its lease loop is a zombie
+                    self.log.exception("lease_tick_failed", held=len(self.held))
                 # In an outage the tick is retried every half tick: the bus's reconnect does
                 # the backing off, and work resumes within a tick of the bus coming back.
                 await asyncio.sleep(self.tick_s if self._outage_since is None else self.tick_s / 2)
