@@ -19,7 +19,6 @@ worker process each, every one serving both regions, each region on its own serv
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import subprocess
@@ -162,14 +161,17 @@ def _jetstream_dirs(cluster: Supercluster, region: str) -> list[Path]:
     return [m.store_dir / "jetstream" for m in cluster.region_members(region)]
 
 
+def _recorder(url: str) -> subprocess.Popen[bytes]:
+    """A recording stage worker of region ``us`` only, on ``url``; it records on a core
+    subject each frame it takes (``tests.runtime.replica_proc``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.replica_proc", url, "us", "us-only", "1"],
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 async def test_each_region_s_sessions_stay_on_its_servers(calls: Calls) -> None:
     c = calls
-    us_url = c.cluster.url("us")
-    recorder = await asyncio.to_thread(  # a worker of us alone, recording each frame it takes
-        functools.partial(
-            subprocess.Popen,
-            [sys.executable, "-m", "tests.runtime.replica_proc", us_url, "us", "us-only", "1"],
-            stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+    recorder = await asyncio.to_thread(_recorder, c.cluster.url("us"))  # a worker of us alone
     recorded: set[str] = set()
 
     async def on_record(m: Msg) -> None:
@@ -285,8 +287,8 @@ async def test_a_purge_erases_the_session_on_every_replica(calls: Calls) -> None
                "audio": _audio_needle(SAYS["eu"]), "words": WORD["eu"]}
     session_stores = [m.store_dir / "jetstream" / "$G" / "streams" / spec.name
                       for m in members for spec in streams.region_streams("eu")]
-    left = _files_holding(session_stores, needles)
-    assert not any(left.values()), f"purged bytes still in the stores: {left}"
+    on_disk = _files_holding(session_stores, needles)
+    assert not any(on_disk.values()), f"purged bytes still in the stores: {on_disk}"
     state = _files_holding([m.store_dir / "jetstream" / "$G" / "streams" /
                             f"KV_{streams.state_bucket('eu')}" for m in members], needles)
     logs = _files_holding([m.store_dir / "jetstream" / "$SYS" for m in members], needles)
