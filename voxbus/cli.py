@@ -11,6 +11,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voxbus.ops.auth import Identities
+    from voxbus.ops.supercluster import Supercluster
 
 
 def _nats(args: argparse.Namespace) -> int:
@@ -51,14 +56,14 @@ def _nats(args: argparse.Namespace) -> int:
             server = EmbeddedNats(port=args.port, store_dir=store, config_file=conf).start()
             urls = dict.fromkeys(regions, server.url)
         asyncio.run(_provision_regions(urls, ids, args.partitions))
-    except KeyboardInterrupt:
-        return 0
-    except (NatsServerError, ValueError, RuntimeError) as e:
-        print(f"voxbus nats: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, NatsServerError, ValueError, RuntimeError) as e:
         if cluster is not None:
             cluster.stop()
         if server is not None:
             server.stop()
+        if isinstance(e, KeyboardInterrupt):
+            return 0
+        print(f"voxbus nats: {e}", file=sys.stderr)
         return 1
     try:
         if cluster is not None:
@@ -89,13 +94,10 @@ def _nats(args: argparse.Namespace) -> int:
             server.stop()
 
 
-def _watch(cluster: object) -> None:
+def _watch(cluster: Supercluster) -> None:
     """Until interrupted: say once when a server of the supercluster exits."""
     import time
 
-    from voxbus.ops.supercluster import Supercluster
-
-    assert isinstance(cluster, Supercluster)
     gone: set[str] = set()
     while True:
         for m in cluster.members:
@@ -106,10 +108,10 @@ def _watch(cluster: object) -> None:
         time.sleep(0.5)
 
 
-async def _provision_regions(urls: dict[str, str], ids: object, partitions: int) -> None:
+async def _provision_regions(urls: dict[str, str], ids: Identities | None,
+                             partitions: int) -> None:
     """Each region provisioned on its own servers, by its own operator when secure (an
     operator may touch only its region)."""
-    from voxbus.ops.auth import Identities
     from voxbus.runtime.bus import Bus
     from voxbus.runtime.settings import BusSettings
 
@@ -118,7 +120,7 @@ async def _provision_regions(urls: dict[str, str], ids: object, partitions: int)
     for r, url in urls.items():  # a lone server for all regions: one connection, unless secure
         groups.setdefault((url, r if ids else ""), []).append(r)
     for (url, _), regions in groups.items():
-        op = ids.get("operator", regions[0]) if isinstance(ids, Identities) else None
+        op = ids.get("operator", regions[0]) if ids is not None else None
         bus = await Bus.connect(url, regions=regions, partitions=partitions,
                                 user=op.user if op else None,
                                 password=op.password if op else None,

@@ -265,11 +265,13 @@ async def test_a_voided_guess_is_never_heard_nor_kept(
     1.5 s end-of-turn silence: the words before the pause are guessed and the reply to them
     prepared, then voided when the caller goes on. The caller hears nothing before the turn is
     committed, then the reply to the whole sentence; the history holds that one turn only."""
+    # the caller's words first, off the event loop: a second of Kokoro on the loop the agent's
+    # workers share stalls their lease renewals past the fence, and the turn is cut by it
+    audio, _ = await asyncio.to_thread(_kokoro_pause, PAUSED, 1000)
     stt = SttSettings(end_silence_ms=1500, window_s=12)
     agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT,
                                            stt=stt))
     caller, sess = await in_room(livekit, bridge, tap, "guess-room")
-    audio, _ = _kokoro_pause(PAUSED, 1000)
     spoken = await caller.say(np.frombuffer(float32_to_pcm16(audio), dtype="<i2"))
     end = await tap.wait_for(ReplyEnd, session=sess, within_s=40)
     done = await tap.wait_for(AgentSpoke, session=sess, within_s=40,

@@ -54,10 +54,35 @@ def _print_turn(r: TurnResult, out: Path, speech_end_ms: float) -> None:
         print(f"  error: {e}")
 
 
+async def _one_call(loop: VoiceLoop, args: argparse.Namespace, region: str, out: Path,
+                    tag: str) -> TurnResult:
+    """One caller of ``region`` speaks ``--wav``: in a room of its own, or over the bus."""
+    if loop.with_livekit:
+        room = args.room if args.room and len(loop.regions) == 1 else f"{args.room or 'demo'}-{tag}"
+        caller = await loop.room_caller(room, region=region)
+        print(f"[{region}] caller joined room {room!r} (session {caller.session}), "
+              f"speaks {args.wav} ...", flush=True)
+        try:
+            return await caller.say(Path(args.wav), args.speech_end_ms, timeout_s=args.timeout)
+        finally:
+            await caller.close()
+    bus_caller = await loop.caller(f"demo-{tag}", region)
+    print(f"[{region}] caller speaks {args.wav} over the bus ...", flush=True)
+    try:
+        return await bus_caller.say(Path(args.wav), args.speech_end_ms, timeout_s=args.timeout)
+    finally:
+        await bus_caller.close()
+
+
 async def _run(args: argparse.Namespace) -> int:
     livekit = not args.bus_only
-    loop = VoiceLoop(region="demo", livekit=livekit)
+    regions = [r.strip() for r in (args.regions or "").split(",") if r.strip()]
+    loop = VoiceLoop(region="demo", regions=regions, livekit=livekit,
+                     cluster_size=args.cluster_size if regions else 0)
     what = "nats-server, livekit-server, the bridge and" if livekit else "nats-server and"
+    if regions:
+        what = (f"a NATS supercluster ({', '.join(regions)}: {args.cluster_size} server(s) "
+                f"each), " + ("livekit-server, the bridge and " if livekit else ""))
     print(f"starting {what} the stt, llm, tts workers (loading models)...", flush=True)
     t0 = time.monotonic()
     try:
@@ -70,34 +95,29 @@ async def _run(args: argparse.Namespace) -> int:
         if args.web is not None:
             return await _serve_page(loop, args)
         out = Path(args.out)
-        if livekit:
-            room = args.room or f"demo-{int(time.time())}"
-            try:
-                caller = await loop.room_caller(room)
-            except LoopError as e:
-                print(f"error: {e}\n(WebRTC never uses loopback: it needs a network interface "
-                      "other than lo. As root with unshare the demo makes a private network "
-                      "namespace for that; or try --bus-only.)", file=sys.stderr)
-                return 1
-            print(f"caller joined room {room!r} (session {caller.session}), "
-                  f"speaks {args.wav} ...", flush=True)
-            try:
-                r = await caller.say(Path(args.wav), args.speech_end_ms, timeout_s=args.timeout)
-            finally:
-                await caller.close()
-        else:
-            bus_caller = await loop.caller(f"demo-{int(time.time())}")
-            print(f"caller speaks {args.wav} over the bus ...", flush=True)
-            try:
-                r = await bus_caller.say(Path(args.wav), args.speech_end_ms,
-                                         timeout_s=args.timeout)
-            finally:
-                await bus_caller.close()
-        write_wav(out, bytes(r.audio), sample_rate_hz=r.audio_rate_hz)
-        _print_turn(r, out, args.speech_end_ms)
-        if args.json:
-            print(json.dumps({"transcript": r.transcript, "reply": r.reply, **r.breakdown()}))
-        if not (r.reply and r.audio):
+        outs = {r: out if len(loop.regions) == 1 else out.with_name(f"{out.stem}-{r}{out.suffix}")
+                for r in loop.regions}
+        tag = str(int(time.time()))
+        try:
+            results = await asyncio.gather(*(
+                _one_call(loop, args, r, outs[r], f"{tag}-{r}" if regions else tag)
+                for r in loop.regions))
+        except LoopError as e:
+            print(f"error: {e}\n(WebRTC never uses loopback: it needs a network interface "
+                  "other than lo. As root with unshare the demo makes a private network "
+                  "namespace for that; or try --bus-only.)", file=sys.stderr)
+            return 1
+        failed = False
+        for region, r in zip(loop.regions, results, strict=True):
+            write_wav(outs[region], bytes(r.audio), sample_rate_hz=r.audio_rate_hz)
+            if regions:
+                print(f"\n== region {region} (its session's data stayed on its servers)")
+            _print_turn(r, outs[region], args.speech_end_ms)
+            if args.json:
+                print(json.dumps({"region": region, "transcript": r.transcript,
+                                  "reply": r.reply, **r.breakdown()}))
+            failed = failed or not (r.reply and r.audio)
+        if failed:
             print("error: no answer came back", file=sys.stderr)
             return 1
         return 0
@@ -166,11 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-timeout", type=float, default=300.0,
                     help="seconds to wait for the models to load")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--regions", default="", metavar="R1,R2",
+                    help="run on a NATS supercluster, one cluster per region, and one caller "
+                         "per region at once (each session's data on its region's servers)")
+    ap.add_argument("--cluster-size", type=int, default=1, metavar="N",
+                    help="with --regions: servers per region (3: replicated streams)")
     ap.add_argument("--web", nargs="?", type=int, const=8080, default=None, metavar="PORT",
                     help="serve the browser page (default port 8080) instead of the scripted "
                          "caller; prints its URL")
     ap.add_argument("--web-host", default="127.0.0.1", help="with --web: the address to serve on")
     args = ap.parse_args(argv)
+    if not 1 <= args.cluster_size <= 9:
+        ap.error("--cluster-size must be within 1..9")
     if args.web is not None and args.bus_only:
         ap.error("--web needs LiveKit: leave out --bus-only")
     if args.web is not None:

@@ -67,6 +67,8 @@ class Caller:
     secret: str
     room_name: str
     identity: str = "caller-1"
+    #: Participant attributes in the caller's token (``{"country": "US"}``: region routing).
+    attributes: dict[str, str] = field(default_factory=dict)
     agent_identity: str = "voxbus-agent"
     rate: int = 16_000
     channels: int = 1
@@ -91,6 +93,7 @@ class Caller:
             api.AccessToken(self.key, self.secret)
             .with_identity(self.identity)
             .with_grants(api.VideoGrants(room_join=True, room=self.room_name))
+            .with_attributes(self.attributes)
             .to_jwt()
         )
 

@@ -78,6 +78,8 @@ class VoiceLoop:
     def _identity_env(self, role: str) -> dict[str, str]:
         if self.identities is None:
             return {}
+        if len(self.regions) == 1:
+            return {"VOXBUS_CREDENTIALS": str(self.identities.path(f"{role}-{self.region}"))}
         return {f"VOXBUS_CREDENTIALS_{region_env_suffix(r)}":
                 str(self.identities.path(f"{role}-{r}")) for r in self.regions}
 

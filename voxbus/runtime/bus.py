@@ -72,6 +72,7 @@ class Bus:
         #: Replicas of each stream and bucket this process creates (0: three where the region's
         #: cluster has three servers, else one).
         self.replicas = replicas
+        self._closing = False
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -92,6 +93,8 @@ class Bus:
         self._disconnect_listeners.append(listener)
 
     async def _disconnected(self) -> None:
+        if self._closing:  # our own close: not an outage
+            return
         log.warning("bus_disconnected")
         for listener in list(self._disconnect_listeners):
             listener()
@@ -148,6 +151,7 @@ class Bus:
         """Drain (deliver what is buffered, both ways) and close; close anyway after the timeout."""
         if self.nc.is_closed:
             return
+        self._closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), timeout_s)
         except Exception as e:  # noqa: BLE001 - closing must not fail
