@@ -3,10 +3,12 @@ per stage), each run for its numbers: the gap the caller waits or hears, turns l
 (a scenario whose checks fail is reported as failed, with no numbers).
 
     voxbus bench faults [--timings ttl,ack_wait,tick,margin,expires] [-k EXPR]
+    voxbus bench faults --regions     # tests/regions: a supercluster, the whole loop
+
 
 Runs from a checkout (the scenarios are the tests). ``--timings`` sets the lease and ack timings
 (``VOXBUS_LEASE_TTL_S`` ...) for one run, to see what shorter ones buy. Writes
-``bench/results/faults.json``.
+``bench/results/faults.json`` (``faults-regions.json`` with ``--regions``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--timings", help="ttl,ack_wait,tick,margin,expires in seconds")
     p.add_argument("-k", default="", help="only the scenarios pytest -k selects")
+    p.add_argument("--regions", action="store_true",
+                   help="the region scenarios instead (tests/regions: residency, purge, a "
+                        "server killed, a gateway cut, on a supercluster)")
     args = p.parse_args(argv)
-    if not (ROOT / "tests" / "faults").is_dir():
-        print("voxbus bench faults: run it from a checkout (needs tests/faults)", file=sys.stderr)
+    suite, name = ("tests/regions", "faults-regions") if args.regions else ("tests/faults",
+                                                                           "faults")
+    if not (ROOT / suite).is_dir():
+        print(f"voxbus bench faults: run it from a checkout (needs {suite})", file=sys.stderr)
         return 2
     env = dict(os.environ)
     timings: dict[str, str] = {}
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as f:
         report = Path(f.name)
     env["VOXBUS_FAULTS_REPORT"] = str(report)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", suite,
            "-o", "addopts=", *(["-k", args.k] if args.k else [])]
     print("running the fault scenarios (real processes; a few minutes)...", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
@@ -59,6 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode:
         print(f"some scenarios failed their checks (pytest exit {proc.returncode}): "
               "they are missing from the table")
-    write_json("faults", {"timings": timings or "defaults", "rows": rows,
+    write_json(name, {"timings": timings or "defaults", "rows": rows,
                           "all_passed": proc.returncode == 0})
     return proc.returncode

@@ -111,7 +111,7 @@ async def _run(args: argparse.Namespace) -> int:
         for region, r in zip(loop.regions, results, strict=True):
             write_wav(outs[region], bytes(r.audio), sample_rate_hz=r.audio_rate_hz)
             if regions:
-                print(f"\n== region {region} (its session's data stayed on its servers)")
+                print(f"\n== region {region}")
             _print_turn(r, outs[region], args.speech_end_ms)
             if args.json:
                 print(json.dumps({"region": region, "transcript": r.transcript,
