@@ -13,7 +13,6 @@ import pytest
 
 from tests.bridge.caller import Caller, Tap, load_wav, resample, session_of, tone
 from tests.conftest import REGION
-from voxbus.contracts import decode, streams
 from voxbus.contracts.messages import (
     AgentSpoke,
     AudioIn,
@@ -33,6 +32,7 @@ from voxbus.dev.livekit_caller import LISTEN_RATE_HZ
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import stored_caller_frames
 from voxbus.runtime.worker import Worker
 from voxbus.services.bridge.audio import rms
 from voxbus.services.bridge.bridge import Bridge
@@ -368,22 +368,6 @@ async def test_a_speculative_reply_plays_only_once_committed(
     await caller.leave()
 
 
-async def _stored_audio(bus: Bus, session: str) -> list[int]:
-    """The caller frames of ``session`` the audio stream holds, in stream order."""
-    stream = streams.audio_stream(REGION)
-    info = await bus.js.stream_info(stream)
-    seqs = []
-    for n in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            raw = await bus.js.get_msg(stream, n)
-        except Exception:  # noqa: BLE001 - deleted
-            continue
-        msg = decode(raw.data or b"")
-        if isinstance(msg, AudioIn) and msg.session == session:
-            seqs.append(msg.seq)
-    return seqs
-
-
 async def test_a_bus_outage_delays_caller_audio_and_drops_only_past_the_backlog(
     livekit: LiveKitServer, bridge_settings: BridgeSettings, tmp_path: Path
 ) -> None:
@@ -418,7 +402,7 @@ async def test_a_bus_outage_delays_caller_audio_and_drops_only_past_the_backlog(
         await caller.leave()
         ended = await tap.wait_for(SessionEnded, session=sess)
         assert ended.reason == "participant_left"
-        stored = await _stored_audio(bus, sess)
+        stored = await stored_caller_frames(bus, REGION, sess)
         assert stored == sorted(set(stored)), "frames reordered or stored twice"
         missing = set(range(stored[-1] + 1)) - set(stored)
         # every frame missing was dropped and counted; the count may also hold a few frames

@@ -45,6 +45,7 @@ from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
 from voxbus.ops.supercluster import Member, Supercluster
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import stored
 from voxbus.services.stt.normalize import word_errors
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
@@ -112,19 +113,6 @@ async def calls() -> AsyncIterator[Calls]:
 def _region_stream_names(region: str) -> list[str]:
     names = [s.name for s in [*streams.ops_streams([region]), *streams.region_streams(region)]]
     return names + [f"KV_{b.bucket}" for b in streams.region_buckets(region)]
-
-
-async def _every_message(bus: Bus, stream: str) -> list[tuple[str, bytes]]:
-    """Every stored message of ``stream`` (subject, payload), read through ``bus``."""
-    info = await bus.js.stream_info(stream)
-    out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            raw = await bus.js.get_msg(stream, seq, direct=True)
-        except Exception:  # noqa: BLE001 - deleted, or aged out
-            continue
-        out.append((raw.subject or "", raw.data or b""))
-    return out
 
 
 def _files_holding(dirs: list[Path], needles: dict[str, bytes]) -> dict[str, list[str]]:
@@ -202,7 +190,7 @@ async def test_each_region_s_sessions_stay_on_its_servers(calls: Calls) -> None:
         bus = c.loop.buses[region]
         seen = 0
         for name in _region_stream_names(region):
-            for subject, data in await _every_message(bus, name):
+            for subject, data in await stored(bus, name, direct=True):
                 seen += 1
                 theirs = _needles(c, other)
                 assert not any(n in subject.encode() + data for n in theirs.values()), (
@@ -231,7 +219,7 @@ async def _replica_view(m: Member, region: str) -> dict[str, list[tuple[str, byt
     bus = await Bus.connect(m.url, regions=[region], name=f"scan-{m.name}",
                             max_reconnect_attempts=0)
     try:
-        return {n: await _every_message(bus, n) for n in _region_stream_names(region)}
+        return {n: await stored(bus, n, direct=True) for n in _region_stream_names(region)}
     finally:
         await bus.close()
 
@@ -332,7 +320,7 @@ async def test_a_server_killed_mid_conversation(calls: Calls) -> None:
     assert r.reply.strip() and r.turn == before.turn + 1, (before.turn, r.turn)
     extra = _wait(r) - _wait(before)
     # once: one committed end of turn per turn spoken, every agent frame heard once
-    ctl = [decode(d) for s, d in await _every_message(c.loop.buses["eu"],
+    ctl = [decode(d) for s, d in await stored(c.loop.buses["eu"],
                                                       streams.control_stream("eu"))
            if caller.session in s]
     ends = [m.turn for m in ctl if isinstance(m, EndOfTurn) and not m.speculative]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tests.faults.stages import report
 from tests.regions.conftest import REGIONS, Rig, leader_of, region_bus, stream_detail
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import AudioIn
-from voxbus.runtime.bus import Bus
 from voxbus.runtime.caller_audio import CallerAudio
+from voxbus.runtime.testing import stored_caller_frames
 
 
 def _names(region: str) -> list[str]:
@@ -41,20 +41,6 @@ async def test_a_region_s_streams_and_buckets_live_on_its_three_servers(rig: Rig
             await bus.close()
 
 
-async def _stored_seqs(bus: Bus, stream: str, session: str) -> list[int]:
-    info = await bus.js.stream_info(stream)
-    seqs = []
-    for n in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            raw = await bus.js.get_msg(stream, n)
-        except Exception:  # noqa: BLE001 - deleted
-            continue
-        msg = decode(raw.data or b"")
-        if isinstance(msg, AudioIn) and msg.session == session:
-            seqs.append(msg.seq)
-    return seqs
-
-
 async def test_caller_audio_outlives_its_stream_leader_killed(rig: Rig) -> None:
     """The audio stream's leader is killed while a caller talks: the stream stores nothing
     until another is elected (NATS raft: 4-9 s); every frame is still stored, once, in order."""
@@ -76,7 +62,7 @@ async def test_caller_audio_outlives_its_stream_leader_killed(rig: Rig) -> None:
         await audio.flush(20.0)
         assert audio.pending == 0, f"{audio.pending} frames never stored"
         assert audio.recoveries >= 1 and audio.dropped == 0
-        seqs = await _stored_seqs(bus, stream, "killtest")
+        seqs = await stored_caller_frames(bus, "eu", "killtest")
         assert seqs == list(range(frames)), f"stored {len(seqs)} of {frames}, out of order?"
         new_leader = leader_of(rig.cluster.member("eu-1" if leader != "eu-1" else "eu-2"),
                                stream)

@@ -319,3 +319,31 @@ class StageRunner:
 
     def outcomes(self) -> list[tuple[str, Any]]:
         return [(i.outcome, i.msg) for i in self.inbound]
+
+
+async def stored(bus: Bus, stream: str, *, direct: bool = False) -> list[tuple[str, bytes]]:
+    """Every message ``stream`` holds now, in stream order: (subject, payload). ``direct``:
+    read by direct get (answered by the replica of the server ``bus`` is connected to)."""
+    info = await bus.js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            raw = await bus.js.get_msg(stream, seq, direct=direct)
+        except Exception:  # noqa: BLE001 - deleted, or aged out meanwhile
+            continue
+        out.append((raw.subject or "", raw.data or b""))
+    return out
+
+
+async def stored_caller_frames(bus: Bus, region: str, session: str) -> list[int]:
+    """The sequence numbers of ``session``'s caller frames in ``region``'s audio stream, in
+    stream order (a frame stored twice shows twice)."""
+    from voxbus.contracts.messages import AudioIn
+    from voxbus.contracts.streams import audio_stream
+
+    seqs = []
+    for _subject, data in await stored(bus, audio_stream(region)):
+        msg = decode(data)
+        if isinstance(msg, AudioIn) and msg.session == session:
+            seqs.append(msg.seq)
+    return seqs
