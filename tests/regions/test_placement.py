@@ -5,16 +5,20 @@ audio survives its stream's leader being killed (``runtime.caller_audio``)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.faults.stages import report
 from tests.regions.conftest import REGIONS, Rig, leader_of, region_bus, stream_detail
 from voxbus.contracts import streams
 from voxbus.contracts.messages import AudioIn
+from voxbus.runtime.bus import Bus, PlacementError
 from voxbus.runtime.caller_audio import CallerAudio
 from voxbus.runtime.testing import stored_caller_frames
 
@@ -102,3 +106,20 @@ def test_voxbus_nats_refuses_a_bad_cluster_size(tmp_path: Path) -> None:
          "--store", str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert "cluster-size must be within 1..9" in out.stderr
+
+
+async def test_a_region_without_servers_is_refused_in_one_line(rig: Rig) -> None:
+    """Provisioning region ``ap`` on a supercluster with no server tagged ``region:ap``: the
+    streams are not put anywhere else; ``voxbus provision`` says why in one line."""
+    bus = await Bus.connect(rig.cluster.url("eu"), regions=["ap"], name="nowhere")
+    try:
+        with pytest.raises(PlacementError, match="tagged 'region:ap'"):
+            await bus.provision()
+    finally:
+        await bus.close()
+    env = {**os.environ, "NATS_URL": rig.cluster.url("eu"), "VOXBUS_REGION": "ap"}
+    out = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "voxbus.cli", "provision"], env=env, capture_output=True,
+        text=True, timeout=60)
+    assert out.returncode == 2 and "region:ap" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr

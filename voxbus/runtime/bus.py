@@ -27,6 +27,7 @@ from voxbus.contracts.messages import (
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime import metrics, tracing
 from voxbus.runtime.ratelimit import ErrorBudget
+from voxbus.runtime.settings import SettingsError
 
 log = structlog.get_logger("voxbus.bus")
 
@@ -37,8 +38,9 @@ class UnknownRegion(ValueError):
     pass
 
 
-class PlacementError(RuntimeError):
-    """A region's stream or bucket cannot be placed on that region's servers."""
+class PlacementError(SettingsError):
+    """A region's stream or bucket cannot be placed on that region's servers (no server is
+    tagged with the region, or too few): a deployment's configuration, said in one line."""
 
 
 #: JetStream's answer when no set of servers fits a placement (tags, replicas).
