@@ -39,6 +39,9 @@ if [ -f scripts/install-livekit.sh ]; then
   bash scripts/install-livekit.sh
 fi
 
+echo "==> helm and KEDA's ScaledObject schema, for the deployment checks (tests/deploy)"
+bash scripts/install-deploy-tools.sh
+
 # The browser page: livekit-client bundled by esbuild (npm, pinned by web/package-lock.json)
 if command -v npm >/dev/null; then
   echo "==> the browser page (livekit-client bundled by esbuild into voxbus/web/static/app.js)"

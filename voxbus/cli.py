@@ -269,12 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("web", "voxbus.web.server", "serve the browser page to talk to the agent"),
         ("transcripts", "voxbus.ops.transcripts",
          "print a region's final transcripts (personal data) as the analytics identity"),
+        ("deploy", "voxbus.ops.deploy",
+         "deployment values: the official NATS chart's values for a region"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
         sp.set_defaults(fn=_module_main(module), passthrough=True)
 
     b = sub.add_parser("bench", help="run a benchmark; writes bench/results/<name>.json")
-    b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice", "faults", "soak"])
+    b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice", "faults", "soak",
+                                    "coldstart", "scale"])
     b.set_defaults(fn=_bench, passthrough=True)
     return p
 

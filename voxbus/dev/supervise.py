@@ -80,6 +80,8 @@ class ChildProcess:
         self.started_at = 0.0
         self.ready_s = 0.0
         self.last_lines: list[str] = []
+        #: When each log event was first seen, in seconds since the process started.
+        self.events: dict[str, float] = {}
         self.stopping = False
         self._reader: asyncio.Task[None] | None = None
 
@@ -105,6 +107,7 @@ class ChildProcess:
             if not isinstance(event, dict):
                 event = {"event": line}
             name = str(event.get("event", ""))
+            self.events.setdefault(name, time.monotonic() - self.started_at)
             if name == self.ready_event and not self.ready.is_set():
                 self.ready_s = time.monotonic() - self.started_at
                 self.ready.set()

@@ -136,6 +136,10 @@ class PartitionLeases:
         self._unchanged = Unchanged()
         #: A member whose key has not changed this long is not counted (it renews every tick).
         self.member_stale_s = min(self.fence_after_s, 2.5 * tick_s)
+        #: When a tick last ended (well or not) and last went well; live replicas counted then.
+        self.last_tick_at = 0.0
+        self.last_ok_at = 0.0
+        self.members = 1
         self.log = log.bind(stage=stage, replica=replica, bucket=bucket)
 
     def _key(self, p: int) -> str:
@@ -337,6 +341,26 @@ class PartitionLeases:
                 raise
             self.log.warning("lease_release_unconfirmed", key=key, error=repr(e))
 
+    # ---- health ---------------------------------------------------------------------------
+
+    def liveness(self) -> str | None:
+        """The lease loop still ticks (a stopped one holds nothing and never will again)."""
+        if not self.last_tick_at:
+            return None  # not started yet: readiness says so
+        stalled = time.monotonic() - self.last_tick_at
+        return f"lease loop stalled {stalled:.0f} s" if stalled > max(10.0, 10 * self.tick_s) \
+            else None
+
+    def readiness(self) -> str | None:
+        """Renewed lately, and holding a partition unless replicas outnumber partitions."""
+        if not self.last_ok_at:
+            return "no lease tick yet"
+        if time.monotonic() - self.last_ok_at > self.fence_after_s:
+            return "leases not renewed lately (bus unreachable?)"
+        if not self.held and self.members <= self._partitions:
+            return "holds no partition yet"
+        return None
+
     # ---- the loops ----------------------------------------------------------------------------
 
     async def tick(self) -> None:
@@ -346,7 +370,8 @@ class PartitionLeases:
         await self._kv.put(self._member_key(), b"1")
         await self._renew_all()
         await self._take_orphans()
-        share = math.ceil(self._partitions / await self._members())
+        self.members = await self._members()
+        share = math.ceil(self._partitions / self.members)
         keeping = [p for p in sorted(self.held) if p not in self._releasing]
         if len(keeping) > share:
             for p in keeping[share:]:
@@ -413,6 +438,7 @@ class PartitionLeases:
                     if not transient(again) and not missing_stream(again):
                         raise
             return
+        self.last_ok_at = time.monotonic()
         if self._outage_since is not None:
             self.log.info("lease_bus_recovered",
                           outage_s=round(time.monotonic() - self._outage_since, 2),
@@ -428,6 +454,7 @@ class PartitionLeases:
                     await self._tick_safely()
                 except Exception:  # noqa: BLE001 - a worker without its lease loop is a zombie
                     self.log.exception("lease_tick_failed", held=len(self.held))
+                self.last_tick_at = time.monotonic()
                 # In an outage the tick is retried every half tick: the bus's reconnect does
                 # the backing off, and work resumes within a tick of the bus coming back.
                 await asyncio.sleep(self.tick_s if self._outage_since is None else self.tick_s / 2)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 
 import structlog
 
-from voxbus.runtime import metrics, tracing
+from voxbus.runtime import health, metrics, tracing
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import BusSettings, SettingsError
 from voxbus.runtime.stage import Stage
@@ -58,25 +59,39 @@ async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None 
     if (port := metrics.serve_from_env()) is not None:
         log.info("metrics_served", port=port, path="/metrics")
     settings.require_role(stage.name)
+    probes = await serve_health()  # /livez answers from the start; /readyz once warm and leased
     buses = await connect_regions(settings, name=f"voxbus-{stage.name}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # one model, one worker per region: the stage starts once and stops after them all
+    workers = [Worker(bus, stage, opts, owns_stage=False) for bus in buses]
     try:
-        if len(buses) == 1:
-            await Worker(buses[0], stage, opts).run_until(stop)
-            return
-        # one model, one worker per region: the stage starts once and stops after them all
         await stage.start()
         try:
-            async with asyncio.TaskGroup() as tg:
-                for bus in buses:
-                    tg.create_task(Worker(bus, stage, opts, owns_stage=False).run_until(stop),
-                                   name=f"worker-{bus.regions[0]}")
+            for w in workers:
+                await w.start()
+            if probes is not None:
+                probes.started = True
+            await stop.wait()
         finally:
+            await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
             await stage.stop()
     finally:
         for bus in buses:
             with contextlib.suppress(Exception):
                 await bus.close()
+        if probes is not None:
+            await probes.close()
+
+
+async def serve_health() -> health.HealthServer | None:
+    """The probes' endpoint on ``VOXBUS_HEALTH_PORT``, when it is set."""
+    port = health.port_from_env()
+    if port is None:
+        return None
+    server = await health.HealthServer().start(
+        port, os.environ.get("VOXBUS_HEALTH_HOST", "") or "0.0.0.0")
+    log.info("health_served", port=port, paths=["/livez", "/readyz"])
+    return server

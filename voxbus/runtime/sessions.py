@@ -487,6 +487,10 @@ class SessionLanes:
                         break
                     self._done.add(d.key)
                     self.stats.handled += 1
+                    if self.stats.handled == 1:  # cold start ends here (bench coldstart)
+                        log.info("first_message_handled", stage=self.stage.name,
+                                 kind=type(msg).__name__, handle_ms=round(
+                                     (time.monotonic() - started) * 1000, 1))
                     if ctx.held:
                         sess.scope.held[d.key] = d
                     else:

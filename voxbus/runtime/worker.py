@@ -44,7 +44,7 @@ from voxbus.contracts.subjects import (
     partition_of,
     tombstone_subject,
 )
-from voxbus.runtime import metrics
+from voxbus.runtime import health, metrics
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.lanes import Delivery, RecentKeys
 from voxbus.runtime.leases import PartitionLeases
@@ -461,12 +461,29 @@ class Worker:
         self.bus.on_reconnect(self._on_reconnect)
         for leases in self._leases.values():
             self.bus.on_disconnect(leases.hold_off)
-        self._unwatch = metrics.watch(self.stage.name, lambda: {
+        unwatch_metrics = metrics.watch(self.stage.name, lambda: {
             "sessions": self.admission.held, "partitions": len(self.partitions),
             "lag": self._lag})
+        unwatch_health = health.watch(f"{self.stage.name}:{','.join(self.bus.regions)}",
+                                      live=self._liveness, ready=self._readiness)
+
+        def unwatch() -> None:
+            unwatch_metrics()
+            unwatch_health()
+
+        self._unwatch = unwatch
         if metrics.serving():
             self._tasks.spawn(self._measure_lag(), name="consumer-lag")
         self.log.info("worker_started", regions=self.bus.regions)
+
+    def _liveness(self) -> str | None:
+        return next((why for leases in self._leases.values()
+                     if (why := leases.liveness())), None)
+
+    def _readiness(self) -> str | None:
+        """Ready once started (the stage warm) and its leases are held in every region."""
+        return next((f"{region}: {why}" for region, leases in self._leases.items()
+                     if (why := leases.readiness())), None)
 
     async def _measure_lag(self) -> None:
         """Every ``LAG_EVERY_S``: the messages not yet delivered to the consumers of the

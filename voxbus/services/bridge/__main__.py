@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import structlog
 
+from voxbus.runtime import health, metrics
 from voxbus.runtime import logging as vlog
-from voxbus.runtime import metrics
-from voxbus.runtime.serve import connect_regions
+from voxbus.runtime.serve import connect_regions, serve_health
 from voxbus.runtime.settings import BusSettings
 from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.bridge.settings import BridgeSettings
@@ -22,16 +22,28 @@ log = structlog.get_logger("voxbus.bridge")
 
 async def run(settings: BridgeSettings, bus_settings: BusSettings, rooms: list[str]) -> None:
     """One connection per region (to its own servers), one bridge for all of them."""
+    probes = await serve_health()
     buses = await connect_regions(bus_settings, name="voxbus-bridge")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    bridge = Bridge({r: b for b in buses for r in b.regions}, settings)
+    unwatch = health.watch("bridge", ready=bridge.readiness)
     try:
-        await Bridge({r: b for b in buses for r in b.regions}, settings).run_until(stop, rooms)
+        await bridge.start()
+        if probes is not None:
+            probes.started = True
+        for r in rooms:
+            await bridge.dispatch(r)
+        await stop.wait()
     finally:
+        unwatch()
+        await bridge.close()
         for bus in buses:
             await bus.close()
+        if probes is not None:
+            await probes.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,6 +74,13 @@ class Bridge:
         log.info("bridge_started", livekit=self.s.livekit_url, region=self.s.region,
                  regions=list(self.buses), auto_join=self.s.auto_join)
 
+    def readiness(self) -> str | None:
+        """Ready while every region's connection is up (a dispatch can be answered)."""
+        down = [r for r, bus in self.buses.items() if not bus.nc.is_connected]
+        if not self._subs:
+            return "not started"
+        return f"no connection to region(s) {', '.join(down)}" if down else None
+
     async def _on_tombstone(self, raw: Msg) -> None:
         """A session is being purged: a caller of it in one of our rooms is no longer heard or
         answered, and nothing more is written for it (the call itself goes on)."""
