@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
          "print a region's final transcripts (personal data) as the analytics identity"),
         ("deploy", "voxbus.ops.deploy",
          "deployment values: the official NATS chart's values for a region"),
+        ("cost", "voxbus.bench.cost",
+         "the cost of a call-minute per stage, from the stage benchmarks' results"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
         sp.set_defaults(fn=_module_main(module), passthrough=True)

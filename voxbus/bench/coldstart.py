@@ -1,6 +1,8 @@
 """Cold start: from a stage process's start to the first message it handles, each stage started
 alone, as KEDA starts one from zero: the stage's durable consumers exist already (a replica made
-them before it scaled down) and a message of its input waits in them.
+them before it scaled down) and a message of its input waits in them. The figure ends when the
+message reaches the stage's handler, its model loaded and warm (``first_message_started``);
+how long the handling itself took (a whole reply, for the LLM) is reported beside it.
 
     voxbus bench coldstart [--runs 3] [--stages stt,llm,tts,bridge]
 
@@ -84,10 +86,15 @@ async def _stage_once(stage: str, run: int) -> dict[str, Any]:
             await bus.publish(REGION, msg, ack=True)
         await bus.close()
         env = {**os.environ, "NATS_URL": server.url, "VOXBUS_REGIONS": REGION}
-        proc = ChildProcess(stage, env, echo=False, ready="first_message_handled")
+        proc = ChildProcess(stage, env, echo=False, ready="first_message_started")
         await proc.start()
         await proc.wait_ready(120)
+        deadline = time.monotonic() + 60
+        while "first_message_handled" not in proc.events and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        handled = proc.events.get("first_message_handled")
         return {"stage": stage, "run": run, "cold_s": round(proc.ready_s, 3),
+                "handled_s": None if handled is None else round(handled, 3),
                 **{p: round(t, 3) for p, t in proc.events.items() if p in PHASES}}
     finally:
         if proc is not None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voxbus.audio import convert_pcm16, read_wav
-from voxbus.contracts.messages import AudioIn
+from voxbus.contracts.messages import AudioIn, SessionEnded
 from voxbus.dev.livekit_caller import LISTEN_RATE_HZ, Caller
 from voxbus.dev.probes import FIRST_AUDIO_RMS, SessionWatch, TurnResult
 from voxbus.dev.supervise import LoopError
@@ -76,6 +76,12 @@ class BusCaller:
         if not self.watch.done.is_set():
             result.errors.append(f"no complete answer within {timeout_s:.0f}s")
         return result
+
+    async def hang_up(self, reason: str = "participant_left") -> None:
+        """What the bridge says when a caller leaves: the stages free the session now."""
+        await self.audio.flush(5.0)
+        await self.speaker.publish(self.region, SessionEnded(
+            session=self.session, reason=reason, at_ns=time.time_ns()))
 
     async def close(self) -> None:
         await self.audio.close()

@@ -68,6 +68,7 @@ class SessionStats:
     redeliveries_dropped: int = 0  # copies of messages handled or held already
     opened: int = 0
     closed: int = 0
+    started: int = 0  # messages handed to a handler
 
 
 class Admission:
@@ -479,6 +480,10 @@ class SessionLanes:
                             handler = temporary
                         else:
                             handler = sess.handler = await self._open(sess)
+                    self.stats.started += 1
+                    if self.stats.started == 1:  # a cold start ends here (bench coldstart)
+                        log.info("first_message_started", stage=self.stage.name,
+                                 kind=type(msg).__name__)
                     await self._traced(handler, sess, d, ctx)
                     if not sess.scope.owned:
                         # the lease went during the handler, which then published nothing more:

@@ -161,6 +161,14 @@ class LlamaCppEngine:
 
     # ---- public API -------------------------------------------------------------------------
 
+    async def load(self) -> None:
+        """Load the model, nothing more (llama.cpp silences the process's stderr while it
+        loads: a pool loads all its engines before the worker logs anything)."""
+        await self._call(self._load_sync, [])
+
+    def _load_sync(self, _messages: list[ChatMessage]) -> None:
+        self._load()
+
     async def warmup(self, messages: Sequence[ChatMessage] = ()) -> None:
         """Load the model and evaluate ``messages`` (default: the default system prompt)."""
         await self._call(self._warmup_sync, list(messages))

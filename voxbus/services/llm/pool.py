@@ -16,8 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol, runtime_checkable
 
+import structlog
+
+from voxbus.runtime.tasks import cancel_and_wait
 from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolSpec
+
+log = structlog.get_logger("voxbus.llm.pool")
 
 
 def _shared_prefix(a: Sequence[ChatMessage], b: Sequence[ChatMessage]) -> int:
@@ -29,6 +35,11 @@ def _shared_prefix(a: Sequence[ChatMessage], b: Sequence[ChatMessage]) -> int:
     return n
 
 
+@runtime_checkable
+class Preloadable(Protocol):
+    async def load(self) -> None: ...
+
+
 class EnginePool:
     def __init__(self, engines: Sequence[LLMEngine]) -> None:
         if not engines:
@@ -37,6 +48,7 @@ class EnginePool:
         self._last: list[list[ChatMessage]] = [[] for _ in self.engines]
         self._free: set[int] = set(range(len(self.engines)))
         self._changed = asyncio.Condition()
+        self._warming: asyncio.Task[None] | None = None
 
     async def _acquire(self, messages: Sequence[ChatMessage]) -> int:
         async with self._changed:
@@ -66,9 +78,33 @@ class EnginePool:
             await asyncio.shield(self._release(index))
 
     async def warmup(self, messages: Sequence[ChatMessage] = ()) -> None:
-        for i, engine in enumerate(self.engines):  # one at a time: loading is all CPU anyway
-            await engine.warmup(messages)
+        """The first engine now; the others in the background, each taking streams once warm:
+        a worker starting cold answers its first turn without waiting for the second copy.
+        Every model is loaded now though (quick): llama.cpp sends the whole process's stderr to
+        /dev/null while it loads one, which must not happen under a running worker's logs."""
+        for engine in self.engines[1:]:
+            if isinstance(engine, Preloadable):
+                await engine.load()
+        await self.engines[0].warmup(messages)
+        self._last[0] = list(messages)
+        rest = list(range(1, len(self.engines)))
+        if rest:
+            async with self._changed:
+                self._free -= set(rest)
+            self._warming = asyncio.create_task(self._warm(rest, messages),
+                                                name="llm-pool-warmup")
+
+    async def _warm(self, indices: list[int], messages: Sequence[ChatMessage]) -> None:
+        for i in indices:  # one at a time: loading is all CPU anyway
+            try:
+                await self.engines[i].warmup(messages)
+            except Exception as e:  # noqa: BLE001 - the pool goes on with fewer engines
+                log.error("llm_engine_warmup_failed", engine=i, error=repr(e))
+                continue
             self._last[i] = list(messages)
+            await self._release(i)
+            log.info("llm_engine_ready", engine=i, engines=len(self.engines))
 
     async def aclose(self) -> None:
+        await cancel_and_wait(self._warming)
         await asyncio.gather(*(e.aclose() for e in self.engines))

@@ -65,6 +65,7 @@ from voxbus.audio import Float32Array
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import SessionPolicy
+from voxbus.runtime.tasks import cancel_and_wait
 from voxbus.services.stt import turns
 from voxbus.services.stt.decoding import Decoder, build_engine
 from voxbus.services.stt.engine import Transcriber
@@ -130,6 +131,7 @@ class SttStage:
         self._turn_config = s.turn_config()
         self.final: Decoder | None = None
         self.partial: Decoder | None = None  # None: partials share the final decoder
+        self._partial_loading: asyncio.Task[None] | None = None
         self.frontend: ThreadPoolExecutor | None = None
         self._spare: list[turns.Segmenter] = []
         self.smart_turn: SmartTurn | None = None
@@ -155,12 +157,13 @@ class SttStage:
         if s.partials and s.partial_nice > 0 and (
             self._partial_engine is not None or self._engine is None
         ):
-            self.partial = Decoder(name="stt-partial", nice=s.partial_nice)
             if self._partial_engine is not None:
+                self.partial = Decoder(name="stt-partial", nice=s.partial_nice)
                 self.partial.use(self._partial_engine)
-            else:
-                load_s += await self.partial.load(functools.partial(build_engine, s, partial=True))
-                warmup_s += await self.partial.warmup()
+            else:  # its own copy, at its own nice, loaded after the worker is up: till then
+                # partials share the final's decoder when it is free (``partial_decoder``)
+                self._partial_loading = asyncio.create_task(self._load_partial(),
+                                                            name="stt-partial-load")
         self.frontend = ThreadPoolExecutor(1, thread_name_prefix="stt-frontend")
         loop = asyncio.get_running_loop()
         if s.turn_model == "smart-turn":  # asked on the frontend thread, where turns are found
@@ -171,10 +174,28 @@ class SttStage:
         log.info("stt_started", model=s.model, device=s.device, cpu_threads=s.cpu_threads,
                  compute_type=s.compute_type or "default", load_s=round(load_s, 3),
                  warmup_s=round(warmup_s, 3),
-                 partials="off" if not s.partials else "background" if self.partial else "shared",
+                 partials="off" if not s.partials
+                 else "background" if (self.partial or self._partial_loading) else "shared",
                  max_sessions=s.max_sessions, turn_model=s.turn_model)
 
+    async def _load_partial(self) -> None:
+        dec = Decoder(name="stt-partial", nice=self.settings.partial_nice)
+        try:
+            load_s = await dec.load(functools.partial(build_engine, self.settings, partial=True))
+            warmup_s = await dec.warmup()
+        except Exception as e:  # noqa: BLE001 - partials go on sharing the final's decoder
+            log.error("stt_partial_decoder_failed", error=repr(e))
+            await dec.close()
+            return
+        except asyncio.CancelledError:  # stopped while it loaded
+            await dec.close()
+            raise
+        self.partial = dec
+        log.info("stt_partial_decoder_ready", load_s=round(load_s, 3),
+                 warmup_s=round(warmup_s, 3))
+
     async def stop(self) -> None:
+        await cancel_and_wait(self._partial_loading)
         for dec in (self.final, self.partial):
             if dec is not None:
                 await dec.close()
