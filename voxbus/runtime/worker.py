@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import os
 import socket
@@ -290,6 +291,10 @@ class Partition:
             await self.sessions.deliver(d)
 
 
+#: Consumers made again after an outage start this much before the worker lost the bus
+#: (whatever the worker's and the server's clocks disagree by).
+STREAM_CLOCK_SKEW_S = 2.0
+
 #: How often a worker with metrics on reads its consumers' lag from the server.
 LAG_EVERY_S = 5.0
 
@@ -306,6 +311,8 @@ class Worker:
             raise ValueError(f"pull requests ({self.opts.pull_expires_s}s) must expire inside "
                              f"the lease fence margin ({self.opts.lease_fence_margin_s}s)")
         self.replica = self.opts.replica or _replica_id()
+        #: When the bus was last lost (wall clock): consumers made again start there.
+        self._lost_at: float | None = None
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.admission = Admission(stage.policy.max_sessions)
         self.stats = SessionStats()
@@ -337,14 +344,29 @@ class Worker:
             by_stream.setdefault(streams.stream_of(region, kind), []).append(kind)
         return sorted(by_stream.items())
 
+    def _deliver_from(self) -> tuple[js_api.DeliverPolicy, datetime.datetime | None]:
+        """Where a consumer made now starts. Normally at new messages (a stage's first start
+        must not replay a day of history); but one made again after this worker lost the bus
+        (a server back with an empty store: its streams and consumers made again) starts at
+        the moment the bus was lost. Else a consumer made a moment after another stage already
+        published into the new stream misses those messages: an end of turn, and the caller
+        gets no answer."""
+        if self._lost_at is None:
+            return js_api.DeliverPolicy.NEW, None
+        since = datetime.datetime.fromtimestamp(self._lost_at - STREAM_CLOCK_SKEW_S,
+                                                tz=datetime.UTC)
+        return js_api.DeliverPolicy.BY_START_TIME, since
+
     async def ensure_consumers(self, region: str) -> None:
+        deliver, since = self._deliver_from()
         for stream, kinds in self.consumer_plan(region):
             for p in range(self.bus.partitions):
                 cfg = js_api.ConsumerConfig(
                     durable_name=f"{self.stage.name}-p{p}",
                     filter_subjects=[partition_filter(region, p, k) for k in kinds],
                     ack_policy=js_api.AckPolicy.EXPLICIT,
-                    deliver_policy=js_api.DeliverPolicy.NEW,
+                    deliver_policy=deliver,
+                    opt_start_time=since,
                     ack_wait=self.opts.ack_wait_s,
                     max_ack_pending=self.opts.max_ack_pending,
                     max_deliver=-1,
@@ -375,6 +397,10 @@ class Worker:
                 await self.ensure_consumers(region)
             self.bus.forget_kv(bucket)
             return await self.bus.kv(bucket)
+
+    def _bus_lost(self) -> None:
+        if self._lost_at is None or time.time() - self._lost_at > 60:  # one outage, one time
+            self._lost_at = time.time()
 
     async def _on_reconnect(self) -> None:
         """Pull requests died with the old connection: send new ones now, not at their expiry."""
@@ -461,6 +487,7 @@ class Worker:
         self.bus.on_reconnect(self._on_reconnect)
         for leases in self._leases.values():
             self.bus.on_disconnect(leases.hold_off)
+        self.bus.on_disconnect(self._bus_lost)
         unwatch_metrics = metrics.watch(self.stage.name, lambda: {
             "sessions": self.admission.held, "partitions": len(self.partitions),
             "lag": self._lag})
