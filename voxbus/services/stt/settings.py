@@ -34,9 +34,9 @@ class SttSettings:
     language: str = "en"
     beam_size: int = 1
     # An utterance up to window_s - window_margin_s long is encoded in a window_s mel window
-    # instead of Whisper's 30 s (most of the decode time); 0 (the default for now: see the
-    # README's "A shorter Whisper window"): always 30 s. 12 halves the final's decode.
-    window_s: float = 0.0
+    # instead of Whisper's 30 s (most of the decode time; see the README's "A shorter Whisper
+    # window"); 12 halves the final's decode. 0: always 30 s.
+    window_s: float = 12.0
     window_margin_s: float = 2.0
     # turn detection (see services.stt.turns)
     end_silence_ms: int = 300
