@@ -8,7 +8,7 @@
 | ``LLM_MODEL`` | ``default`` | model name sent to the ``openai`` server |
 | ``LLM_API_KEY`` | none | bearer token for the ``openai`` server |
 | ``LLM_N_THREADS`` | 1 | llama.cpp decoding threads (2 cores here, shared with STT and TTS) |
-| ``LLM_N_THREADS_BATCH`` | ``LLM_N_THREADS`` | llama.cpp threads for prompt evaluation |
+| ``LLM_N_THREADS_BATCH`` | 2 | llama.cpp threads for prompt evaluation (STT and TTS idle) |
 | ``LLM_ENGINES`` | 2 | llama.cpp engines (model copies): replies of that many sessions at once |
 | ``LLM_NICE`` | 10 | nice of the generation thread: later tokens yield to the first clause |
 | ``LLM_SPECULATE`` | on | start the reply on a speculative end of turn (inside the silence) |
@@ -58,7 +58,10 @@ class LlmSettings:
     #: nice value of the generation thread: on cores shared with the TTS, tokens after the first
     #: clause only need to stay ahead of playback, so synthesis of the first clause goes first.
     nice: int = 10
-    n_threads_batch: int | None = None
+    #: prompt evaluation runs before the first token, while the STT (its final decoded) and the
+    #: TTS (waiting for the first unit) are idle: two threads took the first token from 146-192
+    #: to 94-127 ms here (``voxbus bench llm --threads-batch 1`` vs ``2``)
+    n_threads_batch: int | None = 2
     n_ctx: int = 2048
     temperature: float = 0.6
     max_tokens: int = 128
@@ -98,7 +101,7 @@ class LlmSettings:
             n_threads=env.int("N_THREADS", cls.n_threads),
             engines=env.int("ENGINES", cls.engines),
             nice=env.int("NICE", cls.nice),
-            n_threads_batch=env.int("N_THREADS_BATCH", 0) or None,
+            n_threads_batch=env.int("N_THREADS_BATCH", cls.n_threads_batch or 0) or None,
             n_ctx=env.int("N_CTX", cls.n_ctx),
             temperature=env.float("TEMPERATURE", cls.temperature),
             max_tokens=env.int("MAX_TOKENS", cls.max_tokens),
