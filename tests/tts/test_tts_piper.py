@@ -14,6 +14,7 @@ from voxbus.audio import resample
 from voxbus.runtime.engine_thread import Abort
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import word_errors
+from voxbus.services.tts.clauses import UnitSplitter
 from voxbus.services.tts.engine import SAMPLE_RATE_HZ, KokoroEngine, SynthesisAborted, Synthesizer
 from voxbus.services.tts.piper import PiperEngine
 from voxbus.services.tts.settings import TtsSettings
@@ -47,6 +48,37 @@ def test_whisper_hears_what_piper_says(piper: PiperEngine, whisper: WhisperEngin
                                             out_rate_hz=16_000)).text
         assert word_errors(text, heard) <= 1, (text, heard)
     assert piper.synthesize("... 🙂").size == 0
+
+
+REPLIES = [
+    "I'm sorry for any inconvenience, but I can't check that for you right now.",
+    "The weather is supposed to be a little bit cooler tomorrow.",
+    "The journey to the airport is approximately two hours by car.",
+    "The pharmacy is still open until nine tonight.",
+    "Your dentist appointment has been moved to Friday morning.",
+    "You parked the car on the second floor of the garage.",
+]
+
+
+def test_a_three_word_first_unit_is_heard_as_well_as_a_five_word_one(
+    piper: PiperEngine, whisper: WhisperEngine
+) -> None:
+    """Piper's first unit is cut after three words by default (its first audio comes sooner);
+    the replies, spoken unit by unit as the stage does, are heard as well as with five."""
+    assert TtsStage(TtsSettings(), engine=piper).first_words == 3
+    assert TtsStage(TtsSettings(first_words=5), engine=piper).first_words == 5
+    errors = {3: 0, 5: 0}
+    for first_words in errors:
+        for reply in REPLIES:
+            splitter = UnitSplitter(first_words=first_words, first_lookahead=0)
+            units = [u for word in reply.split(" ") for u in splitter.push(word + " ")]
+            units += splitter.finish()
+            assert len(units[0].text.split()) <= first_words + 1, units[0]
+            audio = np.concatenate([piper.synthesize(u.text) for u in units])
+            heard = whisper.transcribe(resample(audio, in_rate_hz=SAMPLE_RATE_HZ,
+                                                out_rate_hz=16_000)).text
+            errors[first_words] += word_errors(reply, heard)
+    assert errors[3] <= errors[5] + 1, errors
 
 
 def test_abort_stops_a_piper_forward_pass(piper: PiperEngine) -> None:

@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=[1, 2, 3], help="concurrent sessions to try, e.g. 1,2,3")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--spin", action="store_true", help="let onnxruntime threads spin")
-    parser.add_argument("--first-words", type=int, default=TtsSettings().first_words)
+    parser.add_argument("--first-words", type=int, default=TtsSettings().first_words,
+                        help="words in a first unit without punctuation (0: the engine's)")
     parser.add_argument("--cache", action="store_true", help="reuse audio of short units")
     parser.add_argument("--out", default="tts", help="results file name (bench/results/NAME)")
     args = parser.parse_args(argv)

@@ -167,8 +167,9 @@ class TtsSession:
             turn=msg.turn,
             speculation=msg.speculation,
             voice=voice,
-            splitter=UnitSplitter(first_words=s.first_words, first_lookahead=s.first_lookahead,
-                                  max_chars=s.max_unit_chars, ramp=s.ramp),
+            splitter=UnitSplitter(first_words=self.stage.first_words,
+                                  first_lookahead=s.first_lookahead, max_chars=s.max_unit_chars,
+                                  ramp=s.ramp),
             origin=time.monotonic(),
         )
         return reply

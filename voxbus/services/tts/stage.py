@@ -46,6 +46,9 @@ from .settings import TtsSettings
 
 log = structlog.get_logger("voxbus.tts")
 
+#: words in a first unit without punctuation, for an engine that names no number of its own
+DEFAULT_FIRST_WORDS = 5
+
 
 class TtsStage:
     name = "tts"
@@ -110,6 +113,13 @@ class TtsStage:
         if self._engine is None:
             raise RuntimeError("TtsStage.start() was not called")
         return self._engine
+
+    @property
+    def first_words(self) -> int:
+        """Words in a first unit without punctuation: ``TTS_FIRST_WORDS``, else the engine's
+        (Piper 3; 5 for Kokoro, which said four-word first units less clearly)."""
+        default = getattr(self._engine, "first_unit_words", DEFAULT_FIRST_WORDS)
+        return self.settings.first_words or int(default)
 
     @property
     def stats(self) -> SchedulerStats:
