@@ -3,6 +3,7 @@ real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
 
     voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
                        [--tts kokoro,piper] [--speculate on,off] [--llm-engines 1,2]
+                       [--vary NAME=V1,V2]
 
 Bus mode (the default): the caller publishes its audio on the bus and "hears" the first
 ``AudioOut`` frame on the bus. ``--livekit``: livekit-server (loopback config) and the bridge
@@ -96,6 +97,8 @@ def _breakdown(r: TurnResult, turn: int, traces: dict[str, list[dict[str, Any]]]
         "stt_end_of_turn_ms": ms(min((s["start_ns"] for s in producer), default=None)),
         "llm_first_text_ms": ms(_first(spans, "llm ", "ReplyText" + reply)),
         "tts_first_audio_ms": ms(_first(spans, "tts ", "AudioOut" + reply)),
+        "stt_decode_ms": r.decode_ms,  # the committed final's decode
+        "stt_guess_ms": bd["guess_ms"],  # the guess it adopted went out (speculated turns)
         "speculated": bool(r.speculation),
         "guesses": r.guesses,
         # bus mode: the caller hears the first AudioOut on the bus; livekit: in the room
@@ -138,8 +141,8 @@ async def _room_conversation(loop: VoiceLoop, room: str, turns: int,
 
 def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"setting": label, "turns": len(rows)}
-    keys = ["caller_first_audio_ms", "stt_end_of_turn_ms", "llm_first_text_ms",
-            "tts_first_audio_ms"]
+    keys = ["caller_first_audio_ms", "stt_guess_ms", "stt_decode_ms", "stt_end_of_turn_ms",
+            "llm_first_text_ms", "tts_first_audio_ms"]
     if any("bus_first_audio_ms" in r for r in rows):
         keys.append("bus_first_audio_ms")
     for key in keys:
@@ -162,9 +165,11 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, tts: str, speculate: bool,
-               engines: int | None) -> dict[str, Any]:
+               engines: int | None, vary: tuple[str, str] | None) -> dict[str, Any]:
     fixtures, texts = _fixtures(args.fixtures), _texts(args.fixtures)
     env = {"TTS_ENGINE": tts, "STT_SPECULATIVE_REPLIES": "1" if speculate else "0"}
+    if vary is not None:
+        env[vary[0]] = vary[1]
     if engines is not None:
         env["LLM_ENGINES"] = str(engines)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
@@ -192,11 +197,13 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
     rows_multi = [row(r, i) for results in multi_lists for i, r in enumerate(results)]
     where = "rooms" if args.livekit else "sessions"
     label = tts + ("" if speculate else " (no speculation)") + (
-        "" if engines is None else f" ({engines} LLM engine{'s' if engines > 1 else ''})")
+        "" if engines is None else f" ({engines} LLM engine{'s' if engines > 1 else ''})") + (
+        "" if vary is None else f" ({vary[0]}={vary[1]})")
     summary = [_summarize(f"{label}: 1 {where[:-1]}", rows_single),
                _summarize(f"{label}: {args.rooms} {where} at once", rows_multi)]
     return {"mode": "livekit" if args.livekit else "bus", "tts": tts, "speculate": speculate,
-            "llm_engines": engines, "summary": summary,
+            "llm_engines": engines, "setting": None if vary is None else "=".join(vary),
+            "summary": summary,
             "turns_single": rows_single, "turns_concurrent": rows_multi}
 
 
@@ -220,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llm-engines", default="",
                     help="comma-separated LLM_ENGINES values to compare in one run (e.g. 1,2; "
                          "default: the stage's)")
+    ap.add_argument("--vary", default="",
+                    help="NAME=V1,V2: one run per value of a worker setting, compared in one "
+                         "run (e.g. TTS_FIRST_WORDS=3,5)")
     args = ap.parse_args(argv)
+    name, _, values = args.vary.partition("=")
+    if args.vary and (not name.isidentifier() or not name.isupper() or not values.strip(",")):
+        ap.error(f"--vary takes NAME=V1,V2 (an environment setting), got {args.vary!r}")
+    varies: list[tuple[str, str] | None] = [
+        (name, v.strip()) for v in values.split(",") if v.strip()] or [None]
     voices = [v.strip() for v in args.tts.split(",") if v.strip()]
     if not voices or any(v not in ("kokoro", "piper") for v in voices):
         ap.error(f"--tts takes kokoro and/or piper, got {args.tts!r}")
@@ -243,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         for tts in voices:
             for mode in modes:
                 for engines in engine_counts:
-                    print(f"== {tts}, speculation {mode}, LLM engines "
-                          f"{engines or 'default'}", flush=True)
-                    runs.append(asyncio.run(_run(args, tts, mode == "on", engines)))
+                    for vary in varies:
+                        print(f"== {tts}, speculation {mode}, LLM engines "
+                              f"{engines or 'default'}"
+                              + ("" if vary is None else f", {vary[0]}={vary[1]}"), flush=True)
+                        runs.append(asyncio.run(_run(args, tts, mode == "on", engines, vary)))
     except LoopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

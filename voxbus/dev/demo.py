@@ -34,6 +34,7 @@ QUESTION = DATA / "question.wav"  # "What time does the museum open?" (espeak-ng
 QUESTION_SPEECH_END_MS = 2545
 
 _LABELS = {
+    "guess_ms": "words guessed in the silence (STT)",
     "final_transcript_ms": "final transcript (STT)",
     "end_of_turn_ms": "end of turn (STT)",
     "first_llm_text_ms": "first LLM text",
@@ -49,6 +50,8 @@ def _print_turn(r: TurnResult, out: Path, speech_end_ms: float) -> None:
     print(f"latency after the end of the caller's speech ({speech_end_ms:.0f} ms into the WAV):")
     print(f"  {'end of user speech':<33} {0.0:7.1f} ms")
     for k, v in r.breakdown().items():
+        if k == "guess_ms" and v is None:
+            continue  # no reply was prepared inside the silence window
         print(f"  {_LABELS.get(k, k):<33} {'-' if v is None else f'{v:7.1f} ms'}")
     for e in r.errors:
         print(f"  error: {e}")

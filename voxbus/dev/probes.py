@@ -50,6 +50,8 @@ class TurnResult:
     fixture: str = ""  # the WAV the caller spoke (benchmarks)
     guesses: int = 0  # speculative EndOfTurn seen for the turn
     speculation: int = 0  # the guess the committed EndOfTurn named (0: none)
+    guessed: float | None = None  # when that guess went out
+    decode_ms: float | None = None  # the committed final's decode
 
     def since_speech_end(self, t: float | None) -> float | None:
         return None if t is None else t - self.speech_end
@@ -60,6 +62,7 @@ class TurnResult:
             "end_of_turn_ms": self.since_speech_end(self.end_of_turn),
             "first_llm_text_ms": self.since_speech_end(self.first_text),
             "first_tts_audio_ms": self.since_speech_end(self.first_audio),
+            "guess_ms": self.since_speech_end(self.guessed),
         }
         if self.caller_first_audio is not None:
             ms["caller_first_audio_ms"] = self.since_speech_end(self.caller_first_audio)
@@ -90,6 +93,7 @@ class SessionWatch:
         self.last_done_turn = 0
         self._prepared: dict[int, _Prepared] = {}
         self._committed: int | None = None
+        self._guessed: dict[int, float] = {}  # speculation -> when its EndOfTurn was seen
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -104,7 +108,7 @@ class SessionWatch:
 
     def begin(self, result: TurnResult) -> None:
         self.current, self.done = result, asyncio.Event()
-        self._prepared, self._committed = {}, None
+        self._prepared, self._committed, self._guessed = {}, None, {}
 
     def end(self) -> None:
         if self.current is not None and self.current.turn:
@@ -133,6 +137,7 @@ class SessionWatch:
             r.transcript = msg.text
         elif isinstance(msg, EndOfTurn) and msg.speculative:
             r.guesses += 1
+            self._guessed[msg.speculation] = now
         elif isinstance(msg, EndOfTurn):
             if not msg.transcript.strip():
                 return  # noise: no reply follows
@@ -140,6 +145,9 @@ class SessionWatch:
             r.end_of_turn = r.end_of_turn or now
             r.transcript = msg.transcript
             r.speculation = self._committed = msg.speculation
+            r.guessed = self._guessed.get(msg.speculation) if msg.speculation else None
+            r.decode_ms = msg.decode_ms
+            self._guessed.clear()
             prepared = self._prepared.pop(msg.speculation, _Prepared())
             self._prepared.clear()
             for at, part in prepared.parts:
