@@ -3,7 +3,7 @@ real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
 
     voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
                        [--tts kokoro,piper] [--speculate on,off] [--llm-engines 1,2]
-                       [--vary NAME=V1,V2]
+                       [--vary NAME=V1,V2] [--echo]
 
 Bus mode (the default): the caller publishes its audio on the bus and "hears" the first
 ``AudioOut`` frame on the bus. ``--livekit``: livekit-server (loopback config) and the bridge
@@ -173,7 +173,7 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
     if engines is not None:
         env["LLM_ENGINES"] = str(engines)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
-        loop = VoiceLoop(region="bench", echo=False, livekit=args.livekit,
+        loop = VoiceLoop(region="bench", echo=args.echo, livekit=args.livekit,
                          env={"VOXBUS_TRACE_DIR": td, **env})
         await loop.start()
         talk = _room_conversation if args.livekit else _conversation
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llm-engines", default="",
                     help="comma-separated LLM_ENGINES values to compare in one run (e.g. 1,2; "
                          "default: the stage's)")
+    ap.add_argument("--echo", action="store_true",
+                    help="print the workers' log lines (warnings included: why a turn was late)")
     ap.add_argument("--vary", default="",
                     help="NAME=V1,V2: one run per value of a worker setting, compared in one "
                          "run (e.g. TTS_FIRST_WORDS=3,5)")
