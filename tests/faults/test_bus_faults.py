@@ -212,16 +212,21 @@ async def test_nats_restarted_on_its_store(rig: Rig) -> None:
     await _until_shared(rig.bus, {"A": 8, "B": 8})
 
 
+async def _restart_with_an_empty_store(rig: Rig) -> None:
+    """kill -9 the nats-server, delete its JetStream store, start it again."""
+    rig.server.kill()
+    assert rig.server.store_dir is not None
+    shutil.rmtree(rig.server.store_dir / "jetstream")
+    await asyncio.to_thread(rig.server.start)
+
+
 async def test_what_comes_before_the_consumers_are_made_again_is_not_lost(rig: Rig) -> None:
     """A server back with an empty store: another process makes the streams again and
     publishes at once, before the workers made their consumers again. Those consumers start
     where the workers lost the bus, not at the next new message: nothing is missed."""
     await rig.talk(1.0)
     await rig.settle()
-    rig.server.kill()
-    assert rig.server.store_dir is not None
-    shutil.rmtree(rig.server.store_dir / "jetstream")
-    await asyncio.to_thread(rig.server.start)
+    await _restart_with_an_empty_store(rig)
     while not rig.bus.nc.is_connected:
         await asyncio.sleep(0.02)
     await rig.bus.provision()  # the streams are back before any worker noticed
@@ -236,10 +241,7 @@ async def test_what_comes_before_the_consumers_are_made_again_is_not_lost(rig: R
 async def test_nats_back_with_an_empty_store(rig: Rig) -> None:
     await rig.talk(1.0)
     await rig.settle()
-    rig.server.kill()
-    assert rig.server.store_dir is not None
-    shutil.rmtree(rig.server.store_dir / "jetstream")
-    await asyncio.to_thread(rig.server.start)
+    await _restart_with_an_empty_store(rig)
     back = time.monotonic()
     # the workers provision the streams and their consumers again (no one else does here)
     while True:

@@ -65,6 +65,7 @@ class TtsSettings:
     def threads(self) -> int:
         """onnxruntime intra-op threads for this engine."""
         return self.intra_op_threads or (1 if self.engine == "piper" else 2)
+
     def __post_init__(self) -> None:
         if not 0.5 <= self.speed <= 2.0:
             raise SettingsError(f"TTS_SPEED must be within 0.5..2.0, got {self.speed}")
@@ -79,7 +80,7 @@ class TtsSettings:
         for name in ("synth_workers", "max_sessions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"TTS_{name.upper()} must be at least 1")
-        if self.first_words not in (0, *range(2, 1000)) or self.first_lookahead < 0:
+        if self.first_words == 1 or self.first_words < 0 or self.first_lookahead < 0:
             raise SettingsError("TTS_FIRST_WORDS must be at least 2 (0: the engine's), "
                                 "TTS_FIRST_LOOKAHEAD >= 0")
         if self.max_unit_chars < 16 or any(cap < 16 for cap in self.ramp):
