@@ -49,10 +49,12 @@ def _print_turn(r: TurnResult, out: Path, speech_end_ms: float) -> None:
     print(f"agent audio     : {out} ({len(r.audio) / 2 / r.audio_rate_hz:.2f} s)")
     print(f"latency after the end of the caller's speech ({speech_end_ms:.0f} ms into the WAV):")
     print(f"  {'end of user speech':<33} {0.0:7.1f} ms")
-    for k, v in r.breakdown().items():
-        if k == "guess_ms" and v is None:
-            continue  # no reply was prepared inside the silence window
-        print(f"  {_LABELS.get(k, k):<33} {'-' if v is None else f'{v:7.1f} ms'}")
+    breakdown = r.breakdown()
+    for k, label in _LABELS.items():  # in the order things happen
+        if k not in breakdown or (k == "guess_ms" and breakdown[k] is None):
+            continue  # no caller in the room, or no reply prepared inside the silence window
+        v = breakdown[k]
+        print(f"  {label:<33} {'-' if v is None else f'{v:7.1f} ms'}")
     for e in r.errors:
         print(f"  error: {e}")
 
