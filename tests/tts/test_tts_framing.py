@@ -12,6 +12,7 @@ from voxbus.services.tts.framing import (
     snap_to_word,
     split_frames,
     to_pcm16,
+    trim_leading_silence,
 )
 
 
@@ -75,3 +76,13 @@ def test_snap_to_word() -> None:
     assert snap_to_word(text, 13) == 13  # "can't" whole
     assert snap_to_word(text, 999) == len(text)
     assert snap_to_word(text, -3) == 0
+
+
+def test_a_reply_starts_at_its_first_sound() -> None:
+    rate = 24_000
+    voice = np.full(rate // 10, 0.2, dtype=np.float32)
+    hiss = np.full(rate * 60 // 1000, 0.001, dtype=np.float32)  # -60 dBFS: nobody hears it
+    trimmed = trim_leading_silence(np.concatenate([hiss, voice]), sample_rate_hz=rate)
+    assert trimmed.size == voice.size + rate * 10 // 1000  # 10 ms kept before the voice
+    assert trim_leading_silence(voice, sample_rate_hz=rate).size == voice.size
+    assert trim_leading_silence(hiss, sample_rate_hz=rate).size == hiss.size  # all quiet: kept

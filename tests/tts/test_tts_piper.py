@@ -1,5 +1,6 @@
 """Piper, the fast CPU voice (marked ``model``): what it says Whisper hears back, a forward pass
-stops at once when aborted, and it is faster than Kokoro on the same short units."""
+stops at once when aborted, it is faster than Kokoro on the same short units, and a reply's first
+frame is its voice, not the silence Piper opens a unit with."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import numpy as np
 import pytest
 
 from tests.tts.conftest import abort_midway
+from tests.tts.test_tts_stage import listen, send_reply, wait_for
 from voxbus.audio import resample
+from voxbus.runtime.bus import Bus
 from voxbus.runtime.engine_thread import Abort
+from voxbus.runtime.testing import running
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import word_errors
 from voxbus.services.tts.clauses import UnitSplitter
 from voxbus.services.tts.engine import SAMPLE_RATE_HZ, KokoroEngine, SynthesisAborted, Synthesizer
+from voxbus.services.tts.framing import VOICE_FLOOR
 from voxbus.services.tts.piper import PiperEngine
 from voxbus.services.tts.settings import TtsSettings
 from voxbus.services.tts.stage import TtsStage
@@ -113,3 +118,25 @@ async def test_the_stage_speaks_with_piper_when_asked() -> None:
         assert isinstance(stage.engine, PiperEngine)
     finally:
         await stage.stop()
+
+
+async def test_a_reply_s_first_frame_is_its_voice(bus: Bus, piper: PiperEngine,
+                                                  whisper: WhisperEngine) -> None:
+    """Piper opens "Dear Sarah," with 70-90 ms of silence; the stage sends the first frame from
+    10 ms before the voice, and Whisper still hears every word."""
+    text = "Dear Sarah, I hope you are well."
+    unit = piper.synthesize("Dear Sarah,")
+    assert np.flatnonzero(np.abs(unit) >= VOICE_FLOOR)[0] >= SAMPLE_RATE_HZ * 40 // 1000
+    heard = await listen(bus, "lead")
+    async with running(bus, TtsStage(TtsSettings(engine="piper", cache_entries=0),
+                                     engine=piper)):
+        await send_reply(bus, "lead", 1, text, cuts=[11])
+        await wait_for(lambda: heard.done(1), 30)
+    frames = heard.turn(1)
+    first = np.frombuffer(frames[0].pcm, dtype="<i2").astype(np.float32) / 32767
+    onset = np.flatnonzero(np.abs(first) >= VOICE_FLOOR)
+    assert onset.size and onset[0] <= SAMPLE_RATE_HZ * 12 // 1000, "the reply opens in silence"
+    pcm = np.frombuffer(b"".join(f.pcm for f in frames), dtype="<i2")
+    audio = (pcm / 32767).astype(np.float32)
+    said = whisper.transcribe(resample(audio, in_rate_hz=SAMPLE_RATE_HZ, out_rate_hz=16_000)).text
+    assert word_errors(text, said) == 0, said

@@ -64,6 +64,27 @@ def split_frames(
     return frames
 
 
+#: Where a reply's first sound starts: the first sample at or above -50 dBFS.
+VOICE_FLOOR: Final = 10 ** (-50 / 20)
+#: Silence kept before it (a fade-in, never a click).
+LEAD_KEEP_MS: Final = 10
+
+
+def trim_leading_silence(audio: NDArray[np.floating], *, sample_rate_hz: int = SAMPLE_RATE_HZ,
+                         keep_ms: int = LEAD_KEEP_MS) -> NDArray[np.floating]:
+    """``audio`` from ``keep_ms`` before its first sample at or above ``VOICE_FLOOR``.
+
+    The engines open every unit with silence (Piper 0-90 ms, Kokoro 20-50 ms measured here),
+    which the caller would wait through before the reply's first word. Audio that is silent
+    throughout is returned whole.
+    """
+    flat = np.asarray(audio).reshape(-1)
+    loud = np.flatnonzero(np.abs(flat) >= VOICE_FLOOR)
+    if loud.size == 0:
+        return flat
+    return flat[max(0, int(loud[0]) - sample_rate_hz * keep_ms // 1000):]
+
+
 def frame_spans(
     total_samples: int, span: tuple[int, int], *, frame_samples: int
 ) -> list[tuple[int, int]]:

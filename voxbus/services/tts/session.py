@@ -23,7 +23,7 @@ from voxbus.runtime.sessions import SessionScope
 from voxbus.runtime.stage import BadInput, Context
 
 from .clauses import Unit, UnitSplitter
-from .framing import frame_audio
+from .framing import frame_audio, trim_leading_silence
 from .scheduler import Synthesis
 
 if TYPE_CHECKING:
@@ -214,7 +214,10 @@ class TtsSession:
         self, reply: _Reply, unit: Unit, synthesis: Synthesis, session: str
     ) -> list[AudioOut]:
         rate = self.stage.sample_rate_hz
-        frames = frame_audio(synthesis.audio, (unit.start, unit.end), sample_rate_hz=rate,
+        audio = synthesis.audio
+        if reply.seq == 0:  # the caller waits for the first sound: not for the engine's silence
+            audio = trim_leading_silence(audio, sample_rate_hz=rate)
+        frames = frame_audio(audio, (unit.start, unit.end), sample_rate_hz=rate,
                              frame_ms=self.stage.settings.frame_ms)
         out: list[AudioOut] = []
         if reply.seq == 0 and frames:
