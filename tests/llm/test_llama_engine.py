@@ -193,3 +193,43 @@ async def test_prompt_longer_than_context_is_a_backend_error(smollm2_path: Path)
     with pytest.raises(LLMBackendError, match="closed"):
         async for _ in engine.stream([QUESTION]):
             pass
+
+
+async def test_a_prewarmed_conversation_starts_warm(smollm2_path: Path) -> None:
+    """A conversation whose oldest turns went starts differently from what the cache holds;
+    ``prewarm`` reads it between turns, so the next turn evaluates only the user's words."""
+    engine = LlamaCppEngine(model_path=smollm2_path, n_threads=1, n_threads_batch=2,
+                            max_tokens=8)
+    try:
+        await engine.warmup([LONG_SYSTEM])
+        await ttft_and_reply(engine, [LONG_SYSTEM, QUESTION])  # the cache: another conversation
+        kept: list[ChatMessage] = [LONG_SYSTEM]
+        for n in range(4):
+            kept += [{"role": "user", "content": f"Question number {n} about parking?"},
+                     assistant_message(f"Parking is free behind the building, answer {n}.")]
+        assert await engine.prewarm(kept)
+        await ttft_and_reply(engine, [*kept, {"role": "user", "content": "And on Sunday?"}])
+        stats = engine.last_stats
+        assert stats is not None and stats.prompt_tokens - stats.reused_tokens < 20, stats
+    finally:
+        await engine.aclose()
+
+
+async def test_a_reply_never_waits_for_a_prewarm(smollm2_path: Path) -> None:
+    engine = LlamaCppEngine(model_path=smollm2_path, n_threads=1, max_tokens=8)
+    try:
+        await engine.warmup([SYSTEM])
+        long: list[ChatMessage] = [LONG_SYSTEM]
+        for n in range(12):  # about 600 tokens: seconds to read on one thread
+            long += [{"role": "user", "content": f"Question number {n} about parking, please?"},
+                     assistant_message(f"Parking is free behind the building, answer {n}.")]
+        prewarm = asyncio.create_task(engine.prewarm(long))
+        await asyncio.sleep(0.2)
+        first_s, text = await ttft_and_reply(engine, [SYSTEM, QUESTION])
+        assert await prewarm is False  # stopped within a chunk
+        assert text.strip() and first_s < 2.0, first_s
+        started = time.perf_counter()
+        assert await engine.prewarm(long)  # left alone, it reads to the end
+        log.info("prewarm of %d messages: %.2f s", len(long), time.perf_counter() - started)
+    finally:
+        await engine.aclose()

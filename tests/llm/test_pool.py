@@ -66,3 +66,40 @@ async def test_a_conversation_goes_back_to_the_engine_that_holds_it() -> None:
         "ann question 1", "ann question 2", "ann question 3"]
     assert [c[0][-1]["content"] for c in bob_engine.calls] == [
         "bob question 1", "bob question 2", "bob question 3"]
+
+
+class Warming(FakeLLM):
+    """A FakeLLM whose prewarm takes ``prewarm_s`` (a long conversation read again)."""
+
+    def __init__(self, prewarm_s: float) -> None:
+        super().__init__([FakeTurn.words("one two three four five six", token_delay_s=0.05)])
+        self.prewarm_s = prewarm_s
+        self.prewarmed: list[list[ChatMessage]] = []
+
+    async def prewarm(self, messages: list[ChatMessage]) -> bool:
+        await asyncio.sleep(self.prewarm_s)
+        self.prewarmed.append(list(messages))
+        return True
+
+
+async def test_a_prewarmed_conversation_takes_the_engine_that_read_it() -> None:
+    a, b = Warming(0.05), Warming(0.05)
+    pool = EnginePool([a, b])
+    await pool.warmup(convo("x", 0)[:1])  # both hold the system prompt
+    await asyncio.sleep(0.05)  # the second warms in the background
+    await drain(pool, convo("ann", 1))  # ann's conversation is on a
+    shorter = convo("bob", 3)[:-1]  # bob's, its oldest turns gone: on the other free engine
+    assert await pool.prewarm(shorter)
+    await drain(pool, [*shorter, {"role": "user", "content": "bob question 3"}])
+    warmed = a if a.prewarmed else b
+    assert warmed.prewarmed == [shorter] and len(warmed.calls) == 1
+
+
+async def test_a_turn_never_waits_for_a_prewarm() -> None:
+    pool = EnginePool([Warming(5.0)])
+    prewarm = asyncio.create_task(pool.prewarm(convo("bob", 3)[:-1]))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    first, _ = await drain(pool, convo("ann", 1))
+    assert first - t0 < 0.3, "the turn waited for the prewarm"
+    assert await prewarm is False  # stopped, not finished

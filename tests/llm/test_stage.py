@@ -237,6 +237,29 @@ async def test_context_survives_a_worker_restart(
     assert prompt[3] == {"role": "user", "content": "What is my name?"}
 
 
+@pytest.mark.model
+async def test_a_conversation_cut_short_is_read_before_its_next_turn(
+    bus: Bus, smollm2: LlamaCppEngine
+) -> None:
+    """Past the history's limit the oldest turns go when a reply is saved, and the engine
+    reads the shorter conversation then: the next turn evaluates only its own words (without
+    that, all of the conversation again: 4.5 s to the first token after 16 turns here)."""
+    out = await Outputs.on(bus)
+    settings = LlmSettings(temperature=0.0, max_tokens=24, history_max_turns=4)
+    async with running(bus, LlmStage(smollm2, settings, close_engine=False)):
+        for n in range(1, 5):
+            await bus.publish(REGION, turn("cut", n, f"Tell me fact number {n} about owls."))
+            await out.end("cut", n)
+        # saved with turn 4's reply: the fifth would be past the limit
+        assert [r.turn for r in (await history(bus, "cut")).turns] == [3, 4]
+        await asyncio.sleep(0.1)  # the caller listens to the reply meanwhile
+        await eventually(lambda: not smollm2.prewarming, timeout_s=10)
+        await bus.publish(REGION, turn("cut", 5, "And one about foxes?"))
+        await out.end("cut", 5)
+    stats = smollm2.last_stats
+    assert stats is not None and stats.prompt_tokens - stats.reused_tokens < 25, stats
+
+
 # ---- control flow (scripted engines) --------------------------------------------------------
 
 

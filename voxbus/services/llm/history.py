@@ -9,7 +9,9 @@ text, tool calls and tool results, exactly as generated, so the next prompt rend
 and the engine reuses its cache). ``spoken`` records how much of an interrupted reply the user
 heard; the reply is cut there whichever of the two writes lands first. The history is bounded:
 past ``max_turns`` or ``max_chars`` the oldest turns go, down to half the limits at once, so the
-prompt prefix (and the engine's cache) changes rarely rather than every turn.
+prompt prefix (and the engine's cache) changes rarely rather than every turn. The cut is made
+when a reply is saved, for the turn to come (and when a turn begins, if the user's words cross a
+limit), so the stage can have the engine read the shorter conversation before that turn asks.
 """
 
 from __future__ import annotations
@@ -102,9 +104,11 @@ def _chars(record: TurnRecord) -> int:
     return len(record.user) + sum(len(m.get("content") or "") for m in record.reply)
 
 
-def _trim(history: History, max_turns: int, max_chars: int) -> None:
+def _trim(history: History, max_turns: int, max_chars: int, *, coming: int = 0) -> None:
+    """Drop the oldest turns, down to half the limits, once the history (with ``coming`` turns
+    more) is past one."""
     turns = history.turns
-    if len(turns) <= max_turns and sum(map(_chars, turns)) <= max_chars:
+    if len(turns) + coming <= max_turns and sum(map(_chars, turns)) <= max_chars:
         return
     keep_turns, keep_chars = max(1, max_turns // 2), max_chars // 2
     while len(turns) > 1 and (
@@ -191,6 +195,8 @@ class HistoryStore:
             record.reply = (
                 truncate_reply(reply, record.spoken) if record.spoken is not None else reply
             )
+            # the next turn's, now: the engine can read the shorter conversation before it comes
+            _trim(history, self._limits.max_turns, self._limits.max_chars, coming=1)
             return True
 
         return await self.update(session, change)

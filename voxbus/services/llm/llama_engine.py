@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
-from voxbus.runtime.engine_thread import Abort, EngineClosed, EngineThread
+from voxbus.runtime.engine_thread import Abort, EngineClosed, EngineThread, JobHandle
 from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
 from voxbus.services.llm.engine import (
     ChatMessage,
@@ -158,6 +158,7 @@ class LlamaCppEngine:
         self._warned_tools = False
         self.load_s: float | None = None
         self.last_stats: GenerationStats | None = None
+        self._prewarming: JobHandle[bool] | None = None
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -173,6 +174,32 @@ class LlamaCppEngine:
         """Load the model and evaluate ``messages`` (default: the default system prompt)."""
         await self._call(self._warmup_sync, list(messages))
 
+    @property
+    def prewarming(self) -> bool:
+        return self._prewarming is not None
+
+    async def prewarm(self, messages: Sequence[ChatMessage]) -> bool:
+        """Evaluate ``messages`` (a conversation's next prompt prefix) into the cache, between
+        turns; cancelling the caller, or a reply asked of this engine, stops it within one
+        prompt chunk (the reply goes on from what it read). True when done."""
+        if self._closed:
+            raise LLMBackendError("engine is closed")
+        wanted = list(messages)
+        handle = self._thread.submit(lambda abort: self._prewarm_sync(wanted, abort))
+        self._prewarming = handle
+        try:
+            return await handle
+        finally:
+            if self._prewarming is handle:
+                self._prewarming = None
+
+    def _prewarm_sync(self, messages: list[ChatMessage], abort: Abort) -> bool:
+        llm = self._load()
+        parts = render_chatml(messages, default_system=self._opts.default_system_prompt,
+                              add_generation_prompt=False)
+        tokens = self._tokenize(llm, parts)
+        return not tokens or self._prefill(llm, tokens, abort) is not None
+
     async def stream(
         self,
         messages: Sequence[ChatMessage],
@@ -186,6 +213,8 @@ class LlamaCppEngine:
             log.warning("llm_tools_ignored", reason="tool_mode is off for this model")
         use_tools = list(tools) if tools and self._opts.tool_mode == "hermes" else None
         messages = list(messages)
+        if self._prewarming is not None:  # a reply never waits for a prewarm
+            self._prewarming.abort_flag.set()
 
         def generate(abort: Abort, emit: Callable[[LLMDelta], None]) -> None:
             self._generate(_Job(messages, use_tools, abort, emit))

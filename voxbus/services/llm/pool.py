@@ -40,6 +40,11 @@ class Preloadable(Protocol):
     async def load(self) -> None: ...
 
 
+@runtime_checkable
+class Prewarmable(Protocol):
+    async def prewarm(self, messages: Sequence[ChatMessage]) -> bool: ...
+
+
 class EnginePool:
     def __init__(self, engines: Sequence[LLMEngine]) -> None:
         if not engines:
@@ -49,14 +54,27 @@ class EnginePool:
         self._free: set[int] = set(range(len(self.engines)))
         self._changed = asyncio.Condition()
         self._warming: asyncio.Task[None] | None = None
+        self._prewarming: dict[int, asyncio.Task[bool]] = {}
+        self._used = [0] * len(self.engines)  # when each was last taken (a count)
+        self._uses = 0
 
     async def _acquire(self, messages: Sequence[ChatMessage]) -> int:
         async with self._changed:
+            if not self._free:  # a turn never waits for a conversation's prewarm
+                for task in self._prewarming.values():
+                    task.cancel()
             await self._changed.wait_for(lambda: bool(self._free))
-            best = max(sorted(self._free),
-                       key=lambda i: _shared_prefix(self._last[i], messages))
-            self._free.discard(best)
-            return best
+            return self._take(messages)
+
+    def _take(self, messages: Sequence[ChatMessage]) -> int:
+        """The free engine whose cache shares the most with ``messages``; of equals, the one
+        used longest ago (its conversation is the least likely to come back)."""
+        best = max(sorted(self._free), key=lambda i: (_shared_prefix(self._last[i], messages),
+                                                      -self._used[i]))
+        self._free.discard(best)
+        self._uses += 1
+        self._used[best] = self._uses
+        return best
 
     async def _release(self, index: int) -> None:
         async with self._changed:
@@ -75,6 +93,32 @@ class EnginePool:
                 async for delta in deltas:
                     yield delta
         finally:
+            await asyncio.shield(self._release(index))
+
+    async def prewarm(self, messages: Sequence[ChatMessage]) -> bool:
+        """Evaluate a conversation's next prompt prefix on a free engine, which its next turn
+        then takes (the longest shared prefix); nothing when every engine is busy. A turn that
+        finds no free engine stops it. True when it ran to the end."""
+        async with self._changed:
+            if not self._free:
+                return False
+            index = self._take(messages)
+        engine = self.engines[index]
+        try:
+            if not isinstance(engine, Prewarmable):
+                return False
+            self._last[index] = list(messages)
+            task = asyncio.create_task(engine.prewarm(messages), name="llm-prewarm")
+            self._prewarming[index] = task
+            try:
+                return await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we were cancelled, not preempted by a turn
+                return False
+        finally:
+            self._prewarming.pop(index, None)
             await asyncio.shield(self._release(index))
 
     async def warmup(self, messages: Sequence[ChatMessage] = ()) -> None:

@@ -65,7 +65,7 @@ from voxbus.services.llm.engine import (
 from voxbus.services.llm.history import HistoryLimits, HistoryStore, needs_space, truncate_reply
 from voxbus.services.llm.llama_engine import LlamaCppEngine
 from voxbus.services.llm.openai_engine import OpenAICompatEngine
-from voxbus.services.llm.pool import EnginePool
+from voxbus.services.llm.pool import EnginePool, Prewarmable
 from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.tools import ToolExecutor
 
@@ -296,6 +296,18 @@ class LlmStage:
         self.speculation.started += 1
         ctx.log.info("llm_guess_started", speculation=msg.speculation, pii={"user": user})
 
+    async def _prewarm(self, messages: list[ChatMessage], ctx: Context) -> None:
+        if not isinstance(self.engine, Prewarmable):
+            return
+        started = time.perf_counter()
+        try:
+            done = await self.engine.prewarm(messages)
+        except LLMBackendError as exc:
+            ctx.log.warning("llm_prewarm_failed", error=str(exc))
+            return
+        ctx.log.info("llm_prewarmed", messages=len(messages), completed=done,
+                     ms=round((time.perf_counter() - started) * 1000))
+
     async def _run_guess(self, guess: _Guess, ctx: Context, session: LlmSession) -> None:
         stats = guess.stats
         try:
@@ -356,8 +368,14 @@ class LlmStage:
                     session=msg.session, turn=msg.turn, code="llm_backend", message=detail[:500],
                     stage=self.name, at_ns=time.time_ns(),
                 )
-            await store.set_reply(msg.session, msg.turn, reply.messages)
+            saved_history = await store.set_reply(msg.session, msg.turn, reply.messages)
             saved = True
+            if saved_history.turns and saved_history.turns[0].turn != history.turns[0].turn:
+                # the oldest turns went: the next prompt starts differently, and reading it all
+                # again would take seconds on a CPU (4.5 s to the first token here after 16
+                # turns); read it now, while the caller listens, on the engine it will take
+                session.scope.spawn(self._prewarm([self._system, *saved_history.messages()],
+                                                  ctx), name=f"llm-prewarm-{msg.session}")
             reason = stats.reason or "done"
             stats.done_ns = time.time_ns()
             self.recent.append(stats)
