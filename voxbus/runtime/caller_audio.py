@@ -5,12 +5,9 @@ stream must store every one, or the STT hears a turn with a hole in it. A replic
 whose leader was just killed takes 4-9 s to elect another (NATS raft's election timeout), and
 stores nothing meanwhile; a broken connection stores nothing either. So each frame carries a
 reply subject and the stream's acknowledgement comes back in the background. When one fails
-or is late (``ack_timeout_s``), every frame from the oldest unacknowledged one on goes into a
-backlog, and new frames queue behind it. The backlog's first frame is sent again and again, each
-time waiting for its acknowledgement, until the stream stores it; then the rest of the backlog
-goes out at once, in order, acknowledged in the background like any frame (a backlog sent one
-round trip per frame would never drain while a busy process takes over 20 ms a round trip, and
-the caller's words would reach the STT later and later). A frame's message id
+or is late (``ack_timeout_s``), every frame from the oldest unacknowledged one on is sent again,
+one at a time and in order, each waiting for its acknowledgement, and new frames queue behind
+them until the backlog is through; then frames go out at once again. A frame's message id
 (``<session>.in.<seq>``) makes a copy that did reach the stream harmless.
 
 The backlog is bounded (``backlog_s`` of audio): past it the oldest frames are dropped and
@@ -194,15 +191,15 @@ class CallerAudio:
                                       for f in self._inflight.values()):
                 # everything from the oldest unacknowledged frame on goes again, in order
                 again = list(self._inflight.values())
-                if not self._recovering_since:
-                    self._begin_recovery()  # logs how many frames were unacknowledged
                 self._inflight.clear()
+                if not self._recovering_since:
+                    self._begin_recovery()
                 self._backlog.extendleft(reversed(again))
             if self._recovering_since:
                 await self._drain()
 
     async def _drain(self) -> None:
-        """Send the backlog's first frame until the stream stores it, then the rest at once."""
+        """Send the backlog one frame at a time, each acknowledged before the next."""
         while self._backlog:
             f = self._backlog[0]
             try:
@@ -217,21 +214,6 @@ class CallerAudio:
             if self._backlog and self._backlog[0] is f:
                 self._backlog.popleft()
                 self.resent += 1
-            break
-        # The stream stores again: the rest goes out in order, acknowledged in the background (a
-        # failure among them starts another recovery from the oldest unacknowledged frame).
-        while self._backlog:
-            f = self._backlog.popleft()
-            self._token += 1
-            f.token, f.sent, f.failed = self._token, time.monotonic(), False
-            self._inflight[f.token] = f
-            self.resent += 1
-            try:
-                await self.bus.nc.publish(f.subject, f.payload,
-                                          reply=f"{self._inbox}.{f.token}", headers=f.headers)
-            except Exception:  # noqa: BLE001 - the connection broke again: the next recovery
-                f.failed = True
-                self._wake.set()
         self._check_stored()
         outage_s = self.last_outage_s = time.monotonic() - self._recovering_since
         dropped, self._dropped_in_outage = self._dropped_in_outage, 0
