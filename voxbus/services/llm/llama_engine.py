@@ -194,6 +194,7 @@ class LlamaCppEngine:
                 self._prewarming = None
 
     def _prewarm_sync(self, messages: list[ChatMessage], abort: Abort) -> bool:
+        """Load the model and evaluate ``messages`` as a prompt prefix; False if aborted."""
         llm = self._load()
         parts = render_chatml(messages, default_system=self._opts.default_system_prompt,
                               add_generation_prompt=False)
@@ -295,15 +296,7 @@ class LlamaCppEngine:
             self._llm = None
 
     def _warmup_sync(self, messages: list[ChatMessage]) -> None:
-        llm = self._load()
-        parts = render_chatml(
-            messages,
-            default_system=self._opts.default_system_prompt,
-            add_generation_prompt=False,
-        )
-        tokens = self._tokenize(llm, parts)
-        if tokens:
-            self._prefill(llm, tokens, Abort())
+        self._prewarm_sync(messages, Abort())
 
     def _tokenize(self, llm: Llama, parts: Sequence[PromptPart]) -> list[int]:
         tokens: list[int] = []

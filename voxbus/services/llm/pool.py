@@ -55,6 +55,7 @@ class EnginePool:
         self._changed = asyncio.Condition()
         self._warming: asyncio.Task[None] | None = None
         self._prewarming: dict[int, asyncio.Task[bool]] = {}
+        self._prewarmable = all(isinstance(e, Prewarmable) for e in self.engines)
         self._used = [0] * len(self.engines)  # when each was last taken (a count)
         self._uses = 0
 
@@ -99,14 +100,15 @@ class EnginePool:
         """Evaluate a conversation's next prompt prefix on a free engine, which its next turn
         then takes (the longest shared prefix); nothing when every engine is busy. A turn that
         finds no free engine stops it. True when it ran to the end."""
+        if not self._prewarmable:
+            return False
         async with self._changed:
             if not self._free:
                 return False
             index = self._take(messages)
         engine = self.engines[index]
+        assert isinstance(engine, Prewarmable)
         try:
-            if not isinstance(engine, Prewarmable):
-                return False
             self._last[index] = list(messages)
             task = asyncio.create_task(engine.prewarm(messages), name="llm-prewarm")
             self._prewarming[index] = task
