@@ -95,23 +95,28 @@ def region_env_suffix(region: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class BusSettings:
-    #: The servers of this process's region, comma-separated (``NATS_URL``).
+    #: The servers of this process's region, comma-separated.
     url: str = "nats://127.0.0.1:4222"
+    #: The regions this process serves, comma-separated (``VOXBUS_REGION``: one, as ``voxbus
+    #: nats`` prints it); unset: the identity's region, else ``local``.
     regions: tuple[str, ...] = ("local",)
+    #: Partitions of each region stream (a session always maps to one); stage replicas split
+    #: them by lease.
     partitions: int = DEFAULT_PARTITIONS
+    #: A NATS user, where no credentials file is given.
     user: str | None = None
+    #: That user's password.
     password: str | None = None
-    #: From ``VOXBUS_CREDENTIALS`` (a file of ``voxbus nats --secure``): who this process is.
+    #: The path of a credentials file written by ``voxbus nats --secure``: who this process is.
     identity: IdentityFile | None = None
-    #: The lease bucket's ttl where this process provisions it (``VOXBUS_LEASE_TTL_S``).
+    #: The lease bucket's ttl where this process provisions it.
     lease_ttl_s: float = LEASE_TTL_S
-    #: Replicas of what this process creates (``VOXBUS_REPLICAS``; 0: three where the region's
-    #: cluster has three servers, else one).
+    #: Replicas of what this process creates (1, 3 or 5; 0: three where the region's cluster
+    #: has three servers, else one).
     replicas: int = 0
-    #: A region's own servers (``NATS_URL_<REGION>``), where they are not ``url``'s.
+    #: A region's own servers, where they are not ``NATS_URL``'s (a process of several regions).
     region_urls: Mapping[str, str] = field(default_factory=dict)
-    #: A region's own identity (``VOXBUS_CREDENTIALS_<REGION>``), for a process of several
-    #: regions on secure servers.
+    #: A region's own credentials file, for a process of several regions on secure servers.
     region_identities: Mapping[str, IdentityFile] = field(default_factory=dict)
 
     def url_for(self, region: str) -> str:

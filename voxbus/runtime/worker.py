@@ -65,7 +65,10 @@ class WorkerOptions:
     replica: str = ""
     lane_queue: int = 256
     recent_keys: int = 4096  # handled messages remembered per partition (redelivered copies)
+    #: A message not acked this long after delivery is delivered again (held messages are
+    #: marked in progress every half of it).
     ack_wait_s: float = 1.2
+    #: How often a replica renews its leases and reads the others'.
     lease_tick_s: float = 0.4
     #: A partition is dropped when its lease went unrenewed for ``ttl - lease_fence_margin_s``.
     lease_fence_margin_s: float = 0.8

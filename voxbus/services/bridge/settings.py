@@ -16,17 +16,20 @@ _INPUT_RATES = (8_000, 16_000, 24_000, 48_000)
 class BridgeSettings:
     #: The LiveKit signalling URL (``ws://`` or ``wss://``); the HTTP API is derived from it.
     livekit_url: str = "ws://127.0.0.1:7880"
-    #: The LiveKit API key and secret: no default (the dev harness passes its dev server's).
+    #: The LiveKit API key: no default (the dev harness passes its dev server's).
     api_key: str = ""
+    #: The LiveKit API secret: no default (the dev harness passes its dev server's).
     api_secret: str = ""
     #: Keys the session ids (``BRIDGE_SESSION_KEY``; by default derived from the API secret):
     #: without it nobody can tell which room or caller a session id stands for.
     session_key: str = ""
     #: The agent's participant identity in every room it joins.
     identity: str = "voxbus-agent"
+    #: The agent's participant name in every room it joins.
     name: str = "voxbus"
     #: Join every room that has a participant (found by polling the RoomService).
     auto_join: bool = False
+    #: How often the RoomService is polled for rooms to join (with ``auto_join``).
     poll_s: float = 1.0
     #: The default region of a room (``routing``), served by this bridge.
     region: str = "local"
@@ -38,6 +41,7 @@ class BridgeSettings:
     input_sample_rate_hz: int = 16_000
     #: Rate of the agent's track; AudioOut frames at another rate are resampled.
     output_sample_rate_hz: int = 24_000
+    #: Length of an audio frame: the caller's on the bus, and the unit of the agent's playout.
     frame_ms: int = 20
     #: Agent audio the bridge holds per room beyond the source queue (TTS runs ahead of playout).
     max_pending_s: float = 120.0
@@ -49,8 +53,11 @@ class BridgeSettings:
     audio_backlog_s: float = 10.0
     #: Subscriber frames the SDK may hold for the microphone pump before dropping the oldest.
     mic_queue_frames: int = 50
+    #: Send live captions of both sides into the room as text streams.
     captions: bool = True
+    #: The text-stream topic of the captions (LiveKit's transcription topic).
     caption_topic: str = "lk.transcription"
+    #: The longest wait to connect to a room.
     connect_timeout_s: float = 10.0
     #: Leave a room that has had no caller this long (0: stay).
     idle_leave_s: float = 30.0

