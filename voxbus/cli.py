@@ -1,5 +1,10 @@
 """``voxbus``: one command with a subcommand per job. Imports are lazy so each job loads only
-what it needs (the bus tools don't load models)."""
+what it needs (the bus tools don't load models).
+
+Bad input (``voxbus.errors.UserError``: a setting, a model or credentials file, a port in use, a
+missing program) ends any command with one line on stderr, ``voxbus <command>: <message>``, and
+exit status 2; ``VOXBUS_DEBUG=1`` shows its traceback instead. Anything else is a bug and keeps
+its traceback."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from voxbus.errors import DEBUG_ENV, EXIT_STATUS, user_error
 
 if TYPE_CHECKING:
     from voxbus.ops.auth import Identities
@@ -132,8 +139,11 @@ async def _provision_regions(urls: dict[str, str], ids: Identities | None,
 
 
 def _provision(args: argparse.Namespace) -> int:
+    from voxbus.runtime import logging
     from voxbus.runtime.serve import connect
     from voxbus.runtime.settings import BusSettings
+
+    logging.configure()  # stderr, as every command's (stdout is for what a command prints)
 
     async def run() -> None:
         settings = BusSettings.from_env()
@@ -291,13 +301,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     fn: Callable[[argparse.Namespace], int] = args.fn
-    from voxbus.runtime.settings import SettingsError
-
     try:
         return fn(args)
-    except SettingsError as e:  # bad configuration: one line, no traceback
-        print(f"voxbus {args.cmd}: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:  # Ctrl-C (while waiting for a server, say): no traceback
+        return 130
+    except BaseException as e:  # bad input (``voxbus.errors``): one line, no traceback
+        bad = user_error(e)
+        if bad is None or os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"voxbus {args.cmd}: {one_line(str(bad))}", file=sys.stderr, flush=True)
+        return EXIT_STATUS
+
+
+def one_line(message: str) -> str:
+    """A message of several lines (a server's output quoted in it) as one."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip()) or "error"
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import msgspec
 
 from voxbus.contracts.streams import DEFAULT_PARTITIONS, LEASE_TTL_S, Retention
 from voxbus.contracts.subjects import check_region
+from voxbus.errors import UserError
 
 
-class SettingsError(ValueError):
-    pass
+class SettingsError(UserError, ValueError):
+    """A setting (an environment variable, a file it names) that cannot be used: one line."""
 
 
 class Env:
