@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -25,6 +30,7 @@ from voxbus.contracts.messages import (
     message_id,
 )
 from voxbus.contracts.subjects import Kind, subject
+from voxbus.errors import UserError
 from voxbus.runtime import metrics, tracing
 from voxbus.runtime.ratelimit import ErrorBudget
 from voxbus.runtime.settings import SettingsError
@@ -50,6 +56,77 @@ _NO_SUITABLE_PEERS = 10005
 def server_urls(url: str) -> list[str]:
     """``NATS_URL`` may name several servers of one region, comma-separated."""
     return [u.strip() for u in url.split(",") if u.strip()]
+
+
+#: Seconds one connection attempt may take (a server that accepts and never answers).
+CONNECT_TIMEOUT_S = 2
+#: Until the first connection is made: a line at the first failed attempt, then one line per
+#: this many seconds while the attempts (every ``reconnect_time_wait``) go on failing.
+UNREACHABLE_EVERY_S = 5.0
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a log line: a password written into it is left out."""
+    shown = []
+    for u in server_urls(url):
+        parts = urlsplit(u if "://" in u else f"nats://{u}")
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            u = parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+        shown.append(u)
+    return ",".join(shown)
+
+
+def unreachable_reason(e: BaseException) -> str:
+    """Why one connection attempt failed, in words."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, socket.gaierror):
+        return f"unknown host ({e.strerror})"
+    if isinstance(e, TimeoutError):  # asyncio's and nats-py's too
+        return f"no answer within {CONNECT_TIMEOUT_S} s"
+    if isinstance(e, OSError):
+        return (e.strerror or str(e) or type(e).__name__).lower()
+    return str(e).removeprefix("nats: ").strip("'") or type(e).__name__
+
+
+def login_refused(e: BaseException) -> bool:
+    """The server refused the user and password: trying again cannot help."""
+    return isinstance(e, nats.errors.AuthorizationError) or (
+        isinstance(e, nats.errors.Error) and "authorization violation" in str(e).lower())
+
+
+class _FirstConnect:
+    """What a ``Bus.connect`` says while its first connection is not made: the server's address
+    and why each attempt failed, once at the first failure and then every
+    ``UNREACHABLE_EVERY_S`` (nats-py retries every 0.25 s, and says nothing itself); a refused
+    login ends the attempts with a ``UserError``."""
+
+    def __init__(self, url: str, user: str | None) -> None:
+        self.url = shown_url(url)
+        self.user = user
+        self.attempts = 0
+        self.started = time.monotonic()
+        self._said_at: float | None = None
+        self.refused: asyncio.Future[UserError] = asyncio.get_running_loop().create_future()
+
+    def failed(self, e: BaseException) -> None:
+        if self.refused.done():
+            return
+        if login_refused(e):
+            who = (f"the login as {self.user!r}" if self.user
+                   else "a connection without a login")
+            self.refused.set_result(UserError(
+                f"NATS at {self.url} refused {who} (authorization violation): check "
+                "VOXBUS_CREDENTIALS, or NATS_USER and NATS_PASSWORD"))
+            return
+        self.attempts += 1
+        now = time.monotonic()
+        if self._said_at is None or now - self._said_at >= UNREACHABLE_EVERY_S:
+            self._said_at = now
+            log.warning("nats_unreachable", url=self.url, reason=unreachable_reason(e),
+                        attempts=self.attempts, waited_s=round(now - self.started, 1),
+                        note="retrying until it answers")
 
 
 class Bus:
@@ -118,6 +195,7 @@ class Bus:
         """``inbox_prefix``: where replies come to (``_INBOX`` by default); an identity may
         subscribe only under its own (``ops.auth``)."""
         bus: Bus | None = None
+        first = _FirstConnect(url, user)
 
         async def reconnected() -> None:
             if bus is not None:
@@ -128,11 +206,15 @@ class Bus:
                 await bus._disconnected()
 
         async def error(e: Exception) -> None:
+            if bus is None:  # not connected yet: said by ``first``, at its own pace
+                first.failed(e)
+                return
             # a refused reconnect is the outage already logged (``bus_disconnected``)
             level = log.debug if isinstance(e, OSError) else log.warning
             level("bus_error", error=repr(e))
 
-        nc = await nats.connect(
+        nc = Client()
+        connecting = asyncio.ensure_future(nc.connect(
             server_urls(url),
             name=name,
             user=user,
@@ -140,12 +222,27 @@ class Bus:
             inbox_prefix=inbox_prefix or "_INBOX",
             max_reconnect_attempts=max_reconnect_attempts,
             allow_reconnect=max_reconnect_attempts != 0,
-            # Retried every 0.25 s: work resumes within a second of the server coming back.
-            reconnect_time_wait=0.25,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            # Retried every 0.25 s: work resumes within a second of the server coming back
+            # (nats-py annotates an int; it sleeps for the float)
+            reconnect_time_wait=0.25,  # type: ignore[arg-type]
             reconnected_cb=reconnected,
             disconnected_cb=disconnected,
             error_cb=error,
-        )
+        ))
+        either: list[asyncio.Future[Any]] = [connecting, first.refused]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if first.refused.done():
+                raise first.refused.result()
+            await connecting  # connected, or why it gave up (``max_reconnect_attempts``)
+        except BaseException:  # refused, gave up, or we were cancelled: no attempt goes on
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise
         bus = cls(nc, regions=regions, partitions=partitions, replicas=replicas)
         return bus
 
