@@ -51,17 +51,42 @@ def test_every_settings_class_is_in_the_reference() -> None:
         f"add {', '.join(sorted(found - documented))} to voxbus.dev.settings_doc.SOURCES")
 
 
+def _string_constants() -> dict[str, set[str]]:
+    """Module-level ``NAME = "value"`` across the package (a variable's name is often one)."""
+    found: dict[str, set[str]] = {}
+    for _, tree in _modules():
+        for node in tree.body:
+            target, value = None, None
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign):
+                target, value = node.target, node.value
+            if (isinstance(target, ast.Name) and isinstance(value, ast.Constant)
+                    and isinstance(value.value, str)):
+                found.setdefault(target.id, set()).add(value.value)
+    return found
+
+
 def _variables_read() -> set[str]:
-    """Every ``X.get("NAME")`` of an environment-like name in the package."""
+    """Every ``X.get(NAME)`` of an environment-like name in the package, ``NAME`` a string or a
+    module constant holding one."""
+    constants = _string_constants()
     found = set()
     for _, tree in _modules():
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("get", "getenv") and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)
-                    and settings_doc.VARIABLE_NAME.fullmatch(node.args[0].value)):
-                found.add(node.args[0].value)
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("get", "getenv") and node.args):
+                continue
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                names = {arg.value}
+            elif isinstance(arg, ast.Name):
+                names = constants.get(arg.id, set())
+            elif isinstance(arg, ast.Attribute):
+                names = constants.get(arg.attr, set())
+            else:
+                continue
+            found |= {n for n in names if settings_doc.VARIABLE_NAME.fullmatch(n)}
     return found
 
 

@@ -99,7 +99,14 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "XDG_CACHE_HOME": "Where the model cache goes when `VOXBUS_CACHE` is unset.",
     "LIVEKIT_SERVER_BIN": "The dev harness's livekit-server binary (default `.bin/server` from "
                           "`./dev setup`, then `livekit-server` on the PATH).",
+    "VOXBUS_DEBUG": "`1`: a command stopped by bad input shows the traceback instead of one "
+                    "line.",
     "BENCH_PROFILE": "`voxbus bench bus`: write a cProfile of the worker to this file.",
+    "VOXBUS_NETNS": "Set by the dev harness in its children: the network namespace they run in.",
+    "VOXBUS_NETNS_IP": "Set by the dev harness in its children: their address in that namespace.",
+    "VOXBUS_NETNS_UNAVAILABLE": "Set by the dev harness in its children: why there is no "
+                                "private network namespace.",
+    "VOXBUS_SUPERVISED": "Set by the dev harness in a command it supervises.",
 }
 
 
