@@ -397,7 +397,7 @@ async def test_a_bus_outage_delays_caller_audio_and_drops_only_past_the_backlog(
                                  where=lambda e: e.code == "audio_dropped")
         assert "frames dropped" in err.message
         session = agent.sessions["caller-1"]
-        assert 40 < session.frames_dropped < 150  # ~3 s at 50 frames/s, less the 1.5 s kept
+        assert 40 < session.mic.frames_dropped < 150  # ~3 s at 50 frames/s, less the 1.5 s kept
         await talking
         await caller.leave()
         ended = await tap.wait_for(SessionEnded, session=sess)
@@ -408,11 +408,11 @@ async def test_a_bus_outage_delays_caller_audio_and_drops_only_past_the_backlog(
         # every frame missing was dropped and counted; the count may also hold a few frames
         # that were stored after all (sent as the server went down, or buffered by the client
         # while it reconnected: their acknowledgements never came)
-        assert len(missing) <= session.frames_dropped <= len(missing) + 10, (
-            len(missing), session.frames_dropped)
+        assert len(missing) <= session.mic.frames_dropped <= len(missing) + 10, (
+            len(missing), session.mic.frames_dropped)
         # a 3 s outage is 150 frames: the last 1.5 s of them were kept, and stored once back
         assert len(missing) < 110, len(missing)
-        report("bus_outage", outage_dropped_frames=session.frames_dropped / 1000)
+        report("bus_outage", outage_dropped_frames=session.mic.frames_dropped / 1000)
     finally:
         await b.close()
         await tap.close()

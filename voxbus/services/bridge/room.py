@@ -13,8 +13,9 @@ from livekit import api, rtc
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet, cancel_and_wait
 from voxbus.services.bridge.audio import AgentFrame
+from voxbus.services.bridge.control_out import CTL_RETRY_S
 from voxbus.services.bridge.playout import Playout
-from voxbus.services.bridge.session import CTL_RETRY_S, CallerSession, RoomLink
+from voxbus.services.bridge.session import CallerSession, RoomLink
 from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge.room")

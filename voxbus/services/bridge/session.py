@@ -1,10 +1,9 @@
 """One caller in one room = one voxbus session.
 
-Up: the caller's microphone, resampled by the SDK to 16 kHz mono, cut into 20 ms ``AudioIn``
-frames and published to the bus (dropped, with a log line, while the bus is down).
-Down: the session's ``AudioOut`` frames go to the room's playout; transcripts and reply text go
-to the room as captions; ``UserStartedSpeaking`` (or a transcript of a newer turn) while a reply
-plays is a barge-in.
+Up: the caller's microphone goes to the bus (``mic``). Down: the session's ``AudioOut`` frames go
+to the room's playout; transcripts and reply text go to the room as captions (``captions``);
+``UserStartedSpeaking`` (or a transcript of a newer turn) while a reply plays is a barge-in.
+Control messages go to the bus in order, waiting for it (``control_out``).
 
 Speculation: the reply to a speculative ``EndOfTurn`` (its frames and text carry
 ``speculation`` k) is held here, never played, until the committed ``EndOfTurn`` of the turn names
@@ -26,11 +25,10 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
 from livekit import rtc
 from nats.aio.msg import Msg
@@ -40,10 +38,8 @@ from voxbus.contracts import decode
 from voxbus.contracts.control import CALLER_STATE, state_key
 from voxbus.contracts.messages import (
     AgentSpoke,
-    AudioIn,
     AudioOut,
     EndOfTurn,
-    ErrorEvent,
     Interrupt,
     Message,
     ReplyEnd,
@@ -58,18 +54,16 @@ from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime import metrics
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.caller_audio import CallerAudio
-from voxbus.runtime.tasks import TaskSet, cancel_and_wait
-from voxbus.services.bridge.audio import AgentAudio, AgentFrame, FrameBatcher
+from voxbus.runtime.tasks import TaskSet
+from voxbus.services.bridge.audio import AgentAudio, AgentFrame
+from voxbus.services.bridge.captions import Captions
+from voxbus.services.bridge.control_out import ControlOut
+from voxbus.services.bridge.mic import Mic
 from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge.session")
 
-#: How long a control message waits for the bus to come back before it is given up.
-CTL_RETRY_S = 15.0
-#: Control messages waiting for the bus, at most (a few per turn: room for many turns).
-CTL_QUEUE = 1024
 #: Messages of a reply held until its speculative turn is committed, at most (a first unit is
 #: a few hundred 20 ms frames; more than this and the rest of the guess is not kept).
 HOLD_MAX = 1500
@@ -110,8 +104,6 @@ class Reply:
     first_frame_ns: int = 0
     first_played_ns: int = 0
     done: bool = False
-    caption: rtc.TextStreamWriter | None = None
-    caption_events: list[str] = field(default_factory=list)
 
     def add_text(self, chunk: ReplyText) -> None:
         if chunk.char_start >= len(self.text):
@@ -157,22 +149,23 @@ class CallerSession:
         self.end_reason = ""
         self.purged = False  # being purged: nothing more is published for it
         self.started_ns = time.time_ns()
-        self.first_audio_in_ns = 0
         self.first_audio_out_played_ns = 0
-        self.frames_in = 0
-        self.frames_dropped = 0
-        self._outage_logged = False
-        self._audio: CallerAudio | None = None
-        self._seq = 0
         self._agent_audio = AgentAudio(link.playout.rate)
         self._subs: list[Subscription] = []
-        self._ctl: asyncio.Queue[Message | None] = asyncio.Queue(CTL_QUEUE)
-        self._captions: asyncio.Queue[Callable[[], Any]] = asyncio.Queue(maxsize=256)
         self._tasks = TaskSet(f"session-{self.id}")
-        self._ctl_task: asyncio.Task[None] | None = None
-        self._mic_task: asyncio.Task[None] | None = None
-        self._mic_track: rtc.Track | None = None
-        self._ready = False
+        self.ctl = ControlOut(
+            self.bus, self.region, msg_id_prefix=f"{self.id}-ctl-{self.started_ns}",
+            attempt_timeout_s=self.s.publish_timeout_s * 2, log=self.log,
+        )
+        self.mic = Mic(
+            self.bus, self.region, self.s, session=self.id, log=self.log, tasks=self._tasks,
+            publish_ctl=self.publish_ctl, turns_heard=lambda: self.user_turn,
+        )
+        self.captions = Captions(
+            link.room.local_participant, session=self.id, caller_identity=self.identity,
+            agent_track_sid=link.agent_track_sid, log=self.log, topic=self.s.caption_topic,
+            enabled=self.s.captions,
+        )
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -188,8 +181,8 @@ class CallerSession:
             self.log.warning("caller_not_saved", error=repr(e))
 
     async def start(self) -> None:
-        self._ctl_task = self._tasks.spawn(self._ctl_loop(), name=f"ctl-{self.id}")
-        self._tasks.spawn(self._caption_loop(), name=f"captions-{self.id}")
+        self.ctl.start(self._tasks, name=f"ctl-{self.id}")
+        self.captions.start(self._tasks, name=f"captions-{self.id}")
         # Which room and caller this is stays in the session's state, not on the wire
         self._tasks.spawn(self._save_caller(), name=f"caller-{self.id}")
         self.publish_ctl(SessionStarted(session=self.id, at_ns=self.started_ns))
@@ -204,41 +197,26 @@ class CallerSession:
         ]
         for kind, cb in subs:
             self._subs.append(await nc.subscribe(subject(self.region, self.id, kind), cb=cb))
-        self._audio = await CallerAudio(
-            self.bus, self.region, ack_timeout_s=self.s.publish_timeout_s,
-            backlog_s=self.s.audio_backlog_s, frame_s=self.s.frame_ms / 1000, name=self.id,
-            on_dropped=self._audio_dropped, on_recovered=self._audio_recovered).start()
+        await self.mic.open()
         if self.ended.is_set():  # the caller left while we were subscribing
             await self._unsubscribe()
             return
-        self._ready = True
         self.log.info("session_started", participant_sid=self.participant_sid)
-        if self._mic_track is not None:
-            self._start_mic(self._mic_track)
+        self.mic.listen()
 
     def attach_track(self, track: rtc.Track) -> None:
-        if self._mic_track is not None and self._mic_task is not None and not self._mic_task.done():
-            self.log.info("extra_audio_track_ignored", track=track.sid)
-            return
-        self._mic_track = track
-        if self._ready and not self.ended.is_set():
-            self._start_mic(track)
+        if not self.ended.is_set():
+            self.mic.attach(track)
 
     def detach_track(self, track: rtc.Track) -> None:
-        if self._mic_track is not None and self._mic_track.sid == track.sid:
-            self._mic_track = None
-            if self._mic_task is not None:
-                self._mic_task.cancel()
-
-    def _start_mic(self, track: rtc.Track) -> None:
-        self._mic_task = self._tasks.spawn(self._mic(track), name=f"mic-{self.id}")
+        self.mic.detach(track)
 
     async def purge(self) -> None:
         """The session is being purged (``ops.purge``): stop it now and write nothing more for
         it, not even its end (control messages still queued are dropped)."""
         self.purged = True
-        while not self._ctl.empty():
-            self._ctl.get_nowait()
+        self.ctl.purge()
+        self.mic.purge()
         await self.end("purged")
 
     async def end(self, reason: str) -> None:
@@ -257,22 +235,12 @@ class CallerSession:
         for reply in active:
             self._interrupted(reply, reason=reason)
         await self._unsubscribe()
-        await cancel_and_wait(self._mic_task)
-        if self._audio is not None:
-            if not self.purged:  # what the caller said last is stored before the session ends
-                await self._audio.flush(self.s.publish_timeout_s * 2)
-            await self._audio.close()
+        await self.mic.close()  # what the caller said last is stored before the session ends
         self.publish_ctl(SessionEnded(session=self.id, reason=reason, at_ns=time.time_ns()))
-        try:
-            async with asyncio.timeout(CTL_RETRY_S + 2):
-                await self._ctl.put(None)  # after what is queued: the loop ends once it is out
-                if self._ctl_task is not None:
-                    await asyncio.shield(self._ctl_task)
-        except TimeoutError:
-            await cancel_and_wait(self._ctl_task)
+        await self.ctl.close()
         await self._tasks.close()
-        self.log.info("session_ended", reason=reason, frames_in=self.frames_in,
-                      frames_dropped=self.frames_dropped)
+        self.log.info("session_ended", reason=reason, frames_in=self.mic.frames_in,
+                      frames_dropped=self.mic.frames_dropped)
 
     async def _unsubscribe(self) -> None:
         subs, self._subs = self._subs, []
@@ -284,82 +252,7 @@ class CallerSession:
 
     def publish_ctl(self, msg: Message) -> None:
         """Control messages go out in order from one task; they wait (bounded) for the bus."""
-        if self.purged:
-            return
-        try:
-            self._ctl.put_nowait(msg)
-        except asyncio.QueueFull:  # the bus has been down for long: this one is lost
-            self.log.error("control_message_dropped", kind=type(msg).__name__, turn=msg.turn,
-                           queued=self._ctl.qsize())
-
-    async def _ctl_loop(self) -> None:
-        n = 0
-        while (msg := await self._ctl.get()) is not None:
-            deadline = time.monotonic() + CTL_RETRY_S
-            # A retry after a timeout may follow a copy that nats-py buffered while reconnecting:
-            # JetStream drops the duplicate by its message id.
-            msg_id = {"Nats-Msg-Id": f"{self.id}-ctl-{self.started_ns}-{n}"}
-            n += 1
-            while True:
-                try:
-                    async with asyncio.timeout(self.s.publish_timeout_s * 2):
-                        await self.bus.publish(self.region, msg, headers=msg_id)
-                    break
-                except (TimeoutError, nats.errors.Error) as e:
-                    if time.monotonic() >= deadline:
-                        self.log.error("control_message_lost", kind=type(msg).__name__,
-                                       turn=msg.turn, error=repr(e))
-                        break
-                    await asyncio.sleep(0.2)
-
-    async def _publish_audio(self, pcm: bytes) -> None:
-        if self.purged or self._audio is None:
-            return
-        now_ns = time.time_ns()
-        msg = AudioIn(
-            session=self.id, seq=self._seq, sample_rate_hz=self.s.input_sample_rate_hz,
-            capture_ns=now_ns, pcm=pcm, turns_heard=self.user_turn,
-        )
-        self._seq += 1
-        await self._audio.send(msg)
-        if self.frames_in == 0:
-            self.first_audio_in_ns = now_ns
-        self.frames_in += 1
-
-    def _audio_dropped(self, dropped: int) -> None:
-        """The backlog of unstored frames overflowed (a long outage): its oldest went."""
-        if self.frames_dropped == 0 or not self._outage_logged:
-            self.log.warning("bus_down_audio_dropped", seq=self._seq - 1)
-            self._outage_logged = True
-        self.frames_dropped = dropped
-
-    def _audio_recovered(self, dropped: int, outage_s: float) -> None:
-        self._outage_logged = False
-        self.log.warning("bus_back_audio_resumed", dropped=dropped, outage_s=round(outage_s, 2))
-        if dropped:
-            self.publish_ctl(ErrorEvent(
-                session=self.id, code="audio_dropped", stage="bridge", at_ns=time.time_ns(),
-                message=f"{dropped} caller frames dropped during a {outage_s:.1f} s bus "
-                        f"outage (the oldest past {self.s.audio_backlog_s:g} s)",
-            ))
-
-    # ---- microphone ---------------------------------------------------------------------------
-
-    async def _mic(self, track: rtc.Track) -> None:
-        rate = self.s.input_sample_rate_hz
-        batcher = FrameBatcher(rate * self.s.frame_ms // 1000)
-        stream = rtc.AudioStream(
-            track, sample_rate=rate, num_channels=1, frame_size_ms=self.s.frame_ms,
-            capacity=self.s.mic_queue_frames,
-        )
-        self.log.info("mic_attached", track=track.sid)
-        try:
-            async for ev in stream:
-                for pcm in batcher.push(ev.frame.data.tobytes()):
-                    await self._publish_audio(pcm)
-        finally:
-            await stream.aclose()
-            self.log.info("mic_detached", track=track.sid, frames_in=self.frames_in)
+        self.ctl.publish(msg)
 
     # ---- from the bus -------------------------------------------------------------------------
 
@@ -496,7 +389,7 @@ class CallerSession:
             if msg.turn > self.user_turn:
                 self.barge_in(msg.turn, reason="barge_in")
             if msg.is_final and msg.text:
-                self._caption_user(msg)
+                self.captions.user(msg, track_sid=self.mic.track_sid)
         elif isinstance(msg, ReplyText | ReplyEnd):
             if self._admit(msg):
                 self._handle_part(msg)
@@ -512,7 +405,7 @@ class CallerSession:
             return
         reply = self._reply(msg.turn)
         reply.add_text(msg)
-        self._caption_agent(reply, msg.text)
+        self.captions.agent(reply.turn, msg.text)
 
     def _reply_end(self, msg: ReplyEnd) -> None:
         if msg.turn > 0 and self._stale(msg.turn):
@@ -521,7 +414,7 @@ class CallerSession:
         if msg.text:
             reply.text = msg.text
         reply.final = True
-        self._caption_agent_end(reply, interrupted=False)
+        self.captions.agent_end(reply.turn, interrupted=False)
 
     # ---- barge-in and completion --------------------------------------------------------------
 
@@ -566,7 +459,7 @@ class CallerSession:
             session=self.id, turn=reply.turn, text=reply.text[:char_end], char_end=char_end,
             interrupted=True, at_ns=time.time_ns(),
         ))
-        self._caption_agent_end(reply, interrupted=True, char_end=char_end)
+        self.captions.agent_end(reply.turn, interrupted=True, char_end=char_end)
         self.log.info("reply_interrupted", turn=reply.turn, reason=reason, char_end=char_end,
                       chars=len(reply.text), played_frames=reply.played_frames)
 
@@ -595,76 +488,6 @@ class CallerSession:
             session=self.id, turn=reply.turn, text=reply.text, char_end=len(reply.text),
             interrupted=False, at_ns=time.time_ns(),
         ))
-        self._caption_agent_end(reply, interrupted=False)
+        self.captions.agent_end(reply.turn, interrupted=False)
         self.log.info("reply_played", turn=reply.turn, frames=reply.played_frames,
                       chars=len(reply.text))
-
-    # ---- captions (LiveKit text streams, topic lk.transcription) -------------------------------
-
-    def _queue_caption(self, job: Callable[[], Any]) -> None:
-        if not self.s.captions:
-            return
-        try:
-            self._captions.put_nowait(job)
-        except asyncio.QueueFull:
-            self.log.warning("caption_dropped")
-
-    async def _caption_loop(self) -> None:
-        while True:
-            job = await self._captions.get()
-            try:
-                async with asyncio.timeout(5.0):
-                    await job()
-            except Exception as e:  # noqa: BLE001 - captions never take the session down
-                self.log.warning("caption_failed", error=repr(e))
-
-    def _caption_user(self, t: Transcript) -> None:
-        lp = self.link.room.local_participant
-        attrs = {
-            "lk.transcription_final": "true",
-            "lk.segment_id": f"{self.id}-user-{t.turn}-{t.seq}",
-            "lk.transcribed_track_id": self._mic_track.sid if self._mic_track else "",
-            "voxbus.turn": str(t.turn),
-        }
-
-        async def job() -> None:
-            w = await lp.stream_text(topic=self.s.caption_topic, attributes=attrs,
-                                     sender_identity=self.identity)
-            await w.write(t.text)
-            await w.aclose()
-
-        self._queue_caption(job)
-        self.log.debug("user_caption", turn=t.turn, pii={"text": t.text})
-
-    def _caption_agent(self, reply: Reply, text: str) -> None:
-        lp = self.link.room.local_participant
-
-        async def job() -> None:
-            if reply.caption is None:
-                reply.caption = await lp.stream_text(
-                    topic=self.s.caption_topic,
-                    attributes={
-                        "lk.transcription_final": "false",
-                        "lk.segment_id": f"{self.id}-agent-{reply.turn}",
-                        "lk.transcribed_track_id": self.link.agent_track_sid(),
-                        "voxbus.turn": str(reply.turn),
-                    },
-                )
-            await reply.caption.write(text)
-
-        self._queue_caption(job)
-
-    def _caption_agent_end(self, reply: Reply, *, interrupted: bool, char_end: int = 0) -> None:
-        if "end" in reply.caption_events:
-            return
-        reply.caption_events.append("end")
-        attrs = {"lk.transcription_final": "true"}
-        if interrupted:
-            attrs |= {"voxbus.interrupted": "true", "voxbus.char_end": str(char_end)}
-
-        async def job() -> None:
-            if reply.caption is not None:
-                w, reply.caption = reply.caption, None
-                await w.aclose(attributes=attrs)
-
-        self._queue_caption(job)
