@@ -5,13 +5,16 @@ import asyncio
 from voxbus.runtime import logging
 from voxbus.runtime.serve import serve
 from voxbus.runtime.settings import BusSettings
+from voxbus.services.stt.models import check_model
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.stage import SttStage
 
 
 def main() -> None:
     logging.configure()
-    stage = SttStage(SttSettings.from_env())
+    settings = SttSettings.from_env()
+    check_model(settings.model)  # a wrong STT_MODEL is said before connecting
+    stage = SttStage(settings)
     asyncio.run(serve(stage, BusSettings.from_env()))
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from voxbus.audio import Float32Array
+from voxbus.errors import UserError
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.models import DEFAULT_MODEL, resolve_model_dir
 from voxbus.services.stt.window import ShortWindow
@@ -128,18 +129,23 @@ class WhisperEngine:
             short_window_margin_s=short_window_margin_s,
         )
         started = time.perf_counter()
-        self._model: Any = WhisperModel(
-            str(self._opts.model_dir),
-            device=device,
-            compute_type=self._opts.compute_type,
-            cpu_threads=cpu_threads,
-            num_workers=1,
-            local_files_only=True,
-        )
+        try:
+            self._model: Any = WhisperModel(
+                str(self._opts.model_dir),
+                device=device,
+                compute_type=self._opts.compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=1,
+                local_files_only=True,
+            )
+        except RuntimeError as e:  # CTranslate2: the files (or the device) it was given
+            raise UserError(f"CTranslate2 cannot load the Whisper model in "
+                            f"{self._opts.model_dir}: {e}") from None
         self.load_s = time.perf_counter() - started
         self.multilingual = bool(self._model.model.is_multilingual)
         if not self.multilingual and language not in (None, "en"):
-            raise ValueError(f"model {model!r} is English-only; language {language!r}")
+            raise UserError(f"the Whisper model {model!r} is English-only: it cannot "
+                            f"transcribe language {language!r} (STT_LANGUAGE)")
         self._short: ShortWindow | None = None
         if short_window_s > 0:
             self._short = ShortWindow(self._model, window_s=short_window_s,

@@ -16,6 +16,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from voxbus.errors import UserError
+
 TINY_EN = "tiny.en"
 BASE = "base"
 DEFAULT_MODEL = TINY_EN
@@ -29,12 +31,17 @@ BASE_DIR_NAME = f"whisper-base-ct2-{BASE_MODEL_BIN_SHA256[:12]}"
 _CHUNK = 1 << 20
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserError, FileNotFoundError):
     """The model cannot be resolved without a download."""
 
 
-class ModelIntegrityError(RuntimeError):
-    """Model bytes do not match the pinned checksum."""
+class ModelIntegrityError(UserError, RuntimeError):
+    """Model bytes are not what they must be (the pinned checksum, CTranslate2's format)."""
+
+
+#: CTranslate2 writes its format's version first in model.bin (a little-endian uint32; 6 in
+#: CTranslate2 4.x): far beyond this, the file is no CTranslate2 model at all.
+_MAX_BINARY_VERSION = 64
 
 
 def cache_root() -> Path:
@@ -61,6 +68,37 @@ def resolve_model_dir(model: str = DEFAULT_MODEL, *, cache_dir: Path | None = No
             "containing model.bin"
         )
     return path
+
+
+def check_model(model: str, *, setting: str = "STT_MODEL") -> None:
+    """Quickly (a worker checks before it connects): ``model`` names a Whisper model this
+    machine has, or a one-line error says why not. Nothing is joined or hashed here; a model.bin
+    that is not one shows in its first bytes, and what only CTranslate2 can tell is said when
+    it loads (``WhisperEngine``)."""
+    if model == TINY_EN:
+        _tiny_en_dir()
+        return
+    if model == BASE:
+        for package in BASE_PART_PACKAGES:
+            _package_data(package)
+        return
+    what = f"{setting}={model}"
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{what}: neither {TINY_EN!r}, {BASE!r} nor a directory (a "
+                                 "CTranslate2 Whisper model)")
+    model_bin = path / "model.bin"
+    try:
+        with model_bin.open("rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{what}: no model.bin in that directory (not a CTranslate2 "
+                                 "Whisper model)") from None
+    except OSError as e:
+        raise ModelNotFoundError(f"{what}: cannot read {model_bin} ({e.strerror or e})") from None
+    version = int.from_bytes(head, "little") if len(head) == 4 else 0
+    if not 1 <= version <= _MAX_BINARY_VERSION:
+        raise ModelIntegrityError(f"{what}: {model_bin} is not a CTranslate2 model file")
 
 
 def _tiny_en_dir() -> Path:
