@@ -6,14 +6,22 @@ import asyncio
 
 from voxbus.runtime import logging
 from voxbus.runtime.serve import serve
-from voxbus.runtime.settings import BusSettings
+from voxbus.runtime.settings import BusSettings, SettingsError
+from voxbus.services.tts.models import check_model_path
 from voxbus.services.tts.settings import TtsSettings
 from voxbus.services.tts.stage import TtsStage
 
 
 def main() -> None:
     logging.configure()
-    asyncio.run(serve(TtsStage(TtsSettings.from_env()), BusSettings.from_env()))
+    settings = TtsSettings.from_env()
+    if settings.model_path is not None:  # a wrong TTS_MODEL_PATH is said before connecting
+        if settings.engine != "kokoro":
+            raise SettingsError(f"TTS_MODEL_PATH is a Kokoro model, and TTS_ENGINE is "
+                                f"{settings.engine} (it speaks with its packaged voice): set "
+                                "TTS_ENGINE=kokoro, or leave TTS_MODEL_PATH out")
+        check_model_path(settings.model_path)
+    asyncio.run(serve(TtsStage(settings), BusSettings.from_env()))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from voxbus.runtime.engine_thread import Abort
 
-from .models import VOICES_DIR, cache_dir, load_voices, resolve_model_path
+from .models import VOICES_DIR, ModelError, cache_dir, load_voices, resolve_model_path
 from .normalize import speakable_text
 
 if TYPE_CHECKING:
@@ -210,9 +210,19 @@ class KokoroEngine:
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            str(self._opts.model_path), sess_options=options, providers=list(provider_names)
+        from onnxruntime.capi.onnxruntime_pybind11_state import (
+            InvalidGraph,
+            InvalidProtobuf,
+            NoSuchFile,
         )
+
+        try:
+            session = ort.InferenceSession(
+                str(self._opts.model_path), sess_options=options, providers=list(provider_names)
+            )
+        except (InvalidProtobuf, InvalidGraph, NoSuchFile):  # the file, not the code
+            raise ModelError(f"onnxruntime cannot load {self._opts.model_path}: it is not an "
+                             "ONNX model (or not a whole one)") from None
         self._session_providers: tuple[str, ...] = tuple(session.get_providers())
         voices_npz = _voices_npz(self._voices, cache_path)
         self._run = _RunOptionsLocal()

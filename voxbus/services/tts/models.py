@@ -22,6 +22,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from voxbus.errors import UserError
+
 MODEL_FILENAME: Final = "kokoro-v1.0.int8.onnx"
 MODEL_SIZE: Final = 92_361_271
 MODEL_SHA256: Final = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
@@ -41,7 +43,7 @@ VOICE_SUFFIX: Final = ".bin"
 _CHUNK = 1 << 20
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """The model (or a voice) is missing, or does not match what it must be."""
 
 
@@ -148,6 +150,24 @@ def resolve_model_path(model_path: Path | str | None = None, *, cache: Path | No
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    return path
+
+
+def check_model_path(model_path: Path | str, *, setting: str = "TTS_MODEL_PATH") -> Path:
+    """Quickly (a worker checks before it connects): ``model_path`` is a file this process can
+    read, or a one-line ``ModelError`` says why not. Whether it is an ONNX model only
+    onnxruntime can tell, when it loads (``KokoroEngine``)."""
+    path = Path(model_path).expanduser()
+    what = f"{setting}={model_path}"
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ModelError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise ModelError(f"{what} is a directory, not a Kokoro ONNX model file") from None
+    except OSError as e:
+        raise ModelError(f"{what}: cannot read it ({e.strerror or e})") from None
     return path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from voxbus.audio import resample
+from voxbus.errors import UserError
 from voxbus.runtime.engine_thread import Abort
 
 from .engine import SAMPLE_RATE_HZ, SynthesisAborted, check_voice, empty_audio, onnx_providers
@@ -28,7 +29,7 @@ VOICE: Final = "joe"
 WARMUP_TEXT: Final = "Hello there, how can I help?"
 
 
-class PiperUnavailable(RuntimeError):
+class PiperUnavailable(UserError, RuntimeError):
     """piper-tts or the voice package is not installed."""
 
 
