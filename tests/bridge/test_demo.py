@@ -10,21 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from voxbus.dev import demo, supervise
-from voxbus.dev.livekit_server import LiveKitServerError
+from voxbus.dev import demo, livekit_server, supervise
+from voxbus.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_missing_livekit_server_says_run_dev_setup(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def missing() -> Path:
-        raise LiveKitServerError("not found")
-
-    monkeypatch.setattr(demo, "livekit_server_binary", missing)
-    assert demo.main([]) == 2
-    assert "run ./dev setup" in capsys.readouterr().err
+def test_missing_livekit_server_says_run_dev_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line from ``voxbus.cli`` (``tests/test_cli_errors.py`` runs the real command)."""
+    monkeypatch.delenv("LIVEKIT_SERVER_BIN", raising=False)
+    monkeypatch.setattr(livekit_server, "REPO", Path("/nonexistent"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UserError, match=r"run \./dev setup.*--bus-only"):
+        demo.main([])
 
 
 def test_supervised_child_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:

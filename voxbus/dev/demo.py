@@ -23,7 +23,11 @@ from pathlib import Path
 
 from voxbus.audio import write_wav
 from voxbus.dev import netns
-from voxbus.dev.livekit_server import LiveKitServerError, livekit_server_binary
+from voxbus.dev.livekit_server import (
+    LiveKitServerError,
+    LiveKitServerMissing,
+    livekit_server_binary,
+)
 from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
 from voxbus.dev.supervise import LoopError, run_supervised
@@ -206,21 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.web is not None and args.bus_only:
         ap.error("--web needs LiveKit: leave out --bus-only")
     if args.web is not None:
-        from voxbus.runtime.settings import SettingsError
         from voxbus.web.server import check_bundle
 
-        try:
-            check_bundle()
-        except SettingsError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        check_bundle()  # a UserError: one line, from ``voxbus.cli``
     if not args.bus_only:
         try:
             livekit_server_binary()
-        except LiveKitServerError:
-            print("error: livekit-server not found (.bin/server): run ./dev setup "
-                  "(or use --bus-only)", file=sys.stderr)
-            return 2
+        except LiveKitServerMissing as e:
+            raise LiveKitServerMissing(f"{e} (or run the demo with --bus-only)") from None
     rc = run_supervised("voxbus.dev.demo", argv, want_netns=not args.bus_only,
                         no_netns=args.no_netns)
     if rc is not None:

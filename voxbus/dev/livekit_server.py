@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from voxbus.errors import UserError
 from voxbus.runtime.procs import free_port, stop_popen
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -34,18 +35,26 @@ class LiveKitServerError(RuntimeError):
     pass
 
 
+class LiveKitServerMissing(LiveKitServerError, UserError):
+    """No livekit-server to run (one line: where it was looked for, how to install it)."""
+
+
 def livekit_server_binary() -> Path:
-    candidates: list[Path] = []
+    """``$LIVEKIT_SERVER_BIN`` (when set, it must be the one), else ``<repo>/.bin/server``, else
+    ``livekit-server`` on PATH."""
     if env := os.environ.get("LIVEKIT_SERVER_BIN"):
-        candidates.append(Path(env))
-    candidates.append(REPO / ".bin" / "server")
+        if Path(env).is_file() and os.access(env, os.X_OK):
+            return Path(env)
+        raise LiveKitServerMissing(f"LIVEKIT_SERVER_BIN={env}: no such executable file")
+    candidates = [REPO / ".bin" / "server"]
     if found := shutil.which("livekit-server"):
         candidates.append(Path(found))
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c
-    raise LiveKitServerError(
-        "livekit-server not found: run scripts/install-livekit.sh (or set LIVEKIT_SERVER_BIN)"
+    raise LiveKitServerMissing(
+        f"livekit-server not found (neither {REPO / '.bin' / 'server'} nor on PATH): run "
+        "./dev setup (scripts/install-livekit.sh), or set LIVEKIT_SERVER_BIN"
     )
 
 
