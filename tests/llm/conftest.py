@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from voxbus.runtime.procs import free_port
+from voxbus.runtime.procs import free_port, stop_popen
 from voxbus.services.llm.llama_engine import LlamaCppEngine, default_model_path
 
 SERVER_READY_TIMEOUT_S = 60.0
@@ -52,9 +52,10 @@ def llama_server(smollm2_path: Path) -> Iterator[str]:
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     base_url = f"http://127.0.0.1:{port}"
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
         with httpx.Client(timeout=1.0) as client:
             while True:
@@ -70,11 +71,6 @@ def llama_server(smollm2_path: Path) -> Iterator[str]:
                 time.sleep(0.1)
         yield base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_popen(proc, timeout_s=10)
         log.close()
         os.unlink(log.name)

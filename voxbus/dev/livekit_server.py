@@ -150,11 +150,15 @@ class LiveKitServer:
         log_path = self.log_path or Path(self._tmp.name) / "server.log"
         self.log_path = log_path
         t0 = time.monotonic()
-        with log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [str(binary), "--dev", "--config", str(cfg_file)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
+        try:
+            with log_path.open("wb") as log:
+                self._proc = subprocess.Popen(
+                    [str(binary), "--dev", "--config", str(cfg_file)],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )
+        except BaseException:
+            self.stop()  # the temporary config goes with it
+            raise
         deadline = t0 + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -104,8 +104,12 @@ class EmbeddedNats:
         args = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-c", str(self._config()), *self.extra_args]
         err_path = self.store_dir / "nats-server.stderr"
-        with err_path.open("ab") as err:  # before the log file opens (a bad config, a port)
-            self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            with err_path.open("ab") as err:  # before the log file opens (a bad config, a port)
+                self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+        except BaseException:
+            self.stop()  # the temporary store goes with it
+            raise
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
