@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from voxbus.errors import DEBUG_ENV, EXIT_STATUS, user_error
+from voxbus.errors import DEBUG_ENV, EXIT_STATUS, UserError, user_error
 
 if TYPE_CHECKING:
     from voxbus.ops.auth import Identities
@@ -70,8 +70,7 @@ def _nats(args: argparse.Namespace) -> int:
             server.stop()
         if isinstance(e, KeyboardInterrupt):
             return 0
-        print(f"voxbus nats: {e}", file=sys.stderr)
-        return 1
+        raise UserError(_server_said(str(e))) from None
     try:
         if cluster is not None:
             for r in regions:
@@ -99,6 +98,15 @@ def _nats(args: argparse.Namespace) -> int:
             cluster.stop()
         if server is not None:
             server.stop()
+
+
+def _server_said(message: str) -> str:
+    """``message`` with the log tail of a nats-server that exited cut to its own reason (the
+    ``[FTL]`` line: a port in use, a bad config)."""
+    for line in message.splitlines():
+        if "[FTL]" in line:
+            return f"nats-server exited: {line.split('[FTL]', 1)[1].strip()}"
+    return message
 
 
 def _watch(cluster: Supercluster) -> None:
