@@ -1,15 +1,59 @@
-"""Shared fixtures: a real nats-server per test (or NATS_URL), and a provisioned bus."""
+"""Shared fixtures: a real nats-server per test (or NATS_URL), and a provisioned bus; and the
+fast tier's guard (``tests/tier.py``) when ``VOXBUS_TEST_TIER=fast``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
 import pytest
 
+from tests import tier
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
 
 REGION = "test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if tier.active():
+        config.pluginmanager.register(FastTier(), "voxbus-fast-tier")
+
+
+class FastTier:
+    """``VOXBUS_TEST_TIER=fast``: no server, no model (``tests/tier.py``)."""
+
+    def __init__(self) -> None:
+        self.guard = tier.Guard()
+        self.undo: list[Callable[[], None]] = []
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Armed once collected: collecting imports test modules, which load no model."""
+        loaded = sorted(m for m in sys.modules if m.partition(".")[0] in tier.MODEL_RUNTIMES)
+        if loaded:
+            raise pytest.UsageError(
+                f"the fast tier cannot watch {loaded[:3]}: imported while collecting (import a "
+                "model runtime where the model is loaded, not at the top of a module)")
+        mp = pytest.MonkeyPatch()
+        for name, value in tier.child_env().items():
+            mp.setenv(name, value)
+        self.undo += [mp.undo, tier.install(self.guard)]
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        for undo in reversed(self.undo):
+            undo()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """A refusal the code under test swallowed still fails the test."""
+        report = yield
+        refused = self.guard.new_refusals()
+        if refused and not report.failed:
+            report.outcome = "failed"
+            report.longrepr = "\n".join(refused)
+        return report
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from voxbus.audio import (
 )
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
 
+pytestmark = pytest.mark.fast
+
 COMMON_RATES = (8_000, 16_000, 22_050, 24_000, 44_100, 48_000)
 
 

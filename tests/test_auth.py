@@ -83,6 +83,7 @@ async def test_only_the_purger_erases_and_only_the_operator_asks(
             await bus.close()
 
 
+@pytest.mark.fast
 def test_a_process_refuses_an_identity_that_is_not_its_own(ids: Identities,
                                                            tmp_path: Path) -> None:
     llm = str(ids.path("llm-eu"))

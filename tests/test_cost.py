@@ -11,6 +11,8 @@ import pytest
 
 from voxbus.bench.cost import capacities, main
 
+pytestmark = pytest.mark.fast
+
 
 def _results(tmp_path: Path, stt_levels: list[tuple[int, float]]) -> Path:
     (tmp_path / "stt.json").write_text(json.dumps({

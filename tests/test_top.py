@@ -23,6 +23,7 @@ from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.stage import LlmStage
 
 
+@pytest.mark.fast
 def test_quantiles_come_from_the_buckets_growth() -> None:
     assert quantile([(0.1, 0), (0.5, 10), (1.0, 10), (float("inf"), 10)], 0.5) == pytest.approx(
         0.3)

@@ -22,6 +22,8 @@ from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.session import session_id_for, session_key
 from voxbus.services.bridge.settings import BridgeSettings
 
+pytestmark = pytest.mark.fast
+
 
 def nats_match(pattern: str, subj: str) -> bool:
     p, s = pattern.split("."), subj.split(".")

@@ -7,6 +7,8 @@ import pytest
 
 from voxbus.contracts import control
 
+pytestmark = pytest.mark.fast
+
 
 def test_dispatch_request_and_reply_are_the_documented_json() -> None:
     assert control.encode_json(control.DispatchRequest(room="r1")) == b'{"room":"r1"}'

@@ -11,6 +11,9 @@ import zipfile
 from pathlib import Path
 
 import msgspec
+import pytest
+
+pytestmark = pytest.mark.fast
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "voxbus" / "contracts"

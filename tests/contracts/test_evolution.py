@@ -10,6 +10,8 @@ import pytest
 import voxbus.contracts.messages as m
 from tests.contracts.make_golden import GOLDEN, SAMPLES, V2_SAMPLES
 
+pytestmark = pytest.mark.fast
+
 
 def test_every_message_type_has_a_golden_sample() -> None:
     tags = {type(s) for s in SAMPLES + V2_SAMPLES}

@@ -13,6 +13,8 @@ from voxbus.contracts.subjects import (
     subject_for,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def test_subject_shape_and_parse() -> None:
     s = subject("eu-west", "abc_1", Kind.AUDIO_IN)

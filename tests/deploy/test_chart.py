@@ -92,6 +92,7 @@ def _keda_schema() -> dict[str, Any]:
     return schema
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("regions", [["eu"], ["eu", "us"]])
 def test_every_rendered_object_is_valid(regions: list[str]) -> None:
     docs = render(regions)
@@ -130,6 +131,7 @@ def test_every_rendered_object_is_valid(regions: list[str]) -> None:
         assert "nodeSelector" not in stt
 
 
+@pytest.mark.fast
 def test_the_gpu_switch_and_keda_off() -> None:
     docs = render(["eu"], "stages.stt.gpu=true", "keda.enabled=false")
     stt = _of(docs, "Deployment")["voxbus-stt-eu"]["spec"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
 from voxbus.services.llm.engine import (
     ChatMessage,
@@ -8,6 +10,8 @@ from voxbus.services.llm.engine import (
     tool_result_message,
 )
 from voxbus.services.llm.tools import GET_CURRENT_TIME
+
+pytestmark = pytest.mark.fast
 
 
 def text(parts: list[PromptPart]) -> str:

@@ -3,8 +3,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from voxbus.services.llm.engine import FinishDelta, LLMDelta, LLMEngine, TextDelta, ToolCallDelta
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
+
+pytestmark = pytest.mark.fast
 
 
 async def collect(engine: LLMEngine) -> list[LLMDelta]:

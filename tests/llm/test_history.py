@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.conftest import REGION
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
@@ -23,16 +25,19 @@ REPLY: list[ChatMessage] = [
 ]
 
 
+@pytest.mark.fast
 def test_reply_text_joins_rounds_with_a_space() -> None:
     assert reply_text(REPLY) == "Let me check. It is 22:05."
 
 
+@pytest.mark.fast
 def test_truncate_inside_the_last_round_keeps_the_tool_traffic() -> None:
     cut = truncate_reply(REPLY, len("Let me check. It is"))
     assert cut[:2] == REPLY[:2]
     assert cut[2] == {"role": "assistant", "content": "It is"}
 
 
+@pytest.mark.fast
 def test_truncate_before_a_tool_call_drops_the_call_and_its_result() -> None:
     assert truncate_reply(REPLY, 3) == [{"role": "assistant", "content": "Let"}]
     assert truncate_reply(REPLY, 0) == []

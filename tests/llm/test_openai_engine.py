@@ -45,6 +45,7 @@ def text_of(deltas: Sequence[LLMDelta]) -> str:
     return "".join(d.text for d in deltas if isinstance(d, TextDelta))
 
 
+@pytest.mark.fast
 async def test_streams_text_and_sends_an_openai_request() -> None:
     async with ScriptedOpenAIServer(words) as server:
         engine = OpenAICompatEngine(base_url=server.base_url + "/v1", model="m", max_tokens=7)
@@ -57,6 +58,7 @@ async def test_streams_text_and_sends_an_openai_request() -> None:
     assert body["messages"] == QUESTION and "tools" not in body
 
 
+@pytest.mark.fast
 async def test_accumulates_streamed_tool_calls_by_index() -> None:
     def script(body: dict[str, Any]) -> Sequence[Step]:
         return [
@@ -88,6 +90,7 @@ async def test_accumulates_streamed_tool_calls_by_index() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.fast
 async def test_stream_without_done_or_finish_still_finishes() -> None:
     async with ScriptedOpenAIServer(lambda body: [(0.0, text_chunk("Hi"))]) as server:
         engine = OpenAICompatEngine(base_url=server.base_url)
@@ -96,6 +99,7 @@ async def test_stream_without_done_or_finish_still_finishes() -> None:
     assert deltas == [TextDelta("Hi"), FinishDelta("stop")]
 
 
+@pytest.mark.fast
 async def test_http_error_is_a_backend_error() -> None:
     async with ScriptedOpenAIServer(words, status=503) as server:
         engine = OpenAICompatEngine(base_url=server.base_url)
@@ -105,6 +109,7 @@ async def test_http_error_is_a_backend_error() -> None:
         await engine.aclose()
 
 
+@pytest.mark.fast
 async def test_timeout_is_a_clear_backend_error() -> None:
     async with ScriptedOpenAIServer(lambda body: words(body, delay=1.0)) as server:
         engine = OpenAICompatEngine(base_url=server.base_url, read_timeout_s=0.2)
@@ -116,6 +121,7 @@ async def test_timeout_is_a_clear_backend_error() -> None:
         await engine.aclose()
 
 
+@pytest.mark.fast
 async def test_connection_refused_is_a_backend_error() -> None:
     async with ScriptedOpenAIServer(words) as server:
         url = server.base_url
@@ -126,6 +132,7 @@ async def test_connection_refused_is_a_backend_error() -> None:
     await engine.aclose()
 
 
+@pytest.mark.fast
 async def test_cancellation_closes_the_http_stream_promptly() -> None:
     def endless(body: dict[str, Any]) -> Sequence[Step]:
         return [(0.02, text_chunk(f" w{i}")) for i in range(500)]
@@ -160,6 +167,7 @@ async def test_cancellation_closes_the_http_stream_promptly() -> None:
         await engine.aclose()
 
 
+@pytest.mark.fast
 def test_wire_messages_for_llama_cpp_server() -> None:
     call = ToolCallDelta(id="c1", name="get_current_time", arguments="{}")
     messages: list[ChatMessage] = [
@@ -179,6 +187,7 @@ def test_wire_messages_for_llama_cpp_server() -> None:
     }
 
 
+@pytest.mark.fast
 def test_sse_parser_edge_cases() -> None:
     parser = SSEChatParser()
     assert parser.feed_line(": keep-alive") == []

@@ -7,9 +7,13 @@ import asyncio
 import contextlib
 import time
 
+import pytest
+
 from voxbus.services.llm.engine import ChatMessage, TextDelta
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
 from voxbus.services.llm.pool import EnginePool
+
+pytestmark = pytest.mark.fast
 
 
 def convo(name: str, turns: int) -> list[ChatMessage]:

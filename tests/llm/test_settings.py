@@ -7,6 +7,8 @@ import pytest
 from voxbus.runtime.settings import SettingsError
 from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
 
+pytestmark = pytest.mark.fast
+
 
 def test_defaults_are_the_in_process_model_without_tools() -> None:
     s = LlmSettings.from_env({})

@@ -402,6 +402,7 @@ async def test_tool_calls_are_not_offered_when_tools_are_off(bus: Bus) -> None:
     assert fake.calls[0][1] is None and not end.end_call and len(fake.calls) == 1
 
 
+@pytest.mark.fast
 async def test_a_kv_timeout_during_a_turn_is_retried_not_terminal() -> None:
     """The history read times out once (a NATS restart): the turn is handled again in its lane
     and answered, with no error event."""

@@ -81,6 +81,7 @@ def scripted_model(body: dict[str, Any]) -> Sequence[Step]:
     return [*((0.0, text_chunk(w)) for w in words), (0.0, text_chunk(finish="stop"))]
 
 
+@pytest.mark.fast
 async def test_round_trip_through_an_openai_compatible_server() -> None:
     executor = ToolExecutor(now=lambda: NOW)
     async with ScriptedOpenAIServer(scripted_model) as server:
@@ -100,6 +101,7 @@ async def test_round_trip_through_an_openai_compatible_server() -> None:
     assert json.loads(second[3]["content"])["timezone"] == "Asia/Tokyo"
 
 
+@pytest.mark.fast
 async def test_round_trip_with_the_fake_llm() -> None:
     call = ToolCallDelta(id="c1", name="end_call", arguments='{"reason": "bye"}')
     fake = FakeLLM([FakeTurn(tool_calls=[call]), FakeTurn.words("Goodbye!")])

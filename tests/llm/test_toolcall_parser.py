@@ -3,8 +3,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import count
 
+import pytest
+
 from voxbus.services.llm.engine import TextDelta, ToolCallDelta
 from voxbus.services.llm.toolcall_parser import ToolCallExtractor
+
+pytestmark = pytest.mark.fast
 
 
 def extract(pieces: Iterable[str]) -> tuple[list[TextDelta | ToolCallDelta], ToolCallExtractor]:

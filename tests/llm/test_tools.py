@@ -8,6 +8,8 @@ import pytest
 from voxbus.services.llm.engine import ToolCallDelta
 from voxbus.services.llm.tools import DEFAULT_TOOLS, END_CALL, GET_CURRENT_TIME, ToolExecutor
 
+pytestmark = pytest.mark.fast
+
 NOW = datetime(2026, 11, 24, 13, 5, 0, tzinfo=UTC)
 
 

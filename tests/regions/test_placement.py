@@ -100,6 +100,7 @@ def test_voxbus_nats_starts_a_supercluster_and_prints_each_region(tmp_path: Path
         proc.stderr.close()
 
 
+@pytest.mark.fast
 def test_voxbus_nats_refuses_a_bad_cluster_size(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "voxbus.cli", "nats", "--regions", "eu", "--cluster-size", "10",

@@ -10,7 +10,11 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from voxbus.runtime import metrics
+
+pytestmark = pytest.mark.fast
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "voxbus.json"
 

@@ -13,6 +13,8 @@ import pytest
 
 from voxbus.runtime.engine_thread import Abort, EngineClosed, EngineThread
 
+pytestmark = pytest.mark.fast
+
 
 async def test_jobs_run_earliest_deadline_first_and_return_results() -> None:
     t = EngineThread("t")

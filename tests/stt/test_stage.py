@@ -352,6 +352,7 @@ async def test_extra_sessions_wait_and_idle_sessions_are_closed() -> None:
 # ---- units --------------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_timeline_maps_samples_to_capture_times() -> None:
     tl = Timeline()
     tl.mark(0, 1_000)
@@ -361,6 +362,7 @@ def test_timeline_maps_samples_to_capture_times() -> None:
     assert tl.ns_at(-16) == 1_000 - 1_000_000
 
 
+@pytest.mark.fast
 def test_settings_from_env() -> None:
     s = SttSettings.from_env({"STT_MODEL": "base", "STT_END_SILENCE_MS": "250",
                               "STT_PARTIALS": "off", "STT_MAX_SESSIONS": "3"})

@@ -21,6 +21,8 @@ from voxbus.services.stt.turns import (
 )
 from voxbus.services.stt.vad import ScriptedVad
 
+pytestmark = pytest.mark.fast
+
 W = 512  # samples per VAD window
 MS = 16  # samples per millisecond
 

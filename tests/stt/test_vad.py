@@ -10,6 +10,7 @@ from voxbus.services.stt.vad import ScriptedVad, SileroVad
 TOLERANCE_MS = 150
 
 
+@pytest.mark.fast
 def test_scripted_vad_windows_and_offsets() -> None:
     vad = ScriptedVad([0.1, 0.9], window_samples=4, then=0.5)
     assert vad.process(np.zeros(3, dtype=np.float32)) == []

@@ -8,6 +8,8 @@ import pytest
 
 from voxbus.services.tts.clauses import Unit, UnitSplitter, iter_units, split_units
 
+pytestmark = pytest.mark.fast
+
 REPLIES = [
     "Sure, I can help you with that. The pharmacy closes at nine tonight, but the late-night "
     "one on Main Street is open until two.",

@@ -27,6 +27,7 @@ def rms(audio: NDArray[np.float32]) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
+@pytest.mark.fast
 def test_lang_for_voice() -> None:
     assert lang_for_voice("bf_emma") == "en-gb"
     assert lang_for_voice("bm_george") == "en-gb"
@@ -34,6 +35,7 @@ def test_lang_for_voice() -> None:
     assert lang_for_voice("am_michael") == "en-us"
 
 
+@pytest.mark.fast
 def test_onnx_providers() -> None:
     assert onnx_providers("cpu") == ("CPUExecutionProvider",)
     assert onnx_providers("cuda") == ("CUDAExecutionProvider", "CPUExecutionProvider")

@@ -10,6 +10,8 @@ import pytest
 from voxbus.services.tts.engine import Synthesizer, UnknownVoice
 from voxbus.services.tts.fake import FakeSynthesizer
 
+pytestmark = pytest.mark.fast
+
 
 class Clock:
     def __init__(self) -> None:

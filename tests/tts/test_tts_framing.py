@@ -15,6 +15,8 @@ from voxbus.services.tts.framing import (
     trim_leading_silence,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def test_samples_per_frame() -> None:
     assert samples_per_frame() == 480

@@ -25,6 +25,8 @@ from voxbus.services.tts.models import (
     verify_model,
 )
 
+pytestmark = pytest.mark.fast
+
 VENDORED = ("af_heart", "am_michael", "bf_emma")
 
 

@@ -19,6 +19,7 @@ LONG = (
 )
 
 
+@pytest.mark.fast
 async def test_earliest_deadline_first() -> None:
     fake = FakeSynthesizer(delay_s=0.05)
     scheduler = SynthScheduler(fake)
@@ -35,6 +36,7 @@ async def test_earliest_deadline_first() -> None:
     assert scheduler.stats.units == 3
 
 
+@pytest.mark.fast
 async def test_a_cancelled_caller_aborts_its_job() -> None:
     fake = FakeSynthesizer(delay_s=[5.0, 0.0])
     scheduler = SynthScheduler(fake)
@@ -55,6 +57,7 @@ async def test_a_cancelled_caller_aborts_its_job() -> None:
     assert scheduler.stats.aborted == 1
 
 
+@pytest.mark.fast
 async def test_short_units_are_cached() -> None:
     fake = FakeSynthesizer()
     scheduler = SynthScheduler(fake, cache_entries=2, cache_max_chars=10)
@@ -73,6 +76,7 @@ async def test_short_units_are_cached() -> None:
     assert not hit.audio.flags.writeable
 
 
+@pytest.mark.fast
 async def test_closing_fails_waiting_callers() -> None:
     scheduler = SynthScheduler(FakeSynthesizer(delay_s=5.0))
     scheduler.start()

@@ -259,6 +259,7 @@ async def test_text_is_logged_only_under_pii(bus: Bus) -> None:
         assert "Secret" not in repr(visible)
 
 
+@pytest.mark.fast
 def test_settings_from_env() -> None:
     s = TtsSettings.from_env({"TTS_VOICE": "bf_emma", "TTS_RAMP": "40,80", "TTS_SPEED": "1.1",
                               "TTS_PROVIDERS": "CUDA", "TTS_MAX_SESSIONS": "3"})
