@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from voxbus.contracts.messages import AnyMessage, AudioIn, Interrupt, Message, ReplyText
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.closing import CloseReason
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context, Retryable, SessionPolicy
 from voxbus.runtime.testing import StageRunner
 
@@ -47,8 +48,8 @@ class Handler:
         await self.scope.publish(ReplyText(session=msg.session, turn=msg.turn, seq=msg.seq,
                                            text="x", char_start=0, char_end=1))
 
-    async def close(self, reason: str) -> None:
-        self.stage.closed.append((self.scope.session, reason, list(self.seen)))
+    async def close(self, reason: CloseReason) -> None:
+        self.stage.closed.append((self.scope.session, reason.value, list(self.seen)))
 
 
 class LaterStage:

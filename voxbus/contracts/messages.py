@@ -271,9 +271,3 @@ def message_id(msg: Message) -> str | None:
 def ends_turn(msg: Message) -> bool:
     """``msg`` is the committed end of a turn (an ``EndOfTurn`` that is not a guess)."""
     return isinstance(msg, EndOfTurn) and not msg.speculative
-
-
-def reply_rank(turn: int, speculation: int) -> tuple[int, int]:
-    """Orders the replies a turn may get: a later speculation replaces an earlier one, and the
-    reply to committed words nobody guessed (``speculation`` 0) comes after every guess."""
-    return (turn, speculation or 1 << 30)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from voxbus.contracts.messages import AnyMessage
+from voxbus.runtime.ledger import TurnLedger
 
 
 class Inbound(Protocol):
@@ -125,12 +126,13 @@ Skip = Callable[[Delivery], Awaitable[None]]
 class Lane:
     def __init__(
         self, session: str, *, process: Process, skip: Skip, maxsize: int,
-        on_exit: Callable[[Lane], None],
+        on_exit: Callable[[Lane], None], ledger: TurnLedger[object] | None = None,
     ) -> None:
         self.session = session
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize)
         self.current: Delivery | None = None
-        self.interrupted_turn = 0
+        #: The session's turn ledger (the scope's): what is stale is read there.
+        self.ledger: TurnLedger[object] = ledger if ledger is not None else TurnLedger()
         self._process = process
         self._skip = skip
         self.last_active = time.monotonic()
@@ -140,11 +142,15 @@ class Lane:
         self.task: asyncio.Task[None] | None = None
 
     def stale(self, d: Delivery) -> bool:
-        return 0 < d.msg.turn <= self.interrupted_turn
+        return self.ledger.stale(d.msg.turn)
 
     def interrupt(self, turn: int) -> None:
         """Cancel in-flight work of turns <= ``turn``; queued ones are skipped when dequeued."""
-        self.interrupted_turn = max(self.interrupted_turn, turn)
+        self.ledger.interrupt(turn)
+        self.cut_stale()
+
+    def cut_stale(self) -> None:
+        """Cancel the message in hand if its turn is over (the ledger's watermark rose)."""
         cur = self.current
         if (cur is not None and self._processing and not self._interrupting
                 and self.stale(cur) and self.task is not None):

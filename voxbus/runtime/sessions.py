@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from nats.js.errors import KeyNotFoundError
 
 from voxbus.contracts import control
-from voxbus.contracts.messages import Interrupt, Message
+from voxbus.contracts.messages import Interrupt
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import metrics, tracing
+from voxbus.runtime.closing import OUTCOME_ACK, Ack, CloseReason, Outcome, settle
 from voxbus.runtime.lanes import Delivery, Lane, Outstanding, RecentKeys
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import (
     BadInput,
     Context,
@@ -123,89 +123,16 @@ class Admission:
         return best
 
 
-class SessionScope:
-    """What the runtime gives a session's handler: where it is, the bus, the publish path for
-    messages it produces outside ``handle`` (a final decoded in the background), and a task set
-    closed with the session."""
+#: Outcomes after which a redelivered copy of the message is acked and dropped.
+_DONE = frozenset({Outcome.HANDLED, Outcome.HANDLED_HELD, Outcome.SKIPPED, Outcome.PURGED,
+                   Outcome.REJECTED})
 
-    def __init__(self, *, bus: StageBus, region: str, session: str, stage: str,
-                 owned: Callable[[], bool] = lambda: True) -> None:
-        self.bus = bus
-        self._owned = owned
-        self.region = region
-        self.session = session
-        self.stage = stage
-        self.log: Any = log.bind(stage=stage, region=region, session=session)
-        self.tasks = TaskSet(f"{stage}-{session}")
-        self.interrupted_turn = 0
-        self.release_requested = False
-        #: The partition's lease may be gone: nothing more is published from here.
-        self.fenced = False
-        #: The session is being purged: nothing more is published for it, from anywhere.
-        self.purged = False
-        #: Messages handled and held unacked (``Context.hold``), oldest first.
-        self.held: OrderedDict[tuple[str, int], Delivery] = OrderedDict()
 
-    @property
-    def owned(self) -> bool:
-        """This replica still holds the session's partition for certain."""
-        if self.purged:
-            return False
-        if self.fenced or not self._owned():
-            self.fenced = True
-            return False
-        return True
+@dataclass
+class _Visit:
+    """A handler opened for one urgent message of a session not admitted, closed after it."""
 
-    def stale(self, msg: Message) -> bool:
-        """A message of a turn that was interrupted: not to be published."""
-        return not self.owned or 0 < msg.turn <= self.interrupted_turn
-
-    async def publish(self, msg: Message) -> bool:
-        """Publish a message of this session produced outside ``handle``; False if its turn was
-        interrupted (dropped). Traced like any publish outside a handler (``tracing.publishing``:
-        a producer span in the turn's trace). Bus errors propagate."""
-        if self.stale(msg):
-            self.log.info("stale_output_dropped", out_turn=msg.turn, kind=type(msg).__name__)
-            return False
-        await self.bus.publish(self.region, msg)  # with a producer span in the turn's trace
-        return True
-
-    async def ack_held(self, count: int | None = None) -> int:
-        """Ack the ``count`` oldest held messages (all without ``count``). Nothing is acked
-        once the partition's lease is in doubt: the next owner must get them again."""
-        n = 0
-        while self.held and (count is None or n < count) and self.owned:
-            _key, d = self.held.popitem(last=False)
-            await d.inbound.ack()
-            n += 1
-        return n
-
-    async def drop_held(self) -> None:
-        """Ack the held messages whatever the lease says: nobody is to handle them again (the
-        session is being purged)."""
-        held, self.held = list(self.held.values()), OrderedDict()
-        for d in held:
-            await d.inbound.ack()
-
-    async def hand_back_held(self) -> None:
-        """Give the held messages back to JetStream (the next owner of the session replays
-        them)."""
-        held, self.held = list(self.held.values()), OrderedDict()
-        for d in held:
-            await d.inbound.nak(0.1)
-
-    async def publish_error(self, *, turn: int, code: str, message: str) -> None:
-        await self.bus.publish_error(self.region, self.session, turn=turn, code=code,
-                                     message=message, stage=self.stage)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        """A background task of this session, cancelled when the session closes."""
-        return self.tasks.spawn(coro, name=name)
-
-    def release(self) -> None:
-        """The handler holds nothing worth keeping: close it once the messages queued so far are
-        handled (a new one opens with the session's next message)."""
-        self.release_requested = True
+    handler: SessionHandler | None = None
 
 
 class Session:
@@ -281,11 +208,12 @@ class SessionLanes:
             return
         sess = self._session(d.msg.session)
         if isinstance(d.msg, Interrupt):
-            if d.msg.turn > sess.scope.interrupted_turn:
-                sess.scope.interrupted_turn = d.msg.turn
+            ledger = sess.scope.ledger
+            if d.msg.turn > ledger.interrupted:
+                ledger.interrupt(d.msg.turn)
                 await self._save_watermark(sess)
             if sess.lane is not None:
-                sess.lane.interrupt(d.msg.turn)
+                sess.lane.cut_stale()
         await self._process(sess, d, urgent=True)
 
     def _session(self, session: str) -> Session:
@@ -315,7 +243,7 @@ class SessionLanes:
         if sess is None:
             return
         sess.scope.purged = True
-        await self.end(sess, "purged")
+        await self.end(sess, CloseReason.PURGED)
         sess.scope.log.info("session_purged_here")
 
     # ---- the interrupt watermark ------------------------------------------------------------
@@ -328,7 +256,7 @@ class SessionLanes:
     async def _save_watermark(self, sess: Session) -> None:
         try:
             kv = await self.bus.kv(state_bucket(self.region))
-            await kv.put(self._watermark_key(sess.id), str(sess.scope.interrupted_turn).encode())
+            await kv.put(self._watermark_key(sess.id), str(sess.scope.ledger.interrupted).encode())
         except Exception as e:  # noqa: BLE001 - this replica still knows; only a takeover won't
             sess.scope.log.warning("interrupt_not_saved", error=repr(e))
 
@@ -356,10 +284,8 @@ class SessionLanes:
             self.tombstones.add(sess.id)
             return False
         stored = int(watermark) if watermark and watermark.isdigit() else 0
-        if stored > sess.scope.interrupted_turn:
-            sess.scope.interrupted_turn = stored
-            if sess.lane is not None:
-                sess.lane.interrupted_turn = max(sess.lane.interrupted_turn, stored)
+        if stored > sess.scope.ledger.interrupted:
+            sess.scope.ledger.interrupt(stored)
         return True
 
     async def _duplicate(self, d: Delivery, sess: Session) -> bool:
@@ -388,8 +314,8 @@ class SessionLanes:
             self.admission.holders[id(sess)] = (self, sess)
             sess.admitted, sess.waiting_since, sess.refusing = True, None, False
             lane = Lane(sess.id, process=lambda x: self._process(sess, x), skip=self._skip,
-                        maxsize=self.opts.lane_queue, on_exit=lambda _lane: None)
-            lane.interrupted_turn = sess.scope.interrupted_turn
+                        maxsize=self.opts.lane_queue, on_exit=lambda _lane: None,
+                        ledger=sess.scope.ledger)
             sess.lane = lane
             lane.task = self._tasks.spawn(lane.run(), name=f"lane-{sess.id}")
             metrics.SESSIONS.add(1, {"stage": self.stage.name})
@@ -437,7 +363,7 @@ class SessionLanes:
                                                               quiet.last_seen, 1),
                              for_session=sess.id)
         self.admission.reserve((self.region, sess.id))
-        lanes._tasks.spawn(lanes.end(quiet, "evicted"), name=f"evict-{quiet.id}")
+        lanes._tasks.spawn(lanes.end(quiet, CloseReason.EVICTED), name=f"evict-{quiet.id}")
 
     async def _defer(self, sess: Session, d: Delivery) -> None:
         sess.outstanding.add(d.key)
@@ -447,11 +373,23 @@ class SessionLanes:
         self.stats.deferred += 1
 
     # ---- handling -------------------------------------------------------------------------------
+    # Each message's handling ends in one ``closing.Outcome``, and ``closing.OUTCOME_ACK`` says what
+    # that does to the message: ``_process`` finds the handler, runs it (retrying what is worth
+    # retrying), then settles the message by that table.
+
+    async def _settle(self, d: Delivery, outcome: Outcome, sess: Session | None = None) -> None:
+        ack = OUTCOME_ACK[outcome]
+        if ack is Ack.HOLD:
+            assert sess is not None
+            sess.scope.held[d.key] = d
+        else:
+            await settle(d.inbound, ack)
+        if outcome in _DONE:
+            self._done.add(d.key)
 
     async def _skip(self, d: Delivery) -> None:
         """A message of an interrupted turn: acknowledged without work."""
-        await d.inbound.ack()
-        self._done.add(d.key)
+        await self._settle(d, Outcome.SKIPPED)
 
     async def _open(self, sess: Session) -> SessionHandler:
         handler = await self.stage.open(sess.scope)
@@ -459,78 +397,90 @@ class SessionLanes:
         return handler
 
     async def _process(self, sess: Session, d: Delivery, *, urgent: bool = False) -> None:
-        msg = d.msg
-        ctx = Context(bus=self.bus, region=self.region, session=msg.session, subject=d.subject,
-                      headers=d.inbound.headers, turn=msg.turn, stage=self.stage.name)
-        temporary: SessionHandler | None = None
-        started = time.monotonic()
+        """Handle one message of the session (in its lane, or at once if ``urgent``)."""
         if not urgent:
             sess.scope.release_requested = False  # a release asked before this message is void
+        visit = _Visit()
         try:
-            while True:
-                try:
-                    handler = sess.handler
-                    if handler is None and not await self._load_state(sess):
-                        await d.inbound.ack()  # purged: dropped, never handled
-                        self._done.add(d.key)
-                        break
-                    if handler is None:
-                        if urgent and not sess.admitted:  # beside admission: a short visit
-                            temporary = temporary or await self._open(sess)
-                            handler = temporary
-                        else:
-                            handler = sess.handler = await self._open(sess)
-                    self.stats.started += 1
-                    if self.stats.started == 1:  # a cold start ends here (bench coldstart)
-                        log.info("first_message_started", stage=self.stage.name,
-                                 kind=type(msg).__name__)
-                    await self._traced(handler, sess, d, ctx)
-                    if not sess.scope.owned:
-                        # the lease went during the handler, which then published nothing more:
-                        # back to JetStream, for the next owner to handle again
-                        await d.inbound.nak(0.1)
-                        break
-                    self._done.add(d.key)
-                    self.stats.handled += 1
-                    if self.stats.handled == 1:  # cold start ends here (bench coldstart)
-                        log.info("first_message_handled", stage=self.stage.name,
-                                 kind=type(msg).__name__, handle_ms=round(
-                                     (time.monotonic() - started) * 1000, 1))
-                    if ctx.held:
-                        sess.scope.held[d.key] = d
-                    else:
-                        await d.inbound.ack()
-                    break
-                except Retryable as e:
-                    if ctx.attempt >= self.opts.max_deliver:
-                        await self._reject(d, "retries_exhausted", str(e))
-                        break
-                    ctx.log.warning("retrying", attempt=ctx.attempt, error=str(e))
-                    await asyncio.sleep(self.opts.retry_backoff_s * 2 ** (ctx.attempt - 1))
-                    ctx.attempt += 1
-                except BadInput as e:
-                    await self._reject(d, e.code, str(e))
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    if transient(e) and time.monotonic() - started < self.opts.bus_retry_s:
-                        # the bus is away for a moment (a KV read timed out, a reconnect):
-                        # the message is handled again once it is back, in its lane, in order
-                        ctx.log.warning("bus_retry", attempt=ctx.attempt, error=repr(e))
-                        await asyncio.sleep(min(1.0, self.opts.retry_backoff_s * ctx.attempt))
-                        ctx.attempt += 1
-                        continue
-                    ctx.log.exception("handler_failed", subject=d.subject)
-                    await self._reject(d, "internal", f"{type(e).__name__}: {e}")
-                    break
+            outcome, error = await self._handle(sess, d, urgent, visit)
         finally:
-            if temporary is not None:
-                await self._close_handler(sess, temporary, "visited")
+            if visit.handler is not None:
+                await self._close_handler(sess, visit.handler, CloseReason.VISITED)
+        await self._settle(d, outcome, sess)
+        if error is not None:
+            code, message = error
+            log.warning("message_rejected", stage=self.stage.name, code=code, subject=d.subject,
+                        session=d.msg.session, error=message)
+            await self.bus.publish_error(
+                self.region, d.msg.session, turn=d.msg.turn, code=code, message=message,
+                stage=self.stage.name, source_subject=d.subject,
+            )
         if sess.scope.release_requested and sess.admitted and sess.handler is not None:
             lane = sess.lane
             if lane is not None and lane.queue.empty():
-                self._tasks.spawn(self.end(sess, "released"), name=f"release-{sess.id}")
+                self._tasks.spawn(self.end(sess, CloseReason.RELEASED),
+                                  name=f"release-{sess.id}")
+
+    async def _handle(
+        self, sess: Session, d: Delivery, urgent: bool, visit: _Visit
+    ) -> tuple[Outcome, tuple[str, str] | None]:
+        """Attempts at handling ``d`` until one ends: (outcome, (error code, message) if it was
+        rejected). A ``Retryable`` is tried again up to ``max_deliver`` times; a bus outage (a
+        transient error) for ``bus_retry_s``; bad input and other failures are rejected."""
+        msg = d.msg
+        ctx = Context(bus=self.bus, region=self.region, session=msg.session, subject=d.subject,
+                      headers=d.inbound.headers, turn=msg.turn, stage=self.stage.name)
+        started = time.monotonic()
+        while True:
+            try:
+                return await self._attempt(sess, d, ctx, urgent, visit), None
+            except Retryable as e:
+                if ctx.attempt >= self.opts.max_deliver:
+                    return Outcome.REJECTED, ("retries_exhausted", str(e))
+                ctx.log.warning("retrying", attempt=ctx.attempt, error=str(e))
+                await asyncio.sleep(self.opts.retry_backoff_s * 2 ** (ctx.attempt - 1))
+                ctx.attempt += 1
+            except BadInput as e:
+                return Outcome.REJECTED, (e.code, str(e))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if transient(e) and time.monotonic() - started < self.opts.bus_retry_s:
+                    # the bus is away for a moment (a KV read timed out, a reconnect): the
+                    # message is handled again once it is back, in its lane, in order
+                    ctx.log.warning("bus_retry", attempt=ctx.attempt, error=repr(e))
+                    await asyncio.sleep(min(1.0, self.opts.retry_backoff_s * ctx.attempt))
+                    ctx.attempt += 1
+                    continue
+                ctx.log.exception("handler_failed", subject=d.subject)
+                return Outcome.REJECTED, ("internal", f"{type(e).__name__}: {e}")
+
+    async def _attempt(
+        self, sess: Session, d: Delivery, ctx: Context, urgent: bool, visit: _Visit
+    ) -> Outcome:
+        """One attempt: the session's handler (opened if needed), then the message through it."""
+        handler = sess.handler if sess.handler is not None else visit.handler
+        if handler is None:
+            if not await self._load_state(sess):
+                return Outcome.PURGED  # dropped, never handled
+            if urgent and not sess.admitted:  # beside admission: a short visit
+                handler = visit.handler = await self._open(sess)
+            else:
+                handler = sess.handler = await self._open(sess)
+        self.stats.started += 1
+        if self.stats.started == 1:  # a cold start ends here (bench coldstart)
+            log.info("first_message_started", stage=self.stage.name, kind=type(d.msg).__name__)
+        started = time.monotonic()
+        await self._traced(handler, sess, d, ctx)
+        if not sess.scope.owned:
+            # the lease went during the handler, which then published nothing more: back to
+            # JetStream, for the next owner to handle again
+            return Outcome.LEASE_LOST
+        self.stats.handled += 1
+        if self.stats.handled == 1:  # cold start ends here (bench coldstart)
+            log.info("first_message_handled", stage=self.stage.name, kind=type(d.msg).__name__,
+                     handle_ms=round((time.monotonic() - started) * 1000, 1))
+        return Outcome.HANDLED_HELD if ctx.held else Outcome.HANDLED
 
     async def _traced(
         self, handler: SessionHandler, sess: Session, d: Delivery, ctx: Context
@@ -569,40 +519,39 @@ class SessionLanes:
             if aclose is not None:  # an async generator: run its cleanup now
                 await aclose()
 
-    async def _reject(self, d: Delivery, code: str, message: str) -> None:
-        log.warning("message_rejected", stage=self.stage.name, code=code, subject=d.subject,
-                    session=d.msg.session, error=message)
-        await d.inbound.term()
-        self._done.add(d.key)
-        await self.bus.publish_error(
-            self.region, d.msg.session, turn=d.msg.turn, code=code, message=message,
-            stage=self.stage.name, source_subject=d.subject,
-        )
+    # ---- closing (``closing.CLOSE_RULES`` says what each reason does) --------------------------
 
-    # ---- closing --------------------------------------------------------------------------------
-
-    async def _close_handler(self, sess: Session, handler: SessionHandler, reason: str) -> None:
+    async def _close_handler(
+        self, sess: Session, handler: SessionHandler, reason: CloseReason
+    ) -> None:
         try:
             await handler.close(reason)
         except Exception:  # noqa: BLE001 - one session's close must not stop the others
-            sess.scope.log.exception("session_close_failed", reason=reason)
+            sess.scope.log.exception("session_close_failed", reason=str(reason))
         self.stats.closed += 1
 
-    async def end(self, sess: Session, reason: str) -> None:
-        """Close a session here: its lane stops (it must be idle unless the partition is being
-        dropped), its handler closes, its place in the worker is freed. The session is detached
-        at once (before any wait), so a message arriving meanwhile opens it anew."""
+    def _came_back(self, sess: Session, reason: CloseReason) -> bool:
+        """A close that waits for quiet finds the session in use again (a message came in
+        between the decision and now: it is handled here, in order)."""
         lane = sess.lane
         working = lane is not None and (lane.current is not None or not lane.queue.empty())
-        if reason == "released" and (not sess.scope.release_requested or lane is None or working):
-            return  # a message came in meanwhile: keep the handler
-        if reason in ("idle", "evicted") and (
-            working or sess.busy() or self.sessions.get(sess.id) is not sess
-        ):
-            sess.evicting = False
-            return  # a message came in between the sweep and now: it is handled here, in order
-        if reason != "released" and self.sessions.get(sess.id) is sess:
-            del self.sessions[sess.id]  # released: kept, dormant, with its interrupt watermark
+        if reason is CloseReason.RELEASED:
+            return not sess.scope.release_requested or lane is None or working
+        return working or sess.busy() or self.sessions.get(sess.id) is not sess
+
+    async def end(self, sess: Session, reason: CloseReason) -> None:
+        """Close a session here: its lane stops (it must be idle unless the partition is being
+        dropped), its handler closes, its place in the worker is freed, and its messages go
+        the way ``reason``'s rule says. The session is detached at once (before any wait), so
+        a message arriving meanwhile opens it anew."""
+        rule = reason.rule
+        if rule.only_if_quiet and self._came_back(sess, reason):
+            if reason is not CloseReason.RELEASED:
+                sess.evicting = False
+            return
+        if not rule.keep_session and self.sessions.get(sess.id) is sess:
+            del self.sessions[sess.id]  # (a released one stays, dormant, with its ledger)
+        lane = sess.lane
         handler, sess.handler = sess.handler, None
         admitted, sess.admitted = sess.admitted, False
         sess.lane = None
@@ -612,26 +561,18 @@ class SessionLanes:
         if lane is not None and lane.task is not None and lane.task is not asyncio.current_task():
             lane.task.cancel()
             await asyncio.gather(lane.task, return_exceptions=True)
-        for d in queued:  # cut short (fenced, or a drain ran out of time): back to JetStream now,
-            if d.key not in self._done:  # not left to an ack timer, so the next owner need not wait
-                if reason == "purged":
-                    await d.inbound.ack()
-                else:
-                    await d.inbound.nak(0.1)
+        for d in queued:  # cut short (fenced, or a drain ran out of time): settled now, not
+            if d.key not in self._done:  # left to an ack timer, so the next owner need not wait
+                await settle(d.inbound, rule.queued)
         if handler is not None:
             await self._close_handler(sess, handler, reason)
         await tasks.close()
-        if reason in ("drained", "fenced"):  # the next owner replays what the handler held
-            await sess.scope.hand_back_held()
-        elif reason == "purged":  # nobody is to handle it again
-            await sess.scope.drop_held()
-        else:  # idle or released: the handler is done with it
-            await sess.scope.ack_held()
+        await sess.scope.settle_held(rule.held)
         if admitted:
             self.admission.give()
             self.admission.holders.pop(id(sess), None)
         sess.evicting = False
-        sess.scope.log.debug("session_closed", reason=reason)
+        sess.scope.log.debug("session_closed", reason=str(reason))
 
     def sweep(self, now: float) -> None:
         """Close sessions idle for ``idle_close_s``; forget waiting ones that went quiet."""
@@ -645,7 +586,7 @@ class SessionLanes:
                 if not len(sess.outstanding):
                     del self.sessions[sess.id]
                 continue
-            self._tasks.spawn(self.end(sess, "idle"), name=f"idle-{sess.id}")
+            self._tasks.spawn(self.end(sess, CloseReason.IDLE), name=f"idle-{sess.id}")
 
     def pending(self) -> list[Delivery]:
         """Messages taken and not acked: the lanes' and those the handlers hold."""
@@ -658,7 +599,7 @@ class SessionLanes:
         for sess in list(self.sessions.values()):
             sess.scope.fenced = True
         for sess in list(self.sessions.values()):
-            await self.end(sess, "fenced")
+            await self.end(sess, CloseReason.FENCED)
         await self._tasks.close()
 
     async def drain(self, timeout_s: float) -> None:
@@ -671,5 +612,5 @@ class SessionLanes:
         except TimeoutError:
             log.warning("drain_timeout", stage=self.stage.name, lanes=len(lanes))
         for sess in list(self.sessions.values()):
-            await self.end(sess, "drained")
+            await self.end(sess, CloseReason.DRAINED)
         await self._tasks.close()

@@ -15,15 +15,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from voxbus.contracts.messages import AnyMessage, Message
 from voxbus.contracts.subjects import Kind
-
-if TYPE_CHECKING:
-    from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.closing import CloseReason
+from voxbus.runtime.ports import KeyValueStore as KeyValueStore
+from voxbus.runtime.ports import KvEntry as KvEntry
+from voxbus.runtime.ports import StageBus as StageBus
+from voxbus.runtime.scope import SessionScope
 
 
 class BadInput(Exception):
@@ -37,46 +39,6 @@ class BadInput(Exception):
 class Retryable(Exception):
     """A transient failure: the runtime redelivers the message (in the session's lane, keeping
     order) with backoff, up to ``max_deliver`` attempts."""
-
-
-# ---- what stages need of the bus (the NATS ``Bus`` and ``runtime.testing.MemoryBus``) ---------
-
-
-class KvEntry(Protocol):
-    value: bytes | None
-    revision: int | None
-
-
-class KeyValueStore(Protocol):
-    """The part of a JetStream KV bucket the stages use (same errors: ``KeyNotFoundError``,
-    ``KeyWrongLastSequenceError``)."""
-
-    async def get(self, key: str) -> Any: ...
-
-    async def put(self, key: str, value: bytes) -> int: ...
-
-    async def create(self, key: str, value: bytes) -> int: ...
-
-    async def update(self, key: str, value: bytes, last: int | None = None) -> int: ...
-
-    async def delete(self, key: str) -> bool: ...
-
-
-class StageBus(Protocol):
-    regions: list[str]
-    tracing: bool
-
-    async def publish(
-        self, region: str, msg: Message, *, headers: Mapping[str, str] | None = None,
-        ack: bool | None = None,
-    ) -> None: ...
-
-    async def publish_error(
-        self, region: str, session: str, *, turn: int, code: str, message: str, stage: str,
-        source_subject: str = "",
-    ) -> None: ...
-
-    async def kv(self, bucket: str) -> Any: ...
 
 
 # ---- stages ---------------------------------------------------------------------------------
@@ -151,7 +113,7 @@ class SessionHandler(Protocol):
 
     def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]: ...
 
-    async def close(self, reason: str) -> None: ...
+    async def close(self, reason: CloseReason) -> None: ...
 
 
 class Stage(Protocol):
@@ -184,7 +146,7 @@ class _Forward:
     def __init__(self, handle: Callable[[AnyMessage, Context], AsyncIterator[Message]]) -> None:
         self.handle = handle
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: CloseReason) -> None:
         return None
 
 

@@ -30,28 +30,16 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncGenerator
 
 import structlog
 
 from voxbus.contracts.messages import (
-    AgentSpoke,
-    AnyMessage,
-    EndOfTurn,
-    ErrorEvent,
-    Interrupt,
-    Message,
-    ReplyEnd,
     ReplyText,
-    SessionEnded,
-    TurnResumed,
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime import metrics
-from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context, SessionPolicy
 from voxbus.services.llm.engine import (
     ChatMessage,
@@ -60,18 +48,17 @@ from voxbus.services.llm.engine import (
     LLMEngine,
     TextDelta,
     ToolCallDelta,
-    assistant_message,
 )
-from voxbus.services.llm.history import HistoryLimits, HistoryStore, needs_space, truncate_reply
+from voxbus.services.llm.history import HistoryLimits, HistoryStore
 from voxbus.services.llm.llama_engine import LlamaCppEngine
 from voxbus.services.llm.openai_engine import OpenAICompatEngine
 from voxbus.services.llm.pool import EnginePool, Prewarmable
+from voxbus.services.llm.reply import Reply, TurnStats
+from voxbus.services.llm.session import LlmSession, SpeculationStats
 from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.tools import ToolExecutor
 
 log = structlog.get_logger("voxbus.llm")
-EndReason = Literal["done", "interrupted", "error", "length"]
-SAVE_GRACE_S = 5.0
 
 
 def build_engine(settings: LlmSettings) -> LLMEngine:
@@ -96,109 +83,6 @@ def build_engine(settings: LlmSettings) -> LLMEngine:
         nice=settings.nice,
     ) for _ in range(settings.engines)]
     return engines[0] if len(engines) == 1 else EnginePool(engines)
-
-
-@dataclass(slots=True)
-class TurnStats:
-    """Timings of one handled turn (``time.time_ns`` clock, comparable with ``EndOfTurn.at_ns``)."""
-
-    session: str
-    turn: int
-    started_ns: int
-    first_token_ns: int | None = None
-    first_text_ns: int | None = None
-    done_ns: int | None = None
-    text_deltas: int = 0
-    rounds: int = 0
-    reason: EndReason | None = None
-    speculated: bool = False  # the reply was a guess's, adopted at commit
-
-    def ms(self, at_ns: int | None) -> float | None:
-        return None if at_ns is None else round((at_ns - self.started_ns) / 1e6, 1)
-
-
-class _Reply:
-    """The reply of one turn as it is generated: the text (model rounds joined), the end of what
-    was already published, and the history messages produced so far.
-
-    Text goes out as it comes (one ``ReplyText`` per engine delta, spans contiguous): the TTS
-    alone decides where speech units end."""
-
-    def __init__(self, session: str, turn: int, speculation: int = 0) -> None:
-        self.session = session
-        self.turn = turn
-        self.speculation = speculation
-        self.text = ""
-        self.sent = 0  # text[:sent] has been yielded as ReplyText
-        self.messages: list[ChatMessage] = []  # finished rounds: assistant, tool results
-        self.round: list[str] = []  # raw text of the round in progress
-        self.end_call = False  # end_call ran: hang up after this reply
-        self._seq = 0
-        self._new_round = False
-
-    @property
-    def published(self) -> str:
-        return self.text[: self.sent]
-
-    def push(self, piece: str) -> list[ReplyText]:
-        self.round.append(piece)
-        if self._new_round:
-            self._new_round = False
-            if needs_space(self.text, piece):
-                piece = " " + piece
-        self.text += piece
-        return self._rest()
-
-    def end_round(self, calls: list[ToolCallDelta]) -> None:
-        """Close the model's round (its text was published as it came)."""
-        self.messages.append(assistant_message("".join(self.round), calls))
-        self.round = []
-        self._new_round = True
-
-    def say(self, text: str) -> list[ReplyText]:
-        """Replace the unpublished rest with ``text`` (the apology)."""
-        self.text = self.text[: self.sent]
-        self.text += (" " if needs_space(self.text, text) else "") + text
-        self.messages = [assistant_message(self.text)]
-        return self._rest()
-
-    def heard_so_far(self) -> list[ChatMessage]:
-        """History messages of an unfinished reply, cut at what was published."""
-        pending = [assistant_message("".join(self.round))] if self.round else []
-        return truncate_reply(self.messages + pending, self.sent)
-
-    def _rest(self) -> list[ReplyText]:
-        end = len(self.text)
-        if end <= self.sent:
-            return []
-        out = ReplyText(
-            session=self.session, turn=self.turn, seq=self._seq, text=self.text[self.sent : end],
-            char_start=self.sent, char_end=end, emitted_ns=time.time_ns(),
-            speculation=self.speculation,
-        )
-        self._seq += 1
-        self.sent = end
-        return [out]
-
-
-@dataclass(eq=False, kw_only=True)
-class _Guess:
-    """A reply started on a speculative ``EndOfTurn``, generated by ``task``."""
-
-    turn: int
-    number: int
-    prompt: list[ChatMessage]  # the conversation it answers (history + the guessed words)
-    reply: _Reply
-    stats: TurnStats
-    task: asyncio.Task[None] | None = None
-    error: LLMBackendError | TimeoutError | None = None
-
-
-@dataclass(slots=True)
-class SpeculationStats:
-    started: int = 0
-    adopted: int = 0  # the commit named the guess: its reply was the reply
-    dropped: int = 0  # voided (the user went on, or the commit's words differ)
 
 
 class LlmStage:
@@ -247,56 +131,16 @@ class LlmStage:
     async def open(self, scope: SessionScope) -> LlmSession:
         return LlmSession(self, scope)
 
-    # ---- messages ---------------------------------------------------------------------------
+    # ---- what its sessions use (``session.LlmWorker``) -----------------------------------------
 
-    async def handle(
-        self, msg: AnyMessage, ctx: Context, session: LlmSession
-    ) -> AsyncIterator[Message]:
-        if isinstance(msg, EndOfTurn) and msg.speculative:
-            await self._guess(msg, ctx, session)
-        elif isinstance(msg, EndOfTurn):
-            async for out in self._turn(msg, ctx, session):
-                yield out
-        elif isinstance(msg, TurnResumed):
-            session.drop_guess(lambda g: g.turn == msg.turn and g.number == msg.speculation,
-                               "resumed")
-        elif isinstance(msg, AgentSpoke):
-            if msg.interrupted:
-                await (await self._store(ctx)).mark_spoken(msg.session, msg.turn, msg.char_end)
-                ctx.log.info("llm_reply_cut", char_end=msg.char_end,
-                             pii={"heard": msg.text[: msg.char_end]})
-        elif isinstance(msg, Interrupt):
-            session.drop_guess(lambda g: g.turn <= msg.turn, "interrupted")
-            ctx.log.info("llm_interrupted", reason=msg.reason)
-        elif isinstance(msg, SessionEnded):
-            await (await self._store(ctx)).delete(msg.session)
-            ctx.log.info("llm_history_deleted", reason=msg.reason)
+    @property
+    def system(self) -> ChatMessage:
+        return self._system
 
-    async def _store(self, ctx: Context) -> HistoryStore:
+    async def store(self, ctx: Context) -> HistoryStore:
         return HistoryStore(await ctx.bus.kv(state_bucket(ctx.region)), self._limits)
 
-    async def _guess(self, msg: EndOfTurn, ctx: Context, session: LlmSession) -> None:
-        """Start the reply to a speculative turn's words (see the module's docstring)."""
-        user = msg.transcript.strip()
-        session.drop_guess(lambda g: True, "replaced")
-        if not user or not self.settings.speculate or msg.turn <= session.committed_turn:
-            return
-        history = await (await self._store(ctx)).load(msg.session)
-        if history.find(msg.turn) is not None:  # committed already (a redelivered guess)
-            return
-        guess = _Guess(
-            turn=msg.turn, number=msg.speculation,
-            prompt=[*history.messages(), {"role": "user", "content": user}],
-            reply=_Reply(msg.session, msg.turn, msg.speculation),
-            stats=TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns()),
-        )
-        guess.task = session.scope.spawn(self._run_guess(guess, ctx, session),
-                                         name=f"llm-guess-{msg.session}")
-        session.guess = guess
-        self.speculation.started += 1
-        ctx.log.info("llm_guess_started", speculation=msg.speculation, pii={"user": user})
-
-    async def _prewarm(self, messages: list[ChatMessage], ctx: Context) -> None:
+    async def prewarm(self, messages: list[ChatMessage], ctx: Context) -> None:
         if not isinstance(self.engine, Prewarmable):
             return
         started = time.perf_counter()
@@ -308,104 +152,8 @@ class LlmStage:
         ctx.log.info("llm_prewarmed", messages=len(messages), completed=done,
                      ms=round((time.perf_counter() - started) * 1000))
 
-    async def _run_guess(self, guess: _Guess, ctx: Context, session: LlmSession) -> None:
-        stats = guess.stats
-        try:
-            async with contextlib.aclosing(
-                self._generate([self._system, *guess.prompt], guess.reply, stats, ctx)
-            ) as gen:
-                async for out in gen:
-                    if stats.first_text_ns is None:
-                        stats.first_text_ns = time.time_ns()
-                    await session.scope.publish(out)
-        except (LLMBackendError, TimeoutError) as exc:
-            guess.error = exc  # the commit that adopts it apologises
-
-    async def _turn(
-        self, msg: EndOfTurn, ctx: Context, session: LlmSession
-    ) -> AsyncIterator[Message]:
-        user = msg.transcript.strip()
-        session.committed_turn = max(session.committed_turn, msg.turn)
-        if not user:
-            session.drop_guess(lambda g: g.turn <= msg.turn, "empty_commit")
-            ctx.log.info("llm_turn_ignored", reason="empty_transcript")
-            return
-        stats = TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns())
-        committed_ns = stats.started_ns
-        store = await self._store(ctx)
-        history = await store.begin_turn(msg.session, msg.turn, user)
-        prompt = [self._system, *history.messages()]
-        ctx.log.info("llm_turn_started", history_turns=len(history.turns), pii={"user": user})
-        reply = _Reply(msg.session, msg.turn, msg.speculation)
-        guess = session.adopt(msg, prompt[1:])
-        if guess is not None:
-            self.speculation.adopted += 1
-            metrics.SPECULATION.add(1, {"stage": self.name, "outcome": "hit"})
-            reply, stats = guess.reply, guess.stats
-            stats.speculated = True
-        saved = False
-        try:
-            try:
-                if guess is not None and guess.task is not None:
-                    await guess.task  # its text went out as it came (cancelled with us)
-                    if guess.error is not None:
-                        raise guess.error
-                else:
-                    async with contextlib.aclosing(
-                        self._generate(prompt, reply, stats, ctx)
-                    ) as gen:
-                        async for out in gen:
-                            if stats.first_text_ns is None:
-                                stats.first_text_ns = time.time_ns()
-                            yield out
-            except (LLMBackendError, TimeoutError) as exc:
-                stats.reason = "error"
-                detail = str(exc) or f"no token from the backend in {self.settings.timeout_s} s"
-                ctx.log.warning("llm_backend_failed", error=detail)
-                for out in reply.say(self.settings.apology):
-                    yield out
-                yield ErrorEvent(
-                    session=msg.session, turn=msg.turn, code="llm_backend", message=detail[:500],
-                    stage=self.name, at_ns=time.time_ns(),
-                )
-            saved_history = await store.set_reply(msg.session, msg.turn, reply.messages)
-            saved = True
-            if saved_history.turns and saved_history.turns[0].turn != history.turns[0].turn:
-                # the oldest turns went: the next prompt starts differently, and reading it all
-                # again would take seconds on a CPU (4.5 s to the first token here after 16
-                # turns); read it now, while the caller listens, on the engine it will take
-                session.scope.spawn(self._prewarm([self._system, *saved_history.messages()],
-                                                  ctx), name=f"llm-prewarm-{msg.session}")
-            reason = stats.reason or "done"
-            stats.done_ns = time.time_ns()
-            self.recent.append(stats)
-            metrics.TURNS.add(1, {"stage": self.name})
-            if stats.first_text_ns is not None:  # an adopted guess's may precede the commit
-                metrics.STAGE_DELAY.record(max(0.0, (stats.first_text_ns - committed_ns) / 1e9),
-                                           {"stage": self.name, "step": "first_text"})
-            ctx.log.info(
-                "llm_turn_done", reason=reason, rounds=stats.rounds, deltas=stats.text_deltas,
-                speculated=stats.speculated,
-                first_token_ms=stats.ms(stats.first_token_ns),
-                first_text_ms=stats.ms(stats.first_text_ns), total_ms=stats.ms(stats.done_ns),
-                pii={"reply": reply.published},
-            )
-            yield ReplyEnd(
-                session=msg.session, turn=msg.turn, text=reply.published, reason=reason,
-                end_call=reply.end_call, emitted_ns=time.time_ns(),
-                speculation=reply.speculation,
-            )
-        finally:
-            if guess is not None and guess.task is not None:
-                guess.task.cancel()  # the handler was cancelled (barge-in): so is its text
-            if not saved:  # interrupted (cancelled or closed): keep what was published
-                ctx.log.info("llm_turn_cut", published_chars=reply.sent)
-                session.save_later(
-                    store.set_reply(msg.session, msg.turn, reply.heard_so_far()), ctx
-                )
-
-    async def _generate(
-        self, prompt: list[ChatMessage], reply: _Reply, stats: TurnStats, ctx: Context
+    async def generate(
+        self, prompt: list[ChatMessage], reply: Reply, stats: TurnStats, ctx: Context
     ) -> AsyncGenerator[ReplyText, None]:
         """Model rounds until a round calls no tool; raises LLMBackendError or TimeoutError."""
         max_rounds = self.settings.max_tool_rounds
@@ -441,66 +189,3 @@ class LlmStage:
                              pii={"arguments": call.arguments, "result": result.content})
                 reply.messages.append(message)
                 reply.end_call |= result.end_call
-
-
-class LlmSession:
-    """A session's handler: the stage keeps nothing per session but the saves of interrupted
-    replies still under way (the conversation itself is in KV)."""
-
-    def __init__(self, stage: LlmStage, scope: SessionScope) -> None:
-        self.stage = stage
-        self.scope = scope
-        self._saving: set[asyncio.Task[Any]] = set()
-        self.guess: _Guess | None = None  # the reply being prepared for a speculative turn
-        self.committed_turn = 0  # the last turn whose committed EndOfTurn came here
-
-    @property
-    def busy(self) -> bool:
-        guessing = self.guess is not None and self.guess.task is not None and (
-            not self.guess.task.done())
-        return guessing or any(not t.done() for t in self._saving)
-
-    def drop_guess(self, which: Callable[[_Guess], bool], why: str) -> None:
-        guess = self.guess
-        if guess is None or not which(guess):
-            return
-        self.guess = None
-        if guess.task is not None:
-            guess.task.cancel()
-        self.stage.speculation.dropped += 1
-        metrics.SPECULATION.add(1, {"stage": "llm", "outcome": "miss"})
-        self.scope.log.info("llm_guess_dropped", turn=guess.turn, speculation=guess.number,
-                            why=why, published_chars=guess.reply.sent)
-
-    def adopt(self, msg: EndOfTurn, conversation: list[ChatMessage]) -> _Guess | None:
-        """The guess the committed ``msg`` names; any other guess of the turn (or before) is
-        dropped. A named guess is adopted even if the history changed under it (an earlier
-        reply cut to what was heard after it started): its text is already out under the ids
-        of that guess, and a second text under the same ids would reach the caller mixed."""
-        guess = self.guess
-        if (guess is not None and msg.speculation and guess.turn == msg.turn
-                and guess.number == msg.speculation):
-            self.guess = None
-            if guess.prompt != conversation:
-                self.scope.log.info("llm_guess_history_changed", turn=guess.turn)
-            return guess
-        self.drop_guess(lambda g: g.turn <= msg.turn, "not_committed")
-        return None
-
-    def handle(self, msg: AnyMessage, ctx: Context) -> AsyncIterator[Message]:
-        return self.stage.handle(msg, ctx, self)
-
-    def save_later(self, save: Coroutine[Any, Any, object], ctx: Context) -> None:
-        async def run() -> None:
-            try:
-                await save
-            except Exception as exc:  # noqa: BLE001 - a lost partial reply is only logged
-                ctx.log.warning("llm_history_save_failed", error=repr(exc))
-
-        task = self.scope.spawn(run(), name="llm-save-partial")
-        self._saving.add(task)
-        task.add_done_callback(self._saving.discard)
-
-    async def close(self, reason: str) -> None:
-        if self._saving:
-            await asyncio.wait(self._saving, timeout=SAVE_GRACE_S)

@@ -8,8 +8,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -33,17 +34,50 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import metrics
-from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.closing import CloseReason
+from voxbus.runtime.ledger import TurnLedger, number_turn
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import BadInput, Context, Retryable, StageBus
 from voxbus.runtime.transient import transient
 from voxbus.services.stt import turns
+from voxbus.services.stt.decoding import Decoder
 from voxbus.services.stt.engine import TranscriptResult
 from voxbus.services.stt.frontend import AudioFrontend
-
-if TYPE_CHECKING:
-    from voxbus.services.stt.stage import SttStage
+from voxbus.services.stt.settings import SttSettings
 
 log = structlog.get_logger("voxbus.stt")
+
+
+@dataclass
+class SttStats:
+    """Counters for benchmarks and tests."""
+
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    partials_published: int = 0
+    partials_skipped: int = 0
+    speculative_started: int = 0
+    speculative_discarded: int = 0
+    speculative_published: int = 0  # speculative EndOfTurn out: a reply may start
+    speculative_committed: int = 0  # a committed EndOfTurn confirmed the published guess
+    finals: int = 0
+    turns_judged: int = 0  # pauses Smart Turn was asked about
+    turns_judged_complete: int = 0
+    decode_ms: list[float] = field(default_factory=list)
+    audio_ms: list[float] = field(default_factory=list)
+
+
+class SttWorker(Protocol):
+    """What a session needs of the STT worker it lives in (the ``SttStage``)."""
+
+    settings: SttSettings
+    stats: SttStats
+    final: Decoder | None
+    frontend: ThreadPoolExecutor | None
+
+    def partial_decoder(self) -> Decoder | None: ...
+
+    def closed(self, segmenter: turns.Segmenter) -> None: ...
 
 
 def state_key(session: str) -> str:
@@ -78,6 +112,8 @@ BUS_RETRY_S = 15.0
 
 @dataclass(eq=False)
 class _Speculative:
+    """A guess's decode: the payload of a live guess in the session's ledger."""
+
     span: tuple[int, int]  # [audio_start_sample, audio_end_sample) it decodes
     number: int  # its ``EndOfTurn.speculation`` within the turn
     task: asyncio.Task[Any] | None = None
@@ -85,22 +121,22 @@ class _Speculative:
 
 
 class SttSession:
-    """A session's segmenter, turn numbers, and the decodes it has under way."""
+    """A session's segmenter, turn numbers, and the decodes it has under way. Its guesses and
+    commits are the scope's turn ledger's (``ledger.committed`` is the last turn whose end was
+    detected here)."""
 
     def __init__(
-        self, stage: SttStage, scope: SessionScope, segmenter: turns.Segmenter, last_turn: int
+        self, stage: SttWorker, scope: SessionScope, segmenter: turns.Segmenter, last_turn: int
     ) -> None:
         self.stage = stage
         self.scope = scope
+        self.ledger: TurnLedger[_Speculative] = scope.ledger
         self.frontend = AudioFrontend(segmenter)
         self.turn = last_turn  # the current (or last) turn
         self.turns_heard = 0  # the highest turn the caller's side has heard of (AudioIn)
         self.fmt: tuple[int, int] | None = None  # (sample_rate_hz, channels) of the last frame
-        self.closed_turn = 0  # the last turn whose EndOfTurn was detected
         self.partials_sent = 0  # partials published for `turn`; the final's seq follows them
         self.last_partial = ""
-        self.spec: _Speculative | None = None
-        self.specs = 0  # speculative finals started in `turn`
         self.final: asyncio.Task[Any] | None = None
         self.publish_lock = asyncio.Lock()
         # The frames are held unacked (``Context.hold``) until nothing later needs them: their
@@ -113,16 +149,23 @@ class SttSession:
         """A final is still being decoded or published: not idle."""
         return self.final is not None and not self.final.done()
 
-    async def close(self, reason: str) -> None:
+    @property
+    def spec(self) -> _Speculative | None:
+        """The guess of the current turn under way (at most one)."""
+        live = self.ledger.live_guesses()
+        return live[-1][1] if live else None
+
+    async def close(self, reason: CloseReason) -> None:
         """Let a final still decoding publish (up to ``drain_timeout_s``); keep the segmenter."""
         if self.final is not None and not self.final.done():
-            if reason == "fenced":  # another replica owns the session now: it decodes again
+            if reason.rule.handed_over:  # another replica owns the session now: it decodes again
                 self.final.cancel()
             await asyncio.wait({self.final}, timeout=self.stage.settings.drain_timeout_s)
-        if self.spec is not None and self.spec.task is not None:
-            self.spec.task.cancel()
+        for _key, spec in self.ledger.drop_guesses():
+            if spec.task is not None:
+                spec.task.cancel()
         self.stage.closed(self.frontend.segmenter)
-        self.scope.log.info("session_closed", reason=reason, turn=self.turn)
+        self.scope.log.info("session_closed", reason=str(reason), turn=self.turn)
 
     # ---- frames ---------------------------------------------------------------------------------
 
@@ -172,7 +215,7 @@ class SttSession:
             case turns.SpeechStarted() as ev:
                 self.turn = await self._next_turn(
                     self.frontend.timeline.seq_at(ev.speech_start_sample))
-                self.partials_sent, self.last_partial, self.specs = 0, "", 0
+                self.partials_sent, self.last_partial = 0, ""
                 self.scope.log.info("speech_started", turn=self.turn)
                 yield UserStartedSpeaking(session=self.scope.session, turn=self.turn,
                                           at_ns=ns_at(ev.speech_start_sample))
@@ -191,14 +234,14 @@ class SttSession:
                 if stage.settings.speculative_final:
                     if resumed := self._drop_speculative():
                         yield resumed
-                    self.specs += 1
-                    spec = _Speculative((ev.audio_start_sample, ev.audio_end_sample), self.specs)
-                    spec.task = self.scope.spawn(
-                        self._speculate(spec, seg.audio, ns_at(ev.speech_start_sample),
-                                        ns_at(ev.speech_end_sample), ns_at(ev.at_sample)),
-                        name=f"stt-speculative-{self.scope.session}")
-                    self.spec = spec
-                    stage.stats.speculative_started += 1
+                    spec = _Speculative((ev.audio_start_sample, ev.audio_end_sample),
+                                        self.ledger.next_guess(self.turn))
+                    if self.ledger.open(self.turn, spec.number, spec):
+                        spec.task = self.scope.spawn(
+                            self._speculate(spec, seg.audio, ns_at(ev.speech_start_sample),
+                                            ns_at(ev.speech_end_sample), ns_at(ev.at_sample)),
+                            name=f"stt-speculative-{self.scope.session}")
+                        stage.stats.speculative_started += 1
             case turns.SpeechResumed():
                 if resumed := self._drop_speculative():
                     yield resumed
@@ -208,9 +251,13 @@ class SttSession:
                     yield out
 
     def _drop_speculative(self) -> TurnResumed | None:
-        """Discard the speculative final (the user went on); what voids the reply others
-        prepared for it, if its words went out."""
-        spec, self.spec = self.spec, None
+        """Void the guess under way (the user went on); what voids the reply others prepared
+        for it, if its words went out."""
+        live = self.ledger.live_guesses()
+        if not live:
+            return None
+        (turn, number), _ = live[-1]
+        spec = self.ledger.void(turn, number)
         if spec is None:
             return None
         if spec.task is not None:
@@ -219,7 +266,7 @@ class SttSession:
         self.scope.log.debug("speculative_discarded", turn=self.turn, published=spec.published)
         if not spec.published:
             return None
-        return TurnResumed(session=self.scope.session, turn=self.turn, speculation=spec.number,
+        return TurnResumed(session=self.scope.session, turn=turn, speculation=spec.number,
                            at_ns=time.time_ns())
 
     async def _speculate(
@@ -233,9 +280,9 @@ class SttSession:
         result: TranscriptResult = await stage.final.run(audio, partial=False)
         text = self._text(result)
         turn = self.turn
-        if (not stage.settings.speculative_replies or not text or self.spec is not spec
-                or self.closed_turn >= turn):
-            return result
+        if (not stage.settings.speculative_replies or not text
+                or self.ledger.live(turn, spec.number) is not spec):
+            return result  # voided, replaced or committed meanwhile
         spec.published = True  # decided here, before any await: the commit reads it
         try:
             async with self.publish_lock:
@@ -257,18 +304,20 @@ class SttSession:
         assert stage.final is not None
         turn = self.turn
         start_ns, end_ns = ns_at(ev.speech_start_sample), ns_at(ev.speech_end_sample)
-        self.closed_turn = turn
+        spec = self.spec
+        reuse = (spec is not None and spec.task is not None
+                 and spec.span == (ev.audio_start_sample, ev.audio_end_sample))
+        # The commit names the guess whose words went out, if it decoded exactly these words
+        speculation = spec.number if reuse and spec is not None and spec.published else 0
+        commit = self.ledger.commit(turn, speculation)
         yield UserStoppedSpeaking(session=self.scope.session, turn=turn, at_ns=end_ns)
-        spec, self.spec = self.spec, None
-        speculation = 0
-        if (spec is not None and spec.task is not None
-                and spec.span == (ev.audio_start_sample, ev.audio_end_sample)):
-            decode = spec.task
-            speculation = spec.number if spec.published else 0
+        if reuse and spec is not None and spec.task is not None:
+            decode = spec.task  # its decode is the final's
         else:
-            if spec is not None and spec.task is not None:
-                spec.task.cancel()
-                stage.stats.speculative_discarded += 1
+            for _key, dropped in commit.dropped:
+                if dropped.task is not None:
+                    dropped.task.cancel()
+                    stage.stats.speculative_discarded += 1
             decode = self.scope.spawn(stage.final.run(audio, partial=False),
                                       name=f"stt-final-{self.scope.session}")
         if self.final is not None and not self.final.done():
@@ -295,11 +344,13 @@ class SttSession:
         except Retryable as e:
             scope.log.warning("turn_state_unavailable", error=str(e))
             stored = control.SttTurnState(turn=0)
-        for start in stored.starts:
-            if abs(start.frame - frame) <= SAME_START_FRAMES and start.turn > self.closed_turn:
-                scope.log.info("turn_replayed", turn=start.turn, frame=frame)
-                return start.turn
-        turn = max(self.turn, stored.turn, self.turns_heard) + 1
+        turn, replayed = number_turn(frame, starts=stored.starts, current=self.turn,
+                                     stored=stored.turn, committed=self.ledger.committed,
+                                     heard_elsewhere=self.turns_heard,
+                                     same_start_frames=SAME_START_FRAMES)
+        if replayed:
+            scope.log.info("turn_replayed", turn=turn, frame=frame)
+            return turn
         if self.turns_heard > max(self.turn, stored.turn):
             scope.log.warning("turn_state_behind", stored_turn=stored.turn,
                               turns_heard=self.turns_heard, turn=turn)
@@ -333,7 +384,7 @@ class SttSession:
         result = await dec.submit(audio, partial=True)
         text = self._text(result)
         async with self.publish_lock:
-            if (self.closed_turn >= turn or self.turn != turn or not text
+            if (self.ledger.committed >= turn or self.turn != turn or not text
                     or text == self.last_partial):
                 return
             seq = self.partials_sent

@@ -56,20 +56,19 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
 
 from voxbus.audio import Float32Array
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import SessionPolicy
 from voxbus.runtime.tasks import cancel_and_wait
 from voxbus.services.stt import turns
 from voxbus.services.stt.decoding import Decoder, build_engine
 from voxbus.services.stt.engine import Transcriber
-from voxbus.services.stt.session import SttSession, read_state
+from voxbus.services.stt.session import SttSession, SttStats, read_state
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.vad import SileroVad, VoiceActivity
 
@@ -77,25 +76,6 @@ if TYPE_CHECKING:
     from voxbus.services.stt.smart_turn import SmartTurn
 
 log = structlog.get_logger("voxbus.stt")
-
-
-@dataclass
-class SttStats:
-    """Counters for benchmarks and tests."""
-
-    sessions_opened: int = 0
-    sessions_closed: int = 0
-    partials_published: int = 0
-    partials_skipped: int = 0
-    speculative_started: int = 0
-    speculative_discarded: int = 0
-    speculative_published: int = 0  # speculative EndOfTurn out: a reply may start
-    speculative_committed: int = 0  # a committed EndOfTurn confirmed the published guess
-    finals: int = 0
-    turns_judged: int = 0  # pauses Smart Turn was asked about
-    turns_judged_complete: int = 0
-    decode_ms: list[float] = field(default_factory=list)
-    audio_ms: list[float] = field(default_factory=list)
 
 
 class SttStage:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Protocol
 
 from voxbus.contracts.control import VOICE_HEADER, header
 from voxbus.contracts.messages import (
@@ -16,18 +16,17 @@ from voxbus.contracts.messages import (
     Message,
     ReplyEnd,
     ReplyText,
-    reply_rank,
 )
 from voxbus.runtime import metrics
-from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.closing import CloseReason
+from voxbus.runtime.ledger import Order, ReplyKey, TurnLedger
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import BadInput, Context
 
 from .clauses import Unit, UnitSplitter
 from .framing import frame_audio, trim_leading_silence
-from .scheduler import Synthesis
-
-if TYPE_CHECKING:
-    from .stage import TtsStage
+from .scheduler import Synthesis, SynthScheduler
+from .settings import TtsSettings
 
 MAX_REPLY_CHARS: Final = 200_000
 MAX_GAP_CHARS: Final = 8_000
@@ -52,21 +51,44 @@ class _Reply:
     last_deadline: float = 0.0
 
 
-class TtsSession:
-    """The session's current reply; the runtime releases the session when it ends."""
+class TtsWorker(Protocol):
+    """What a session needs of the TTS worker it lives in (the ``TtsStage``)."""
 
-    def __init__(self, stage: TtsStage, scope: SessionScope) -> None:
+    settings: TtsSettings
+    voice: str
+
+    @property
+    def scheduler(self) -> SynthScheduler: ...
+
+    @property
+    def first_words(self) -> int: ...
+
+    @property
+    def sample_rate_hz(self) -> int: ...
+
+    def check_voice(self, voice: str, logger: Any) -> str: ...
+
+    def end_marker(self, session: str, turn: int, seq: int, text_start: int, text_end: int, *,
+                   speculation: int = 0) -> AudioOut: ...
+
+
+class TtsSession:
+    """The session's current reply; the runtime releases the session when it ends. Which reply
+    comes after which, and which turns are over, is the scope's turn ledger's."""
+
+    def __init__(self, stage: TtsWorker, scope: SessionScope) -> None:
         self.stage = stage
         self.scope = scope
+        self.ledger: TurnLedger[Any] = scope.ledger
         self.reply: _Reply | None = None
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: CloseReason) -> None:
         reply, self.reply = self.reply, None
-        if reply is not None and reason in ("idle", "evicted"):
+        if reply is not None and reason.rule.expired:
             # its end never came (TTS_REPLY_TTL_S without text, or its place was needed): end
             # it here, so the listener does not wait for the rest
             self.scope.log.warning("reply_expired", turn=reply.turn, spoken_end=reply.spoken_end,
-                                   reason=reason)
+                                   reason=str(reason))
             try:
                 await self.scope.publish(self.stage.end_marker(
                     self.scope.session, reply.turn, reply.seq, reply.spoken_end,
@@ -90,7 +112,7 @@ class TtsSession:
 
     def _interrupt(self, msg: Interrupt, ctx: Context) -> None:
         reply = self.reply
-        if reply is not None and reply.turn <= msg.turn:
+        if reply is not None and self.ledger.stale(reply.turn):  # the runtime raised the mark
             self.reply = None
             self.scope.release()
             ctx.log.info("reply_interrupted", reply_turn=reply.turn, spoken_end=reply.spoken_end,
@@ -116,7 +138,7 @@ class TtsSession:
 
     async def _on_end(self, msg: ReplyEnd, ctx: Context) -> AsyncIterator[AudioOut]:
         reply = self.reply
-        if reply is not None and _rank(reply) > reply_rank(msg.turn, msg.speculation):
+        if reply is not None and _order(reply, msg) is Order.OLDER:
             ctx.log.info("stale_reply_end_dropped", reply_turn=reply.turn)
             return
         reply = self._reply_for(msg, ctx)
@@ -147,13 +169,13 @@ class TtsSession:
 
     def _reply_for(self, msg: ReplyText | ReplyEnd, ctx: Context) -> _Reply | None:
         """The session's reply ``(msg.turn, msg.speculation)``, started if new; None for a stale
-        one (a reply that ``contracts.messages.reply_rank`` puts before the current one)."""
+        one (a reply that ``ReplyKey.rank`` puts before the current one)."""
         reply = self.reply
         if reply is not None:
-            rank = reply_rank(msg.turn, msg.speculation)
-            if _rank(reply) == rank:
+            order = _order(reply, msg)
+            if order is Order.SAME:
                 return reply
-            if _rank(reply) > rank:
+            if order is Order.OLDER:
                 ctx.log.info("stale_reply_dropped", reply_turn=reply.turn,
                              speculation=msg.speculation)
                 return None
@@ -234,8 +256,10 @@ class TtsSession:
         return out
 
 
-def _rank(reply: _Reply) -> tuple[int, int]:
-    return reply_rank(reply.turn, reply.speculation)
+def _order(reply: _Reply, msg: ReplyText | ReplyEnd) -> Order:
+    """Where ``msg``'s reply stands against the one being spoken."""
+    return TurnLedger.compare(ReplyKey(reply.turn, reply.speculation),
+                              ReplyKey(msg.turn, msg.speculation))
 
 
 def _place(reply: _Reply, msg: ReplyText) -> str | None:

@@ -10,8 +10,8 @@ the reply's length.
 
 A reply is named by its turn and its ``speculation`` (a reply prepared for a speculative turn:
 see ``EndOfTurn``); its frames carry the same, so the bridge holds them until the turn is
-committed. A reply that ``reply_rank`` puts after the current one replaces it (a guess voided by
-the commit); one before it is stale.
+committed. A reply that ``runtime.ledger.ReplyKey.rank`` puts after the current one replaces it
+(a guess voided by the commit); one before it is stale.
 
 Frames carry contiguous ``seq`` from 0 per reply and text spans that tile the reply: a frame
 starts where the previous one ended, so text with nothing to say (an emoji, "...") is covered by
@@ -36,7 +36,7 @@ import structlog
 
 from voxbus.contracts.messages import AnyMessage, AudioOut, Message, ReplyEnd
 from voxbus.contracts.subjects import Kind
-from voxbus.runtime.sessions import SessionScope
+from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import SessionPolicy
 
 from .engine import SAMPLE_RATE_HZ, KokoroEngine, Synthesizer, voice_or_default
