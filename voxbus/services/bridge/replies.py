@@ -1,0 +1,287 @@
+"""The agent's replies in one caller's session, as the caller hears them.
+
+Parts of replies (``AudioOut`` frames, ``ReplyText``, ``ReplyEnd``) come from the bus; the turn
+ledger says what each one is: played now, held (a guess's, before its turn is committed), or
+dropped (voided, a guess the commit did not name, a turn the user spoke over). The commit releases
+the held guess it names; ``TurnResumed`` voids one; the user beginning a new utterance interrupts
+every reply to an earlier turn (a barge-in). What the caller actually heard of a reply goes back to
+the bus as ``AgentSpoke``, cut where the playout stopped.
+
+Turn 0 frames ("not part of a turn", e.g. the echo stage's) are played but are no reply: they are
+never interrupted by turn logic and produce no ``AgentSpoke``.
+
+No LiveKit here: the playout and the captions are given (``Speaker``, ``CaptionSink``), so this is
+tested on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from voxbus.contracts.messages import (
+    AgentSpoke,
+    AudioOut,
+    EndOfTurn,
+    Interrupt,
+    Message,
+    ReplyEnd,
+    ReplyText,
+    TurnResumed,
+)
+from voxbus.runtime import metrics
+from voxbus.runtime.ledger import ReplyKey, TurnLedger, Verdict, Why
+from voxbus.services.bridge.audio import AgentAudio, AgentFrame
+
+#: Messages of a reply held until its speculative turn is committed, at most (a first unit is
+#: a few hundred 20 ms frames; more than this and the rest of the guess is not kept).
+HOLD_MAX = 1500
+
+ReplyPart = AudioOut | ReplyText | ReplyEnd
+
+
+class Speaker(Protocol):
+    """The room's playout, as replies use it."""
+
+    @property
+    def rate(self) -> int: ...
+
+    def push(self, f: AgentFrame) -> bool: ...
+
+    def cancel(self, which: Callable[[AgentFrame], bool]) -> tuple[int, int]: ...
+
+
+class CaptionSink(Protocol):
+    def agent(self, turn: int, text: str) -> None: ...
+
+    def agent_end(self, turn: int, *, interrupted: bool, char_end: int = 0) -> None: ...
+
+
+@dataclass
+class Reply:
+    """What the bridge knows of the agent's reply to user turn ``turn``."""
+
+    turn: int
+    text: str = ""
+    final: bool = False
+    frames_in: int = 0
+    next_seq: int = 0  # frames below it were taken; a lower one is a copy (a TTS takeover)
+    frames_repeated: int = 0
+    played_frames: int = 0
+    played_char_end: int = 0
+    first_frame_ns: int = 0
+    first_played_ns: int = 0
+    done: bool = False
+
+    def add_text(self, chunk: ReplyText) -> None:
+        if chunk.char_start >= len(self.text):
+            self.text += chunk.text
+        elif chunk.char_end > len(self.text):  # overlap (redelivery): keep the new tail only
+            self.text += chunk.text[len(self.text) - chunk.char_start:]
+
+
+class Replies:
+    """The session's replies, on its turn ledger."""
+
+    def __init__(self, *, session: str, speaker: Speaker, captions: CaptionSink,
+                 publish_ctl: Callable[[Message], None], log: Any) -> None:
+        self.session = session
+        self.speaker = speaker
+        self.captions = captions
+        self.publish_ctl = publish_ctl
+        self.log = log
+        #: Held parts of each guess not yet committed are the payloads of its live guesses.
+        self.ledger: TurnLedger[list[ReplyPart]] = TurnLedger(on_drop=self._dropped)
+        self.replies: dict[int, Reply] = {}
+        self.speech_end_ns: dict[int, int] = {}  # turn -> end of the caller's speech
+        self.first_played_ns = 0
+        self._audio = AgentAudio(speaker.rate)
+
+    @property
+    def user_turn(self) -> int:
+        """The newest utterance the user began."""
+        return self.ledger.heard
+
+    def active(self) -> list[Reply]:
+        return sorted((r for r in self.replies.values() if not r.done), key=lambda r: r.turn)
+
+    # ---- from the bus ---------------------------------------------------------------------------
+
+    def part(self, msg: ReplyPart) -> None:
+        """A part of a reply arrived: played, held or dropped, as the ledger says."""
+        verdict = self.ledger.admit(msg.turn, msg.speculation)
+        if verdict is Verdict.GO:
+            self._play(msg)
+        elif verdict is Verdict.HOLD:
+            held = self.ledger.hold(msg.turn, msg.speculation, list)
+            if len(held) < HOLD_MAX:
+                held.append(msg)
+            elif len(held) == HOLD_MAX:
+                self.log.warning("speculation_hold_full", turn=msg.turn,
+                                 speculation=msg.speculation)
+                held.append(msg)  # the marker: warned once; nothing more is kept
+
+    def committed(self, msg: EndOfTurn) -> None:
+        """The turn is committed: the guess it names plays, any other is dropped."""
+        self.speech_end_ns[msg.turn] = msg.speech_end_ns
+        for turn in [t for t in self.speech_end_ns if t < msg.turn - 4]:
+            del self.speech_end_ns[turn]
+        commit = self.ledger.commit(msg.turn, msg.speculation)
+        if commit.adopted is not None:
+            parts = commit.adopted[:HOLD_MAX]
+            self.log.info("speculation_committed", turn=msg.turn, speculation=msg.speculation,
+                          held_frames=_frames(parts))
+            for part in parts:
+                self._play(part)
+
+    def resumed(self, msg: TurnResumed) -> None:
+        if self.ledger.void(msg.turn, msg.speculation) is None:  # nothing was held of it
+            self._dropped(ReplyKey(msg.turn, msg.speculation), [], Why.VOIDED)
+
+    def _dropped(self, key: ReplyKey, parts: list[ReplyPart], why: Why) -> None:
+        self.log.info("speculation_dropped", turn=key.turn, speculation=key.guess,
+                      why="barge_in" if why is Why.INTERRUPTED else why.value,
+                      held_frames=_frames(parts))
+
+    # ---- playing --------------------------------------------------------------------------------
+
+    def _reply(self, turn: int) -> Reply:
+        r = self.replies.get(turn)
+        if r is None:
+            r = self.replies[turn] = Reply(turn=turn)
+            # Old replies that are done are forgotten (the bus keeps the history).
+            for t in [t for t, x in self.replies.items() if x.done and t < turn - 2]:
+                del self.replies[t]
+        return r
+
+    def _play(self, msg: ReplyPart) -> None:
+        if msg.turn > 0 and self.ledger.stale(msg.turn):
+            if not isinstance(msg, ReplyEnd):
+                self._stale_reply(msg.turn)
+            return
+        if isinstance(msg, AudioOut):
+            self._audio_out(msg)
+        elif isinstance(msg, ReplyText):
+            reply = self._reply(msg.turn)
+            reply.add_text(msg)
+            self.captions.agent(reply.turn, msg.text)
+        else:
+            reply = self._reply(msg.turn)
+            if msg.text:
+                reply.text = msg.text
+            reply.final = True
+            self.captions.agent_end(reply.turn, interrupted=False)
+
+    def _audio_out(self, msg: AudioOut) -> None:
+        if msg.turn > 0:
+            reply = self._reply(msg.turn)
+            if msg.seq < reply.next_seq:
+                # A TTS replica that took the reply over synthesizes it again from its start: the
+                # caller hears each frame once. (The stream drops the copies by message id;
+                # this subscription is core NATS and sees them.)
+                reply.frames_repeated += 1
+                return
+            reply.next_seq = msg.seq + 1
+            reply.frames_in += 1
+            if not reply.first_frame_ns:
+                reply.first_frame_ns = time.time_ns()
+        try:
+            pcm = self._audio.push(msg.pcm, rate=msg.sample_rate_hz, channels=msg.channels,
+                                   last=msg.last)
+        except ValueError as e:
+            self.log.warning("bad_agent_frame", turn=msg.turn, seq=msg.seq, error=str(e))
+            return
+        self.speaker.push(AgentFrame(
+            session=self.session, turn=msg.turn, seq=msg.seq, pcm=pcm,
+            duration_s=len(pcm) / 2 / self.speaker.rate, text_end=msg.text_end, last=msg.last,
+        ))
+
+    # ---- barge-in and completion ----------------------------------------------------------------
+
+    def _stale_reply(self, turn: int) -> None:
+        """A reply to a turn the user already spoke over: stopped before a word of it played."""
+        reply = self.replies.get(turn)
+        if reply is None or not reply.done:
+            self._reply(turn)
+            self.barge_in(turn + 1, reason="stale_reply")
+
+    def barge_in(self, user_turn: int, *, reason: str) -> None:
+        """The user began utterance ``user_turn``: every reply to an earlier turn stops now."""
+        if user_turn <= 0:
+            return
+        was = self.ledger.interrupted
+        self.ledger.began(user_turn)  # guesses of earlier turns are dropped (``_dropped``)
+        victims = [r for r in self.active() if 0 < r.turn < user_turn]
+        if not victims and was >= user_turn - 1:
+            return
+        t0 = time.perf_counter()
+        up_to = user_turn - 1
+        n_pending, n_queued = self.speaker.cancel(
+            lambda f: f.session == self.session and 0 < f.turn <= up_to
+        )
+        if victims:
+            metrics.BARGE_INS.add(len(victims), {"reason": reason})
+            self.publish_ctl(Interrupt(
+                session=self.session, turn=up_to, at_ns=time.time_ns(), reason=reason,
+            ))
+        for reply in victims:
+            self.interrupted(reply, reason=reason)
+        self.log.info("barge_in", user_turn=user_turn, interrupted=[r.turn for r in victims],
+                      frames_dropped=n_pending + n_queued, queued_dropped=n_queued,
+                      clear_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    def end(self, reason: str) -> None:
+        """The session ends: every reply still playing is interrupted where it stands."""
+        active = [r for r in self.active() if r.turn > 0]
+        if active:
+            self.publish_ctl(Interrupt(
+                session=self.session, turn=active[-1].turn, at_ns=time.time_ns(), reason=reason,
+            ))
+        for reply in active:
+            self.interrupted(reply, reason=reason)
+
+    def interrupted(self, reply: Reply, *, reason: str) -> None:
+        reply.done = True
+        char_end = min(reply.played_char_end, len(reply.text)) if reply.text else 0
+        self.publish_ctl(AgentSpoke(
+            session=self.session, turn=reply.turn, text=reply.text[:char_end], char_end=char_end,
+            interrupted=True, at_ns=time.time_ns(),
+        ))
+        self.captions.agent_end(reply.turn, interrupted=True, char_end=char_end)
+        self.log.info("reply_interrupted", turn=reply.turn, reason=reason, char_end=char_end,
+                      chars=len(reply.text), played_frames=reply.played_frames)
+
+    def frame_started(self, f: AgentFrame) -> None:
+        """Playout: ``f`` began playing (the caller hears it)."""
+        if not self.first_played_ns:
+            self.first_played_ns = time.time_ns()
+        reply = self.replies.get(f.turn) if f.turn > 0 else None
+        if reply is None:
+            return
+        reply.played_frames += 1
+        reply.played_char_end = max(reply.played_char_end, f.text_end)
+        if not reply.first_played_ns:
+            reply.first_played_ns = time.time_ns()
+            # the speech's end is on the bridge's clock (AudioIn.capture_ns): comparable
+            if end_ns := self.speech_end_ns.get(f.turn, 0):
+                metrics.VOICE_TO_VOICE.record(max(0.0, (reply.first_played_ns - end_ns) / 1e9))
+
+    def frame_finished(self, f: AgentFrame) -> None:
+        """Playout: the last frame of reply ``f.turn`` finished playing."""
+        reply = self.replies.get(f.turn) if f.turn > 0 else None
+        if reply is None or reply.done:
+            return
+        reply.done = True
+        self.publish_ctl(AgentSpoke(
+            session=self.session, turn=reply.turn, text=reply.text, char_end=len(reply.text),
+            interrupted=False, at_ns=time.time_ns(),
+        ))
+        self.captions.agent_end(reply.turn, interrupted=False)
+        self.log.info("reply_played", turn=reply.turn, frames=reply.played_frames,
+                      chars=len(reply.text))
+
+
+def _frames(parts: list[ReplyPart]) -> int:
+    return sum(isinstance(p, AudioOut) for p in parts)
