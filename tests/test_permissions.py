@@ -24,7 +24,7 @@ from voxbus.ops.nats import EmbeddedNats
 
 EU, US = "eu", "us"
 S = "s1"  # a session id
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "security.md"
 
 ALL = frozenset(ROLES)
 STAGES = frozenset({"stt", "llm", "tts"})

@@ -46,7 +46,7 @@ class TtsSettings:
     #: Where a first unit without punctuation is cut, in words. 0: the engine's
     #: (TtsStage.first_words): Piper's 3 answered in 0.90 s p50 in the room against 1.19 s with
     #: 5, and Whisper heard the replies as well; Kokoro keeps 5 (with 4 it said words Whisper got
-    #: wrong; see docs/decisions/).
+    #: wrong; see docs/decisions/first-unit-words.md).
     first_words: int = 0
     #: Words after ``first_words`` in which a punctuation cut is still preferred to a word cut;
     #: each one delays the first unit of a reply without punctuation by a token or two.
