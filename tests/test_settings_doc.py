@@ -133,8 +133,9 @@ def test_each_variable_sets_the_field_it_is_listed_for() -> None:
     for source in SOURCES:
         hints = typing.get_type_hints(source.cls)
         read = _reader(source)
+        variables = settings_doc.field_variables(source)
         for f in dataclasses.fields(source.cls):
-            names = settings_doc.field_variables(source).get(f.name, ())
+            names = variables.get(f.name, ())
             default = f.default if f.default is not dataclasses.MISSING else None
             candidates = _candidates(hints[f.name], default)
             if len(names) != 1 or not candidates:
