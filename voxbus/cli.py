@@ -147,11 +147,8 @@ async def _provision_regions(urls: dict[str, str], ids: Identities | None,
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from voxbus.runtime import logging
     from voxbus.runtime.serve import connect
     from voxbus.runtime.settings import BusSettings
-
-    logging.configure()  # stderr, as every command's (stdout is for what a command prints)
 
     async def run() -> None:
         settings = BusSettings.from_env()

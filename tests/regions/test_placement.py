@@ -105,7 +105,7 @@ def test_voxbus_nats_refuses_a_bad_cluster_size(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "voxbus.cli", "nats", "--regions", "eu", "--cluster-size", "10",
          "--store", str(tmp_path)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "cluster-size must be within 1..9" in out.stderr
 
 

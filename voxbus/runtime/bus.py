@@ -65,6 +65,30 @@ CONNECT_TIMEOUT_S = 2
 UNREACHABLE_EVERY_S = 5.0
 
 
+#: What nats-py connects with (a server without one is ``nats://``).
+_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_url(url: str) -> None:
+    """Each server of ``url`` is one nats-py can connect to, or a one-line ``UserError`` (a
+    port out of range made nats-py raise its own error, a scheme like ``http`` retried a host
+    that cannot exist)."""
+    if not server_urls(url):
+        raise UserError("the NATS URL is empty (NATS_URL)")
+    for u in server_urls(url):
+        parts = urlsplit(u if "://" in u else f"nats://{u}")
+        what = f"the NATS URL {shown_url(u)!r}"
+        if parts.scheme not in _SCHEMES:
+            raise UserError(f"{what}: the scheme must be one of "
+                            f"{', '.join(f'{s}://' for s in _SCHEMES)}")
+        try:
+            parts.port  # noqa: B018 - it raises for a port out of range
+        except ValueError:
+            raise UserError(f"{what}: the port must be within 1-65535") from None
+        if not parts.hostname:
+            raise UserError(f"{what} names no host")
+
+
 def shown_url(url: str) -> str:
     """``url`` fit for a log line: a password written into it is left out."""
     shown = []
@@ -194,6 +218,7 @@ class Bus:
     ) -> Bus:
         """``inbox_prefix``: where replies come to (``_INBOX`` by default); an identity may
         subscribe only under its own (``ops.auth``)."""
+        check_url(url)
         bus: Bus | None = None
         first = _FirstConnect(url, user)
 

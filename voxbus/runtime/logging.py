@@ -9,6 +9,8 @@ import sys
 
 import structlog
 
+from voxbus.runtime.settings import SettingsError
+
 
 def _drop_pii(
     _logger: object, _name: str, event: structlog.typing.EventDict
@@ -21,7 +23,10 @@ def _drop_pii(
 def configure(level: str | None = None, *, log_pii: bool | None = None) -> None:
     """JSON lines to stderr. ``VOXBUS_LOG_LEVEL`` sets the level; ``VOXBUS_LOG_PII=1`` keeps the
     ``pii`` values (off by default)."""
-    lvl = (level or os.environ.get("VOXBUS_LOG_LEVEL", "info")).upper()
+    lvl = (level or os.environ.get("VOXBUS_LOG_LEVEL", "") or "info").upper()
+    if not isinstance(logging.getLevelName(lvl), int):
+        raise SettingsError(f"VOXBUS_LOG_LEVEL={lvl.lower()!r}: one of debug, info, warning, "
+                            "error, critical")
     keep_pii = log_pii if log_pii is not None else os.environ.get("VOXBUS_LOG_PII") == "1"
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -191,11 +191,14 @@ class BusSettings:
         if replicas not in (0, 1, 3, 5):
             raise SettingsError(f"VOXBUS_REPLICAS must be 1, 3 or 5 (0: automatic), got "
                                 f"{replicas}")
+        partitions = env.int("PARTITIONS", DEFAULT_PARTITIONS)
+        if partitions < 1:
+            raise SettingsError(f"VOXBUS_PARTITIONS must be at least 1, got {partitions}")
         main = identity if identity is not None and len(regions) == 1 else None
         return cls(
             url=e.get("NATS_URL") or cls.url,
             regions=regions,
-            partitions=env.int("PARTITIONS", DEFAULT_PARTITIONS),
+            partitions=partitions,
             user=main.user if main else (e.get("NATS_USER") or None),
             password=main.password if main else (e.get("NATS_PASSWORD") or None),
             identity=identity,
