@@ -326,7 +326,7 @@ async def test_extra_sessions_wait_and_idle_sessions_are_closed() -> None:
 
         async def watch() -> None:
             while True:
-                held.append(runner.lanes.admission.held)
+                held.append(runner.lanes.admission.taken)
                 await asyncio.sleep(0.01)
 
         async with asyncio.TaskGroup() as tg:

@@ -163,7 +163,7 @@ class Lane:
         items = list(self.queue._queue)  # type: ignore[attr-defined]  # read-only peek
         return ([self.current] if self.current else []) + items
 
-    def holding(self, key: tuple[str, int]) -> Delivery | None:
+    def find(self, key: tuple[str, int]) -> Delivery | None:
         """The delivery of this stream message that the lane holds (queued or in hand), if any."""
         return next((d for d in self.pending() if d.key == key), None)
 

@@ -79,7 +79,7 @@ class Admission:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.held = 0
+        self.taken = 0  # places taken now
         self.holders: dict[int, tuple[SessionLanes, Session]] = {}
         #: Places being freed (a quiet session evicted) for the session that needed one:
         #: (region, session) -> until when. Nobody else takes them meanwhile.
@@ -87,26 +87,26 @@ class Admission:
 
     def try_take(self, who: tuple[str, str] = ("", "")) -> bool:
         if not self.limit:
-            self.held += 1
+            self.taken += 1
             return True
         now = time.monotonic()
         for key in [k for k, until in self.reserved.items() if until < now]:
             del self.reserved[key]
         mine = self.reserved.pop(who, None) is not None
-        if self.held + len(self.reserved) >= self.limit and not (
-            mine and self.held < self.limit
+        if self.taken + len(self.reserved) >= self.limit and not (
+            mine and self.taken < self.limit
         ):
             if mine:  # not free yet (the evicted session is closing): keep it for us
                 self.reserved[who] = now + self.RESERVE_S
             return False
-        self.held += 1
+        self.taken += 1
         return True
 
     def reserve(self, who: tuple[str, str]) -> None:
         self.reserved[who] = time.monotonic() + self.RESERVE_S
 
     def give(self) -> None:
-        self.held = max(0, self.held - 1)
+        self.taken = max(0, self.taken - 1)
 
     def quietest(self, now: float, min_quiet_s: float) -> tuple[SessionLanes, Session] | None:
         """The holder without a message for longest, if at least ``min_quiet_s`` and idle."""
@@ -289,19 +289,20 @@ class SessionLanes:
         return True
 
     async def _duplicate(self, d: Delivery, sess: Session) -> bool:
-        """A redelivered copy of a message handled already, or still held by the lane: JetStream
+        """A redelivered copy of a message handled already, or still queued in the lane: JetStream
         redelivers when an ack is late, and handling the copy too would feed the stage the same
         input twice (a repeated audio frame changes what the STT hears). A copy of a handled
-        message is acked; a copy of a held one is dropped and the held one marked in progress."""
+        message is acked; a copy of a held or queued one is dropped and the one we have marked in
+        progress."""
         kept = sess.scope.held.get(d.key)
         if kept is not None:  # handled and held unacked on purpose: still ours
             kept.touched = time.monotonic()
             await kept.inbound.in_progress()
         elif d.key in self._done:
             await d.inbound.ack()
-        elif sess.lane is not None and (held := sess.lane.holding(d.key)) is not None:
-            held.touched = time.monotonic()
-            await held.inbound.in_progress()
+        elif sess.lane is not None and (queued := sess.lane.find(d.key)) is not None:
+            queued.touched = time.monotonic()
+            await queued.inbound.in_progress()
         else:
             return False  # handed back by us, taken over from another replica, or never handled
         self.stats.redeliveries_dropped += 1
@@ -324,7 +325,7 @@ class SessionLanes:
         now = time.monotonic()
         if sess.waiting_since is None:
             sess.waiting_since = now
-            sess.scope.log.info("session_waiting", sessions=self.admission.held,
+            sess.scope.log.info("session_waiting", sessions=self.admission.taken,
                                 limit=self.admission.limit)
         if now - sess.waiting_since < self.stage.policy.admit_timeout_s:
             await self._defer(sess, d)
@@ -335,7 +336,7 @@ class SessionLanes:
         if not sess.refusing:
             sess.refusing = True
             code = f"{self.stage.name}_busy"
-            sess.scope.log.warning("session_refused", sessions=self.admission.held)
+            sess.scope.log.warning("session_refused", sessions=self.admission.taken)
             await self.bus.publish_error(
                 self.region, sess.id, turn=d.msg.turn, code=code, stage=self.stage.name,
                 message=f"this {self.stage.name} worker already holds {self.admission.limit} "

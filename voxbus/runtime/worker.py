@@ -492,7 +492,7 @@ class Worker:
             self.bus.on_disconnect(leases.hold_off)
         self.bus.on_disconnect(self._bus_lost)
         unwatch_metrics = metrics.watch(self.stage.name, lambda: {
-            "sessions": self.admission.held, "partitions": len(self.partitions),
+            "sessions": self.admission.taken, "partitions": len(self.partitions),
             "lag": self._lag})
         unwatch_health = health.watch(f"{self.stage.name}:{','.join(self.bus.regions)}",
                                       live=self._liveness, ready=self._readiness)
