@@ -39,9 +39,9 @@ from voxbus.runtime.testing import StageRunner, Tap
 from voxbus.services.stt.engine import FakeTranscriber, ScriptedReply, WhisperEngine
 from voxbus.services.stt.frontend import Timeline
 from voxbus.services.stt.normalize import normalize_text, word_errors
-from voxbus.services.stt.session import state_key
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.stage import SttStage
+from voxbus.services.stt.turn_state import state_key
 
 M = TypeVar("M", bound=AnyMessage)
 FRAME_MS = 20

@@ -8,14 +8,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-import msgspec
 import structlog
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError
 
 from voxbus.audio import Float32Array, PcmError
 from voxbus.contracts import control
@@ -32,73 +29,19 @@ from voxbus.contracts.messages import (
     UserStartedSpeaking,
     UserStoppedSpeaking,
 )
-from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import metrics
 from voxbus.runtime.closing import CloseReason
 from voxbus.runtime.ledger import TurnLedger, number_turn
 from voxbus.runtime.scope import SessionScope
-from voxbus.runtime.stage import BadInput, Context, Retryable, StageBus
+from voxbus.runtime.stage import BadInput, Context, Retryable
 from voxbus.runtime.transient import transient
 from voxbus.services.stt import turns
-from voxbus.services.stt.decoding import Decoder
 from voxbus.services.stt.engine import TranscriptResult
 from voxbus.services.stt.frontend import AudioFrontend
-from voxbus.services.stt.settings import SttSettings
+from voxbus.services.stt.shared import SttWorker
+from voxbus.services.stt.turn_state import read_state, save_state
 
 log = structlog.get_logger("voxbus.stt")
-
-
-@dataclass
-class SttStats:
-    """Counters for benchmarks and tests."""
-
-    sessions_opened: int = 0
-    sessions_closed: int = 0
-    partials_published: int = 0
-    partials_skipped: int = 0
-    speculative_started: int = 0
-    speculative_discarded: int = 0
-    speculative_published: int = 0  # speculative EndOfTurn out: a reply may start
-    speculative_committed: int = 0  # a committed EndOfTurn confirmed the published guess
-    finals: int = 0
-    turns_judged: int = 0  # pauses Smart Turn was asked about
-    turns_judged_complete: int = 0
-    decode_ms: list[float] = field(default_factory=list)
-    audio_ms: list[float] = field(default_factory=list)
-
-
-class SttWorker(Protocol):
-    """What a session needs of the STT worker it lives in (the ``SttStage``)."""
-
-    settings: SttSettings
-    stats: SttStats
-    final: Decoder | None
-    frontend: ThreadPoolExecutor | None
-
-    def partial_decoder(self) -> Decoder | None: ...
-
-    def closed(self, segmenter: turns.Segmenter) -> None: ...
-
-
-def state_key(session: str) -> str:
-    """The session's key in the region's state bucket (``<session>.stt``)."""
-    return control.state_key(session, control.STT_STATE)
-
-
-async def read_state(bus: StageBus, region: str, session: str) -> control.SttTurnState:
-    """The session's turn state in the state bucket (turn 0 if none). Raises Retryable."""
-    try:
-        kv = await bus.kv(state_bucket(region))
-        entry = await kv.get(state_key(session))
-    except KeyNotFoundError:
-        return control.SttTurnState(turn=0)
-    except (NatsError, TimeoutError) as e:
-        raise Retryable(f"state bucket unavailable: {e}") from e
-    try:
-        return control.decode_stt_state(entry.value or b"")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        log.warning("bad_turn_state", session=session)
-        return control.SttTurnState(turn=0)
 
 
 #: A replayed turn whose speech starts within this many frames of a stored turn's start is that
@@ -356,9 +299,8 @@ class SttSession:
                               turns_heard=self.turns_heard, turn=turn)
         starts = [*stored.starts, control.TurnStart(turn, frame)][-STARTS_KEPT:]
         try:
-            kv = await scope.bus.kv(state_bucket(scope.region))
-            await kv.put(state_key(scope.session),
-                         control.encode_json(control.SttTurnState(turn=turn, starts=starts)))
+            await save_state(scope.bus, scope.region, scope.session,
+                             control.SttTurnState(turn=turn, starts=starts))
         except (NatsError, TimeoutError) as e:
             scope.log.warning("turn_state_not_saved", turn=turn, error=str(e))
         return turn

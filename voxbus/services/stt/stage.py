@@ -68,8 +68,10 @@ from voxbus.runtime.tasks import cancel_and_wait
 from voxbus.services.stt import turns
 from voxbus.services.stt.decoding import Decoder, build_engine
 from voxbus.services.stt.engine import Transcriber
-from voxbus.services.stt.session import SttSession, SttStats, read_state
+from voxbus.services.stt.session import SttSession
 from voxbus.services.stt.settings import SttSettings
+from voxbus.services.stt.shared import SttStats
+from voxbus.services.stt.turn_state import read_state
 from voxbus.services.stt.vad import SileroVad, VoiceActivity
 
 if TYPE_CHECKING:
