@@ -29,6 +29,7 @@ from typing import TextIO
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -151,6 +152,7 @@ async def read(bus: Bus, region: str, printer: Printer, *, reader: int, session:
                 printer.purge(purged)
 
     tomb = await bus.nc.subscribe(tombstone_subject(region), cb=on_tombstone)
+    sub: JetStreamContext.PullSubscription | None = None
     try:
         await _consumer(bus, stream, name, filters(region, session, agent), since)
         sub = await bus.js.pull_subscribe_bind(name, stream)
@@ -165,8 +167,12 @@ async def read(bus: Bus, region: str, printer: Printer, *, reader: int, session:
                 printer.message(m.data, _stored_at(m))
                 await m.ack()
     finally:
-        with contextlib.suppress(Exception):
-            await tomb.unsubscribe()
+        # Both go before the bus drains: a pull subscription's inbox keeps the server's
+        # "no messages" answers queued for nobody, and the drain waited its full 10 s on them.
+        for s in (sub, tomb):
+            with contextlib.suppress(Exception):
+                if s is not None:
+                    await s.unsubscribe()
 
 
 def main(argv: list[str] | None = None) -> int:
