@@ -263,11 +263,13 @@ async def test_a_region_s_identities_reach_nothing_of_another_region(
             await client.close()
 
 
+@pytest.mark.fast
 def test_the_readme_shows_the_matrix() -> None:
     assert render_table() in README.read_text(), (
         "README's permission table is out of date; paste this:\n" + render_table())
 
 
+@pytest.mark.fast
 def test_stage_roles_consume_what_the_stages_take() -> None:
     """The permissions are written from ``ROLES``; the stages declare what they consume."""
     from voxbus.services.llm.stage import LlmStage

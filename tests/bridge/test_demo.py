@@ -16,6 +16,7 @@ from voxbus.errors import UserError
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.fast
 def test_missing_livekit_server_says_run_dev_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     """One line from ``voxbus.cli`` (``tests/test_cli_errors.py`` runs the real command)."""
     monkeypatch.delenv("LIVEKIT_SERVER_BIN", raising=False)
@@ -25,6 +26,7 @@ def test_missing_livekit_server_says_run_dev_setup(monkeypatch: pytest.MonkeyPat
         demo.main([])
 
 
+@pytest.mark.fast
 def test_supervised_child_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(supervise.SUPERVISED_ENV, "1")
     assert supervise.run_supervised("voxbus.dev.demo", [], want_netns=True) is None

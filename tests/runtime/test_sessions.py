@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
+
 from voxbus.contracts.messages import AnyMessage, AudioIn, Interrupt, Message, ReplyText
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.closing import CloseReason
 from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context, Retryable, SessionPolicy
 from voxbus.runtime.testing import StageRunner
+
+pytestmark = pytest.mark.fast
 
 REGION = "test"
 
