@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from voxbus.contracts.control import VOICE_HEADER, header
 from voxbus.contracts.messages import (
@@ -25,8 +25,8 @@ from voxbus.runtime.stage import BadInput, Context
 
 from .clauses import Unit, UnitSplitter
 from .framing import frame_audio, trim_leading_silence
-from .scheduler import Synthesis, SynthScheduler
-from .settings import TtsSettings
+from .scheduler import Synthesis
+from .shared import TtsWorker
 
 MAX_REPLY_CHARS: Final = 200_000
 MAX_GAP_CHARS: Final = 8_000
@@ -49,27 +49,6 @@ class _Reply:
     spoken_end: int = 0  # text_end of the last frame yielded
     audio_ahead_s: float = 0.0  # audio of the units handed to the scheduler so far
     last_deadline: float = 0.0
-
-
-class TtsWorker(Protocol):
-    """What a session needs of the TTS worker it lives in (the ``TtsStage``)."""
-
-    settings: TtsSettings
-    voice: str
-
-    @property
-    def scheduler(self) -> SynthScheduler: ...
-
-    @property
-    def first_words(self) -> int: ...
-
-    @property
-    def sample_rate_hz(self) -> int: ...
-
-    def check_voice(self, voice: str, logger: Any) -> str: ...
-
-    def end_marker(self, session: str, turn: int, seq: int, text_start: int, text_end: int, *,
-                   speculation: int = 0) -> AudioOut: ...
 
 
 class TtsSession:
