@@ -153,8 +153,9 @@ class CallerSession:
         for kind, cb in subs:
             self._subs.append(await nc.subscribe(subject(self.region, self.id, kind), cb=cb))
         await self.mic.open()
-        if self.ended.is_set():  # the caller left while we were subscribing
-            await self._unsubscribe()
+        if self.ended.is_set():  # the caller left while we were subscribing: ``end`` found
+            await self._unsubscribe()  # neither the subscriptions nor the audio sender
+            await self.mic.close()
             return
         self.log.info("session_started", participant_sid=self.participant_sid)
         self.mic.listen()
