@@ -102,7 +102,6 @@ class CallerSession:
         self.log = log.bind(session=self.id)
         self.ended = asyncio.Event()
         self.end_reason = ""
-        self.purged = False  # being purged: nothing more is published for it
         self.started_ns = time.time_ns()
         self._subs: list[Subscription] = []
         self._tasks = TaskSet(f"session-{self.id}")
@@ -170,7 +169,6 @@ class CallerSession:
     async def purge(self) -> None:
         """The session is being purged (``ops.purge``): stop it now and write nothing more for
         it, not even its end (control messages still queued are dropped)."""
-        self.purged = True
         self.ctl.purge()
         self.mic.purge()
         await self.end("purged")
