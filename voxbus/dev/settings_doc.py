@@ -83,8 +83,10 @@ SOURCES: tuple[Source, ...] = (
 
 #: Variables read outside the settings classes, with what they do.
 OTHER_VARIABLES: Mapping[str, str] = {
-    "VOXBUS_LOG_LEVEL": "Log level of the JSON logs on stderr (default `info`; `voxbus nats`: "
+    "VOXBUS_LOG_LEVEL": "Log level of the logs on stderr (default `info`; `voxbus nats`: "
                         "`warning`).",
+    "VOXBUS_LOG_FORMAT": "`json` (one JSON object a line; the default unless stderr is a "
+                         "terminal) or `console` (readable lines; the default at a terminal).",
     "VOXBUS_LOG_PII": "`1` keeps the values logged under the `pii` key (transcripts, prompts, "
                       "replies, room names); otherwise they are redacted.",
     "VOXBUS_METRICS_PORT": "Serve Prometheus metrics on `/metrics` at this port (unset: off).",
