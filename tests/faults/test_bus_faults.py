@@ -28,6 +28,7 @@ from voxbus.contracts.messages import AudioIn
 from voxbus.contracts.subjects import Kind
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import wait_until
 
 SESSIONS = 24
 
@@ -57,13 +58,12 @@ class Rig:
 
     async def settle(self, timeout_s: float = 30.0) -> None:
         """Until every frame sent is recorded."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.sent <= {(str(r["session"]), int(str(r["seq"]))) for r in self.records}:
-                return
-            await asyncio.sleep(0.1)
-        missing = self.sent - {(str(r["session"]), int(str(r["seq"]))) for r in self.records}
-        raise AssertionError(f"{len(missing)} frames never handled, e.g. {sorted(missing)[:5]}")
+
+        def missing() -> set[tuple[str, int]]:
+            return self.sent - {(str(r["session"]), int(str(r["seq"]))) for r in self.records}
+
+        await wait_until(lambda: not missing(), timeout_s=timeout_s, step_s=0.1, what=lambda: (
+            f"{len(missing())} frames never handled, e.g. {sorted(missing())[:5]}"))
 
     def check_no_split(self) -> int:
         """Every session handled by one replica at a time; returns how many sessions moved."""
@@ -123,14 +123,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 async def _until_shared(bus: Bus, want: dict[str, int], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
     holders: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        holders = dict(await _holders(bus))
-        if holders == want:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"leases never settled on {want}: {holders}")
+
+    async def shared() -> bool:
+        now = await _holders(bus)
+        holders.clear()
+        holders.update(now)
+        return holders == want
+
+    await wait_until(shared, timeout_s=timeout_s, step_s=0.2,
+                     what=lambda: f"leases settled on {want} (last: {holders})")
 
 
 async def test_a_frozen_replica_hands_over_and_acts_on_nothing_it_lost(rig: Rig) -> None:

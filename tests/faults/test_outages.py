@@ -24,6 +24,7 @@ from voxbus.dev.callers import BusCaller
 from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
 from voxbus.ops.nats import EmbeddedNats
+from voxbus.runtime.testing import wait_until
 from voxbus.services.stt.normalize import word_errors
 
 pytestmark = pytest.mark.model
@@ -74,11 +75,10 @@ async def _turn(caller: BusCaller, sentence: tuple[Path, float, str]) -> TurnRes
 
 
 async def _connected(loop: VoiceLoop, timeout_s: float = 15.0) -> None:
-    assert loop.bus is not None
-    deadline = time.monotonic() + timeout_s
-    while not loop.bus.nc.is_connected:
-        assert time.monotonic() < deadline, "the caller never reconnected"
-        await asyncio.sleep(0.05)
+    bus = loop.bus
+    assert bus is not None
+    await wait_until(lambda: bus.nc.is_connected, timeout_s=timeout_s, step_s=0.05,
+                     what="the caller reconnected")
 
 
 async def _streams_back(loop: VoiceLoop, timeout_s: float = 20.0) -> float:

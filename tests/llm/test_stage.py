@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import socket
 import time
 from collections.abc import (
     AsyncGenerator,
-    Awaitable,
-    Callable,
     Iterator,
     Sequence,
 )
@@ -38,7 +35,7 @@ from voxbus.contracts.messages import (
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.testing import Tap, running
+from voxbus.runtime.testing import Tap, running, wait_until
 from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolCallDelta, ToolSpec
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
 from voxbus.services.llm.history import History, HistoryStore, reply_text
@@ -98,19 +95,6 @@ class Outputs(Tap):
         await self.until(lambda t: any(isinstance(m, ReplyEnd)
                                        for m in self.turn_of(session, turn)), timeout_s)
         return next(m for m in self.turn_of(session, turn) if isinstance(m, ReplyEnd))
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = 5.0, step_s: float = 0.01
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = check()
-        if await ok if inspect.isawaitable(ok) else ok:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout_s} s")
-        await asyncio.sleep(step_s)
 
 
 def turn(session: str, n: int, text: str) -> EndOfTurn:
@@ -183,7 +167,7 @@ async def test_barge_in_stops_the_engine_and_publishes_nothing_stale(
     out = await Outputs.on(bus)
     async with running(bus, LlmStage(engine, SETTINGS, close_engine=False)):
         await bus.publish(REGION, turn("s1", 1, "Tell me a long story about a brave dragon."))
-        await eventually(lambda: bool(out.chunks("s1", 1)), step_s=0.002)
+        await wait_until(lambda: bool(out.chunks("s1", 1)), step_s=0.002)
         t_interrupt = time.monotonic()
         await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
         await smollm2.wait_idle()
@@ -253,7 +237,7 @@ async def test_a_conversation_cut_short_is_read_before_its_next_turn(
         # saved with turn 4's reply: the fifth would be past the limit
         assert [r.turn for r in (await history(bus, "cut")).turns] == [3, 4]
         await asyncio.sleep(0.1)  # the caller listens to the reply meanwhile
-        await eventually(lambda: not smollm2.prewarming, timeout_s=10)
+        await wait_until(lambda: not smollm2.prewarming, timeout_s=10)
         await bus.publish(REGION, turn("cut", 5, "And one about foxes?"))
         await out.end("cut", 5)
     stats = smollm2.last_stats
@@ -309,7 +293,7 @@ async def test_session_end_deletes_the_history(bus: Bus) -> None:
             deleted.append(await history(bus, "s1"))
             return not deleted[-1].turns
 
-        await eventually(gone)
+        await wait_until(gone)
 
 
 def _closed_port() -> int:
@@ -452,7 +436,7 @@ async def test_a_committed_guess_is_the_reply_generated_once(bus: Bus) -> None:
     stage = LlmStage(fake, SETTINGS)
     async with running(bus, stage):
         await bus.publish(REGION, guess("s1", 1, "When do you open?", 1))
-        await eventually(lambda: len(out.chunks("s1", 1)) >= 2)
+        await wait_until(lambda: len(out.chunks("s1", 1)) >= 2)
         assert (await history(bus, "s1")).turns == []  # nothing is written for a guess
         await bus.publish(REGION, commit("s1", 1, "When do you open?", 1))
         end = await out.end("s1", 1)
@@ -477,9 +461,9 @@ async def test_a_voided_guess_stops_and_never_enters_the_history(bus: Bus) -> No
         await bus.publish(REGION, turn("s1", 1, "Hello."))
         await out.end("s1", 1)
         await bus.publish(REGION, guess("s1", 2, "I'd like a table for", 1))
-        await eventually(lambda: bool(out.chunks("s1", 2)))
+        await wait_until(lambda: bool(out.chunks("s1", 2)))
         await bus.publish(REGION, TurnResumed(session="s1", turn=2, speculation=1))
-        await eventually(lambda: fake.cancelled == 1)
+        await wait_until(lambda: fake.cancelled == 1)
         stopped = len(out.chunks("s1", 2))
         await bus.publish(REGION, commit("s1", 2, "I'd like a table for four people.", 0))
         end = await out.end("s1", 2)
@@ -504,7 +488,7 @@ async def test_a_commit_of_other_words_replaces_the_guess(bus: Bus) -> None:
     out = await Outputs.on(bus)
     async with running(bus, LlmStage(fake, SETTINGS)):
         await bus.publish(REGION, guess("s1", 1, "Book a", 1))
-        await eventually(lambda: bool(out.chunks("s1", 1)))
+        await wait_until(lambda: bool(out.chunks("s1", 1)))
         # the commit names no guess (its words were decoded anew): the guess is void
         await bus.publish(REGION, commit("s1", 1, "Book a taxi.", 0))
         end = await out.end("s1", 1)
@@ -521,9 +505,9 @@ async def test_barge_in_during_an_adopted_guess_cuts_it(bus: Bus) -> None:
     async with running(bus, LlmStage(fake, SETTINGS)):
         await bus.publish(REGION, guess("s1", 1, "Count to ten.", 1))
         await bus.publish(REGION, commit("s1", 1, "Count to ten.", 1))
-        await eventually(lambda: len(out.chunks("s1", 1)) >= 3)
+        await wait_until(lambda: len(out.chunks("s1", 1)) >= 3)
         await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
-        await eventually(lambda: fake.cancelled == 1)
+        await wait_until(lambda: fake.cancelled == 1)
         await asyncio.sleep(0.2)
     assert not any(isinstance(m, ReplyEnd) for m in out.turn_of("s1", 1))
     heard = "".join(c.text for c in out.chunks("s1", 1))

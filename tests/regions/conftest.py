@@ -4,11 +4,9 @@ servers each (``ops.supercluster``), their gateways behind links a test can cut
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +59,6 @@ def stream_detail(member: Member, stream: str) -> dict[str, object]:
 def leader_of(member: Member, stream: str) -> str:
     cluster = stream_detail(member, stream).get("cluster")
     return str(cluster.get("leader", "")) if isinstance(cluster, dict) else ""
-
-
-async def until(cond: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll ``cond`` until true; the seconds it took."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        await asyncio.sleep(0.1)
-    return time.monotonic() - t0
 
 
 def store_dirs(cluster: Supercluster, region: str) -> list[Path]:

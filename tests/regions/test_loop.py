@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 
 from tests.faults.stages import report
 from tests.faults.test_outages import Heard
-from tests.regions.conftest import REGIONS, leader_of, stream_detail, until
+from tests.regions.conftest import REGIONS, leader_of, stream_detail
 from voxbus.audio import read_wav
 from voxbus.contracts import decode, streams
 from voxbus.contracts.control import tombstone_key
@@ -45,7 +45,7 @@ from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
 from voxbus.ops.supercluster import Member, Supercluster
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.testing import stored
+from voxbus.runtime.testing import stored, wait_until
 from voxbus.services.stt.normalize import word_errors
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
@@ -171,7 +171,8 @@ async def test_each_region_s_sessions_stay_on_its_servers(calls: Calls) -> None:
         assert (await asyncio.to_thread(recorder.stdout.readline)).strip() == b"ready"
         turns = await asyncio.gather(*(c.turn(r, SAYS[r]) for r in REGIONS))
         c.last = dict(zip(REGIONS, turns, strict=True))
-        await until(lambda: c.session("us") in recorded, 10, "the us-only worker got no audio")
+        await wait_until(lambda: c.session("us") in recorded, timeout_s=10, step_s=0.1,
+                         what="audio at the us-only worker")
     finally:
         await sub.unsubscribe()
         recorder.terminate()
@@ -296,7 +297,8 @@ async def _caught_up(cluster: Supercluster, m: Member, stream: str, timeout_s: f
         mine, theirs = stream_detail(m, stream), stream_detail(peer, stream)
         return bool(mine) and mine.get("state") == theirs.get("state")
 
-    return await until(same, timeout_s, f"{m.name} catching up on {stream}")
+    return await wait_until(same, timeout_s=timeout_s, step_s=0.1,
+                            what=f"{m.name} catching up on {stream}")
 
 
 async def test_a_server_killed_mid_conversation(calls: Calls) -> None:

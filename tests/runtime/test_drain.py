@@ -11,6 +11,7 @@ import time
 from tests.runtime.test_scaleout import REGION, _spawn
 from voxbus.contracts.messages import AudioIn
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import wait_until
 
 
 async def test_sigterm_drains_and_hands_over(nats_url: str) -> None:
@@ -41,9 +42,8 @@ async def test_sigterm_drains_and_hands_over(nats_url: str) -> None:
         for seq in range(60, 80):
             await bus.publish(REGION, AudioIn(session="drainme", seq=seq, sample_rate_hz=16000,
                                               capture_ns=time.time_ns(), pcm=b"\0\0" * 160))
-        deadline = time.monotonic() + 30
-        while len({r["seq"] for r in records}) < 80 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len({r["seq"] for r in records}) >= 80, timeout_s=30,
+                         step_s=0.05, what="all 80 frames recorded")
         handover_s = time.monotonic() - t0
         seqs = [int(str(r["seq"])) for r in records]
         assert seqs == list(range(80)), "lost, duplicated or reordered after a clean drain"

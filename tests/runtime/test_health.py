@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime import health
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.echo import EchoStage
 from voxbus.runtime.procs import free_port
+from voxbus.runtime.testing import wait_until
 from voxbus.runtime.worker import Worker
 
 
@@ -27,13 +27,17 @@ async def _get(port: int, path: str) -> tuple[int, str]:
 
 
 async def _until(port: int, path: str, status: int, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got, body = await _get(port, path)
-        if got == status:
-            return body
-        assert time.monotonic() < deadline, f"{path} stayed {got}: {body!r}"
-        await asyncio.sleep(0.1)
+    """The body of ``path`` once it answers ``status``."""
+    last = (0, "")
+
+    async def answers() -> bool:
+        nonlocal last
+        last = await _get(port, path)
+        return last[0] == status
+
+    await wait_until(answers, timeout_s=timeout_s, step_s=0.1,
+                     what=lambda: f"{path} answering {status} (it said {last[0]}: {last[1]!r})")
+    return last[1]
 
 
 async def test_ready_once_leased_not_ready_while_the_bus_is_frozen(

@@ -11,6 +11,7 @@ from tests.runtime.stages import TickerStage
 from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioOut, Interrupt, ReplyText
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import wait_until
 from voxbus.runtime.worker import Worker
 
 
@@ -42,9 +43,7 @@ async def test_interrupt_stops_in_flight_turn(bus: Bus) -> None:
 
         await bus.publish(REGION, ReplyText(session="s1", turn=2, seq=0, text="next",
                                             char_start=0, char_end=4))
-        deadline = time.monotonic() + 5
-        while sum(1 for turn, _ in outs if turn == 2) < 100 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: sum(1 for turn, _ in outs if turn == 2) >= 100, timeout_s=5)
         assert sum(1 for turn, _ in outs if turn == 2) == 100
         assert sum(1 for turn, _ in outs if turn == 1) == len(turn1), "queued turn-1 chunks ran"
     finally:
@@ -72,9 +71,7 @@ async def test_the_interrupt_watermark_survives_a_takeover(bus: Bus) -> None:
                                             char_start=0, char_end=4))
         await bus.publish(REGION, ReplyText(session="s2", turn=2, seq=0, text="next",
                                             char_start=0, char_end=4))
-        deadline = time.monotonic() + 5
-        while outs.count(2) < 100 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: outs.count(2) >= 100, timeout_s=5)
         assert outs.count(2) == 100
         assert outs.count(1) == 0, "the new owner spoke an interrupted turn"
     finally:

@@ -8,19 +8,18 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import REGION
-from tests.llm.test_stage import Outputs, commit, eventually, guess
+from tests.llm.test_stage import Outputs, commit, guess
 from voxbus.contracts.messages import TurnResumed
 from voxbus.runtime import metrics
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import SettingsError
-from voxbus.runtime.testing import running
+from voxbus.runtime.testing import running, wait_until
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
 from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.stage import LlmStage
@@ -66,7 +65,7 @@ async def test_a_worker_s_turns_speculation_and_partitions_are_scraped(
         await bus.publish(REGION, commit("sq7zk", 1, "When does the zebrafish hall open?", 1))
         await out.end("sq7zk", 1)
         await bus.publish(REGION, guess("sq7zk", 2, "A table for", 1))
-        await eventually(lambda: bool(out.chunks("sq7zk", 2)))
+        await wait_until(lambda: bool(out.chunks("sq7zk", 2)), timeout_s=5)
         await bus.publish(REGION, TurnResumed(session="sq7zk", turn=2, speculation=1))
         await bus.publish(REGION, commit("sq7zk", 2, "A table for four.", 0))
         await out.end("sq7zk", 2)
@@ -82,10 +81,8 @@ async def test_a_worker_s_turns_speculation_and_partitions_are_scraped(
     assert live['voxbus_consumer_lag{stage="llm"}'] >= 0
     assert "sq7zk" not in body and "open" not in body, "a session id or text in a label"
     # the worker stopped: it holds nothing any more
-    deadline = time.monotonic() + 5
-    while _scrape(port).get('voxbus_partitions_held{stage="llm"}', 0) != 0:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: _scrape(port).get('voxbus_partitions_held{stage="llm"}', 0) == 0,
+                     timeout_s=5, step_s=0.1, what="no partition held after the stop")
 
 
 @pytest.mark.fast

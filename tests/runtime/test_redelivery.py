@@ -13,7 +13,7 @@ from voxbus.contracts.messages import AnyMessage, AudioIn, ErrorEvent, Message
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.stage import Context, SessionPolicy, StatelessStage
-from voxbus.runtime.testing import Tap
+from voxbus.runtime.testing import Tap, wait_until
 from voxbus.runtime.worker import Worker, WorkerOptions
 
 
@@ -52,13 +52,6 @@ async def publish(bus: Bus, session: str, seqs: range) -> None:
                                           capture_ns=time.time_ns(), pcm=b"\0\0" * 160))
 
 
-async def wait_for(pred: object, timeout_s: float = 30.0) -> None:
-    assert callable(pred)
-    deadline = time.monotonic() + timeout_s
-    while not pred() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-
-
 async def test_a_full_lane_never_holds_up_its_neighbours(nats_url: str) -> None:
     bus = await one_partition(nats_url)
     stage = SlowStage(delay_s=0.05)
@@ -70,9 +63,10 @@ async def test_a_full_lane_never_holds_up_its_neighbours(nats_url: str) -> None:
         await publish(bus, "slow", range(n))
         t0 = time.monotonic()
         await publish(bus, "quick", range(5))
-        await wait_for(lambda: len(stage.seen.get("quick", [])) == 5)
+        await wait_until(lambda: len(stage.seen.get("quick", [])) == 5, timeout_s=30)
         quick_s = time.monotonic() - t0
-        await wait_for(lambda: len(set(stage.seen.get("slow", []))) >= n)
+        await wait_until(lambda: len(set(stage.seen.get("slow", []))) >= n, timeout_s=30,
+                         what="every slow message handled")
         await asyncio.sleep(1.5)  # room for late copies to show up
     finally:
         await worker.stop()
@@ -92,10 +86,11 @@ async def test_a_session_waiting_for_a_place_keeps_its_order_and_blocks_nobody(
     await worker.start()
     try:
         await publish(bus, "first", range(10))  # takes the one place, then idles out after 1 s
-        await wait_for(lambda: len(stage.seen.get("first", [])) == 10)
+        await wait_until(lambda: len(stage.seen.get("first", [])) == 10, timeout_s=30)
         t0 = time.monotonic()
         await publish(bus, "second", range(40))  # waits for the place, messages come back
-        await wait_for(lambda: len(stage.seen.get("second", [])) == 40)
+        await wait_until(lambda: len(stage.seen.get("second", [])) == 40, timeout_s=30,
+                         what="the second session handled")
         admitted_after = stage.at["second"][0] - t0
     finally:
         await worker.stop()
@@ -113,11 +108,11 @@ async def test_a_session_without_a_place_is_refused_with_one_error_event(nats_ur
     await worker.start()
     try:
         await publish(bus, "holder", range(3))
-        await wait_for(lambda: len(stage.seen.get("holder", [])) == 3)
+        await wait_until(lambda: len(stage.seen.get("holder", [])) == 3, timeout_s=30)
         await publish(bus, "late", range(3))
         await asyncio.sleep(0.6)
         await publish(bus, "late", range(3, 6))
-        await wait_for(lambda: worker.stats.refused >= 6, timeout_s=10)
+        await wait_until(lambda: worker.stats.refused >= 6, what="six refusals")
     finally:
         await worker.stop()
         await tap.close()

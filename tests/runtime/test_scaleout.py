@@ -14,6 +14,7 @@ from collections import defaultdict
 from tests.faults.stages import holders
 from voxbus.contracts.messages import AudioIn
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.testing import wait_until
 
 REGION = "scale"
 SESSIONS = 60
@@ -63,13 +64,14 @@ async def test_two_replicas_share_work_and_survive_a_kill(nats_url: str) -> None
         for p in procs:
             assert p.stdout is not None
             assert p.stdout.readline().strip() == b"ready"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # the two replicas settle on 8 partitions each
+        holders: dict[str, int] = {}
+
+        async def shared() -> bool:  # the two replicas settle on 8 partitions each
+            nonlocal holders
             holders = await _holders(bus)
-            if holders.get("A") == 8 and holders.get("B") == 8:
-                break
-            await asyncio.sleep(0.2)
-        assert holders == {"A": 8, "B": 8}, holders
+            return holders == {"A": 8, "B": 8}
+
+        await wait_until(shared, timeout_s=15, step_s=0.2, what=lambda: f"8 each ({holders})")
 
         total = SESSIONS * PER_SESSION
         killed_at = None
@@ -83,14 +85,11 @@ async def test_two_replicas_share_work_and_survive_a_kill(nats_url: str) -> None
                 killed_at = len(records)
         assert killed_at is not None, "replica A was never killed mid-run"
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done = {(r["session"], r["seq"]) for r in records}
-            if len(done) == total:
-                break
-            await asyncio.sleep(0.2)
-        done = {(r["session"], r["seq"]) for r in records}
-        assert len(done) == total, f"{total - len(done)} messages never processed"
+        def done() -> set[tuple[object, object]]:
+            return {(r["session"], r["seq"]) for r in records}
+
+        await wait_until(lambda: len(done()) == total, timeout_s=60, step_s=0.2,
+                         what=lambda: f"{total - len(done())} messages never processed")
 
         by_session: dict[str, list[int]] = defaultdict(list)
         replicas: dict[str, list[str]] = defaultdict(list)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +14,7 @@ from voxbus.contracts.subjects import Kind
 from voxbus.runtime import tracing
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.stage import Context, StatelessStage
+from voxbus.runtime.testing import wait_until
 from voxbus.runtime.worker import Worker
 
 REGION = "trace"
@@ -54,12 +54,8 @@ async def test_one_turn_is_one_trace(nats_url: str) -> None:
             await bus.publish(REGION, AudioIn(session="tr1", turn=turn, seq=0,
                                               sample_rate_hz=16000, capture_ns=time.time_ns(),
                                               pcm=b"\0\0" * 160))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            names = [s.name for s in exporter.get_finished_spans()]
-            if names.count("ticker ReplyText") >= 2:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: [s.name for s in exporter.get_finished_spans()]
+                         .count("ticker ReplyText") >= 2, timeout_s=10, step_s=0.05)
         spans = [
             s for s in exporter.get_finished_spans() if s.name.split()[0] in ("hear", "ticker")
         ]

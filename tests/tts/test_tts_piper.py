@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tests.tts.conftest import abort_midway
-from tests.tts.test_tts_stage import listen, send_reply, wait_for
+from tests.tts.test_tts_stage import listen, send_reply
 from voxbus.audio import resample
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.engine_thread import Abort
-from voxbus.runtime.testing import running
+from voxbus.runtime.testing import running, wait_until
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import word_errors
 from voxbus.services.tts.clauses import UnitSplitter
@@ -131,7 +131,7 @@ async def test_a_reply_s_first_frame_is_its_voice(bus: Bus, piper: PiperEngine,
     async with running(bus, TtsStage(TtsSettings(engine="piper", cache_entries=0),
                                      engine=piper)):
         await send_reply(bus, "lead", 1, text, cuts=[11])
-        await wait_for(lambda: heard.done(1), 30)
+        await wait_until(lambda: heard.done(1), timeout_s=30)
     frames = heard.turn(1)
     first = np.frombuffer(frames[0].pcm, dtype="<i2").astype(np.float32) / 32767
     onset = np.flatnonzero(np.abs(first) >= VOICE_FLOOR)

@@ -20,7 +20,7 @@ from tests.conftest import REGION
 from voxbus.audio import resample
 from voxbus.contracts.messages import AudioOut, ErrorEvent, Interrupt, ReplyEnd, ReplyText
 from voxbus.runtime.bus import Bus
-from voxbus.runtime.testing import Tap, running
+from voxbus.runtime.testing import Tap, running, wait_until
 from voxbus.runtime.worker import Worker
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import normalize_text, word_errors
@@ -94,14 +94,6 @@ async def send_reply(bus: Bus, session: str, turn: int, text: str, cuts: Sequenc
         await bus.publish(REGION, ReplyEnd(session=session, turn=turn, text=text))
 
 
-async def wait_for(cond: object, timeout_s: float) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def check_reply_frames(frames: list[AudioOut], text: str) -> None:
     """seq contiguous from 0, 24 kHz 20 ms frames, spans tiling the reply, one final marker."""
     assert [f.seq for f in frames] == list(range(len(frames)))
@@ -128,7 +120,7 @@ async def test_frames_follow_the_contract(bus: Bus) -> None:
     heard = await listen(bus, "s1")
     async with tts_worker(bus, fake):
         await send_reply(bus, "s1", 1, LONG_REPLY, cuts=[5, 33])
-        await wait_for(lambda: heard.done(1), 10)
+        await wait_until(lambda: heard.done(1), timeout_s=10)
     frames = heard.turn(1)
     check_reply_frames(frames, LONG_REPLY)
     texts = [c.text for c in fake.calls]
@@ -145,7 +137,7 @@ async def test_nothing_to_say_is_not_an_error(bus: Bus) -> None:
         await bus.publish(REGION, ReplyText(session="s1", turn=2, seq=0, text="", char_start=0,
                                             char_end=0))
         await bus.publish(REGION, ReplyEnd(session="s1", turn=2, text=""))
-        await wait_for(lambda: heard.done(1) and heard.done(2), 5)
+        await wait_until(lambda: heard.done(1) and heard.done(2), timeout_s=5)
     assert [(f.last, f.text_start, f.text_end, f.seq) for f in heard.turn(1)] == [
         (True, 0, len(text), 0)
     ]
@@ -159,7 +151,7 @@ async def test_very_long_text_is_split(bus: Bus) -> None:
     text = " ".join(f"word{i}" for i in range(900))  # 7 KB, no punctuation at all
     async with tts_worker(bus, fake, replace(SETTINGS, max_unit_chars=120, ramp=())):
         await send_reply(bus, "s1", 1, text)
-        await wait_for(lambda: heard.done(1), 20)
+        await wait_until(lambda: heard.done(1), timeout_s=20)
     check_reply_frames(heard.turn(1), text)
     assert len(fake.calls) >= 55 and max(len(c.text) for c in fake.calls) <= 120
     assert not heard.errors
@@ -171,12 +163,12 @@ async def test_interrupt_aborts_the_running_synthesis(bus: Bus) -> None:
     heard = await listen(bus, "s1")
     async with tts_worker(bus, fake):
         await send_reply(bus, "s1", 1, LONG_REPLY, cuts=[5], end=False)
-        await wait_for(lambda: heard.turn(1), 5)
+        await wait_until(lambda: heard.turn(1), timeout_s=5)
         await asyncio.sleep(0.1)  # the 3 s unit is running now
         t_interrupt = time.monotonic_ns()
         await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
         await send_reply(bus, "s1", 2, "Okay.")
-        await wait_for(lambda: heard.done(2), 5)
+        await wait_until(lambda: heard.done(2), timeout_s=5)
         took = (heard.arrivals(2)[0] - t_interrupt) / 1e9
         await bus.publish(REGION, ReplyEnd(session="s1", turn=1, text=LONG_REPLY))  # late
         await asyncio.sleep(0.2)
@@ -192,14 +184,14 @@ async def test_sessions_beyond_the_limit_get_an_error(bus: Bus) -> None:
     settings = replace(SETTINGS, max_sessions=1, admit_timeout_s=0.2)
     async with tts_worker(bus, fake, settings):
         await send_reply(bus, "sa", 1, "Sure, one moment.", end=False)
-        await wait_for(lambda: a.turn(1), 5)
+        await wait_until(lambda: a.turn(1), timeout_s=5)
         await send_reply(bus, "sb", 1, "Hello there.", cuts=[6])
-        await wait_for(lambda: b.done(1), 5)
+        await wait_until(lambda: b.done(1), timeout_s=5)
         assert [e.code for e in b.errors] == ["tts_busy"]
         assert [(f.last, f.pcm) for f in b.turn(1)] == [(True, b"")], "the refused reply still ends"
         await bus.publish(REGION, ReplyEnd(session="sa", turn=1, text="Sure, one moment."))
         await send_reply(bus, "sc", 1, "Hi.")
-        await wait_for(lambda: a.done(1) and c.done(1), 5)
+        await wait_until(lambda: a.done(1) and c.done(1), timeout_s=5)
     check_reply_frames(c.turn(1), "Hi.")
 
 
@@ -214,11 +206,11 @@ async def test_replies_that_never_end_make_room_and_expire(bus: Bus) -> None:
                        reply_ttl_s=3.0)
     async with tts_worker(bus, fake, settings):
         await send_reply(bus, "hung", 1, "One, two, three, four.", cuts=[4, 9, 16], end=False)
-        await wait_for(lambda: hung.turn(1), 5)
+        await wait_until(lambda: hung.turn(1), timeout_s=5)
         await asyncio.sleep(0.6)
         started = time.monotonic()
         await send_reply(bus, "real", 1, "Hello there.", cuts=[6])
-        await wait_for(lambda: real.done(1), 5)
+        await wait_until(lambda: real.done(1), timeout_s=5)
         took = time.monotonic() - started
         assert not real.errors, real.errors
         check_reply_frames(real.turn(1), "Hello there.")
@@ -226,8 +218,9 @@ async def test_replies_that_never_end_make_room_and_expire(bus: Bus) -> None:
         assert took < 1.5, f"the real reply waited {took:.2f} s"
 
         await send_reply(bus, "lone", 1, "Still there?", cuts=[6], end=False)
-        await wait_for(lambda: lone.turn(1), 5)
-        await wait_for(lambda: lone.done(1), 6)  # reply_ttl_s, with no one waiting for a place
+        await wait_until(lambda: lone.turn(1), timeout_s=5)
+        # reply_ttl_s, with no one waiting for a place
+        await wait_until(lambda: lone.done(1), timeout_s=6)
 
 
 async def test_unknown_voice_falls_back_to_the_default(bus: Bus) -> None:
@@ -238,7 +231,7 @@ async def test_unknown_voice_falls_back_to_the_default(bus: Bus) -> None:
             await send_reply(bus, "s1", 1, "Hello.")
             await send_reply(bus, "s1", 2, "Hi.", headers={"Voxbus-Voice": "bf_emma"})
             await send_reply(bus, "s1", 3, "Yes.", headers={"Voxbus-Voice": "xx_gone"})
-            await wait_for(lambda: heard.done(3), 5)
+            await wait_until(lambda: heard.done(3), timeout_s=5)
     assert [c.voice for c in fake.calls] == ["af_heart", "bf_emma", "af_heart"]
     warnings = [e for e in logs if e["event"] == "unknown_voice"]
     assert [w["voice"] for w in warnings] == ["zz_nobody", "xx_gone"]
@@ -251,7 +244,7 @@ async def test_text_is_logged_only_under_pii(bus: Bus) -> None:
     with structlog.testing.capture_logs() as logs:
         async with tts_worker(bus, FakeSynthesizer()):
             await send_reply(bus, "s1", 1, "Secret plans, for you.")
-            await wait_for(lambda: heard.done(1), 5)
+            await wait_until(lambda: heard.done(1), timeout_s=5)
     units = [e for e in logs if e["event"] == "unit_synthesized"]
     assert units and all(e["session"] == "s1" and e["turn"] == 1 for e in units)
     for entry in logs:
@@ -288,7 +281,7 @@ async def test_short_sentence_streams_speech(bus: Bus, kokoro: KokoroEngine) -> 
     heard = await listen(bus, "s1")
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, SENTENCE, cuts=[12])
-        await wait_for(lambda: heard.done(1), 30)
+        await wait_until(lambda: heard.done(1), timeout_s=30)
     frames = heard.turn(1)
     check_reply_frames(frames, SENTENCE)
     audio = pcm_of(frames[:-1])
@@ -308,12 +301,12 @@ async def test_barge_in_stops_the_real_engine(bus: Bus, kokoro: KokoroEngine) ->
     heard = await listen(bus, "s1")
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, LONG_REPLY, cuts=[5, 33], end=False)
-        await wait_for(lambda: heard.turn(1), 30)
+        await wait_until(lambda: heard.turn(1), timeout_s=30)
         await asyncio.sleep(0.3)  # mid-reply: a later sentence is being synthesized
         t_interrupt = time.monotonic_ns()
         await bus.publish(REGION, Interrupt(session="s1", turn=1, at_ns=time.time_ns()))
         await send_reply(bus, "s1", 2, "Okay.")
-        await wait_for(lambda: heard.done(2), 30)
+        await wait_until(lambda: heard.done(2), timeout_s=30)
         took = (heard.arrivals(2)[0] - t_interrupt) / 1e9
         await asyncio.sleep(0.3)
     assert max(heard.arrivals(1)) < t_interrupt + 50_000_000, "a frame of turn 1 came late"
@@ -330,7 +323,7 @@ async def test_round_trip_through_whisper(
     heard = await listen(bus, "s1")
     async with tts_worker(bus, kokoro):
         await send_reply(bus, "s1", 1, text, cuts=[35])
-        await wait_for(lambda: heard.done(1), 30)
+        await wait_until(lambda: heard.done(1), timeout_s=30)
     audio_16k = resample(pcm_of(heard.turn(1)[:-1]), in_rate_hz=24_000, out_rate_hz=16_000)
     result = await asyncio.to_thread(whisper.transcribe, audio_16k)
     assert word_errors(text, result.text) <= 1, (normalize_text(text), result.text)
@@ -344,7 +337,7 @@ async def test_unknown_voice_falls_back_on_the_real_engine(
     with structlog.testing.capture_logs() as logs:
         async with tts_worker(bus, kokoro, replace(SETTINGS, voice="zz_nobody")):
             await send_reply(bus, "s1", 1, "Good morning.")
-            await wait_for(lambda: heard.done(1), 30)
+            await wait_until(lambda: heard.done(1), timeout_s=30)
     assert any(e["event"] == "unknown_voice" for e in logs)
     audio = pcm_of(heard.turn(1)[:-1])
     assert audio.size > 0.4 * 24_000 and float(np.sqrt(np.mean(audio**2))) > 0.02

@@ -7,12 +7,14 @@
 - ``StageRunner(stage)``: the stage on an in-memory bus (``MemoryBus``, ``MemoryKV``) through the
   same session machinery as a worker (lanes, handlers, admission, publish path, failure rules,
   hand-backs to "JetStream" and their redelivery), for fast unit tests of control flow.
+- ``wait_until(predicate)``: wait for a condition instead of sleeping a fixed time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,6 +37,30 @@ from voxbus.runtime.tasks import TaskSet
 from voxbus.runtime.worker import Worker, WorkerOptions
 
 M = TypeVar("M", bound=Message)
+
+
+# ---- waiting -----------------------------------------------------------------------------------
+
+
+async def wait_until(
+    predicate: Callable[[], object], *, timeout_s: float = 10.0, step_s: float = 0.01,
+    what: str | Callable[[], str] = "",
+) -> float:
+    """Poll ``predicate`` (a function, or a coroutine function) every ``step_s`` until what it
+    returns is true; the seconds that took. After ``timeout_s`` an ``AssertionError`` says
+    ``what`` (or what ``what()`` returns then): a test waits for what it means, not a fixed
+    time."""
+    started = time.monotonic()
+    while True:
+        ok = predicate()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout_s:
+            said = what() if callable(what) else what
+            raise AssertionError(f"not within {timeout_s} s: {said or 'the condition'}")
+        await asyncio.sleep(step_s)
 
 
 # ---- observing ---------------------------------------------------------------------------------
@@ -109,13 +135,12 @@ class Tap:
         return next(e.at for e in self.entries if pred(e.msg))
 
     async def until(self, pred: Callable[[Tap], bool], timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not pred(self):
-            if time.monotonic() >= deadline:
-                seen = ", ".join(f"{type(e.msg).__name__}({e.msg.session}, {e.msg.turn})"
-                                 for e in self.entries[-20:])
-                raise AssertionError(f"timed out after {timeout_s} s; last seen: {seen}")
-            await asyncio.sleep(0.01)
+        def seen() -> str:
+            return "last seen: " + ", ".join(
+                f"{type(e.msg).__name__}({e.msg.session}, {e.msg.turn})"
+                for e in self.entries[-20:])
+
+        await wait_until(lambda: pred(self), timeout_s=timeout_s, what=seen)
 
 
 @contextlib.asynccontextmanager
