@@ -24,6 +24,16 @@ from voxbus.runtime.testing import Tap
 
 pytestmark = pytest.mark.model
 
+LONG_STORY = (
+    "Hi, so last week my sister came to visit and we tried to have dinner at your place on "
+    "Friday, but when we arrived the host said there was no record of our booking, even though "
+    "I had a confirmation email on my phone, and we ended up waiting almost forty minutes at the "
+    "bar before a table opened up near the kitchen door, which was noisy and cold. The food was "
+    "lovely once it came, especially the mushroom risotto and the lemon tart, and the waiter was "
+    "very kind about the whole thing, so I would like to give you another chance this weekend "
+    "with my parents, who are visiting from out of town and who do not like to wait."
+)
+
 
 @pytest.fixture
 async def llm_pair(tmp_path: Path) -> AsyncIterator[tuple[Bus, list[subprocess.Popen[bytes]]]]:
@@ -38,9 +48,14 @@ async def test_a_killed_llm_replica_repeats_no_clause(
     bus, _procs = llm_pair
     session = f"llm-kill-{kill_at.replace('_', '-')}"
     tap = await Tap.on_bus(bus, REGION, f"{session}.llm.>")
+    question = ("Can you tell me about your opening hours and how I can book a table for four "
+                "people tonight?")
+    if kill_at == "before_its_first_text":
+        # a caller who explains at length: reading these words takes the engine about half a
+        # second (the system prompt was read at start), so the kill lands while it reads them
+        question = LONG_STORY + " " + question
     await bus.publish(REGION, EndOfTurn(
-        session=session, turn=1, transcript="Can you tell me about your opening hours and "
-        "how I can book a table for four people tonight?", speech_start_ns=0, speech_end_ns=0))
+        session=session, turn=1, transcript=question, speech_start_ns=0, speech_end_ns=0))
     if kill_at == "mid_reply":
         await tap.until(lambda t: len(t.of(ReplyText, session)) >= 3, timeout_s=60)
     else:  # the turn is taken (the prompt being read), nothing said yet
