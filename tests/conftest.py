@@ -20,6 +20,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(FastTier(), "voxbus-fast-tier")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for ``pytest -n 2 --dist loadgroup`` (scripts/test.sh): a module runs whole on one
+    worker (a module-scoped server, such as the regions' supercluster, starts once), and the
+    tests marked ``model`` (inference, with time bounds) all on one, one after another.
+    scripts/test.sh runs those alone anyway: beside a second worker they missed their bounds."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        model = item.get_closest_marker("model") is not None
+        item.add_marker(pytest.mark.xdist_group("models" if model else item.nodeid.split("::")[0]))
+
+
 class FastTier:
     """``VOXBUS_TEST_TIER=fast``: no server, no model (``tests/tier.py``)."""
 
