@@ -67,7 +67,7 @@ async def main(region: str, idle_s: float, once: bool) -> None:
                     said = calls.get(msg.session, (0.0, []))[1]
                     calls[msg.session] = (time.monotonic(), [*said, msg.text])
                 await m.ack()
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either
             pass
         for session, (last, lines) in list(calls.items()):
             if time.monotonic() - last >= idle_s:
