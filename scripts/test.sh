@@ -8,14 +8,15 @@
 #                          (VOXBUS_TEST_TIER=fast makes starting one fail them; tests/tier.py)
 # Further arguments go to pytest (-n 0: one process, e.g. for --pdb).
 #
-# The tests that need no model run on two workers (pytest-xdist; tests/conftest.py keeps each
-# module on one): they mostly wait on servers, child processes and timeouts, not on the CPU.
-# The tests marked model (inference, with time bounds) then run alone, one after another: beside
-# a second worker they missed their bounds on this 2-core machine.
+# The tests that need no model run on four workers (pytest-xdist; tests/conftest.py keeps each
+# module on one), the fast tier on two: they mostly wait on servers, child processes and
+# timeouts, not on the CPU. The tests marked model (inference, with time bounds) then run alone,
+# one after another: beside a second worker they missed their bounds on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-XDIST=(-n 2 --dist loadgroup)
+WAITING=(-n 4 --dist loadgroup)
+FAST=(-n 2 --dist loadgroup)
 
 # pytest, where "no test selected" (exit 5, e.g. ./dev test -k NAME) is not a failure
 run_pytest() {
@@ -38,10 +39,10 @@ echo "==> mypy --strict (voxbus and tests)"
 
 if [ "$tier" = fast ]; then
   echo "==> pytest -m fast (no server, no model)"
-  VOXBUS_TEST_TIER=fast exec "$PY" -m pytest -q "${XDIST[@]}" -m fast "$@"
+  VOXBUS_TEST_TIER=fast exec "$PY" -m pytest -q "${FAST[@]}" -m fast "$@"
 fi
-echo "==> pytest -m 'not model and not livekit' (two workers)"
-run_pytest -q "${XDIST[@]}" -m "not model and not livekit" "$@"
+echo "==> pytest -m 'not model and not livekit' (four workers)"
+run_pytest -q "${WAITING[@]}" -m "not model and not livekit" "$@"
 echo "==> pytest -m 'model and not livekit' (one at a time)"
 run_pytest -q -m "model and not livekit" "$@"
 echo "==> pytest -m livekit (a private network namespace)"
