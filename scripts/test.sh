@@ -18,10 +18,11 @@ PY=.venv/bin/python
 WAITING=(-n 4 --dist loadgroup)
 FAST=(-n 2 --dist loadgroup)
 
-# pytest, where "no test selected" (exit 5, e.g. ./dev test -k NAME) is not a failure
-run_pytest() {
+# A pytest run where "no test selected" (exit 5: ./dev test -k NAME leaves a phase empty) is
+# not a failure
+some() {
   local rc=0
-  "$PY" -m pytest "$@" || rc=$?
+  "$@" || rc=$?
   [ "$rc" = 0 ] || [ "$rc" = 5 ] || exit "$rc"
 }
 
@@ -42,8 +43,8 @@ if [ "$tier" = fast ]; then
   VOXBUS_TEST_TIER=fast exec "$PY" -m pytest -q "${FAST[@]}" -m fast "$@"
 fi
 echo "==> pytest -m 'not model and not livekit' (four workers)"
-run_pytest -q "${WAITING[@]}" -m "not model and not livekit" "$@"
+some "$PY" -m pytest -q "${WAITING[@]}" -m "not model and not livekit" "$@"
 echo "==> pytest -m 'model and not livekit' (one at a time)"
-run_pytest -q -m "model and not livekit" "$@"
+some "$PY" -m pytest -q -m "model and not livekit" "$@"
 echo "==> pytest -m livekit (a private network namespace)"
-"$PY" -m voxbus.dev.netns --require -- "$PY" -m pytest -q -m livekit tests/bridge "$@"
+some "$PY" -m voxbus.dev.netns --require -- "$PY" -m pytest -q -m livekit tests/bridge "$@"
