@@ -247,6 +247,13 @@ def _lines(stream: IO[str], into: queue.Queue[tuple[float, str]]) -> None:
         into.put((time.monotonic(), line))
 
 
+def _default_sigint() -> None:
+    """In the child before it runs: Ctrl-C as at a terminal. A process whose parent ignores
+    SIGINT inherits that (pytest-xdist's workers do), and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.fast
 @pytest.mark.parametrize("command", ["stt", "llm", "tts", "bridge", "purger"])
 def test_unreachable_nats_is_said_at_once_and_retried(command: str) -> None:
@@ -257,7 +264,8 @@ def test_unreachable_nats_is_said_at_once_and_retried(command: str) -> None:
     seen: list[tuple[float, dict[str, object]]] = []
     with subprocess.Popen([sys.executable, "-m", "voxbus.cli", command],
                           env=_env({"NATS_URL": CLOSED, **BRIDGE_KEYS}),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_default_sigint) as proc:
         assert proc.stderr is not None and proc.stdout is not None
         reader = threading.Thread(target=_lines, args=(proc.stderr, said), daemon=True)
         reader.start()
