@@ -232,7 +232,7 @@ class SessionLanes:
         before that: a message must not overtake an earlier one of its session here.)"""
         if d.msg.session not in self.tombstones:
             return False
-        await d.inbound.ack()
+        await self._settle(d, Outcome.PURGED)
         return True
 
     async def purge(self, session: str) -> None:
@@ -331,7 +331,7 @@ class SessionLanes:
             await self._defer(sess, d)
             return False
         sess.outstanding.discard(d.key)
-        await d.inbound.term()
+        await self._settle(d, Outcome.REFUSED)
         self.stats.refused += 1
         if not sess.refusing:
             sess.refusing = True
@@ -370,7 +370,7 @@ class SessionLanes:
         sess.outstanding.add(d.key)
         o = self.opts
         delay = min(o.defer_max_s, o.defer_base_s * 2 ** min(10, d.inbound.num_delivered - 1))
-        await d.inbound.nak(delay)
+        await self._settle(d, Outcome.DEFERRED, hand_back_s=delay)
         self.stats.deferred += 1
 
     # ---- handling -------------------------------------------------------------------------------
@@ -378,13 +378,14 @@ class SessionLanes:
     # that does to the message: ``_process`` finds the handler, runs it (retrying what is worth
     # retrying), then settles the message by that table.
 
-    async def _settle(self, d: Delivery, outcome: Outcome, sess: Session | None = None) -> None:
+    async def _settle(self, d: Delivery, outcome: Outcome, sess: Session | None = None, *,
+                      hand_back_s: float = 0.1) -> None:
         ack = OUTCOME_ACK[outcome]
         if ack is Ack.HOLD:
             assert sess is not None
             sess.scope.held[d.key] = d
         else:
-            await settle(d.inbound, ack)
+            await settle(d.inbound, ack, hand_back_s=hand_back_s)
         if outcome in _DONE:
             self._done.add(d.key)
 
