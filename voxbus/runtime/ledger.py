@@ -168,10 +168,10 @@ class TurnLedger(Generic[G]):
         gone = self._drop(lambda k: k == key, Why.VOIDED)
         return gone[0][1] if gone else None
 
-    def drop_guesses(self, upto_turn: int | None = None) -> list[tuple[ReplyKey, G]]:
-        """End every live guess (of turns up to ``upto_turn``): replaced by a newer one, or the
-        session closing. They are forgotten, not voided."""
-        return self._drop(lambda key: upto_turn is None or key.turn <= upto_turn, Why.REPLACED)
+    def drop_guesses(self) -> list[tuple[ReplyKey, G]]:
+        """End every live guess: replaced by a newer one, or the session closing. They are
+        forgotten, not voided."""
+        return self._drop(lambda _key: True, Why.REPLACED)
 
     def commit(self, turn: int, guess: int) -> Commit[G]:
         """Turn ``turn`` is committed, naming guess ``guess`` (0: none). The named guess's payload
