@@ -288,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
          "deployment values: the official NATS chart's values for a region"),
         ("cost", "voxbus.bench.cost",
          "the cost of a call-minute per stage, from the stage benchmarks' results"),
+        ("tools", "voxbus.services.tools.__main__",
+         "run a module's tools as a worker (and publish its agents to the region)"),
+        ("agents", "voxbus.agents.cli", "publish or list the agents of a region"),
+        ("eval", "voxbus.evals.cli",
+         "run an agent's scripted conversations through the real stages and check them"),
     ]:
         sp = sub.add_parser(name, help=text, add_help=False)
         sp.set_defaults(fn=_module_main(module), passthrough=True)

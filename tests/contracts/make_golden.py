@@ -41,8 +41,20 @@ V2_SAMPLES: list[m.Message] = [
                speculation=2),
 ]
 
+#: Agents: a tool call, a reply's voice, agent and tools, the session's agent.
+V3_SAMPLES: list[m.Message] = [
+    m.ToolCall(session="s1", call_id="t2-s0-r1-c0", agent="frontdesk", tool="book_table",
+               arguments='{"name": "Rossi", "people": 4}', timeout_s=5.0, at_ns=50),
+    m.ReplyText(session="s1", turn=2, seq=0, text="Booked.", char_start=0, char_end=7,
+                voice="amy"),
+    m.ReplyEnd(session="s1", turn=2, text="Booked.", agent="frontdesk",
+               tools=[m.CalledTool(name="book_table", arguments='{"people": 4}')]),
+    m.SessionStarted(session="s1", room="r", participant="p", agent="frontdesk"),
+]
+
 GOLDEN: dict[str, list[m.Message]] = {"golden_v1.msgpack": SAMPLES,
-                                      "golden_v2.msgpack": V2_SAMPLES}
+                                      "golden_v2.msgpack": V2_SAMPLES,
+                                      "golden_v3.msgpack": V3_SAMPLES}
 
 if __name__ == "__main__":
     for name, samples in GOLDEN.items():

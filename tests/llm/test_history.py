@@ -38,9 +38,12 @@ def test_truncate_inside_the_last_round_keeps_the_tool_traffic() -> None:
 
 
 @pytest.mark.fast
-def test_truncate_before_a_tool_call_drops_the_call_and_its_result() -> None:
-    assert truncate_reply(REPLY, 3) == [{"role": "assistant", "content": "Let"}]
-    assert truncate_reply(REPLY, 0) == []
+def test_truncate_before_a_tool_call_keeps_the_call_and_its_result() -> None:
+    calls = REPLY[0]["tool_calls"]
+    assert truncate_reply(REPLY, 3) == [
+        {"role": "assistant", "content": "Let", "tool_calls": calls}, REPLY[1]]
+    assert truncate_reply(REPLY, 0) == [
+        {"role": "assistant", "content": None, "tool_calls": calls}, REPLY[1]]
     assert truncate_reply(REPLY, len("Let me check.")) == REPLY[:2]
     assert truncate_reply(REPLY, 1000) == REPLY
 

@@ -36,6 +36,8 @@ class DispatchRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
 
     room: RoomName
     region: str = ""
+    #: The agent the room's callers talk to ("": the room's metadata, else the default agent).
+    agent: str = ""
 
 
 class DispatchReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -48,6 +50,7 @@ class DispatchReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     sessions: list[str] = msgspec.field(default_factory=list)
     ms: float = 0.0
     error: str = ""
+    agent: str = ""
 
 
 def encode_json(value: msgspec.Struct) -> bytes:

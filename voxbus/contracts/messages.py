@@ -83,6 +83,17 @@ class ReplyText(Message, frozen=True, kw_only=True, tag="llm.reply.text"):
     char_end: NonNegative
     emitted_ns: int = 0
     speculation: NonNegative = 0
+    #: On a reply's first part: the voice of the agent that speaks it ("": the TTS's own).
+    voice: str = ""
+
+
+class CalledTool(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A tool the agent called in a reply: its name, its arguments (JSON text), whether it
+    succeeded."""
+
+    name: str
+    arguments: str = "{}"
+    ok: bool = True
 
 
 class ReplyEnd(Message, frozen=True, kw_only=True, tag="llm.reply.end"):
@@ -93,6 +104,10 @@ class ReplyEnd(Message, frozen=True, kw_only=True, tag="llm.reply.end"):
     end_call: bool = False
     emitted_ns: int = 0
     speculation: NonNegative = 0
+    #: The agent that gave the reply, and the tools it called (``transfer_to_<agent>`` for a
+    #: handoff, which takes effect from the next reply).
+    agent: str = ""
+    tools: list[CalledTool] = msgspec.field(default_factory=list)
 
 
 class AudioOut(Message, frozen=True, kw_only=True, tag="audio.out"):
@@ -117,6 +132,8 @@ class SessionStarted(Message, frozen=True, kw_only=True, tag="ctl.session.starte
     room: str = ""
     participant: str = ""
     at_ns: int = 0
+    #: The agent the session talks to ("": the LLM worker's default).
+    agent: str = ""
 
 
 class SessionEnded(Message, frozen=True, kw_only=True, tag="ctl.session.ended"):
@@ -196,6 +213,26 @@ class PurgeCompleted(Message, frozen=True, kw_only=True, tag="ops.purge.complete
     at_ns: int = 0
 
 
+#: A tool call's id: unique in its session and the same when a replica redoes the turn.
+CallId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ToolCall(Message, frozen=True, kw_only=True, tag="tool.call"):
+    """The LLM asks the session's tool workers to run ``tool`` of ``agent``. ``call_id`` is the
+    call's idempotency key (it names the turn, the reply, the model's round and the call's place
+    in it, so a replica that redoes the turn asks with the same key): the outcome is kept under
+    it in the state bucket (``agents.tool_key``) before the call is acked, and a call whose
+    outcome is kept is never run again. ``turn`` is 0: a call the model made runs even if the
+    caller interrupts the reply (the reply is cut; what the tool did is recorded)."""
+
+    call_id: CallId
+    agent: str
+    tool: str
+    arguments: Text = "{}"
+    timeout_s: float = 10.0
+    at_ns: int = 0
+
+
 ControlEvent: TypeAlias = (
     SessionStarted
     | SessionEnded
@@ -215,6 +252,7 @@ AnyMessage: TypeAlias = (
     | ReplyEnd
     | AudioOut
     | ControlEvent
+    | ToolCall
     | PurgeRequested
     | PurgeCompleted
 )
@@ -250,6 +288,8 @@ def message_id(msg: Message) -> str | None:
     when or where it was made: a replica that redoes a turn after a takeover publishes the same
     ids, and the stream keeps the first copy of each. ``None`` for what has no such identity
     (caller audio, errors, messages outside a turn)."""
+    if isinstance(msg, ToolCall):  # outside a turn (its effect outlives the turn's speech)
+        return f"{msg.session}.tc.{msg.call_id}"
     if msg.turn == 0:
         return None
     if isinstance(msg, Transcript):
@@ -257,6 +297,7 @@ def message_id(msg: Message) -> str | None:
         return f"{msg.session}.{msg.turn}.tr.{part}"
     if isinstance(msg, TurnResumed):
         return f"{msg.session}.{msg.turn}.resumed.s{msg.speculation}"
+
     tag = _OUTPUT_TAGS.get(type(msg))
     if tag is None:
         return None

@@ -125,6 +125,11 @@ def state_bucket(region: str) -> str:
     return f"voxbus_{_token(region).lower()}_state"
 
 
+def agents_bucket(region: str) -> str:
+    """Agent definitions published to the region (``contracts.agents``): no session data."""
+    return f"voxbus_{_token(region).lower()}_agents"
+
+
 def lease_bucket(region: str) -> str:
     """Partition leases and replica membership of the stage workers (no session data)."""
     return f"voxbus_{_token(region).lower()}_leases"
@@ -141,7 +146,8 @@ def stream_of(region: str, kind: Kind) -> str:
 
 
 #: The kinds the control stream stores (error events have their own, capped stream).
-CONTROL_KINDS: Final = (Kind.SESSION, Kind.SPEECH, Kind.TURN, Kind.INTERRUPT, Kind.SPOKEN)
+CONTROL_KINDS: Final = (Kind.SESSION, Kind.SPEECH, Kind.TURN, Kind.INTERRUPT, Kind.SPOKEN,
+                        Kind.TOOL_CALL)
 
 
 def region_streams(
@@ -168,7 +174,7 @@ def region_streams(
             name=control_stream(region),
             subjects=_kinds(region, *CONTROL_KINDS),
             max_age_s=r.control_s,
-            description="session, speech, turn, interrupt and spoken events",
+            description="session, speech, turn, interrupt, spoken events and tool calls",
             transform=transform,
         ),
         StreamSpec(
@@ -193,6 +199,8 @@ def region_buckets(region: str, *, retention: Retention | None = None) -> list[B
             description="stage partition leases",
             holds_sessions=False,
         ),
+        BucketSpec(bucket=agents_bucket(region), ttl_s=0.0, description="agent definitions",
+                   holds_sessions=False),
     ]
 
 

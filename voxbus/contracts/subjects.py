@@ -34,6 +34,7 @@ class Kind(enum.StrEnum):
     INTERRUPT = "ctl.interrupt"
     SPOKEN = "ctl.spoken"
     ERROR = "ctl.error"
+    TOOL_CALL = "tool.call"
 
     @property
     def stage(self) -> str:
@@ -55,6 +56,7 @@ _KIND_OF: Final[dict[type[m.Message], Kind]] = {
     m.Interrupt: Kind.INTERRUPT,
     m.AgentSpoke: Kind.SPOKEN,
     m.ErrorEvent: Kind.ERROR,
+    m.ToolCall: Kind.TOOL_CALL,
 }
 
 

@@ -1,6 +1,7 @@
 """NATS identities and their exact permissions: one identity per role and per region.
 
-Roles (``ROLES``): the ``stt``, ``llm`` and ``tts`` stage workers, the ``bridge``, the
+Roles (``ROLES``): the ``stt``, ``llm`` and ``tts`` stage workers, the ``tools`` workers (a
+builder's tools, run by ``voxbus tools``), the ``bridge``, the
 ``purger`` (the purge service), ``analytics`` (read-only text consumers) and the ``operator``
 (provisioning, dispatch, purge requests: everything of its region). The identity of role R in
 region X is the NATS user ``R-X``; it may:
@@ -38,6 +39,7 @@ from typing import Final
 import msgspec
 
 from voxbus.contracts import streams
+from voxbus.contracts.agents import AGENT_STATE, TOOL_STATE
 from voxbus.contracts.control import (
     CALLER_STATE,
     INTERRUPTED_STATE,
@@ -73,6 +75,8 @@ class Role:
     reads: tuple[str, ...] = ()
     #: Stage workers hold partition leases under ``<name>.`` in the lease bucket.
     leases: bool = False
+    #: Reads the agent definitions published to the region.
+    agents: bool = False
 
 
 _STAGE_READS = (INTERRUPTED_STATE,)
@@ -82,13 +86,17 @@ ROLES: Final[dict[str, Role]] = {r.name: r for r in (
          publishes=(Kind.TRANSCRIPT, Kind.SPEECH, Kind.TURN, Kind.ERROR),
          state=(STT_STATE,), reads=_STAGE_READS, leases=True),
     Role("llm", consumes=(Kind.TURN, Kind.SESSION, Kind.INTERRUPT, Kind.SPOKEN),
-         publishes=(Kind.REPLY, Kind.ERROR), state=(LLM_STATE, INTERRUPTED_STATE), leases=True),
+         publishes=(Kind.REPLY, Kind.TOOL_CALL, Kind.ERROR),
+         state=(LLM_STATE, INTERRUPTED_STATE, AGENT_STATE),
+         reads=(*_STAGE_READS, f"{TOOL_STATE}.*"), leases=True, agents=True),
+    Role("tools", consumes=(Kind.TOOL_CALL,), publishes=(Kind.ERROR,),
+         state=(f"{TOOL_STATE}.*",), reads=_STAGE_READS, leases=True),
     Role("tts", consumes=(Kind.REPLY, Kind.INTERRUPT), publishes=(Kind.AUDIO_OUT, Kind.ERROR),
          state=(INTERRUPTED_STATE,), leases=True),
     Role("bridge",
          publishes=(Kind.AUDIO_IN, Kind.SESSION, Kind.INTERRUPT, Kind.SPOKEN, Kind.ERROR),
          hears=(Kind.AUDIO_OUT, Kind.SPEECH, Kind.TRANSCRIPT, Kind.REPLY, Kind.TURN),
-         state=(CALLER_STATE,)),
+         state=(CALLER_STATE,), agents=True),
     Role("purger"),
     Role("analytics", hears=(Kind.TRANSCRIPT, Kind.REPLY)),
     Role("operator"),
@@ -199,6 +207,10 @@ def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAUL
             pub += _kv_keys(state, f"*.{owner}", write=True)
         for owner in role.reads:
             pub += _kv_keys(state, f"*.{owner}", write=False)
+    if role.agents:
+        agents = streams.agents_bucket(region)
+        pub += _bucket_info(agents)
+        pub += _kv_keys(agents, "*", write=False)
     if role.leases:
         pub += _bucket_info(leases)
         pub += _kv_keys(leases, f"{role.name}.>", write=True)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -52,8 +53,10 @@ async def connect_regions(settings: BusSettings, *, name: str) -> list[Bus]:
     return buses
 
 
-async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None = None) -> None:
-    """Run ``stage`` until SIGTERM or SIGINT, then drain cleanly."""
+async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None = None, *,
+                before: Callable[[Bus], Awaitable[None]] | None = None) -> None:
+    """Run ``stage`` until SIGTERM or SIGINT, then drain cleanly. ``before``: run on each
+    region's connection before its worker starts."""
     tracing.configure_from_env(stage.name)
     opts = opts or worker_options_from_env()  # bad settings fail before connecting
     if (port := metrics.serve_from_env()) is not None:
@@ -70,6 +73,9 @@ async def serve(stage: Stage, settings: BusSettings, opts: WorkerOptions | None 
     try:
         await stage.start()
         try:
+            if before is not None:
+                for bus in buses:
+                    await before(bus)
             for w in workers:
                 await w.start()
             if probes is not None:

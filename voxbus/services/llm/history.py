@@ -46,7 +46,8 @@ class History(msgspec.Struct, kw_only=True, omit_defaults=True):
         """The conversation as chat messages (without the system prompt)."""
         out: list[ChatMessage] = []
         for record in self.turns:
-            out.append({"role": "user", "content": record.user})
+            if record.turn or record.user:  # turn 0: the agent's greeting, before any words
+                out.append({"role": "user", "content": record.user})
             out.extend(record.reply)
         return out
 
@@ -80,23 +81,37 @@ def reply_text(reply: Sequence[ChatMessage]) -> str:
 
 
 def truncate_reply(reply: Sequence[ChatMessage], char_end: int) -> list[ChatMessage]:
-    """The reply cut after its first ``char_end`` characters of text. Messages are kept in order up
-    to the cut; the message the cut falls in keeps its heard text only (the tool calls it led to
-    were never heard of), and nothing after it stays."""
+    """The reply cut after its first ``char_end`` characters of text: the assistant's words are
+    kept up to the cut (the message the cut falls in keeps its heard text), its words after the
+    cut go, and its tool calls and their results stay wherever they fall: what a tool did
+    happened whether or not the caller heard the words around it."""
     out: list[ChatMessage] = []
     text = ""
+    cut = False
     for message in reply:
+        if message["role"] != "assistant":
+            out.append(message)  # a tool's result
+            continue
         content = message.get("content") or ""
-        if message["role"] == "assistant" and content:
+        calls = message.get("tool_calls")
+        kept = content
+        if cut:
+            kept = ""
+        elif content:
             sep = " " if needs_space(text, content) else ""
             start = len(text) + len(sep)
             text += sep + content
             if start >= char_end:
-                break
-            if len(text) > char_end:
-                out.append({"role": "assistant", "content": content[: char_end - start]})
-                break
-        out.append(message)
+                kept, cut = "", True
+            elif len(text) > char_end:
+                kept, cut = content[: char_end - start], True
+        if kept == content:
+            out.append(message)
+        elif kept or calls:
+            part: ChatMessage = {"role": "assistant", "content": kept or None}
+            if calls:
+                part["tool_calls"] = calls
+            out.append(part)
     return out
 
 
@@ -200,6 +215,11 @@ class HistoryStore:
             return True
 
         return await self.update(session, change)
+
+    async def greet(self, session: str, greeting: str) -> History:
+        """The agent opened the call with ``greeting`` (turn 0, no words of the caller)."""
+        await self.begin_turn(session, 0, "")
+        return await self.set_reply(session, 0, [{"role": "assistant", "content": greeting}])
 
     async def mark_spoken(self, session: str, turn: int, char_end: int) -> History:
         """The user heard only the first ``char_end`` characters of the reply to ``turn``."""

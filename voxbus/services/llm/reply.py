@@ -3,11 +3,12 @@ it makes, and its timings."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Literal
 
-from voxbus.contracts.messages import ReplyText
+from voxbus.contracts.messages import CalledTool, ReplyText
 from voxbus.services.llm.engine import ChatMessage, ToolCallDelta, assistant_message
 from voxbus.services.llm.history import needs_space, truncate_reply
 
@@ -40,10 +41,19 @@ class Reply:
     Text goes out as it comes (one ``ReplyText`` per engine delta, spans contiguous): the TTS
     alone decides where speech units end."""
 
-    def __init__(self, session: str, turn: int, speculation: int = 0) -> None:
+    def __init__(self, session: str, turn: int, speculation: int = 0, *, voice: str = "",
+                 agent: str = "") -> None:
         self.session = session
         self.turn = turn
         self.speculation = speculation
+        self.voice = voice  # on every part: the TTS starts the reply with it
+        self.agent = agent
+        #: A guess's: set when the commit adopts it. A tool with side effects waits for it.
+        self.adopted: asyncio.Event | None = None
+        #: The tools called, in order (for ``ReplyEnd.tools``).
+        self.called: list[CalledTool] = []
+        #: Calls published and not answered yet: tool_call_id -> (call id, its timeout).
+        self.pending: dict[str, tuple[str, float]] = {}
         self.text = ""
         self.sent = 0  # text[:sent] has been yielded as ReplyText
         self.messages: list[ChatMessage] = []  # finished rounds: assistant, tool results
@@ -71,6 +81,21 @@ class Reply:
         self.round = []
         self._new_round = True
 
+    def aside(self, text: str) -> list[ReplyText]:
+        """Say ``text`` between rounds (a filler while a tool runs): recorded at the end of the
+        last assistant message, where it was said."""
+        if needs_space(self.text, text):
+            text = " " + text
+        self.text += text
+        for message in reversed(self.messages):
+            if message["role"] == "assistant":
+                before = message.get("content") or ""
+                message["content"] = before + (text if before else text.lstrip())
+                break
+        else:
+            self.messages.append(assistant_message(text.lstrip()))
+        return self._rest()
+
     def say(self, text: str) -> list[ReplyText]:
         """Replace the unpublished rest with ``text`` (the apology)."""
         self.text = self.text[: self.sent]
@@ -90,7 +115,7 @@ class Reply:
         out = ReplyText(
             session=self.session, turn=self.turn, seq=self._seq, text=self.text[self.sent : end],
             char_start=self.sent, char_end=end, emitted_ns=time.time_ns(),
-            speculation=self.speculation,
+            speculation=self.speculation, voice=self.voice,
         )
         self._seq += 1
         self.sent = end

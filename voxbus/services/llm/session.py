@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from voxbus.agents.outcomes import ToolOutcomes
+from voxbus.agents.registry import UnknownAgent
 from voxbus.contracts.messages import (
     AgentSpoke,
     AnyMessage,
@@ -23,6 +26,7 @@ from voxbus.contracts.messages import (
     ReplyEnd,
     ReplyText,
     SessionEnded,
+    SessionStarted,
     TurnResumed,
 )
 from voxbus.runtime import metrics
@@ -30,10 +34,13 @@ from voxbus.runtime.closing import CloseReason
 from voxbus.runtime.ledger import ReplyKey, TurnLedger, Why
 from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context
-from voxbus.services.llm.engine import ChatMessage, LLMBackendError
+from voxbus.services.llm.agent_slot import AgentSlot, AgentWorker
+from voxbus.services.llm.calls import CallScope
+from voxbus.services.llm.engine import ChatMessage, LLMBackendError, tool_result_message
 from voxbus.services.llm.history import HistoryStore
 from voxbus.services.llm.reply import Reply, TurnStats
 from voxbus.services.llm.settings import LlmSettings
+from voxbus.services.llm.tools import ToolExecutor
 
 SAVE_GRACE_S = 5.0
 
@@ -55,11 +62,12 @@ class Guess:
     prompt: list[ChatMessage]  # the conversation it answers (history + the guessed words)
     reply: Reply
     stats: TurnStats
+    calls: CallScope
     task: asyncio.Task[None] | None = None
     error: LLMBackendError | TimeoutError | None = None
 
 
-class LlmWorker(Protocol):
+class LlmWorker(AgentWorker, Protocol):
     """What a session needs of the LLM worker it lives in (the ``LlmStage``)."""
 
     settings: LlmSettings
@@ -67,13 +75,16 @@ class LlmWorker(Protocol):
     recent: deque[TurnStats]
 
     @property
-    def system(self) -> ChatMessage: ...
+    def executor(self) -> ToolExecutor: ...
 
     async def store(self, ctx: Context) -> HistoryStore: ...
 
+    async def outcomes(self, ctx: Context) -> ToolOutcomes: ...
+
     def generate(
-        self, prompt: list[ChatMessage], reply: Reply, stats: TurnStats, ctx: Context
-    ) -> AsyncGenerator[ReplyText, None]: ...
+        self, prompt: list[ChatMessage], reply: Reply, stats: TurnStats, ctx: Context,
+        calls: CallScope,
+    ) -> AsyncGenerator[Message, None]: ...
 
     async def prewarm(self, messages: list[ChatMessage], ctx: Context) -> None: ...
 
@@ -88,6 +99,7 @@ class LlmSession:
         self.ledger: TurnLedger[Guess] = scope.ledger
         self.ledger.on_drop = self._dropped
         self._saving: set[asyncio.Task[Any]] = set()
+        self.agent = AgentSlot(worker, scope.session, worker.settings.agent)
 
     @property
     def busy(self) -> bool:
@@ -119,9 +131,39 @@ class LlmSession:
         elif isinstance(msg, Interrupt):
             self.ledger.interrupt(msg.turn)  # (the runtime raised it already: its guesses went)
             ctx.log.info("llm_interrupted", reason=msg.reason)
+        elif isinstance(msg, SessionStarted):
+            async for out in self._started(msg, ctx):
+                yield out
         elif isinstance(msg, SessionEnded):
             await (await self.worker.store(ctx)).delete(msg.session)
             ctx.log.info("llm_history_deleted", reason=msg.reason)
+
+    async def _started(self, msg: SessionStarted, ctx: Context) -> AsyncIterator[Message]:
+        """The caller joined: take the session's agent, and say its greeting."""
+        if msg.agent:
+            try:
+                await self.agent.choose(msg.agent, ctx)
+            except UnknownAgent as exc:
+                ctx.log.warning("llm_agent_unknown", agent=msg.agent)
+                yield ErrorEvent(session=msg.session, code="unknown_agent", stage="llm",
+                                 message=f"no agent {exc.args[0]!r} in region {ctx.region}",
+                                 at_ns=time.time_ns())
+        persona = await self.agent.persona(ctx)
+        greeting = self.agent.agent.agent.greeting if self.agent.agent else ""
+        if not greeting:
+            return
+        reply = Reply(msg.session, 0, voice=persona.voice, agent=persona.agent)
+        for out in reply.push(greeting):
+            yield out
+        await (await self.worker.store(ctx)).greet(msg.session, greeting)
+        yield ReplyEnd(session=msg.session, turn=0, text=greeting, agent=persona.agent,
+                       emitted_ns=time.time_ns())
+
+    async def _calls(self, ctx: Context) -> CallScope:
+        persona = await self.agent.persona(ctx)
+        return CallScope(persona=persona, outcomes=await self.worker.outcomes(ctx),
+                         executor=self.worker.executor,
+                         handoff=lambda target: self.agent.handoff(target, ctx))
 
     # ---- guesses ----------------------------------------------------------------------------
 
@@ -144,12 +186,16 @@ class LlmSession:
         history = await (await self.worker.store(ctx)).load(msg.session)
         if history.find(msg.turn) is not None:  # committed already (a redelivered guess)
             return
+        calls = await self._calls(ctx)
         guess = Guess(
             turn=msg.turn, number=msg.speculation,
             prompt=[*history.messages(), {"role": "user", "content": user}],
-            reply=Reply(msg.session, msg.turn, msg.speculation),
+            reply=Reply(msg.session, msg.turn, msg.speculation, voice=calls.persona.voice,
+                        agent=calls.persona.agent),
             stats=TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns()),
+            calls=calls,
         )
+        guess.reply.adopted = asyncio.Event()
         if not self.ledger.open(msg.turn, msg.speculation, guess):
             return  # voided, committed or interrupted while the history was read
         guess.task = self.scope.spawn(self._run_guess(guess, ctx), name=f"llm-guess-{msg.session}")
@@ -159,11 +205,11 @@ class LlmSession:
     async def _run_guess(self, guess: Guess, ctx: Context) -> None:
         stats = guess.stats
         try:
-            async with contextlib.aclosing(
-                self.worker.generate([self.worker.system, *guess.prompt], guess.reply, stats, ctx)
-            ) as gen:
+            async with contextlib.aclosing(self.worker.generate(
+                [guess.calls.persona.system, *guess.prompt], guess.reply, stats, ctx, guess.calls,
+            )) as gen:
                 async for out in gen:
-                    if stats.first_text_ns is None:
+                    if stats.first_text_ns is None and isinstance(out, ReplyText):
                         stats.first_text_ns = time.time_ns()
                     await self.scope.publish(out)
         except (LLMBackendError, TimeoutError) as exc:
@@ -187,10 +233,15 @@ class LlmSession:
         # the ids of that guess, and a second text under the same ids would reach the caller
         # mixed. (Committed only now: a failed read is retried with the guess still live.)
         guess = self.ledger.commit(msg.turn, msg.speculation).adopted
-        prompt = [worker.system, *history.messages()]
-        ctx.log.info("llm_turn_started", history_turns=len(history.turns), pii={"user": user})
-        reply = Reply(msg.session, msg.turn, msg.speculation)
+        calls = await self._calls(ctx)
+        prompt = [calls.persona.system, *history.messages()]
+        ctx.log.info("llm_turn_started", history_turns=len(history.turns),
+                     agent=calls.persona.agent, pii={"user": user})
+        reply = Reply(msg.session, msg.turn, msg.speculation, voice=calls.persona.voice,
+                      agent=calls.persona.agent)
         if guess is not None:
+            if guess.reply.adopted is not None:
+                guess.reply.adopted.set()  # its tools with side effects may run now
             if guess.prompt != prompt[1:]:
                 self.scope.log.info("llm_guess_history_changed", turn=guess.turn)
             worker.speculation.adopted += 1
@@ -206,10 +257,10 @@ class LlmSession:
                         raise guess.error
                 else:
                     async with contextlib.aclosing(
-                        worker.generate(prompt, reply, stats, ctx)
+                        worker.generate(prompt, reply, stats, ctx, calls)
                     ) as gen:
                         async for out in gen:
-                            if stats.first_text_ns is None:
+                            if stats.first_text_ns is None and isinstance(out, ReplyText):
                                 stats.first_text_ns = time.time_ns()
                             yield out
             except (LLMBackendError, TimeoutError) as exc:
@@ -228,8 +279,9 @@ class LlmSession:
                 # the oldest turns went: the next prompt starts differently, and reading it all
                 # again would take seconds on a CPU (4.5 s to the first token here after 16
                 # turns); read it now, while the caller listens, on the engine it will take
-                self.scope.spawn(worker.prewarm([worker.system, *saved_history.messages()], ctx),
-                                 name=f"llm-prewarm-{msg.session}")
+                self.scope.spawn(
+                    worker.prewarm([calls.persona.system, *saved_history.messages()], ctx),
+                    name=f"llm-prewarm-{msg.session}")
             reason = stats.reason or "done"
             stats.done_ns = time.time_ns()
             worker.recent.append(stats)
@@ -247,16 +299,32 @@ class LlmSession:
             yield ReplyEnd(
                 session=msg.session, turn=msg.turn, text=reply.published, reason=reason,
                 end_call=reply.end_call, emitted_ns=time.time_ns(),
-                speculation=reply.speculation,
+                speculation=reply.speculation, agent=reply.agent, tools=reply.called,
             )
         finally:
             if guess is not None and guess.task is not None:
                 guess.task.cancel()  # the handler was cancelled (barge-in): so is its text
             if not saved:  # interrupted (cancelled or closed): keep what was published
-                ctx.log.info("llm_turn_cut", published_chars=reply.sent)
-                self._save_later(
-                    store.set_reply(msg.session, msg.turn, reply.heard_so_far()), ctx
-                )
+                ctx.log.info("llm_turn_cut", published_chars=reply.sent,
+                             tools_pending=len(reply.pending))
+                self._save_later(self._save_cut(store, reply, calls.outcomes), ctx)
+
+    @staticmethod
+    async def _save_cut(store: HistoryStore, reply: Reply, outcomes: ToolOutcomes) -> None:
+        """Save a cut reply: what was heard, and what its tools did (a call still running is
+        waited for, up to its timeout: the history says what the tool did)."""
+        for tool_call_id, (call_id, timeout_s) in list(reply.pending.items()):
+            outcome = await outcomes.wait(reply.session, call_id, timeout_s)
+            content = outcome.result if outcome is not None else json.dumps(
+                {"error": "no answer before the caller interrupted"})
+            reply.messages.append(tool_result_message(tool_call_id, content))
+        answered = {m.get("tool_call_id") for m in reply.messages if m["role"] == "tool"}
+        for message in list(reply.messages):  # calls of the round never started
+            for call in message.get("tool_calls", []):
+                if call["id"] not in answered:
+                    reply.messages.append(tool_result_message(call["id"], json.dumps(
+                        {"error": "not run: the caller interrupted"})))
+        await store.set_reply(reply.session, reply.turn, reply.heard_so_far())
 
     def _save_later(self, save: Coroutine[Any, Any, object], ctx: Context) -> None:
         async def run() -> None:

@@ -34,13 +34,15 @@ from collections.abc import AsyncGenerator
 
 import structlog
 
-from voxbus.contracts.messages import (
-    ReplyText,
-)
-from voxbus.contracts.streams import state_bucket
+from voxbus.agents.outcomes import ToolOutcomes
+from voxbus.agents.registry import AgentRegistry, SessionAgents
+from voxbus.contracts.agents import SessionAgent
+from voxbus.contracts.messages import Message
+from voxbus.contracts.streams import agents_bucket, state_bucket
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context, SessionPolicy
+from voxbus.services.llm.calls import CallScope, run_calls
 from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
@@ -52,6 +54,7 @@ from voxbus.services.llm.engine import (
 from voxbus.services.llm.history import HistoryLimits, HistoryStore
 from voxbus.services.llm.llama_engine import LlamaCppEngine
 from voxbus.services.llm.openai_engine import OpenAICompatEngine
+from voxbus.services.llm.persona import Persona, agent_persona, default_persona
 from voxbus.services.llm.pool import EnginePool, Prewarmable
 from voxbus.services.llm.reply import Reply, TurnStats
 from voxbus.services.llm.session import LlmSession, SpeculationStats
@@ -79,7 +82,7 @@ def build_engine(settings: LlmSettings) -> LLMEngine:
         n_threads_batch=settings.n_threads_batch,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
-        tool_mode="hermes" if settings.tools else "off",
+        tool_mode="hermes",  # tools are offered per reply (an agent's, or LLM_TOOLS)
         nice=settings.nice,
     ) for _ in range(settings.engines)]
     return engines[0] if len(engines) == 1 else EnginePool(engines)
@@ -153,14 +156,16 @@ class LlmStage:
                      ms=round((time.perf_counter() - started) * 1000))
 
     async def generate(
-        self, prompt: list[ChatMessage], reply: Reply, stats: TurnStats, ctx: Context
-    ) -> AsyncGenerator[ReplyText, None]:
-        """Model rounds until a round calls no tool; raises LLMBackendError or TimeoutError."""
+        self, prompt: list[ChatMessage], reply: Reply, stats: TurnStats, ctx: Context,
+        calls: CallScope,
+    ) -> AsyncGenerator[Message, None]:
+        """Model rounds until a round calls no tool; raises LLMBackendError or TimeoutError.
+        Yields the reply's text, and the tool calls for the session's tool workers."""
         max_rounds = self.settings.max_tool_rounds
         while True:
             stats.rounds += 1
-            tools = self._tools if stats.rounds <= max_rounds else None
-            calls: list[ToolCallDelta] = []
+            tools = calls.persona.tools if stats.rounds <= max_rounds else None
+            found: list[ToolCallDelta] = []
             async with contextlib.aclosing(
                 self.engine.stream([*prompt, *reply.messages], tools=tools)
             ) as stream:
@@ -176,16 +181,33 @@ class LlmStage:
                         for out in reply.push(delta.text):
                             yield out
                     elif isinstance(delta, ToolCallDelta):
-                        calls.append(delta)
+                        found.append(delta)
                     elif isinstance(delta, FinishDelta) and delta.reason == "length":
                         stats.reason = "length"
-            calls = calls if tools else []
-            reply.end_round(calls)
-            if not calls:
+            found = found if tools else []
+            reply.end_round(found)
+            if not found:
                 break
-            for call in calls:
-                result, message = self._executor.run(call)
-                ctx.log.info("llm_tool_called", tool=call.name, ok=result.ok,
-                             pii={"arguments": call.arguments, "result": result.content})
-                reply.messages.append(message)
-                reply.end_call |= result.end_call
+            async with contextlib.aclosing(run_calls(found, reply, stats, calls, ctx)) as running:
+                async for message in running:
+                    yield message
+
+    # ---- agents ---------------------------------------------------------------------------------
+
+    def persona(self, agent: SessionAgent | None) -> Persona:
+        """Who answers: the session's agent, else this worker's system prompt and tools."""
+        return agent_persona(agent) if agent is not None else default_persona(
+            self._system, self._tools)
+
+    async def registry(self, ctx: Context) -> AgentRegistry:
+        return AgentRegistry(await ctx.bus.kv(agents_bucket(ctx.region)))
+
+    async def session_agents(self, ctx: Context) -> SessionAgents:
+        return SessionAgents(await ctx.bus.kv(state_bucket(ctx.region)))
+
+    async def outcomes(self, ctx: Context) -> ToolOutcomes:
+        return ToolOutcomes(await ctx.bus.kv(state_bucket(ctx.region)))
+
+    @property
+    def executor(self) -> ToolExecutor:
+        return self._executor

@@ -1,0 +1,65 @@
+"""Who answers a reply: the session's agent as the LLM stage uses it (system message, tools
+offered, voice, sampling), or, for a session without an agent, the worker's own system prompt and
+built-in tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from voxbus.contracts.agents import (
+    END_CALL,
+    AgentDefinition,
+    SessionAgent,
+    ToolDecl,
+    transfer_tool,
+)
+from voxbus.services.llm.engine import ChatMessage, ToolSpec
+from voxbus.services.llm.tools import END_CALL as END_CALL_SPEC
+
+#: Added to every agent's instructions: what a voice call needs, whoever wrote the agent.
+VOICE_RULES = (
+    "You are speaking with a caller on a voice call. Answer in one or two short spoken "
+    "sentences. Never use lists, markdown, emoji or symbols. Use your tools to act for the "
+    "caller; never claim you did something a tool did not confirm."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Persona:
+    agent: str  # "" : the worker's default (no agent)
+    system: ChatMessage
+    tools: list[ToolSpec] | None
+    voice: str = ""
+    decls: dict[str, ToolDecl] = field(default_factory=dict)
+    handoffs: tuple[str, ...] = ()
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+def _transfer_spec(target: AgentDefinition | None, name: str) -> ToolSpec:
+    what = target.instructions.split(".")[0][:160] if target is not None else name
+    return {"type": "function", "function": {
+        "name": transfer_tool(name),
+        "description": f"Hand the caller over to the {name} agent ({what}).",
+        "parameters": {"type": "object", "properties": {}, "required": []},
+    }}
+
+
+def agent_persona(session: SessionAgent) -> Persona:
+    agent = session.agent
+    tools: list[ToolSpec] = [t.spec() for t in agent.tools]  # type: ignore[misc]
+    tools += [_transfer_spec(session.agents.get(h), h) for h in agent.handoffs]
+    tools.append(END_CALL_SPEC)
+    system: ChatMessage = {"role": "system",
+                           "content": f"{agent.instructions}\n\n{VOICE_RULES}"}
+    return Persona(agent=agent.name, system=system, tools=tools, voice=agent.voice,
+                   decls={t.name: t for t in agent.tools}, handoffs=tuple(agent.handoffs),
+                   temperature=agent.temperature, max_tokens=agent.max_tokens)
+
+
+def default_persona(system: ChatMessage, tools: list[ToolSpec] | None) -> Persona:
+    return Persona(agent="", system=system, tools=tools)
+
+
+def is_builtin(name: str, persona: Persona) -> bool:
+    return name == END_CALL or name in {transfer_tool(h) for h in persona.handoffs}
