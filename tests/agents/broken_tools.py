@@ -1,0 +1,3 @@
+"""A tools module that fails to import (for the one-line error test)."""
+
+import voxbus_no_such_module  # noqa: F401
