@@ -31,13 +31,13 @@ TIMINGS = {k: v for k, v in os.environ.items()
                     "VOXBUS_LEASE_FENCE_MARGIN_S", "VOXBUS_PULL_EXPIRES_S")}
 
 
-def spawn(stage: str, url: str, log: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def spawn(stage: str, url: str, log: Path, env: dict[str, str] | None = None,
+          args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     full = {**os.environ, "NATS_URL": url, "VOXBUS_REGIONS": REGION, "PYTHONUNBUFFERED": "1",
             **(env or {})}
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", f"voxbus.services.{stage}"], env=full,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", f"voxbus.services.{stage}", *args],
+                                env=full, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def holders(bus: Bus, stage: str, region: str = REGION) -> dict[str, int]:
@@ -64,7 +64,8 @@ async def owner_pid(bus: Bus, stage: str, session: str) -> int:
 
 @asynccontextmanager
 async def two_replicas(
-    stage: str, tmp_path: Path, env: dict[str, str] | None = None, timeout_s: float = 150.0
+    stage: str, tmp_path: Path, env: dict[str, str] | None = None, timeout_s: float = 150.0,
+    args: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[Bus, list[subprocess.Popen[bytes]]]]:
     server = EmbeddedNats(store_dir=tmp_path / "nats").start()
     bus = await Bus.connect(server.url, regions=[REGION], partitions=PARTITIONS,
@@ -72,7 +73,7 @@ async def two_replicas(
     env = {**TIMINGS, **(env or {})}
     await bus.provision(BusSettings.from_env(env).retention())
     logs = [tmp_path / f"{stage}{i}.log" for i in range(2)]
-    procs = [spawn(stage, server.url, log, env) for log in logs]
+    procs = [spawn(stage, server.url, log, env, args) for log in logs]
     try:
         deadline = time.monotonic() + timeout_s
         while sorted((await holders(bus, stage)).values()) != [8, 8]:
