@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import json
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -146,10 +147,16 @@ def _check(schema: dict[str, Any], args: dict[str, Any]) -> str:
 
 
 def _context_param(fn: Callable[..., Any]) -> str | None:
+    """The parameter the tool worker fills with the call's ``ToolContext`` (annotated with it,
+    optionally ``| None``), if any."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - said by the schema, with the parameter's name
+        hints = {}
     for param in inspect.signature(fn).parameters.values():
-        hint = param.annotation
-        if hint is ToolContext or hint == "ToolContext" or param.name == "ctx" and (
-            hint is inspect.Parameter.empty
+        hint = hints.get(param.name, param.annotation)
+        if hint is ToolContext or ToolContext in typing.get_args(hint) or (
+            isinstance(hint, str) and hint.split("|")[0].strip() == "ToolContext"
         ):
             return param.name
     return None
