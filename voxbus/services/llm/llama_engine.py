@@ -1,4 +1,5 @@
-"""In-process llama.cpp engine (``llama_cpp.Llama``), by default on SmolLM2-135M-Instruct Q4_1.
+"""In-process llama.cpp engine (``llama_cpp.Llama``), by default on SmolLM2-135M-Instruct Q4_1
+(the other models, Qwen2.5-Coder-0.5B/1.5B-Instruct which call tools: ``models``).
 
 One llama context per engine, so generations are serialized: every job runs on the engine's
 ``EngineThread`` (one thread, at ``nice``), which streams the deltas back to the consumer.
@@ -29,7 +30,13 @@ import structlog
 
 from voxbus.errors import UserError
 from voxbus.runtime.engine_thread import Abort, EngineClosed, EngineThread, JobHandle
-from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM, PromptPart, render_chatml
+from voxbus.services.llm.chatml import (
+    SMOLLM2_DEFAULT_SYSTEM,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    PromptPart,
+    render_chatml,
+)
 from voxbus.services.llm.engine import (
     ChatMessage,
     FinishDelta,
@@ -184,6 +191,7 @@ class LlamaCppEngine:
         self._thread = EngineThread("llm-llama", nice=nice)
         self._llm: Llama | None = None
         self._stop_ids: frozenset[int] = frozenset()
+        self._tag_ids: frozenset[int] = frozenset()
         # Worker-thread state below: touched only from the executor's single thread.
         self._replies: OrderedDict[str, list[int]] = OrderedDict()
         self._closed = False
@@ -319,6 +327,15 @@ class LlamaCppEngine:
             if len(ids) == 1:
                 stops.add(ids[0])
         self._stop_ids = frozenset(stops)
+        # Qwen2.5 has <tool_call> and </tool_call> as tokens of their own: they are detokenized
+        # as text even where a GGUF marks them as control tokens (which plain detokenizing
+        # drops), so the tool-call parser sees the tags. Other control tokens stay silent.
+        tags: set[int] = set()
+        for tag in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE):
+            ids = llm.tokenize(tag.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                tags.add(ids[0])
+        self._tag_ids = frozenset(tags)
         self._llm = llm
         log.info(
             "llm_loaded",
@@ -362,12 +379,16 @@ class LlamaCppEngine:
                 continue
             acc = b""
             for count, token in enumerate(tokens, start=1):
-                acc += llm.detokenize([token])
+                acc += self._piece(llm, token)
                 if acc == target:
                     return tokens[:count]
                 if len(acc) > len(target):
                     break
         return None
+
+    def _piece(self, llm: Llama, token: int) -> bytes:
+        """The bytes of one sampled token (a tool-call tag token included)."""
+        return llm.detokenize([token], special=token in self._tag_ids)
 
     def _remember(self, text: str, tokens: list[int]) -> None:
         if not text:
@@ -413,7 +434,7 @@ class LlamaCppEngine:
             return
         budget = min(opts.max_tokens, n_ctx - len(prompt))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        extractor = ToolCallExtractor() if job.tools else None
+        extractor = ToolCallExtractor(bare_json=True) if job.tools else None
         sampled: list[int] = []
         text: list[str] = []
         first_token_s: float | None = None
@@ -439,7 +460,7 @@ class LlamaCppEngine:
                     finish = "stop"
                     break
                 sampled.append(token)
-                piece = decoder.decode(llm.detokenize([token]))
+                piece = decoder.decode(self._piece(llm, token))
                 if piece:
                     if first_token_s is None:
                         first_token_s = time.perf_counter() - started

