@@ -33,12 +33,16 @@ def desk_model(body: dict[str, Any]) -> Sequence[Step]:
         result = json.loads(last["content"])
         if result.get("booked"):
             return _say(f"Booked under {result['name']}, booking {result['booking']}.")
+        if "result" in result:
+            return _say(f"We are open {result['result']}.")
         if "transferred" in str(result.get("status", "")):
             return _say("I am passing you to our events team.")
         return _say(f"Sorry, that did not work: {result.get('error', result)}.")
     user = (last["content"] or "").lower()
     if "party" in user and "transfer_to_events" in offered:
         return _call("transfer_to_events", {})
+    if "hours" in user and "opening_hours" in offered:
+        return _call("opening_hours", {"day": "Monday" if "monday" in user else "Friday"})
     if "book" in user and "book_table" in offered:
         return _call("book_table", {"name": "Rossi", "people": 4})
     return _say("Hello, how can I help?")

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.agents import booking_tools
@@ -80,7 +81,10 @@ async def end_of(tap: Tap, session: str, n: int, timeout_s: float = 20.0) -> Rep
 
 def booked(db: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(db) as c:
-        return list(c.execute("SELECT name, people FROM bookings"))
+        try:
+            return list(c.execute("SELECT name, people FROM bookings"))
+        except sqlite3.OperationalError:  # no booking tool ran yet
+            return []
 
 
 async def test_a_booking_runs_on_the_tools_stage_once_and_the_reply_confirms_it(
@@ -197,3 +201,35 @@ async def test_the_greeting_is_said_when_the_caller_joins(bus: Bus, stages: Tap)
     assert end.text == "Welcome to the desk!" and end.agent == "greeter"
     history = await HistoryStore(await bus.kv(state_bucket(REGION))).load(s)
     assert history.messages() == [{"role": "assistant", "content": "Welcome to the desk!"}]
+
+
+def guess(session: str, n: int, text: str, speculation: int) -> EndOfTurn:
+    now = time.time_ns()
+    return EndOfTurn(session=session, turn=n, transcript=text, speech_start_ns=now,
+                     speech_end_ns=now, at_ns=now, speculative=True, speculation=speculation)
+
+
+async def test_a_guess_runs_read_only_tools_at_once_and_waits_for_the_commit_to_act(
+    bus: Bus, stages: Tap, bookings: Path,
+) -> None:
+    s = "agent-guess"
+    await bus.publish(REGION, SessionStarted(session=s, agent="desk"))
+    await bus.publish(REGION, guess(s, 1, "What are your hours on Friday?", 1))
+    await stages.until(lambda t: bool(t.of(ToolCall, s)), timeout_s=10)  # before the commit
+    assert [(c.tool, c.call_id) for c in stages.of(ToolCall, s)] == [
+        ("opening_hours", "t1-s1-r1-c0")]
+    await bus.publish(REGION, msgspec.structs.replace(
+        turn(s, 1, "What are your hours on Friday?"), speculation=1))
+    end = await end_of(stages, s, 1)
+    assert end.speculation == 1 and end.text == "We are open 12:00-23:00."
+    assert [t.name for t in end.tools] == ["opening_hours"]
+
+    # a booking guessed in the silence waits: nothing is booked until the turn is committed
+    await bus.publish(REGION, guess(s, 2, "Please book it.", 1))
+    await asyncio.sleep(1.0)
+    assert [c.tool for c in stages.of(ToolCall, s)] == ["opening_hours"] and not booked(bookings)
+    await bus.publish(REGION, msgspec.structs.replace(turn(s, 2, "Please book it."),
+                                                      speculation=1))
+    end = await end_of(stages, s, 2)
+    assert "Booked under Rossi" in end.text and booked(bookings) == [("Rossi", 4)]
+    assert stages.of(ToolCall, s)[-1].call_id == "t2-s1-r1-c0"
