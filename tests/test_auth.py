@@ -5,12 +5,14 @@ before it connects; a wrong password is refused."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from tests.secure import connect_as, secure_nats
 from voxbus.contracts import encode, streams
@@ -118,3 +120,93 @@ def test_wrong_password_is_refused(secure_server: EmbeddedNats) -> None:
         assert sock.recv(4096).startswith(b"INFO")
         sock.sendall(b'CONNECT {"user":"stt-eu","pass":"nope","verbose":false}\r\nPING\r\n')
         assert b"Authorization Violation" in sock.recv(4096)
+
+
+async def test_a_tool_worker_runs_calls_as_its_identity_and_touches_nothing_else(
+    secure_server: EmbeddedNats, ids: Identities
+) -> None:
+    """The tools worker, logged in as ``tools-eu``, runs a call the ``llm-eu`` identity publishes
+    and keeps its outcome, with no permission violation. Then the refusals, each proven by the
+    server's log and by what is (not) stored: ``tools-eu`` writes no state key but
+    ``<session>.tool.*`` (not ``<session>.llm``, not ``<session>.agent``) and no agent
+    definition; ``llm-eu`` writes no outcome; ``tools-us`` neither pulls, hears nor reads the
+    tool calls and outcomes of ``eu``."""
+    import nats.errors
+
+    from voxbus.agents.outcomes import ToolOutcomes
+    from voxbus.agents.tool import tool
+    from voxbus.contracts.messages import ToolCall
+    from voxbus.runtime.worker import Worker
+    from voxbus.services.tools.stage import ToolsStage
+
+    @tool
+    async def lookup(order: str) -> dict[str, str]:
+        """Find an order."""
+        return {"order": order, "status": "shipped"}
+
+    state, agents = streams.state_bucket(REGION), streams.agents_bucket(REGION)
+    op = await _connect(secure_server, ids, "operator")
+    await op.provision()
+    us_op = await connect_as(secure_server, ids, "operator", "us", partitions=4)
+    await us_op.provision()
+    tools = await _connect(secure_server, ids, "tools")
+    llm = await _connect(secure_server, ids, "llm")
+    tools_us = await connect_as(secure_server, ids, "tools", "us", partitions=4)
+    worker = Worker(tools, ToolsStage({"lookup": lookup}, replica="t1"))
+    await worker.start()
+    log = secure_server.log_file
+
+    def violations() -> list[str]:
+        return [line for line in log.read_text().splitlines() if "Violation" in line]
+
+    try:
+        await llm.publish(REGION, ToolCall(session="s1", call_id="c1", agent="support",
+                                           tool="lookup", arguments='{"order": "A7"}'))
+        outcome = await ToolOutcomes(await llm.kv(state)).wait("s1", "c1", timeout_s=10)
+        assert outcome is not None and outcome.ok, outcome
+        assert json.loads(outcome.result) == {"order": "A7", "status": "shipped"}
+        assert not violations(), "\n".join(violations())
+
+        op_state, op_agents = await op.kv(state), await op.kv(agents)
+        await op_state.put("s1.llm", b"history")
+        denied = [  # (identity, subject of a KV write)
+            (tools, f"$KV.{state}.s1.llm"), (tools, f"$KV.{state}.s1.agent"),
+            (tools, f"$KV.{state}.s1.stt"), (tools, f"$KV.{agents}.support"),
+            (llm, f"$KV.{state}.s1.tool.c2"), (tools_us, f"$KV.{state}.s1.tool.c3"),
+        ]
+        for bus, subject in denied:
+            with pytest.raises(nats.errors.TimeoutError):  # refused: no ack ever comes
+                await bus.js.publish(subject, b"forged", timeout=0.5)
+        assert (await op_state.get("s1.llm")).value == b"history"
+        for key in ("s1.agent", "s1.stt", "s1.tool.c2", "s1.tool.c3"):
+            with pytest.raises(KeyNotFoundError):
+                await op_state.get(key)
+        with pytest.raises(KeyNotFoundError):
+            await op_agents.get("support")
+
+        ctl = streams.control_stream(REGION)
+        probes = [
+            f"$JS.API.CONSUMER.MSG.NEXT.{ctl}.tools-p0",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{ctl}.tools-p0",
+            f"$JS.API.DIRECT.GET.{ctl}",
+            f"$JS.API.DIRECT.GET.KV_{state}.$KV.{state}.s1.tool.c1",
+        ]
+        for subject in probes:  # the us tools identity asks for eu's calls and outcomes
+            with pytest.raises(nats.errors.TimeoutError):
+                await tools_us.nc.request(subject, b"", timeout=0.5)
+        await tools_us.nc.subscribe(f"voxbus.{REGION}.*.tool.call")
+        await tools_us.nc.flush()
+        await asyncio.sleep(0.2)
+        seen = "\n".join(violations())
+        for user, subject in [*((b.nc.options["user"], s) for b, s in denied),
+                              *(("tools-us", s) for s in probes),
+                              ("tools-us", f"voxbus.{REGION}.*.tool.call")]:
+            assert any(user in line and subject in line for line in violations()), (
+                user, subject, seen)
+        # the worker's own identity still reads what it keeps
+        kept = await ToolOutcomes(await tools.kv(state)).get("s1", "c1")
+        assert kept is not None and kept.replica == "t1"
+    finally:
+        await worker.stop()
+        for bus in (tools_us, llm, tools, us_op, op):
+            await bus.close()

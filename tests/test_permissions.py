@@ -27,7 +27,7 @@ S = "s1"  # a session id
 README = Path(__file__).resolve().parents[1] / "docs" / "security.md"
 
 ALL = frozenset(ROLES)
-STAGES = frozenset({"stt", "llm", "tts"})
+STAGES = frozenset({"stt", "llm", "tools", "tts"})
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def _only(label: str, verb: str, subject: str, *roles: str) -> Op:
     return Op(label, verb, subject, frozenset(roles))
 
 
-STATE, LEASES = "voxbus_eu_state", "voxbus_eu_leases"
+STATE, LEASES, AGENTS = "voxbus_eu_state", "voxbus_eu_leases", "voxbus_eu_agents"
+CALL = "c1"  # a tool call id
 
 MATRIX: list[tuple[str, list[Op]]] = [
     ("Session subjects", [
@@ -59,8 +60,9 @@ MATRIX: list[tuple[str, list[Op]]] = [
         _op("publish an end of turn", "pub", f"voxbus.eu.{S}.ctl.turn", "stt"),
         _op("publish a reply", "pub", f"voxbus.eu.{S}.llm.reply", "llm"),
         _op("publish an interrupt", "pub", f"voxbus.eu.{S}.ctl.interrupt", "bridge"),
+        _op("publish a tool call", "pub", f"voxbus.eu.{S}.tool.call", "llm"),
         _op("publish an error event", "pub", f"voxbus.eu.{S}.ctl.error",
-            "stt", "llm", "tts", "bridge"),
+            "stt", "llm", "tools", "tts", "bridge"),
         _op("publish caller audio in another region", "pub", f"voxbus.us.{S}.audio.in", "none"),
         _op("hear caller audio live", "sub", "voxbus.eu.*.audio.in"),
         _op("hear agent audio live", "sub", "voxbus.eu.*.audio.out", "bridge"),
@@ -83,6 +85,8 @@ MATRIX: list[tuple[str, list[Op]]] = [
             "$JS.API.STREAM.MSG.GET.VOXBUS_EU_CTL"),
         _op("stream info (lists session subjects) of the audio stream", "pub",
             "$JS.API.STREAM.INFO.VOXBUS_EU_AUDIO"),
+        _op("direct get a tool call by subject", "pub",
+            f"$JS.API.DIRECT.GET.VOXBUS_EU_CTL.voxbus.eu.1.{S}.tool.call"),
         _op("direct get from another region's text stream", "pub",
             "$JS.API.DIRECT.GET.VOXBUS_US_TEXT", "none"),
     ]),
@@ -98,6 +102,13 @@ MATRIX: list[tuple[str, list[Op]]] = [
             "$JS.API.CONSUMER.CREATE.VOXBUS_EU_TEXT"),
         _op("pause a stage's consumer", "pub", "$JS.API.CONSUMER.PAUSE.VOXBUS_EU_TEXT.tts-p0"),
         _op("delete a stage's consumer", "pub", "$JS.API.CONSUMER.DELETE.VOXBUS_EU_TEXT.tts-p0"),
+        _op("create the tools consumer `tools-p0` (tool calls)", "pub",
+            "$JS.API.CONSUMER.DURABLE.CREATE.VOXBUS_EU_CTL.tools-p0", "tools"),
+        _op("pull tool calls (`tools-p0`)", "pub",
+            "$JS.API.CONSUMER.MSG.NEXT.VOXBUS_EU_CTL.tools-p0", "tools"),
+        _op("ack a tool call", "pub", "$JS.ACK.VOXBUS_EU_CTL.tools-p0.1.1.1.1.0", "tools"),
+        _op("pull another region's tool calls", "pub",
+            "$JS.API.CONSUMER.MSG.NEXT.VOXBUS_US_CTL.tools-p0", "none"),
         _op("create an analytics consumer (`analytics-0`)", "pub",
             "$JS.API.CONSUMER.DURABLE.CREATE.VOXBUS_EU_TEXT.analytics-0", "analytics"),
         _op("create a consumer in another region", "pub",
@@ -115,9 +126,27 @@ MATRIX: list[tuple[str, list[Op]]] = [
             "purger"),
         _op("read a tombstone", "pub",
             f"$JS.API.DIRECT.GET.KV_{STATE}.$KV.{STATE}.purged/{S}",
-            "stt", "llm", "tts", "bridge", "purger"),
+            "stt", "llm", "tools", "tts", "bridge", "purger"),
         _op("take a TTS lease", "pub", f"$KV.{LEASES}.tts.p0", "tts"),
         _op("write another region's conversation", "pub", f"$KV.voxbus_us_state.{S}.llm",
+            "none"),
+    ]),
+    ("Agents and tool outcomes", [
+        _op("write a tool outcome (`<session>.tool.<call>`)", "pub",
+            f"$KV.{STATE}.{S}.tool.{CALL}", "tools"),
+        _op("read a tool outcome", "pub",
+            f"$JS.API.DIRECT.GET.KV_{STATE}.$KV.{STATE}.{S}.tool.{CALL}", "llm", "tools"),
+        _op("write the session's agent (`<session>.agent`)", "pub", f"$KV.{STATE}.{S}.agent",
+            "llm"),
+        _op("read the session's agent", "pub",
+            f"$JS.API.DIRECT.GET.KV_{STATE}.$KV.{STATE}.{S}.agent", "llm"),
+        _op("read an agent definition", "pub",
+            f"$JS.API.DIRECT.GET.KV_{AGENTS}.$KV.{AGENTS}.support", "llm", "bridge"),
+        _op("write an agent definition", "pub", f"$KV.{AGENTS}.support"),
+        _op("read another region's tool outcome", "pub",
+            f"$JS.API.DIRECT.GET.KV_voxbus_us_state.$KV.voxbus_us_state.{S}.tool.{CALL}",
+            "none"),
+        _op("write another region's agent definition", "pub", "$KV.voxbus_us_agents.support",
             "none"),
     ]),
     ("Streams", [
@@ -138,7 +167,7 @@ MATRIX: list[tuple[str, list[Op]]] = [
         _op("report a purge done", "pub", "voxbus.ops.eu.purged", "purger"),
         _op("announce a purge to the workers", "pub", "voxbus.eu.purging", "purger"),
         _op("hear purge announcements", "sub", "voxbus.eu.purging",
-            "stt", "llm", "tts", "bridge", "analytics"),
+            "stt", "llm", "tools", "tts", "bridge", "analytics"),
         _op("request a purge in another region", "pub", "voxbus.ops.us.purge", "none"),
         _op("send the agent into a room", "pub", dispatch_subject(EU)),
         _op("serve dispatch requests", "sub", dispatch_subject(EU), "bridge"),
@@ -274,8 +303,9 @@ def test_stage_roles_consume_what_the_stages_take() -> None:
     """The permissions are written from ``ROLES``; the stages declare what they consume."""
     from voxbus.services.llm.stage import LlmStage
     from voxbus.services.stt.stage import SttStage
+    from voxbus.services.tools.stage import ToolsStage
     from voxbus.services.tts.stage import TtsStage
 
-    for stage in (SttStage, LlmStage, TtsStage):
+    for stage in (SttStage, LlmStage, ToolsStage, TtsStage):
         assert set(ROLES[stage.name].consumes) == {*stage.inputs, *stage.urgent}, stage.name
     assert STAGES <= ALL

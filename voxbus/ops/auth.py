@@ -10,8 +10,10 @@ region X is the NATS user ``R-X``; it may:
 - consume only its own durable consumers (``<role>-p<n>`` for the stages, ``purger`` on the
   ops stream, ``analytics-<n>`` on the text stream): create, info, pull and ack them, never
   pause, delete or create another;
-- read and write only its own KV keys (``<session>.<owner>`` in the state bucket, its stage's
-  lease keys), plus the tombstones (``purged/<session>``, written by the purger only);
+- read and write only its own KV keys (``<session>.<owner>`` in the state bucket, for the tools
+  role ``<session>.tool.<call>`` only; its stage's lease keys), plus the tombstones
+  (``purged/<session>``, written by the purger only); the LLM reads the tool outcomes, the LLM
+  and the bridge read the agent definitions (the agents bucket, written by the operator only);
 - subscribe only under its own inbox prefix (``_INBOX_R-X.``, set on its connection), so
   nobody can capture what JetStream delivers to another identity;
 - read no stream by direct or message get: a stage sees a session's data only through the
