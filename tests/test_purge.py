@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from tests.conftest import REGION
 from voxbus.contracts import streams
+from voxbus.contracts.agents import ToolOutcome
 from voxbus.contracts.messages import AudioIn, EndOfTurn, ReplyText, Transcript
+from voxbus.ops.nats import EmbeddedNats
 from voxbus.ops.purge import PurgeService, request_purge
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet
@@ -123,3 +128,72 @@ async def test_a_purge_during_a_reply_leaves_nothing_written_after_it(bus: Bus) 
                 assert all(b"llm.reply" in m for m in kept), (name, kept[:3])
     finally:
         await worker.stop()
+
+
+async def _store_tools(bus: Bus, session: str) -> dict[str, bytes]:
+    """What the agents leave of a session: a tool call (control stream), its outcome and the
+    session's copy of its agent (state bucket). Returns bytes each of them alone holds."""
+    from voxbus.agents.outcomes import ToolOutcomes
+    from voxbus.contracts.agents import AgentDefinition, SessionAgent, agent_key
+    from voxbus.contracts.agents import encode as encode_json
+    from voxbus.contracts.messages import ToolCall
+
+    secrets = {"arguments": f"card-of-{session}".encode(),
+               "result": f"refund-for-{session}".encode(),
+               "agent": f"instructions-for-{session}".encode()}
+    await bus.publish(REGION, ToolCall(
+        session=session, call_id="r1-0", agent="support", tool="refund",
+        arguments=json.dumps({"card": secrets["arguments"].decode()})))
+    kv = await bus.kv(streams.state_bucket(REGION))
+    await ToolOutcomes(kv).put(session, ToolOutcome(
+        call_id="r1-0", tool="refund", ok=True, result=json.dumps(secrets["result"].decode())))
+    await kv.put(agent_key(session), encode_json(SessionAgent(current="support", agents={
+        "support": AgentDefinition(name="support", instructions=secrets["agent"].decode())})))
+    return secrets
+
+
+def _files_holding(directory: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {k: [] for k in needles}
+    for path in directory.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found.update({k: [*found[k], path.name] for k, n in needles.items() if n in data})
+    return found
+
+
+async def test_purge_erases_tool_calls_outcomes_and_the_session_s_agent(
+    bus: Bus, nats_server: EmbeddedNats
+) -> None:
+    """A session's tool call, its kept outcome and ``<session>.agent`` are erased: not readable
+    (every stream and bucket read back), and not on disk either (overwritten, not marked
+    deleted: each was written once, so no superseded revision keeps it). Another session's
+    stay, byte for byte."""
+    from voxbus.ops.purge import purge_session
+
+    secrets = await _store_tools(bus, "victim")
+    await _store_tools(bus, "bystander")
+    before = await _scan(bus)
+    stores = nats_server.store_dir
+    assert stores is not None
+    names = [streams.control_stream(REGION), f"KV_{streams.state_bucket(REGION)}"]
+    dirs = [stores / "jetstream" / "$G" / "streams" / n for n in names]
+    assert all(any(_files_holding(d, secrets).values()) for d in dirs), "the search finds it"
+
+    removed = await purge_session(bus, REGION, "victim", grace_s=0)
+    assert removed[streams.control_stream(REGION)] == 1  # the tool call
+    assert removed[f"KV_{streams.state_bucket(REGION)}"] == 2  # its outcome, the agent's copy
+    after = await _scan(bus)
+    for name, msgs in after.items():
+        leftovers = [m for m in msgs if b"victim" in m and name != streams.ops_stream(REGION)
+                     and b".purged/victim " not in m]
+        assert not leftovers, (name, leftovers)
+        assert [m for m in msgs if b"bystander" in m] == [
+            m for m in before.get(name, []) if b"bystander" in m], name
+    kv = await bus.kv(streams.state_bucket(REGION))
+    for key in ("victim.agent", "victim.tool.r1-0"):
+        with pytest.raises(KeyNotFoundError):
+            await kv.get(key)
+    assert b"refund-for-bystander" in (await kv.get("bystander.tool.r1-0")).value
+    for d in dirs:
+        on_disk = _files_holding(d, secrets)
+        assert not any(on_disk.values()), (d.name, on_disk)
