@@ -31,6 +31,7 @@ from voxbus.runtime.stage import SessionPolicy
 from voxbus.runtime.worker import Worker
 from voxbus.services.llm.stage import LlmStage
 from voxbus.services.stt.stage import SttStage
+from voxbus.services.tools.stage import ToolsStage
 from voxbus.services.tts.stage import TtsStage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,16 +41,22 @@ KEDA_CRD = ROOT / ".bin" / "keda" / "keda.sh_scaledobjects.yaml"
 #: The Kubernetes version the objects are checked against.
 KUBERNETES = "1.34.0"
 STAGES = {"stt": SttStage, "llm": LlmStage, "tts": TtsStage}
+#: One tools module (``voxbus tools shop.tools``), as a builder configures it.
+SHOP = ("tools.modules[0].name=shop", "tools.modules[0].module=shop.tools")
 
 
-def render(regions: list[str], *sets: str) -> list[dict[str, Any]]:
+def _helm(regions: list[str], *sets: str) -> subprocess.CompletedProcess[str]:
     if not HELM.exists():
         raise AssertionError(f"{HELM} is missing: ./dev setup builds it")
     args = [str(HELM), "template", "voxbus", str(CHART),
             "--set", f"regions={{{','.join(regions)}}}"]
     for s in sets:
         args += ["--set", s]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def render(regions: list[str], *sets: str) -> list[dict[str, Any]]:
+    out = _helm(regions, *sets)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -129,6 +136,79 @@ def test_every_rendered_object_is_valid(regions: list[str]) -> None:
         stt = deployments[f"voxbus-stt-{r}"]["spec"]["template"]["spec"]
         assert "nvidia.com/gpu" not in stt["containers"][0]["resources"].get("limits", {})
         assert "nodeSelector" not in stt
+    assert not any("tools" in name for name in deployments)  # no module configured: none
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("regions", [["eu"], ["eu", "us"]])
+def test_a_tools_module_gets_workers_credentials_and_scaling_per_region(
+    regions: list[str]
+) -> None:
+    """``tools.modules``: per module and region a Deployment running ``voxbus tools MODULE``
+    with the probes, drain and identity of a stage (the ``tools`` role's Secret), a ConfigMap of
+    its settings, and a ScaledObject on the lag of the ``tools-p<n>`` consumers that never goes
+    below the module's replicas (a call cannot wait for a pod to start)."""
+    docs = render(regions, *SHOP, "tools.modules[0].replicas=3",
+                  "tools.modules[0].image.repository=registry.example/shop",
+                  "tools.modules[0].image.tag=1.4.0", "tools.modules[0].env.SHOP_API=http://shop",
+                  "tools.env.SHOP_TIMEOUT_S=5")
+    deployments, configs = _of(docs, "Deployment"), _of(docs, "ConfigMap")
+    scaled = _of(docs, "ScaledObject")
+    names = sorted(f"voxbus-tools-shop-{r}" for r in regions)
+    assert sorted(n for n in deployments if "tools" in n) == names
+    assert sorted(n for n in scaled if "tools" in n) == names
+    assert sorted(n for n in configs if "tools" in n) == names
+    for d in docs:
+        if d["kind"] != "ScaledObject":
+            kubernetes_validate.validate(d, KUBERNETES, strict=True)
+    schema = _keda_schema()
+    for r in regions:
+        name = f"voxbus-tools-shop-{r}"
+        dep = deployments[name]
+        assert "replicas" not in dep["spec"]  # KEDA's to set
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["args"] == ["tools", "shop.tools"]  # the image's entrypoint is voxbus
+        assert c["image"] == "registry.example/shop:1.4.0"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert {e["name"]: e["value"] for e in c["env"]} == {
+            "VOXBUS_CREDENTIALS": "/var/run/voxbus/identity.json"}
+        assert [e["configMapRef"]["name"] for e in c["envFrom"]] == [f"voxbus-{r}", name]
+        assert pod["volumes"][0]["secret"]["secretName"] == f"voxbus-tools-{r}"
+        # longer than the worker's drain (20 s), as the stages'
+        assert pod["terminationGracePeriodSeconds"] >= 30
+        assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "tools"
+        assert configs[name]["data"] == {"SHOP_API": "http://shop", "SHOP_TIMEOUT_S": "5"}
+        so = scaled[name]
+        jsonschema.validate(so, schema)
+        assert not list(_unknown_fields(so, schema))
+        assert so["spec"]["scaleTargetRef"]["name"] == name
+        assert so["spec"]["minReplicaCount"] == 3
+        consumers = {(t["metadata"]["stream"], t["metadata"]["consumer"])
+                     for t in so["spec"]["triggers"]}
+        assert consumers == {(streams.control_stream(r), f"tools-p{p}") for p in range(16)}
+        # the other stages' images are the chart's own
+        stt = deployments[f"voxbus-stt-{r}"]["spec"]["template"]["spec"]["containers"][0]
+        assert stt["image"] == "ghcr.io/voxbus/voxbus:0.1.0"
+
+
+@pytest.mark.fast
+def test_tools_without_keda_and_the_modules_refused() -> None:
+    docs = render(["eu"], *SHOP, "keda.enabled=false")
+    assert _of(docs, "Deployment")["voxbus-tools-shop-eu"]["spec"]["replicas"] == 2
+    assert not _of(docs, "ScaledObject")
+    refused = {
+        "a second module (they would share the tools-p<n> consumers)":
+            (*SHOP, "tools.modules[1].name=crm", "tools.modules[1].module=crm.tools"),
+        "no module": ("tools.modules[0].name=shop",),
+        "a name that cannot name a Deployment": ("tools.modules[0].name=Shop_Tools",
+                                                 "tools.modules[0].module=shop.tools"),
+        "no replica kept (a call would wait for a pod)": (*SHOP, "tools.modules[0].replicas=0"),
+    }
+    for why, sets in refused.items():
+        out = _helm(["eu"], *sets)
+        assert out.returncode != 0 and "tools.modules" in out.stderr, (why, out.stderr)
 
 
 @pytest.mark.fast
@@ -159,13 +239,13 @@ async def test_each_scaledobject_reads_a_consumer_that_exists(tmp_path: Path) ->
     the monitoring endpoint (``/jsz?acc=$G&consumers=true&config=true``) has every consumer and
     stream the chart names, and the scaling formula sums every trigger."""
     regions = ["eu", "us"]
-    docs = render(regions)
+    docs = render(regions, *SHOP)
     server = EmbeddedNats(http_port=free_port()).start()
     try:
         for r in regions:
             bus = await Bus.connect(server.url, regions=[r], name=f"chart-{r}")
             await bus.provision()
-            for cls in STAGES.values():
+            for cls in (*STAGES.values(), ToolsStage):
                 await Worker(bus, _Inputs(cls)).ensure_consumers(r)  # type: ignore[arg-type]
             await bus.close()
         url = f"http://127.0.0.1:{server.http_port}/jsz?acc=$G&consumers=true&config=true"
@@ -175,11 +255,15 @@ async def test_each_scaledobject_reads_a_consumer_that_exists(tmp_path: Path) ->
     (acc,) = [a for a in jsz["account_details"] if a["name"] == "$G"]
     have = {(s["name"], c["name"]) for s in acc["stream_detail"]
             for c in s.get("consumer_detail", [])}
-    for name, so in _of(docs, "ScaledObject").items():
+    scaled = _of(docs, "ScaledObject")
+    assert {so["metadata"]["labels"]["app.kubernetes.io/component"]
+            for so in scaled.values()} == {*STAGES, "tools"}
+    for name, so in scaled.items():
         triggers = so["spec"]["triggers"]
         wanted = {(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in triggers}
         assert wanted <= have, (name, sorted(wanted - have)[:5])
-        stage, region = name.split("-")[1:]
+        labels = so["metadata"]["labels"]
+        stage, region = labels["app.kubernetes.io/component"], labels["voxbus.dev/region"]
         made = {(s, c) for s, c in have if c.startswith(f"{stage}-p")
                 and s.startswith(f"VOXBUS_{region.upper()}_")}
         assert wanted == made, f"{name}: the chart reads {len(wanted)} of {len(made)} consumers"
