@@ -28,7 +28,8 @@ from voxbus.runtime import logging as vlog
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import BusSettings, SettingsError
 
-STAGES = ("stt", "llm", "tts")
+#: The tools workers (``voxbus tools``) too: their replicas, partitions and the tool calls waiting.
+STAGES = ("stt", "llm", "tools", "tts")
 WINDOW_S = 60.0
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -168,6 +169,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.0f}"
 
 
+#: The delay each stage's latency columns show (the tools stage reports none: "-").
 STEP_OF = {"stt": "final_transcript", "llm": "first_text", "tts": "first_audio"}
 
 
@@ -179,8 +181,10 @@ def render(rows: list[StageRow], samples: Samples, latency: Latency, failed: lis
              f"{'lag':>6} {'unacked':>7} {'p50 ms':>7} {'p95 ms':>7}  replicas (partitions)"]
     for r in rows:
         sessions = sessions_of(samples, r.stage) if metrics_on else None
-        p50, p95 = latency.percentiles("voxbus_stage_delay_seconds",
-                                       {"stage": r.stage, "step": STEP_OF[r.stage]})
+        step = STEP_OF.get(r.stage)
+        p50, p95 = (latency.percentiles("voxbus_stage_delay_seconds",
+                                        {"stage": r.stage, "step": step})
+                    if step is not None else (None, None))
         who = ", ".join(f"{k} ({v})" for k, v in sorted(r.replicas.items())) or "none"
         lines.append(f"{r.region:<8} {r.stage:<5} {len(r.replicas):>8} "
                      f"{sum(r.replicas.values()):>10} {'-' if sessions is None else sessions:>8} "
