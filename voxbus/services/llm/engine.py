@@ -87,6 +87,14 @@ class FinishDelta:
 LLMDelta: TypeAlias = TextDelta | ToolCallDelta | FinishDelta
 
 
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Per-reply overrides of the engine's sampling (an agent's); None: the engine's own."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
 class LLMBackendError(RuntimeError):
     """The engine or its backend failed: timeout, HTTP error, bad stream, model error."""
 
@@ -99,6 +107,7 @@ class LLMEngine(Protocol):
         messages: Sequence[ChatMessage],
         *,
         tools: Sequence[ToolSpec] | None = None,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[LLMDelta, None]:
         """Yield ``TextDelta``s and ``ToolCallDelta``s, then exactly one ``FinishDelta``.
 

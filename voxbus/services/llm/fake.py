@@ -11,6 +11,7 @@ from voxbus.services.llm.engine import (
     FinishDelta,
     FinishReason,
     LLMDelta,
+    Sampling,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
@@ -61,6 +62,7 @@ class FakeLLM:
         messages: Sequence[ChatMessage],
         *,
         tools: Sequence[ToolSpec] | None = None,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[LLMDelta, None]:
         turn = self._turns[min(self._next, len(self._turns) - 1)]
         self._next += 1

@@ -43,6 +43,7 @@ from voxbus.services.llm.engine import (
     FinishReason,
     LLMBackendError,
     LLMDelta,
+    Sampling,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
@@ -144,6 +145,7 @@ class _Job:
     tools: list[ToolSpec] | None
     abort: Abort
     emit: Callable[[LLMDelta], None]
+    sampling: Sampling | None = None
 
 
 class LlamaCppEngine:
@@ -246,6 +248,7 @@ class LlamaCppEngine:
         messages: Sequence[ChatMessage],
         *,
         tools: Sequence[ToolSpec] | None = None,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[LLMDelta, None]:
         if self._closed:
             raise LLMBackendError("engine is closed")
@@ -258,7 +261,7 @@ class LlamaCppEngine:
             self._prewarming.abort_flag.set()
 
         def generate(abort: Abort, emit: Callable[[LLMDelta], None]) -> None:
-            self._generate(_Job(messages, use_tools, abort, emit))
+            self._generate(_Job(messages, use_tools, abort, emit, sampling))
 
         try:
             async with contextlib.aclosing(self._thread.stream(generate)) as deltas:
@@ -432,7 +435,10 @@ class LlamaCppEngine:
         prefilled = time.perf_counter()
         if reused is None:
             return
-        budget = min(opts.max_tokens, n_ctx - len(prompt))
+        sampling = job.sampling or Sampling()
+        max_tokens = opts.max_tokens if sampling.max_tokens is None else sampling.max_tokens
+        temperature = opts.temperature if sampling.temperature is None else sampling.temperature
+        budget = min(max_tokens, n_ctx - len(prompt))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         extractor = ToolCallExtractor(bare_json=True) if job.tools else None
         sampled: list[int] = []
@@ -448,7 +454,7 @@ class LlamaCppEngine:
             top_k=opts.top_k,
             top_p=opts.top_p,
             min_p=opts.min_p,
-            temp=opts.temperature,
+            temp=temperature,
             repeat_penalty=opts.repeat_penalty,
         )
         try:

@@ -21,6 +21,7 @@ from voxbus.services.llm.engine import (
     FinishReason,
     LLMBackendError,
     LLMDelta,
+    Sampling,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
@@ -182,8 +183,14 @@ class OpenAICompatEngine:
         messages: Sequence[ChatMessage],
         *,
         tools: Sequence[ToolSpec] | None = None,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[LLMDelta, None]:
-        async for delta in self._request(self._body(messages, tools, self._max_tokens)):
+        s = sampling or Sampling()
+        body = self._body(messages, tools, self._max_tokens if s.max_tokens is None
+                          else s.max_tokens)
+        if s.temperature is not None:
+            body["temperature"] = s.temperature
+        async for delta in self._request(body):
             yield delta
 
     async def _request(self, body: dict[str, Any]) -> AsyncGenerator[LLMDelta, None]:

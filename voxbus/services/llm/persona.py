@@ -13,7 +13,7 @@ from voxbus.contracts.agents import (
     ToolDecl,
     transfer_tool,
 )
-from voxbus.services.llm.engine import ChatMessage, ToolSpec
+from voxbus.services.llm.engine import ChatMessage, Sampling, ToolSpec
 from voxbus.services.llm.tools import END_CALL as END_CALL_SPEC
 
 #: Added to every agent's instructions: what a voice call needs, whoever wrote the agent.
@@ -34,6 +34,12 @@ class Persona:
     handoffs: tuple[str, ...] = ()
     temperature: float | None = None
     max_tokens: int | None = None
+
+    @property
+    def sampling(self) -> Sampling | None:
+        if self.temperature is None and self.max_tokens is None:
+            return None
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens)
 
 
 def _transfer_spec(target: AgentDefinition | None, name: str) -> ToolSpec:

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from voxbus.runtime.tasks import cancel_and_wait
-from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolSpec
+from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, Sampling, ToolSpec
 
 log = structlog.get_logger("voxbus.llm.pool")
 
@@ -83,13 +83,15 @@ class EnginePool:
             self._changed.notify()
 
     async def stream(
-        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] | None = None
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] | None = None,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[LLMDelta, None]:
         index = await self._acquire(messages)
         try:
             self._last[index] = list(messages)
+            extra = {"sampling": sampling} if sampling is not None else {}
             async with contextlib.aclosing(
-                self.engines[index].stream(messages, tools=tools)
+                self.engines[index].stream(messages, tools=tools, **extra)
             ) as deltas:
                 async for delta in deltas:
                     yield delta

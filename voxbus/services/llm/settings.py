@@ -79,6 +79,9 @@ class LlmSettings:
     apology: str = DEFAULT_APOLOGY
     #: Tool calls answered in one reply before the model must answer in words.
     max_tool_rounds: int = 3
+    #: The agent of a session that names none (``voxbus agents publish``); "": this worker's
+    #: system prompt and built-in tools.
+    agent: str = ""
     #: Start the reply on a speculative EndOfTurn (the user fell silent, the turn not yet
     #: committed): adopted when the commit names it, cancelled when the user goes on.
     speculate: bool = True
@@ -123,5 +126,6 @@ class LlmSettings:
             history_max_turns=env.int("HISTORY_MAX_TURNS", cls.history_max_turns),
             history_max_chars=env.int("HISTORY_MAX_CHARS", cls.history_max_chars),
             speculate=env.bool("SPECULATE", cls.speculate),
+            agent=env.str("AGENT", cls.agent),
             apology=env.str("APOLOGY", cls.apology),
         )

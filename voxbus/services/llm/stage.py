@@ -53,6 +53,7 @@ from voxbus.services.llm.engine import (
 )
 from voxbus.services.llm.history import HistoryLimits, HistoryStore
 from voxbus.services.llm.llama_engine import LlamaCppEngine
+from voxbus.services.llm.models import resolve_model
 from voxbus.services.llm.openai_engine import OpenAICompatEngine
 from voxbus.services.llm.persona import Persona, agent_persona, default_persona
 from voxbus.services.llm.pool import EnginePool, Prewarmable
@@ -75,8 +76,10 @@ def build_engine(settings: LlmSettings) -> LLMEngine:
             temperature=settings.temperature,
             read_timeout_s=settings.timeout_s,
         )
+    model = resolve_model(settings)
     engines: list[LLMEngine] = [LlamaCppEngine(
-        model_path=settings.model_path,
+        model_path=model.path,
+        default_system_prompt=model.default_system,
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_threads_batch=settings.n_threads_batch,
@@ -166,8 +169,10 @@ class LlmStage:
             stats.rounds += 1
             tools = calls.persona.tools if stats.rounds <= max_rounds else None
             found: list[ToolCallDelta] = []
+            sampling = calls.persona.sampling
+            extra = {"sampling": sampling} if sampling is not None else {}
             async with contextlib.aclosing(
-                self.engine.stream([*prompt, *reply.messages], tools=tools)
+                self.engine.stream([*prompt, *reply.messages], tools=tools, **extra)
             ) as stream:
                 while True:
                     async with asyncio.timeout(self.settings.timeout_s):

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.configure()
     module = load(args.module)  # a module that fails to import: one line, before connecting
     settings = BusSettings.from_env()
-    replica = os.environ.get("VOXBUS_REPLICA") or f"{socket.gethostname()}-{os.getpid()}"
+    replica = f"{socket.gethostname()}-{os.getpid()}"
     stage = ToolsStage(module.tools, replica=replica)
     log.info("tools_loaded", module=args.module, tools=sorted(module.tools),
              agents=sorted(module.agents))
