@@ -80,7 +80,7 @@ class Warming(FakeLLM):
         self.prewarm_s = prewarm_s
         self.prewarmed: list[list[ChatMessage]] = []
 
-    async def prewarm(self, messages: list[ChatMessage]) -> bool:
+    async def prewarm(self, messages: list[ChatMessage], tools: object = None) -> bool:
         await asyncio.sleep(self.prewarm_s)
         self.prewarmed.append(list(messages))
         return True

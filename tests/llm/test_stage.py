@@ -36,7 +36,14 @@ from voxbus.contracts.messages import (
 from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap, running, wait_until
-from voxbus.services.llm.engine import ChatMessage, LLMDelta, LLMEngine, ToolCallDelta, ToolSpec
+from voxbus.services.llm.engine import (
+    ChatMessage,
+    LLMDelta,
+    LLMEngine,
+    Sampling,
+    ToolCallDelta,
+    ToolSpec,
+)
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
 from voxbus.services.llm.history import History, HistoryStore, reply_text
 from voxbus.services.llm.llama_engine import LlamaCppEngine
@@ -61,11 +68,14 @@ class Recording:
         self.closed_at = 0.0
 
     async def stream(
-        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] | None = None
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] | None = None,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[LLMDelta, None]:
         self.prompts.append(list(messages))
         try:
-            async with contextlib.aclosing(self.inner.stream(messages, tools=tools)) as stream:
+            async with contextlib.aclosing(
+                self.inner.stream(messages, tools=tools, sampling=sampling)
+            ) as stream:
                 async for delta in stream:
                     yield delta
         finally:

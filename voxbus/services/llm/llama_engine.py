@@ -220,14 +220,17 @@ class LlamaCppEngine:
     def prewarming(self) -> bool:
         return self._prewarming is not None
 
-    async def prewarm(self, messages: Sequence[ChatMessage]) -> bool:
-        """Evaluate ``messages`` (a conversation's next prompt prefix) into the cache, between
-        turns; cancelling the caller, or a reply asked of this engine, stops it within one
-        prompt chunk (the reply goes on from what it read). True when done."""
+    async def prewarm(self, messages: Sequence[ChatMessage],
+                      tools: Sequence[ToolSpec] | None = None) -> bool:
+        """Evaluate ``messages`` (a conversation's next prompt prefix, with the ``tools`` its
+        replies are offered) into the cache, between turns; cancelling the caller, or a reply
+        asked of this engine, stops it within one prompt chunk (the reply goes on from what it
+        read). True when done."""
         if self._closed:
             raise LLMBackendError("engine is closed")
         wanted = list(messages)
-        handle = self._thread.submit(lambda abort: self._prewarm_sync(wanted, abort))
+        offered = list(tools) if tools and self._opts.tool_mode == "hermes" else None
+        handle = self._thread.submit(lambda abort: self._prewarm_sync(wanted, abort, offered))
         self._prewarming = handle
         try:
             return await handle
@@ -235,10 +238,12 @@ class LlamaCppEngine:
             if self._prewarming is handle:
                 self._prewarming = None
 
-    def _prewarm_sync(self, messages: list[ChatMessage], abort: Abort) -> bool:
+    def _prewarm_sync(self, messages: list[ChatMessage], abort: Abort,
+                      tools: list[ToolSpec] | None = None) -> bool:
         """Load the model and evaluate ``messages`` as a prompt prefix; False if aborted."""
         llm = self._load()
-        parts = render_chatml(messages, default_system=self._opts.default_system_prompt,
+        parts = render_chatml(messages, tools=tools,
+                              default_system=self._opts.default_system_prompt,
                               add_generation_prompt=False)
         tokens = self._tokenize(llm, parts)
         return not tokens or self._prefill(llm, tokens, abort) is not None

@@ -42,7 +42,8 @@ class Preloadable(Protocol):
 
 @runtime_checkable
 class Prewarmable(Protocol):
-    async def prewarm(self, messages: Sequence[ChatMessage]) -> bool: ...
+    async def prewarm(self, messages: Sequence[ChatMessage],
+                      tools: Sequence[ToolSpec] | None = None) -> bool: ...
 
 
 class EnginePool:
@@ -98,7 +99,8 @@ class EnginePool:
         finally:
             await asyncio.shield(self._release(index))
 
-    async def prewarm(self, messages: Sequence[ChatMessage]) -> bool:
+    async def prewarm(self, messages: Sequence[ChatMessage],
+                      tools: Sequence[ToolSpec] | None = None) -> bool:
         """Evaluate a conversation's next prompt prefix on a free engine, which its next turn
         then takes (the longest shared prefix); nothing when every engine is busy. A turn that
         finds no free engine stops it. True when it ran to the end."""
@@ -112,7 +114,7 @@ class EnginePool:
         assert isinstance(engine, Prewarmable)
         try:
             self._last[index] = list(messages)
-            task = asyncio.create_task(engine.prewarm(messages), name="llm-prewarm")
+            task = asyncio.create_task(engine.prewarm(messages, tools), name="llm-prewarm")
             self._prewarming[index] = task
             try:
                 return await task

@@ -36,7 +36,12 @@ from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context
 from voxbus.services.llm.agent_slot import AgentSlot, AgentWorker
 from voxbus.services.llm.calls import CallScope
-from voxbus.services.llm.engine import ChatMessage, LLMBackendError, tool_result_message
+from voxbus.services.llm.engine import (
+    ChatMessage,
+    LLMBackendError,
+    ToolSpec,
+    tool_result_message,
+)
 from voxbus.services.llm.history import HistoryStore
 from voxbus.services.llm.reply import Reply, TurnStats
 from voxbus.services.llm.settings import LlmSettings
@@ -86,7 +91,8 @@ class LlmWorker(AgentWorker, Protocol):
         calls: CallScope,
     ) -> AsyncGenerator[Message, None]: ...
 
-    async def prewarm(self, messages: list[ChatMessage], ctx: Context) -> None: ...
+    async def prewarm(self, messages: list[ChatMessage], ctx: Context,
+                      tools: list[ToolSpec] | None = None) -> None: ...
 
 
 class LlmSession:
@@ -149,6 +155,9 @@ class LlmSession:
                                  message=f"no agent {exc.args[0]!r} in region {ctx.region}",
                                  at_ns=time.time_ns())
         persona = await self.agent.persona(ctx)
+        if persona.agent:  # read the agent's prompt while the caller says hello
+            self.scope.spawn(self.worker.prewarm([persona.system], ctx, persona.tools),
+                             name=f"llm-prewarm-{msg.session}")
         greeting = self.agent.agent.agent.greeting if self.agent.agent else ""
         if not greeting:
             return
@@ -280,7 +289,8 @@ class LlmSession:
                 # again would take seconds on a CPU (4.5 s to the first token here after 16
                 # turns); read it now, while the caller listens, on the engine it will take
                 self.scope.spawn(
-                    worker.prewarm([calls.persona.system, *saved_history.messages()], ctx),
+                    worker.prewarm([calls.persona.system, *saved_history.messages()], ctx,
+                                   calls.persona.tools),
                     name=f"llm-prewarm-{msg.session}")
             reason = stats.reason or "done"
             stats.done_ns = time.time_ns()

@@ -50,6 +50,7 @@ from voxbus.services.llm.engine import (
     LLMEngine,
     TextDelta,
     ToolCallDelta,
+    ToolSpec,
 )
 from voxbus.services.llm.history import HistoryLimits, HistoryStore
 from voxbus.services.llm.llama_engine import LlamaCppEngine
@@ -146,12 +147,13 @@ class LlmStage:
     async def store(self, ctx: Context) -> HistoryStore:
         return HistoryStore(await ctx.bus.kv(state_bucket(ctx.region)), self._limits)
 
-    async def prewarm(self, messages: list[ChatMessage], ctx: Context) -> None:
+    async def prewarm(self, messages: list[ChatMessage], ctx: Context,
+                      tools: list[ToolSpec] | None = None) -> None:
         if not isinstance(self.engine, Prewarmable):
             return
         started = time.perf_counter()
         try:
-            done = await self.engine.prewarm(messages)
+            done = await self.engine.prewarm(messages, tools)
         except LLMBackendError as exc:
             ctx.log.warning("llm_prewarm_failed", error=str(exc))
             return
