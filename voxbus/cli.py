@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--regions", default=os.environ.get("VOXBUS_REGIONS", "local"))
     n.add_argument("--partitions", type=int, default=16)
     n.add_argument("--secure", action="store_true",
-                   help="require one identity per role and region (stt, llm, tts, bridge, "
+                   help="require one identity per role and region (stt, llm, tts, tools, bridge, "
                         "purger, analytics, operator), each with exactly its permissions; "
                         "one credentials file each in <store>/credentials, made once")
     n.set_defaults(fn=_nats)
