@@ -109,3 +109,15 @@ def test_a_cut_bare_call_is_dropped_never_spoken() -> None:
 def test_bare_json_is_off_by_default() -> None:
     out, _ = extract(QWEN_BARE)
     assert joined_text(out) == "".join(QWEN_BARE)
+
+
+@pytest.mark.fast
+def test_a_call_in_tools_tags_is_a_call_too() -> None:
+    """Qwen2.5-Coder sometimes wraps its call in the tag its prompt lists the tools in."""
+    x = ToolCallExtractor(id_factory=lambda: "c1", bare_json=True)
+    out = []
+    for piece in ["<to", "ols>\n", '{"name": "opening_hours", "arguments": {"day": "Sunday"}}',
+                  "\n</to", "ols>"]:
+        out += x.feed(piece)
+    out += x.finish()
+    assert out == [ToolCallDelta(id="c1", name="opening_hours", arguments='{"day": "Sunday"}')]

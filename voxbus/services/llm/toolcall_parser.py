@@ -25,6 +25,9 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
+#: The tags a call comes in: Hermes' ``<tool_call>``, and ``<tools>``, which Qwen2.5-Coder
+#: sometimes writes instead (the tag its prompt lists the signatures in).
+TAGS: tuple[tuple[str, str], ...] = ((TOOL_CALL_OPEN, TOOL_CALL_CLOSE), ("<tools>", "</tools>"))
 _BARE_START = '{"name":'
 _SPACE = re.compile(r"\s+")
 _DECODER = json.JSONDecoder()
@@ -53,6 +56,7 @@ class ToolCallExtractor:
         self._id_factory = id_factory
         self._buf = ""
         self._inside = False
+        self._close = TOOL_CALL_CLOSE
         self._at_start = bare_json  # nothing but whitespace and bare calls so far
         self._inside_bare = False
         self.calls = 0
@@ -81,24 +85,25 @@ class ToolCallExtractor:
                 self._at_start = False
                 self._inside_bare = bare
             elif self._inside:
-                end = self._buf.find(TOOL_CALL_CLOSE)
+                end = self._buf.find(self._close)
                 if end < 0:
                     return out
                 out.extend(self._parse(self._buf[:end]))
-                self._buf = self._buf[end + len(TOOL_CALL_CLOSE) :]
+                self._buf = self._buf[end + len(self._close) :]
                 self._inside = False
             else:
-                start = self._buf.find(TOOL_CALL_OPEN)
-                if start < 0:
-                    keep = _partial_tag_suffix(self._buf, TOOL_CALL_OPEN)
+                found = [(self._buf.find(o), o, c) for o, c in TAGS if o in self._buf]
+                if not found:
+                    keep = max(_partial_tag_suffix(self._buf, o) for o, _ in TAGS)
                     emit = self._buf[: len(self._buf) - keep]
                     self._buf = self._buf[len(self._buf) - keep :]
                     if emit:
                         out.append(TextDelta(emit))
                     return out
+                start, opening, self._close = min(found)
                 if start:
                     out.append(TextDelta(self._buf[:start]))
-                self._buf = self._buf[start + len(TOOL_CALL_OPEN) :]
+                self._buf = self._buf[start + len(opening) :]
                 self._inside = True
 
     def finish(self) -> list[TextDelta | ToolCallDelta]:
