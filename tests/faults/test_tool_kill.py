@@ -32,7 +32,6 @@ from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.stage import LlmStage
 from voxbus.services.tools.stage import ToolsStage
 
-
 MODULE = str(Path(booking_tools.__file__))
 SLOW_S = "2.0"
 
