@@ -121,3 +121,15 @@ def test_a_call_in_tools_tags_is_a_call_too() -> None:
         out += x.feed(piece)
     out += x.finish()
     assert out == [ToolCallDelta(id="c1", name="opening_hours", arguments='{"day": "Sunday"}')]
+
+
+@pytest.mark.fast
+def test_an_imitated_tool_response_is_never_spoken() -> None:
+    x = ToolCallExtractor(id_factory=lambda: "c1", bare_json=True)
+    out = []
+    for piece in ["<tool_res", 'ponse>\n{"day": "Monday"}\n</tool_', "response> We are ",
+                  "closed.", "<tool_response>{"]:
+        out += x.feed(piece)
+    out += x.finish()
+    assert "".join(d.text for d in out if isinstance(d, TextDelta)) == " We are closed."
+    assert x.echoes == 2 and x.calls == 0

@@ -27,7 +27,10 @@ def new_call_id() -> str:
 
 #: The tags a call comes in: Hermes' ``<tool_call>``, and ``<tools>``, which Qwen2.5-Coder
 #: sometimes writes instead (the tag its prompt lists the signatures in).
-TAGS: tuple[tuple[str, str], ...] = ((TOOL_CALL_OPEN, TOOL_CALL_CLOSE), ("<tools>", "</tools>"))
+TAGS: tuple[tuple[str, str], ...] = ((TOOL_CALL_OPEN, TOOL_CALL_CLOSE), ("<tools>", "</tools>"),
+                                     ("<tool_response>", "</tool_response>"))
+#: A block a small model writes in imitation of the prompt: never a call, never spoken.
+_ECHO_OPEN = "<tool_response>"
 _BARE_START = '{"name":'
 _SPACE = re.compile(r"\s+")
 _DECODER = json.JSONDecoder()
@@ -57,6 +60,8 @@ class ToolCallExtractor:
         self._buf = ""
         self._inside = False
         self._close = TOOL_CALL_CLOSE
+        self._echo = False
+        self.echoes = 0
         self._at_start = bare_json  # nothing but whitespace and bare calls so far
         self._inside_bare = False
         self.calls = 0
@@ -88,7 +93,10 @@ class ToolCallExtractor:
                 end = self._buf.find(self._close)
                 if end < 0:
                     return out
-                out.extend(self._parse(self._buf[:end]))
+                if self._echo:
+                    self.echoes += 1
+                else:
+                    out.extend(self._parse(self._buf[:end]))
                 self._buf = self._buf[end + len(self._close) :]
                 self._inside = False
             else:
@@ -105,10 +113,15 @@ class ToolCallExtractor:
                     out.append(TextDelta(self._buf[:start]))
                 self._buf = self._buf[start + len(opening) :]
                 self._inside = True
+                self._echo = opening == _ECHO_OPEN
 
     def finish(self) -> list[TextDelta | ToolCallDelta]:
         """Flush at the end of generation (an unclosed block is parsed if it is complete JSON)."""
         buf, self._buf = self._buf, ""
+        if self._inside and self._echo:
+            self._inside = False
+            self.echoes += 1
+            return []
         if self._inside or self._inside_bare:
             self._inside = self._inside_bare = False
             return list(self._parse(buf))
