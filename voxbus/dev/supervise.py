@@ -13,6 +13,8 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
 
 from voxbus.dev import netns
 from voxbus.runtime.procs import stop_process
@@ -63,12 +65,18 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _open_log(path: Path | None) -> IO[str] | None:
+    """A child's log file, appended to."""
+    return path.open("a", encoding="utf-8") if path is not None else None
+
+
 class ChildProcess:
     """``python -m <module>`` with the loop's settings in its environment; ready once it logs
     the ``ready`` event (JSON lines on stderr)."""
 
     def __init__(self, name: str, env: Mapping[str, str], *, echo: bool, module: str = "",
-                 ready: str = "worker_started", args: Sequence[str] = ()) -> None:
+                 ready: str = "worker_started", args: Sequence[str] = (),
+                 log_path: Path | None = None) -> None:
         self.name = name
         self.module = module or f"voxbus.services.{name}"
         self.args = list(args)
@@ -83,6 +91,8 @@ class ChildProcess:
         #: When each log event was first seen, in seconds since the process started.
         self.events: dict[str, float] = {}
         self.stopping = False
+        #: Where every line it logs is also written (None: only the last ones are kept).
+        self.log_path = log_path
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -97,8 +107,12 @@ class ChildProcess:
 
     async def _read_logs(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
+        log = _open_log(self.log_path)
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace").rstrip()
+            if log is not None:
+                log.write(line + "\n")
+                log.flush()
             self.last_lines = [*self.last_lines[-19:], line]
             try:
                 event = json.loads(line)
@@ -122,6 +136,8 @@ class ChildProcess:
                 extras = {k: v for k, v in event.items()
                           if k not in ("event", "level", "timestamp", "pii", "logger")}
                 print(f"  [{self.name}] {name} {extras}", flush=True)
+        if log is not None:
+            log.close()
 
     async def wait_ready(self, timeout_s: float) -> None:
         assert self.proc is not None
