@@ -6,7 +6,9 @@ room with participants that the agent is not in.
 
 One bridge serves the rooms of every region it has a connection for (one per region, to that
 region's servers): a room's region is chosen when the agent is dispatched (``routing``) and its
-sessions live there; a room of a region it does not serve is refused with an error event.
+sessions live there; a room of a region it does not serve is refused with an error event. Which
+agent the room's callers talk to is chosen then too (``agents``): an agent that is not published
+in the room's region is refused before the bridge joins.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from voxbus.contracts.control import (
 from voxbus.contracts.subjects import tombstone_subject
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.tasks import TaskSet
+from voxbus.services.bridge.agents import (
+    AgentChoice,
+    AgentRefused,
+    check_published,
+    choose_agent,
+    metadata_agent,
+)
 from voxbus.services.bridge.room import RoomAgent
 from voxbus.services.bridge.routing import Caller, RegionRefused, RegionRouter, Route
 from voxbus.services.bridge.session import session_id_for, session_key
@@ -119,11 +128,15 @@ class Bridge:
 
     # ---- rooms --------------------------------------------------------------------------------
 
-    async def route(self, room: str, explicit: str = "") -> Route:
-        """The region of ``room``'s sessions (``routing``): what the dispatch asks for, the
-        room's metadata, the region map on the callers already in it, or the default. Raises
-        ``RegionRefused`` (after an error event) for a region this bridge does not serve."""
-        metadata, callers = "", []
+    async def route(self, room: str, explicit: str = "",
+                    agent: str = "") -> tuple[Route, AgentChoice]:
+        """The region of ``room``'s sessions (``routing``: what the dispatch asks for, the
+        room's metadata, the region map on the callers already in it, or the default) and the
+        agent they talk to (``agents``: the dispatch's, the room's metadata, LiveKit's agent
+        dispatch, or the default). Raises ``RegionRefused`` (after an error event) for a region
+        this bridge does not serve, ``AgentRefused`` for an agent not published there (after
+        an error event when the room named it)."""
+        metadata, callers, dispatched = "", [], []
         lk = self.livekit_api()
         rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
         if rooms.rooms:  # the room's own word (none if it does not exist yet)
@@ -132,59 +145,94 @@ class Bridge:
                 resp = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
                 callers = [Caller(dict(p.attributes), p.region) for p in resp.participants
                            if p.identity != self.s.identity]
+            if not agent.strip() and not metadata_agent(metadata):
+                dispatched = await self._livekit_dispatches(room)
         try:
-            return self.router.choose(explicit=explicit, metadata=metadata, callers=callers)
+            route = self.router.choose(explicit=explicit, metadata=metadata, callers=callers)
         except RegionRefused as e:
             await self._refused(room, str(e))
             raise
+        choice = choose_agent(requested=agent, metadata=metadata, livekit=dispatched)
+        if choice.name:
+            try:
+                await check_published(self.buses[route.region].js, route.region, choice.name)
+            except AgentRefused as e:
+                if choice.from_room:  # nobody asked: the bus is the only one to hear of it
+                    await self._refused(room, str(e), code="unknown_agent", region=route.region)
+                else:  # the requester hears why; there is no session yet
+                    log.error("dispatch_refused", reason=str(e), agent=choice.name,
+                              pii={"room": room})
+                raise
+        return route, choice
 
-    async def _refused(self, room: str, why: str) -> None:
-        """One error event for the refused room, in the default region (the only content: an
-        opaque id of the room and why), and a log line."""
+    async def _livekit_dispatches(self, room: str) -> list[str]:
+        """The agent names of LiveKit's explicit agent dispatches for ``room``."""
+        try:
+            found = await self.livekit_api().agent_dispatch.list_dispatch(room)
+        except Exception as e:  # noqa: BLE001 - a server without agent dispatch: none
+            log.warning("list_dispatch_failed", error=repr(e), pii={"room": room})
+            return []
+        return [d.agent_name for d in found]
+
+    async def _refused(self, room: str, why: str, *, code: str = "region_not_served",
+                       region: str = "") -> None:
+        """One error event for the refused room, in ``region`` (default: the bridge's; the
+        only content: an opaque id of the room and why), and a log line."""
+        region = region or self.s.region
         sid = session_id_for(session_key(self.s.session_key, self.s.api_secret), room, "")
-        log.error("room_refused", session=sid, reason=why, pii={"room": room})
-        await self.bus.publish_error(self.s.region, sid, turn=0, code="region_not_served",
-                                     message=why, stage="bridge")
+        log.error("room_refused", session=sid, code=code, reason=why, pii={"room": room})
+        await self.buses[region].publish_error(region, sid, turn=0, code=code,
+                                               message=why, stage="bridge")
 
-    async def dispatch(self, room: str, region: str = "") -> RoomAgent:
+    @staticmethod
+    def _same(agent: RoomAgent, region: str, name: str) -> RoomAgent:
+        """The agent already in the room, if it is what the dispatch asks for."""
+        if region and region != agent.region:
+            raise RegionRefused(f"the agent is in room {agent.name!r} for region "
+                                f"{agent.region!r}, not {region!r}")
+        if name.strip() and name.strip() != agent.agent:
+            now = repr(agent.agent) if agent.agent else "the default agent"
+            raise AgentRefused(f"the agent in room {agent.name!r} is {now}, "
+                               f"not {name.strip()!r}")
+        return agent
+
+    async def dispatch(self, room: str, region: str = "", agent: str = "") -> RoomAgent:
         """Join ``room`` (once: a second call returns the same agent), its sessions in
-        ``region`` (empty: the bridge chooses; see ``route``)."""
+        ``region`` talking to ``agent`` (empty: the bridge chooses; see ``route``)."""
         if not room or len(room) > 256:
             raise BridgeError(f"invalid room name {room!r}")
-        if (agent := self.rooms.get(room)) is not None and not agent.closed.is_set():
-            if region and region != agent.region:
-                raise RegionRefused(f"the agent is in room {room!r} for region "
-                                    f"{agent.region!r}, not {region!r}")
-            return agent
+        if (joined := self.rooms.get(room)) is not None and not joined.closed.is_set():
+            return self._same(joined, region, agent)
         if (pending := self._joining.get(room)) is not None:
-            return await asyncio.shield(pending)
+            return self._same(await asyncio.shield(pending), region, agent)
         fut: asyncio.Future[RoomAgent] = asyncio.get_running_loop().create_future()
         self._joining[room] = fut
         t0 = time.perf_counter()
         try:
-            route = await self.route(room, region)
+            route, choice = await self.route(room, region, agent)
         except BaseException as e:
             self._joining.pop(room, None)
             fut.set_exception(e)
             fut.exception()
             raise
-        agent = RoomAgent(self.buses[route.region], self.s, room, on_gone=self._gone,
-                          region=route.region)
+        joined = RoomAgent(self.buses[route.region], self.s, room, on_gone=self._gone,
+                           region=route.region, agent=choice.name)
         try:
-            await agent.join()
+            await joined.join()
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
-            await agent.close("join_failed")
+            await joined.close("join_failed")
             log.error("dispatch_failed", pii={"room": room}, error=repr(e))
             raise
         finally:
             self._joining.pop(room, None)
-        self.rooms[room] = agent
-        fut.set_result(agent)
+        self.rooms[room] = joined
+        fut.set_result(joined)
         log.info("dispatched", pii={"room": room}, region=route.region, source=route.source,
+                 agent=choice.name, agent_source=choice.source,
                  ms=round((time.perf_counter() - t0) * 1000, 1))
-        return agent
+        return joined
 
     async def leave(self, room: str, reason: str = "agent_left") -> None:
         agent = self.rooms.get(room)
@@ -203,16 +251,17 @@ class Bridge:
             return
         t0 = time.perf_counter()
         try:
-            agent = await self.dispatch(req.room, req.region)
-        except RegionRefused as e:
-            await msg.respond(encode_json(DispatchReply(ok=False, room=req.room, error=str(e))))
+            agent = await self.dispatch(req.room, req.region, req.agent)
+        except (RegionRefused, AgentRefused) as e:
+            await msg.respond(encode_json(DispatchReply(ok=False, room=req.room, error=str(e),
+                                                        agent=req.agent)))
             return
         except Exception as e:  # noqa: BLE001 - the requester hears why
             await msg.respond(encode_json(DispatchReply(ok=False, room=req.room,
                                                         error=repr(e))))
             return
         await msg.respond(encode_json(DispatchReply(
-            ok=True, room=req.room, region=agent.region,
+            ok=True, room=req.room, region=agent.region, agent=agent.agent,
             sessions=[s.id for s in agent.sessions.values()],
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )))

@@ -1,4 +1,6 @@
-"""``voxbus dispatch <room>``: ask a running bridge (over NATS) to send the agent into a room."""
+"""``voxbus dispatch <room> [--agent NAME]``: ask a running bridge (over NATS) to send the agent
+into a room. Prints the bridge's answer (one JSON line); exits 1 when it refused (the answer's
+``error`` says why in one line) or none came."""
 
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ from voxbus.services.bridge.settings import BridgeSettings
 async def request_dispatch(
     room: str, *, nats_url: str, region: str, timeout_s: float = 15.0,
     user: str | None = None, password: str | None = None, inbox_prefix: str | None = None,
-    explicit: bool = True,
+    explicit: bool = True, agent: str = "",
 ) -> DispatchReply:
     """The bridge's answer, or an ``ok=False`` reply saying why there was none. The request
     goes to ``region``'s bridges; with ``explicit`` the room's sessions are to live in
-    ``region``, else the bridge chooses (the room's metadata, its region map, its default)."""
+    ``region``, else the bridge chooses (the room's metadata, its region map, its default).
+    ``agent``: the agent the room's callers talk to (empty: the bridge chooses, from the room's
+    metadata or LiveKit's agent dispatch, else the default; ``services.bridge.agents``)."""
     async def quiet(e: Exception) -> None:  # the answer below says what went wrong
         return None
 
@@ -44,7 +48,8 @@ async def request_dispatch(
     try:
         reply = await nc.request(
             dispatch_subject(region),
-            encode_json(DispatchRequest(room=room, region=region if explicit else "")),
+            encode_json(DispatchRequest(room=room, region=region if explicit else "",
+                                        agent=agent)),
             timeout=timeout_s
         )
         return decode_dispatch_reply(reply.data)
@@ -63,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("room")
     p.add_argument("--region", help="the region the room's sessions live in (default: the "
                    "bridge chooses from the room's metadata, its region map or BRIDGE_REGION)")
+    p.add_argument("--agent", default="", help="the agent the room's callers talk to, as "
+                   "published in the region (default: the room's metadata {\"agent\": ...}, "
+                   "else LiveKit's agent dispatch for the room, else the LLM's default)")
     p.add_argument("--timeout", type=float, default=15.0)
     rest = list(sys.argv[1:] if argv is None else argv)
     if rest[:1] == ["--"]:
@@ -75,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     answer = asyncio.run(request_dispatch(
         args.room, nats_url=bus.url, region=region, timeout_s=args.timeout,
         user=bus.user, password=bus.password, inbox_prefix=bus.inbox_prefix,
-        explicit=args.region is not None,
+        explicit=args.region is not None, agent=args.agent,
     ))
     print(encode_json(answer).decode())
     return 0 if answer.ok else 1

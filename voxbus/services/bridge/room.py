@@ -51,11 +51,14 @@ class RoomAgent:
     def __init__(
         self, bus: Bus, settings: BridgeSettings, name: str,
         *, on_gone: Callable[[RoomAgent], None] | None = None, region: str = "",
+        agent: str = "",
     ) -> None:
         self.bus = bus
         self.s = settings
         #: Where the room's sessions live (``bus`` is that region's connection).
         self.region = region or settings.region
+        #: The agent the room's callers talk to, chosen at dispatch ("": the LLM's default).
+        self.agent = agent
         self.name = name
         self.room = rtc.Room()
         self.sessions: dict[str, CallerSession] = {}
@@ -126,7 +129,7 @@ class RoomAgent:
     def _link(self) -> RoomLink:
         return RoomLink(
             bus=self.bus, settings=self.s, region=self.region, room_name=self.name,
-            room=self.room,
+            room=self.room, agent=self.agent,
             playout=self.playout, agent_track_sid=lambda: self._track_sid,
         )
 

@@ -87,6 +87,8 @@ class RoomLink:
     room: rtc.Room
     playout: Playout
     agent_track_sid: Callable[[], str]
+    #: The agent the room's callers talk to (``agents``; "": the LLM worker's default).
+    agent: str = ""
 
 
 class CallerSession:
@@ -126,8 +128,11 @@ class CallerSession:
     async def _save_caller(self) -> None:
         """``<session>.caller``: the room and caller behind the opaque id, for an operator who
         must find a caller's session (to purge it); erased with the session."""
-        value = json.dumps({"room": self.link.room_name, "identity": self.identity,
-                            "participant_sid": self.participant_sid}).encode()
+        caller = {"room": self.link.room_name, "identity": self.identity,
+                  "participant_sid": self.participant_sid}
+        if self.link.agent:
+            caller["agent"] = self.link.agent
+        value = json.dumps(caller).encode()
         try:
             kv = await self.bus.kv(state_bucket(self.region))
             await kv.put(state_key(self.id, CALLER_STATE), value)
@@ -139,7 +144,8 @@ class CallerSession:
         self.captions.start(self._tasks, name=f"captions-{self.id}")
         # Which room and caller this is stays in the session's state, not on the wire
         self._tasks.spawn(self._save_caller(), name=f"caller-{self.id}")
-        self.publish_ctl(SessionStarted(session=self.id, at_ns=self.started_ns))
+        self.publish_ctl(SessionStarted(session=self.id, at_ns=self.started_ns,
+                                        agent=self.link.agent))
         metrics.SESSIONS.add(1, {"stage": "bridge"})
         nc = self.bus.nc
         subs = [
@@ -156,7 +162,8 @@ class CallerSession:
             await self._unsubscribe()  # neither the subscriptions nor the audio sender
             await self.mic.close()
             return
-        self.log.info("session_started", participant_sid=self.participant_sid)
+        self.log.info("session_started", participant_sid=self.participant_sid,
+                      agent=self.link.agent)
         self.mic.listen()
 
     def attach_track(self, track: rtc.Track) -> None:
