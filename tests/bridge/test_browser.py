@@ -68,7 +68,8 @@ def _seen(browser: Any) -> dict[str, Any]:
         return {caps, joined: document.body.dataset.joined === 'true',
                 agentMax: parseFloat(document.body.dataset.agentMax || '0'),
                 latency: [...document.querySelectorAll('#latency li')].map(e => +e.dataset.ms),
-                status: document.getElementById('status').textContent};
+                status: document.getElementById('status').textContent,
+                agents: [...document.querySelectorAll('#agent option')].map(o => o.value)};
     """)
     return result
 
@@ -86,11 +87,15 @@ async def test_browser_page_talks_to_the_agent(
     check_bundle()
     agent_factory.append(await start_agent(bus, bridge, whisper, piper, DEFAULT_SYSTEM_PROMPT))
 
-    async def dispatch(room: str) -> str:
-        await bridge.dispatch(room)
+    async def dispatch(room: str, agent: str) -> str:
+        await bridge.dispatch(room, agent=agent)
         return ""
 
-    app = WebApp(livekit.url, livekit.config.api_key, livekit.config.api_secret, dispatch)
+    async def agents() -> list[str]:  # the picker offers them; the page keeps the default
+        return ["events", "frontdesk"]
+
+    app = WebApp(livekit.url, livekit.config.api_key, livekit.config.api_secret, dispatch,
+                 agents)
     server = await app.serve("127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     browser = await asyncio.to_thread(_browser,
@@ -119,3 +124,4 @@ async def test_browser_page_talks_to_the_agent(
     assert ends and agents[0]["text"] == f"Agent: {ends[0]}", (agents, ends)
     assert shot.stat().st_size > 10_000
     assert 0 < seen["latency"][0] < 20_000
+    assert seen["agents"] == ["", "events", "frontdesk"]  # the picker: default, then published

@@ -70,9 +70,26 @@ function onAgentLevel(level) {
   }
 }
 
+// the agents published in the region (the server asks the bus); "default" lets the bridge choose
+async function listAgents(wanted) {
+  const res = await fetch("/agents");
+  const { agents = [] } = res.ok ? await res.json() : {};
+  document.body.dataset.agents = agents.join(",");
+  // one asked for in the URL but not published: offered anyway, and the bridge says why not
+  if (wanted && !agents.includes(wanted)) agents.push(wanted);
+  for (const name of agents) {
+    const opt = document.createElement("option");
+    opt.value = opt.textContent = name;
+    $("agent").appendChild(opt);
+  }
+  if (wanted) $("agent").value = wanted;
+}
+
 async function join() {
   const room = $("room").value || "web";
-  const res = await fetch(`/token?room=${encodeURIComponent(room)}`);
+  const agent = $("agent").value;
+  const res = await fetch(
+    `/token?room=${encodeURIComponent(room)}&agent=${encodeURIComponent(agent)}`);
   const grant = await res.json();
   if (!res.ok) {
     setStatus(`cannot join: ${grant.error}`);
@@ -106,9 +123,10 @@ async function join() {
     $("mic-level").value = level;
     if (level > SPEECH_RMS) state.lastSpeech = performance.now();
   });
-  setStatus(`in room ${room}`);
+  setStatus(`in room ${room}` + (agent ? ` with ${agent}` : ""));
   document.body.dataset.joined = "true";
   $("join").disabled = true;
+  $("agent").disabled = true;
   $("leave").disabled = false;
 }
 
@@ -117,6 +135,7 @@ async function leave() {
   state.room = null;
   if (lk) await lk.disconnect();
   $("join").disabled = false;
+  $("agent").disabled = false;
   $("leave").disabled = true;
 }
 
@@ -125,5 +144,8 @@ window.addEventListener("DOMContentLoaded", () => {
   $("leave").addEventListener("click", () => leave());
   const params = new URLSearchParams(location.search);
   if (params.get("room")) $("room").value = params.get("room");
-  if (params.get("autojoin")) join().catch((e) => setStatus(`error: ${e}`));
+  const listed = listAgents(params.get("agent")).catch(() => {});
+  if (params.get("autojoin")) {
+    listed.then(() => join()).catch((e) => setStatus(`error: ${e}`));
+  }
 });
