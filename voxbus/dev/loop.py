@@ -1,7 +1,10 @@
 """The whole voice loop on one machine: an embedded nats-server, the STT, LLM and TTS stage
 workers as separate processes (as in production) and, with ``livekit=True``, a livekit-server
 (loopback config) and the LiveKit bridge process too. Used by ``voxbus demo`` and
-``voxbus bench voice``; the callers are in ``voxbus.dev.callers``.
+``voxbus bench voice``; the callers are in ``voxbus.dev.callers``. With ``tools``, a ``voxbus
+tools MODULE`` worker per module too, which publishes the module's agents to the region (the
+harness publishes them as the operator when the servers are secure); a caller then names the
+agent it talks to (``room_caller(..., agent=)``, ``caller(..., agent=)``).
 
 With several ``regions`` and a ``cluster_size``, NATS is a supercluster (one cluster per region,
 ``ops.supercluster``) and every process serves all regions, each on its own region's servers
@@ -15,14 +18,16 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from voxbus.contracts.messages import SessionStarted
 from voxbus.dev import netns
 from voxbus.dev.callers import BusCaller, RoomCaller
 from voxbus.dev.links import Link, link_gateways
 from voxbus.dev.livekit_server import LiveKitServer
-from voxbus.dev.supervise import ChildProcess
+from voxbus.dev.supervise import ChildProcess, LoopError
 from voxbus.ops.auth import Identities, server_config
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.ops.supercluster import Supercluster
@@ -44,7 +49,7 @@ class VoiceLoop:
                  env: Mapping[str, str] | None = None, secure: bool = False,
                  progress: Callable[[str], None] | None = None,
                  regions: Sequence[str] = (), cluster_size: int = 0,
-                 gateway_links: bool = False) -> None:
+                 gateway_links: bool = False, tools: Sequence[str] = ()) -> None:
         #: The first region is the bridge's default (``BRIDGE_REGION``).
         self.regions = list(regions) or [region]
         self.region = self.regions[0]
@@ -67,6 +72,9 @@ class VoiceLoop:
         self.livekit: LiveKitServer | None = None
         self.stages: list[ChildProcess] = []
         self.bridge: ChildProcess | None = None
+        #: Modules whose tools run in a ``voxbus tools`` worker each (and whose agents are
+        #: published to every region).
+        self.tools = list(tools)
 
     def url(self, region: str | None = None) -> str:
         """The servers of ``region`` (default: the first), comma-separated."""
@@ -130,6 +138,8 @@ class VoiceLoop:
                **self.extra_env}
         self.stages = [ChildProcess(s, {**env, **self._identity_env(s)}, echo=self.echo)
                        for s in STAGES]
+        self.stages += [ChildProcess("tools", {**env, **self._identity_env("tools")},
+                                     echo=self.echo, args=[module]) for module in self.tools]
         for s in self.stages:
             await s.start()
         if self.with_livekit:
@@ -148,16 +158,54 @@ class VoiceLoop:
             await self.bridge.start()
         procs = [*self.stages, *([self.bridge] if self.bridge else [])]
         await asyncio.gather(*(p.wait_ready(timeout_s) for p in procs))
+        if self.tools and self.secure:  # a tools identity may not publish agents
+            await self._publish_agents()
 
-    async def caller(self, session: str, region: str | None = None) -> BusCaller:
+    async def _publish_agents(self) -> None:
+        from voxbus.agents.loader import load
+        from voxbus.agents.registry import AgentRegistry
+        from voxbus.contracts.streams import agents_bucket
+
+        for module in self.tools:
+            loaded = load(module)
+            definitions = [a.definition(module) for a in loaded.agents.values()]
+            for region, bus in self.buses.items():
+                await AgentRegistry(await bus.kv(agents_bucket(region))).publish(definitions)
+
+    async def caller(self, session: str, region: str | None = None,
+                     agent: str = "") -> BusCaller:
+        """A session spoken into over the bus; with ``agent``, it starts (``SessionStarted``)
+        talking to that agent, as the bridge would start it."""
         region = region or self.region
         c = BusCaller(self.buses[region], region, session, speaker=self.speakers.get(region))
         await c.subscribe()
+        if agent:
+            await c.speaker.publish(region, SessionStarted(session=session, agent=agent,
+                                                           at_ns=time.time_ns()))
         return c
 
     async def room_caller(self, room: str, identity: str = "caller",
-                          region: str | None = None) -> RoomCaller:
+                          region: str | None = None, agent: str = "") -> RoomCaller:
+        """A caller in ``room``; with ``agent``, the agent is dispatched into the room as that
+        agent first (a bridge that refuses says why: ``LoopError``)."""
+        if agent:
+            await self.dispatch(room, region=region, agent=agent)
         return await RoomCaller.connect(self, room, identity, region=region)
+
+    async def dispatch(self, room: str, *, region: str | None = None, agent: str = "",
+                       timeout_s: float = 20.0) -> None:
+        """``voxbus dispatch ROOM --region R --agent A``, as the operator."""
+        from voxbus.services.bridge.dispatch import request_dispatch
+
+        region = region or self.region
+        op = self.identities.get("operator", region) if self.identities else None
+        answer = await request_dispatch(room, nats_url=self.url(region), region=region,
+                                        timeout_s=timeout_s, agent=agent,
+                                        user=op.user if op else None,
+                                        password=op.password if op else None,
+                                        inbox_prefix=op.inbox_prefix if op else None)
+        if not answer.ok:
+            raise LoopError(f"the bridge did not join room {room!r}: {answer.error}")
 
     async def stop(self) -> None:
         if self.bridge is not None:
