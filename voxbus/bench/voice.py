@@ -48,7 +48,9 @@ from voxbus.services.stt.normalize import word_errors
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 #: ``varied``: 24 sentences, five voices, a third noisy (``tests/fixtures/make_varied.py``);
 #: ``speech``: the six espeak sentences the STT tests use.
-FIXTURE_SETS = ("varied", "speech")
+#: ``frontdesk``: 16 things callers say to a restaurant's front desk, half needing a fast tool
+#: (``tests/fixtures/make_frontdesk.py``), for ``--agent frontdesk``.
+FIXTURE_SETS = ("varied", "speech", "frontdesk")
 
 
 def _fixtures(which: str) -> list[tuple[Path, float]]:
@@ -164,18 +166,53 @@ def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _ToolCalls:
+    """The tool calls of each (session, turn), heard on the bus (``ToolCall.call_id`` names its
+    turn: ``t<turn>-...``)."""
+
+    def __init__(self) -> None:
+        self.by_turn: dict[tuple[str, int], list[str]] = {}
+
+    async def listen(self, loop: VoiceLoop) -> None:
+        from voxbus.contracts.messages import ToolCall, decode
+
+        assert loop.bus is not None
+
+        async def got(msg: Any) -> None:
+            call = decode(msg.data)
+            if isinstance(call, ToolCall):
+                turn = int(call.call_id.split("-", 1)[0].removeprefix("t"))
+                self.by_turn.setdefault((call.session, turn), []).append(call.tool)
+
+        await loop.bus.nc.subscribe(f"voxbus.{loop.region}.*.tool.call", cb=got)
+
+    def of(self, r: TurnResult) -> list[str]:
+        return self.by_turn.get((r.session, r.turn), [])
+
+
 async def _run(args: argparse.Namespace, tts: str, speculate: bool,
                engines: int | None, vary: tuple[str, str] | None) -> dict[str, Any]:
     fixtures, texts = _fixtures(args.fixtures), _texts(args.fixtures)
     env = {"TTS_ENGINE": tts, "STT_SPECULATIVE_REPLIES": "1" if speculate else "0"}
+    tools: list[str] = []
+    if args.agent:  # every session talks to it (LLM_AGENT); its module's tools run
+        from voxbus.dev.demo import TOOLS_MODEL, demo_agent
+
+        agent = demo_agent(args.agent, args.module)
+        tools = [agent.module]
+        env["LLM_AGENT"] = agent.name
+        if agent.has_tools:
+            env["LLM_MODEL_NAME"] = TOOLS_MODEL
     if vary is not None:
         env[vary[0]] = vary[1]
     if engines is not None:
         env["LLM_ENGINES"] = str(engines)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
         loop = VoiceLoop(region="bench", echo=args.echo, livekit=args.livekit,
-                         env={"VOXBUS_TRACE_DIR": td, **env})
+                         env={"VOXBUS_TRACE_DIR": td, **env}, tools=tools)
         await loop.start()
+        calls = _ToolCalls()
+        await calls.listen(loop)
         talk = _room_conversation if args.livekit else _conversation
         try:
             single = await talk(loop, "solo", args.turns, fixtures, 0)
@@ -190,7 +227,7 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
     def row(r: TurnResult, i: int) -> dict[str, Any]:
         said = texts.get(r.fixture, "")
         return {**_breakdown(r, i + 1, traces), "reply": r.reply, "heard": r.transcript,
-                "said": said, "words": len(said.split()),
+                "said": said, "words": len(said.split()), "tools": calls.of(r),
                 "word_errors": word_errors(said, r.transcript), "errors": r.errors}
 
     rows_single = [row(r, i) for i, r in enumerate(single)]
@@ -201,7 +238,13 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
         "" if vary is None else f" ({vary[0]}={vary[1]})")
     summary = [_summarize(f"{label}: 1 {where[:-1]}", rows_single),
                _summarize(f"{label}: {args.rooms} {where} at once", rows_multi)]
+    if args.agent:  # turns with and without a tool call, apart
+        every = rows_single + rows_multi
+        summary += [
+            _summarize(f"{label}: turns without a tool", [r for r in every if not r["tools"]]),
+            _summarize(f"{label}: turns with a tool", [r for r in every if r["tools"]])]
     return {"mode": "livekit" if args.livekit else "bus", "tts": tts, "speculate": speculate,
+            "agent": args.agent or None,
             "llm_engines": engines, "setting": None if vary is None else "=".join(vary),
             "summary": summary,
             "turns_single": rows_single, "turns_concurrent": rows_multi}
@@ -227,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llm-engines", default="",
                     help="comma-separated LLM_ENGINES values to compare in one run (e.g. 1,2; "
                          "default: the stage's)")
+    ap.add_argument("--agent", default="",
+                    help="every session talks to this agent (its module's tools run; a model "
+                         "that calls tools if it has tools); turns with and without a tool call "
+                         "are summarized apart")
+    ap.add_argument("--module", default=None,
+                    help="with --agent: the module that defines it (default: as voxbus demo)")
     ap.add_argument("--echo", action="store_true",
                     help="print the workers' log lines (warnings included: why a turn was late)")
     ap.add_argument("--vary", default="",
