@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from voxbus.agents.loader import load
-from voxbus.agents.registry import AgentRegistry
+from voxbus.agents.registry import AgentRegistry, published
 from voxbus.contracts.streams import agents_bucket
 from voxbus.runtime import logging
 from voxbus.runtime.serve import connect
@@ -43,7 +43,7 @@ async def _list(settings: BusSettings) -> list[str]:
         lines = []
         for region in bus.regions:
             registry = AgentRegistry(await bus.kv(agents_bucket(region)))
-            for name in await registry.names():
+            for name in await published(bus.js, region):
                 d = await registry.get(name)
                 if d is not None:
                     tools = ", ".join(t.name for t in d.tools) or "no tools"

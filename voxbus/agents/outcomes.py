@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import NotFoundError
 
 from voxbus.contracts.agents import ToolOutcome, decode_outcome, encode, tool_key
 from voxbus.runtime.ports import KeyValueStore
@@ -23,7 +23,7 @@ class ToolOutcomes:
     async def get(self, session: str, call_id: str) -> ToolOutcome | None:
         try:
             entry = await self._kv.get(tool_key(session, call_id))
-        except KeyNotFoundError:
+        except NotFoundError:  # not kept yet (or erased)
             return None
         return decode_outcome(entry.value) if entry.value else None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from nats.js.errors import KeyNotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from voxbus.contracts.agents import (
     AgentDefinition,
@@ -14,12 +15,24 @@ from voxbus.contracts.agents import (
     decode_definition,
     decode_session_agent,
     encode,
+    valid_name,
 )
+from voxbus.contracts.streams import agents_bucket
 from voxbus.runtime.ports import KeyValueStore
 
 
 class UnknownAgent(LookupError):
-    """No agent of that name is published in the region."""
+    """No agent of that name is published in the region (``handoff_of``: the agent that may
+    hand off to it)."""
+
+    def __init__(self, name: str, handoff_of: str = "") -> None:
+        super().__init__(name)
+        self.name = name
+        self.handoff_of = handoff_of
+
+    def __str__(self) -> str:
+        of = f" (a handoff of {self.handoff_of!r})" if self.handoff_of else ""
+        return f"no agent {self.name!r}{of}"
 
 
 class AgentRegistry:
@@ -29,17 +42,13 @@ class AgentRegistry:
         self._kv = kv
 
     async def get(self, name: str) -> AgentDefinition | None:
+        if not valid_name(name):
+            return None
         try:
             entry = await self._kv.get(name)
-        except KeyNotFoundError:
+        except NotFoundError:  # never published, or deleted (KeyDeletedError)
             return None
         return decode_definition(entry.value) if entry.value else None
-
-    async def names(self) -> list[str]:
-        try:
-            return sorted(await self._kv.keys())  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - nats-py raises NoKeysError for an empty bucket
-            return []
 
     async def publish(self, definitions: Iterable[AgentDefinition]) -> list[tuple[str, str, bool]]:
         """Put each definition; (name, version, changed) for each. A session started before
@@ -64,10 +73,25 @@ class AgentRegistry:
                 continue
             d = await self.get(n)
             if d is None:
-                raise UnknownAgent(n if n == name else f"{n} (a handoff of {name})")
+                raise UnknownAgent(n, "" if n == name else name)
             agents[n] = d
             todo.extend(d.handoffs)
         return SessionAgent(current=name, agents=agents)
+
+
+async def published(js: JetStreamContext, region: str) -> list[str]:
+    """The agents published in ``region``, sorted. Read from the bucket stream's subjects
+    (``STREAM.INFO`` with a subject filter), which every identity that reads agents may do,
+    rather than with a key watcher (a consumer on the bucket, which they may not make)."""
+    bucket = agents_bucket(region)
+    prefix = f"$KV.{bucket}."
+    try:
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    except NotFoundError:
+        return []
+    names = sorted(s[len(prefix):] for s in (info.state.subjects or {}) if s.startswith(prefix))
+    registry = AgentRegistry(await js.key_value(bucket))
+    return [n for n in names if await registry.get(n) is not None]
 
 
 class SessionAgents:
@@ -79,7 +103,7 @@ class SessionAgents:
     async def load(self, session: str) -> SessionAgent | None:
         try:
             entry = await self._kv.get(agent_key(session))
-        except KeyNotFoundError:
+        except NotFoundError:
             return None
         return decode_session_agent(entry.value) if entry.value else None
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from voxbus.agents.registry import AgentRegistry
-from voxbus.contracts.agents import valid_name
+from voxbus.agents.registry import AgentRegistry, UnknownAgent, published
 from voxbus.contracts.streams import agents_bucket
 
 #: The room metadata key (the room's metadata is a JSON object) naming its agent.
@@ -76,48 +75,17 @@ def choose_agent(*, requested: str = "", metadata: str = "",
 
 
 async def published_agents(js: JetStreamContext, region: str) -> list[str]:
-    """The agents published in ``region``, sorted. Read from the bucket stream's subjects
-    (``STREAM.INFO`` with a subject filter), which the bridge's identity may do, rather than
-    with a key watcher (a consumer on the bucket, which it may not make)."""
-    bucket = agents_bucket(region)
-    prefix = f"$KV.{bucket}."
-    try:
-        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
-    except NotFoundError:
-        return []
-    names = sorted(s[len(prefix):] for s in (info.state.subjects or {}) if s.startswith(prefix))
-    registry = AgentRegistry(await js.key_value(bucket))
-    return [n for n in names if await _get(registry, n)]
-
-
-async def _get(registry: AgentRegistry, name: str) -> bool:
-    try:
-        return await registry.get(name) is not None
-    except NotFoundError:  # a deleted key (KeyDeletedError is no KeyNotFoundError)
-        return False
+    """The agents published in ``region``, sorted (``agents.registry.published``)."""
+    return await published(js, region)
 
 
 async def check_published(js: JetStreamContext, region: str, name: str) -> None:
     """Raises ``AgentRefused`` (one line) unless ``name`` and every agent it may hand off to,
-    transitively, are published in ``region``."""
+    transitively, are published in ``region`` (what the LLM stage will copy into the session)."""
     try:
         registry = AgentRegistry(await js.key_value(agents_bucket(region)))
-    except NotFoundError:
-        registry = None
-    seen: set[str] = set()
-    todo = [name]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        try:
-            found = (await registry.get(n)
-                     if registry is not None and valid_name(n) else None)
-        except NotFoundError:
-            found = None
-        if found is None:
-            listed = ", ".join(await published_agents(js, region)) or "none"
-            what = f"no agent {n!r}" + (f" (a handoff of {name!r})" if n != name else "")
-            raise AgentRefused(f"{what} in region {region!r} (published: {listed})")
-        todo.extend(found.handoffs)
+        await registry.session_copy(name)
+    except (NotFoundError, UnknownAgent) as exc:
+        missing = exc if isinstance(exc, UnknownAgent) else UnknownAgent(name)
+        listed = ", ".join(await published(js, region)) or "none"
+        raise AgentRefused(f"{missing} in region {region!r} (published: {listed})") from None

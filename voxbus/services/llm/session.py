@@ -152,7 +152,7 @@ class LlmSession:
             except UnknownAgent as exc:
                 ctx.log.warning("llm_agent_unknown", agent=msg.agent)
                 yield ErrorEvent(session=msg.session, code="unknown_agent", stage="llm",
-                                 message=f"no agent {exc.args[0]!r} in region {ctx.region}",
+                                 message=f"{exc} in region {ctx.region}",
                                  at_ns=time.time_ns())
         persona = await self.agent.persona(ctx)
         if persona.agent:  # read the agent's prompt while the caller says hello
