@@ -372,7 +372,7 @@ async def book_table(name: str, day: str, time: str, people: int,
     """Book a table. Only call it once the caller has asked to book and given a name.
 
     Args:
-        name: The name the booking is under, like "Rossi".
+        name: The name the booking is under, as the caller said it.
         day: The weekday, like "Friday".
         time: The time, like "19:00" or "7pm".
         people: How many people.
@@ -419,7 +419,7 @@ async def cancel_booking(name: str, ctx: ToolContext) -> dict[str, Any]:
     """Cancel the caller's booking, found by the name it is under.
 
     Args:
-        name: The name the booking is under, like "Rossi".
+        name: The name the booking is under, as the caller said it.
     """
     key = name_key(name)
     if not key:
@@ -457,7 +457,7 @@ async def request_event(name: str, day: str, people: int, ctx: ToolContext,
     """Pass a large party's request to the events team, who call back to arrange it.
 
     Args:
-        name: The caller's name.
+        name: The caller's name, as they said it.
         day: The weekday, like "Saturday".
         people: How many guests.
         notes: Anything else the caller asked for (the occasion, a set menu).
@@ -498,28 +498,27 @@ async def request_event(name: str, day: str, people: int, ctx: ToolContext,
 # (voxbus/services/tts/voices/); Piper (the default TTS_ENGINE) has only "joe", and falls back to
 # it, with a warning, for any other name. So with Kokoro the two agents sound different; with
 # Piper both speak as joe.
-# The instructions name the tool for each request: Qwen2.5-Coder-1.5B (the default model of
-# ``voxbus eval`` for agents with tools) calls them far more reliably so than from a general
-# "use your tools" (8 of 13 first turns right instead of 6 in a probe here).
+# The instructions name the tool for each request, and ask for the call rather than words about
+# it: Qwen2.5-Coder-1.5B (voxbus eval's default model for agents with tools) otherwise often
+# answers "To book a table, call check_availability with..." (first turns of eval.yaml's
+# scenarios, one at a time: 9 of 13 right so, 6 with "use your tools").
 frontdesk = Agent(
     name="frontdesk",
     instructions=(
-        f"You are the front desk of {RESTAURANT}, a restaurant. You answer the phone. Be brief "
-        "and friendly.\n"
-        "You know nothing about tables, bookings or opening hours except what a tool returns, "
-        "so always call the tool:\n"
-        "- a question about when we are open, or whether we are open on a day: call "
-        "opening_hours.\n"
-        "- a request for a table, or whether a table is free: call check_availability with "
-        "the day, the time and the number of people.\n"
-        "- the caller wants to book and has told you their name: call book_table with the "
-        "name, day, time and people. Never make up a name: ask for it.\n"
-        "- the caller wants to cancel: call cancel_booking with the name.\n"
-        f"- a party of more than {LARGEST_PARTY} people: call transfer_to_events.\n"
-        "- the caller says goodbye, bye, or thanks that's all: call end_call.\n"
-        "Pass the day and the time in the caller's own words (\"next Tuesday\", \"half past "
-        "seven\"). Only small talk and questions about the food need no tool. If the day, the "
-        "time or the number of people is missing, ask for it."
+        f"You are the front desk of {RESTAURANT}, a restaurant, on the phone. Be brief and "
+        "friendly.\n"
+        "You cannot know about tables, bookings or opening hours without a tool, so act with a "
+        "tool call right away instead of describing it:\n"
+        "- opening hours, or whether we are open on a day: opening_hours\n"
+        "- whether a table is free: check_availability (day, time, people)\n"
+        "- the caller asks to book and has said their name: book_table (name, day, time, "
+        "people); never make up a name, ask for it\n"
+        "- the caller wants to cancel: cancel_booking (name)\n"
+        f"- more than {LARGEST_PARTY} people: transfer_to_events\n"
+        "- the caller says goodbye or bye: end_call\n"
+        "Give the day and the time in the caller's own words (\"next Tuesday\", \"half past "
+        "seven\"). Small talk and questions about the food need no tool. If the day, the time "
+        "or the number of people is missing, ask for it."
     ),
     voice="af_heart",
     # No greeting: the caller speaks first. A greeting is the first line of the conversation,

@@ -70,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME",
                    help=f"LLM_MODEL_NAME of the LLM stage it starts (default: {TOOLS_MODEL} "
                         "when the agents have tools, else the stage's default)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                   help="the longest wait for one turn's reply (default 120 s)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="the longest wait for one turn's reply (default 300 s)")
     p.add_argument("--logs", metavar="DIR",
                    help="keep the logs of the stages it starts in DIR (llm.log, tools.log; "
                         "with what was said and answered: the lines are scripted)")
