@@ -27,15 +27,23 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 from voxbus.errors import UserError
 from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM
 from voxbus.services.llm.engine import LLMBackendError
 from voxbus.services.llm.llama_engine import check_model_file, default_model_path
 
-if TYPE_CHECKING:
-    from voxbus.services.llm.settings import LlmSettings
+
+class ModelChoice(Protocol):
+    """What ``resolve_model`` reads of the LLM settings (``LlmSettings``: settings import this
+    module, not the other way round)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_path(self) -> str | None: ...
 
 #: The values of ``LLM_MODEL_NAME`` (the keys of ``MODELS``).
 ModelName: TypeAlias = Literal["smollm2", "qwen-0.5b", "qwen-1.5b"]
@@ -160,7 +168,7 @@ class ResolvedModel:
     default_system: str | None
 
 
-def resolve_model(settings: LlmSettings) -> ResolvedModel:
+def resolve_model(settings: ModelChoice) -> ResolvedModel:
     """The GGUF file and template defaults of the ``llama`` backend: ``LLM_MODEL_PATH`` when set
     (checked to be a GGUF file), else the installed file of ``LLM_MODEL_NAME``. A one-line
     ``UserError`` if it is not there."""
