@@ -41,6 +41,9 @@ class Agent:
     handoffs: Sequence[str | Agent] = ()
     temperature: float | None = None
     max_tokens: int | None = None
+    #: What it does, in a few words: how other agents' ``transfer_to_<name>`` describe it
+    #: (default: the first sentence of its instructions).
+    description: str = ""
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -74,5 +77,5 @@ class Agent:
             name=self.name, instructions=self.instructions.strip(), voice=self.voice,
             greeting=self.greeting, tools=[t.decl for t in self.tools],
             handoffs=self.handoff_names, temperature=self.temperature,
-            max_tokens=self.max_tokens, module=module,
+            max_tokens=self.max_tokens, module=module, description=self.description.strip(),
         ).with_version()

@@ -74,6 +74,9 @@ class AgentDefinition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     handoffs: list[Name] = msgspec.field(default_factory=list)
     temperature: float | None = None
     max_tokens: int | None = None
+    #: What it does, for the agents that may hand off to it ("": its instructions' first
+    #: sentence).
+    description: str = ""
     #: The module that defines its tools (the tool workers to run: ``voxbus tools MODULE``).
     module: str = ""
     version: str = ""

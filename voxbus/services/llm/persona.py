@@ -44,10 +44,13 @@ class Persona:
 
 
 def _transfer_spec(target: AgentDefinition | None, name: str) -> ToolSpec:
-    what = target.instructions.split(".")[0][:160] if target is not None else name
+    what = ""
+    if target is not None:
+        what = target.description or target.instructions.split(".")[0][:160]
     return {"type": "function", "function": {
         "name": transfer_tool(name),
-        "description": f"Hand the caller over to the {name} agent ({what}).",
+        "description": f"Hand the caller over to the {name} agent" + (
+            f": {what.rstrip('.')}." if what else "."),
         "parameters": {"type": "object", "properties": {}, "required": []},
     }}
 
