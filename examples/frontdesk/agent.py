@@ -532,12 +532,11 @@ frontdesk = Agent(
 
 events = Agent(
     name="events",
-    # The first sentence describes the agent to the one handing over (it is the description of
-    # the transfer_to_events tool), so it says what the agent does, not "You are...".
+    description=f"arranges parties of more than {LARGEST_PARTY} people: private dinners, "
+                "birthdays, company evenings",
     instructions=(
-        f"Arranges parties of more than {LARGEST_PARTY} people at {RESTAURANT}: private "
-        "dinners, birthdays, company evenings.\n"
-        f"You are the events coordinator of {RESTAURANT}, a restaurant. Be brief and warm. "
+        f"You are the events coordinator of {RESTAURANT}, a restaurant, on the phone. You "
+        f"handle parties of more than {LARGEST_PARTY} people. Be brief and warm. "
         "Ask for the caller's name, the day and the number of guests, then call request_event; "
         "the events team calls back to agree the menu and the deposit. Call opening_hours for "
         f"when we are open. For a party of {LARGEST_PARTY} or fewer, call "
