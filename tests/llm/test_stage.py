@@ -323,7 +323,7 @@ async def test_backend_failure_gives_an_error_event_and_an_apology(
         settings = LlmSettings(backend="openai")
     else:
         engine = FakeLLM([FakeTurn.words("Too late.", first_token_delay_s=5.0)])
-        settings = LlmSettings(timeout_s=0.2)
+        settings = LlmSettings(timeout_s=0.2, first_token_timeout_s=0.2)
     out = await Outputs.on(bus)
     async with running(bus, LlmStage(engine, settings)):
         await bus.publish(REGION, turn("s1", 1, "Hello?"))

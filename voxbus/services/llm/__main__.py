@@ -15,7 +15,8 @@ def main() -> None:
     settings = LlmSettings.from_env()
     if settings.backend == "llama":  # a wrong LLM_MODEL_PATH, a missing model: said at once
         resolve_model(settings)
-    asyncio.run(serve(LlmStage(build_engine(settings), settings), BusSettings.from_env()))
+    stage = LlmStage(build_engine(settings), settings)
+    asyncio.run(serve(stage, BusSettings.from_env(), before=stage.warm_default_agent))
 
 
 if __name__ == "__main__":

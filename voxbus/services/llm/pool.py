@@ -127,6 +127,33 @@ class EnginePool:
             self._prewarming.pop(index, None)
             await asyncio.shield(self._release(index))
 
+    async def prewarm_each(self, messages: Sequence[ChatMessage],
+                           tools: Sequence[ToolSpec] | None = None) -> int:
+        """Read ``messages`` (an agent's prompt) into every free engine's cache, one after the
+        other; a turn that finds no free engine stops it (as ``prewarm``). How many completed."""
+        done = 0
+        for index, engine in enumerate(self.engines):
+            if not isinstance(engine, Prewarmable):
+                continue
+            async with self._changed:
+                if index not in self._free:
+                    continue
+                self._free.discard(index)
+            try:
+                self._last[index] = list(messages)
+                task = asyncio.create_task(engine.prewarm(messages, tools), name="llm-prewarm")
+                self._prewarming[index] = task
+                try:
+                    done += bool(await task)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+            finally:
+                self._prewarming.pop(index, None)
+                await self._release(index)
+        return done
+
     async def warmup(self, messages: Sequence[ChatMessage] = ()) -> None:
         """The first engine now; the others in the background, each taking streams once warm:
         a worker starting cold answers its first turn without waiting for the second copy.

@@ -274,7 +274,8 @@ class LlmSession:
                             yield out
             except (LLMBackendError, TimeoutError) as exc:
                 stats.reason = "error"
-                detail = str(exc) or f"no token from the backend in {settings.timeout_s} s"
+                detail = str(exc) or ("no token from the backend in time (LLM_TIMEOUT_S, "
+                                      "LLM_FIRST_TOKEN_TIMEOUT_S)")
                 ctx.log.warning("llm_backend_failed", error=detail)
                 for out in reply.say(settings.apology):
                     yield out

@@ -68,8 +68,13 @@ class LlmSettings:
     #: Offer the ``end_call`` and ``get_current_time`` tools; unset: on for ``openai``, off for
     #: ``llama`` (whose Qwen models call them).
     tools: bool = False
-    #: The longest wait for the backend's next token (the first one included).
+    #: The longest wait for the backend's next token.
     timeout_s: float = 15.0
+    #: The longest wait for a model round's first token, which comes after the prompt is read:
+    #: an agent's instructions and tools (about a thousand tokens) take Qwen2.5-Coder-1.5B 15 s
+    #: on two cores when they are not in the engine's cache yet (``LLM_AGENT`` reads them in
+    #: at start).
+    first_token_timeout_s: float = 60.0
     #: Turns kept in the conversation state; past it the oldest go, down to half at once.
     history_max_turns: int = 24
     #: Characters kept in the conversation state; past it the oldest turns go, down to half at
@@ -96,8 +101,9 @@ class LlmSettings:
                      "history_max_chars", "max_tool_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"LLM_{name.upper()} must be at least 1")
-        if self.timeout_s <= 0 or self.temperature < 0:
-            raise SettingsError("LLM_TIMEOUT_S must be positive and LLM_TEMPERATURE not negative")
+        if self.timeout_s <= 0 or self.first_token_timeout_s <= 0 or self.temperature < 0:
+            raise SettingsError("LLM_TIMEOUT_S and LLM_FIRST_TOKEN_TIMEOUT_S must be positive "
+                                "and LLM_TEMPERATURE not negative")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LlmSettings:
@@ -123,6 +129,7 @@ class LlmSettings:
             system_prompt=env.str("SYSTEM_PROMPT", cls.system_prompt),
             tools=env.bool("TOOLS", backend == "openai"),
             timeout_s=env.float("TIMEOUT_S", cls.timeout_s),
+            first_token_timeout_s=env.float("FIRST_TOKEN_TIMEOUT_S", cls.first_token_timeout_s),
             history_max_turns=env.int("HISTORY_MAX_TURNS", cls.history_max_turns),
             history_max_chars=env.int("HISTORY_MAX_CHARS", cls.history_max_chars),
             speculate=env.bool("SPECULATE", cls.speculate),

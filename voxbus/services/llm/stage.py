@@ -35,13 +35,13 @@ from collections.abc import AsyncGenerator
 import structlog
 
 from voxbus.agents.outcomes import ToolOutcomes
-from voxbus.agents.registry import AgentRegistry, SessionAgents
+from voxbus.agents.registry import AgentRegistry, SessionAgents, UnknownAgent
 from voxbus.contracts.agents import SessionAgent
 from voxbus.contracts.messages import Message
 from voxbus.contracts.streams import agents_bucket, state_bucket
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.scope import SessionScope
-from voxbus.runtime.stage import Context, SessionPolicy
+from voxbus.runtime.stage import Context, SessionPolicy, StageBus
 from voxbus.services.llm.calls import CallScope, run_calls
 from voxbus.services.llm.engine import (
     ChatMessage,
@@ -118,6 +118,7 @@ class LlmStage:
         #: The last turns handled here, for benchmarks and diagnostics.
         self.recent: deque[TurnStats] = deque(maxlen=256)
         self.speculation = SpeculationStats()
+        self._warming: asyncio.Task[None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -132,6 +133,10 @@ class LlmStage:
             log.warning("llm_warmup_failed", error=str(exc))
 
     async def stop(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warming
         if self._close_engine:
             await self.engine.aclose()
 
@@ -176,9 +181,11 @@ class LlmStage:
             async with contextlib.aclosing(
                 self.engine.stream([*prompt, *reply.messages], tools=tools, **extra)
             ) as stream:
+                wait_s = self.settings.first_token_timeout_s
                 while True:
-                    async with asyncio.timeout(self.settings.timeout_s):
+                    async with asyncio.timeout(wait_s):
                         delta = await anext(stream, None)
+                    wait_s = self.settings.timeout_s
                     if delta is None:
                         break
                     if isinstance(delta, TextDelta):
@@ -200,6 +207,40 @@ class LlmStage:
                     yield message
 
     # ---- agents ---------------------------------------------------------------------------------
+
+    async def warm_default_agent(self, bus: StageBus, wait_s: float = 60.0) -> None:
+        """With ``LLM_AGENT``: read that agent's prompt and tools into every engine's cache, so
+        no caller's first reply reads a thousand tokens first. The agent may be published a
+        moment after this worker starts (its tools worker publishes it): waited for, in the
+        background."""
+        if not self.settings.agent or not isinstance(self.engine, Prewarmable):
+            return
+
+        async def warm() -> None:
+            deadline = time.monotonic() + wait_s
+            for region in bus.regions:
+                registry = AgentRegistry(await bus.kv(agents_bucket(region)))
+                while True:
+                    try:
+                        agent = await registry.session_copy(self.settings.agent)
+                        break
+                    except UnknownAgent:
+                        if time.monotonic() > deadline:
+                            log.warning("llm_default_agent_unknown", agent=self.settings.agent,
+                                        region=region)
+                            return
+                        await asyncio.sleep(0.5)
+                persona = self.persona(agent)
+                started = time.perf_counter()
+                engine = self.engine
+                if isinstance(engine, EnginePool):
+                    done = await engine.prewarm_each([persona.system], persona.tools)
+                elif isinstance(engine, Prewarmable):
+                    done = int(await engine.prewarm([persona.system], persona.tools))
+                log.info("llm_agent_prewarmed", agent=persona.agent, engines=done,
+                         ms=round((time.perf_counter() - started) * 1000))
+
+        self._warming = asyncio.create_task(warm(), name="llm-warm-agent")
 
     def persona(self, agent: SessionAgent | None) -> Persona:
         """Who answers: the session's agent, else this worker's system prompt and tools."""
