@@ -58,8 +58,8 @@ async def _caller_state(bus: Bus, session: str) -> bytes:
     kv = await bus.kv(state_bucket(REGION))
     for _ in range(100):
         with contextlib.suppress(KeyNotFoundError):
-            value: bytes = (await kv.get(state_key(session, CALLER_STATE))).value
-            return value
+            value = (await kv.get(state_key(session, CALLER_STATE))).value
+            return value or b""
         await asyncio.sleep(0.05)
     raise AssertionError("no caller state")
 

@@ -91,11 +91,11 @@ async def test_browser_page_talks_to_the_agent(
         await bridge.dispatch(room, agent=agent)
         return ""
 
-    async def agents() -> list[str]:  # the picker offers them; the page keeps the default
+    async def published() -> list[str]:  # the picker offers them; the page keeps the default
         return ["events", "frontdesk"]
 
     app = WebApp(livekit.url, livekit.config.api_key, livekit.config.api_secret, dispatch,
-                 agents)
+                 published)
     server = await app.serve("127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     browser = await asyncio.to_thread(_browser,

@@ -133,3 +133,11 @@ def test_an_imitated_tool_response_is_never_spoken() -> None:
     out += x.finish()
     assert "".join(d.text for d in out if isinstance(d, TextDelta)) == " We are closed."
     assert x.echoes == 2 and x.calls == 0
+
+
+@pytest.mark.fast
+def test_a_json_object_that_is_no_call_is_never_spoken() -> None:
+    x = ToolCallExtractor(id_factory=lambda: "c1", bare_json=True)
+    out = x.feed('\n{"error": "unknown tool \'opening_hours\'"}\nWe open at noon.') + x.finish()
+    assert "".join(d.text for d in out if isinstance(d, TextDelta)).strip() == "We open at noon."
+    assert x.calls == 0 and x.malformed == 1

@@ -40,11 +40,11 @@ class AgentSlot:
     async def persona(self, ctx: Context) -> Persona:
         if not self._loaded:
             self.agent = await (await self.worker.session_agents(ctx)).load(self.session)
-            self._loaded = True
+            self._loaded = self.agent is not None or not self.default
             if self.agent is None and self.default:
                 try:
                     await self.choose(self.default, ctx)
-                except UnknownAgent:
+                except UnknownAgent:  # not published yet: asked again at the next turn
                     ctx.log.warning("llm_default_agent_unknown", agent=self.default)
         return self.worker.persona(self.agent)
 

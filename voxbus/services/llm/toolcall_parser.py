@@ -7,7 +7,9 @@ A malformed block is dropped (and counted), never spoken.
 ``bare_json=True`` also takes a reply that starts with a bare call object, ``{"name": ...,
 "arguments": ...}`` without the tags (what Qwen2.5-Coder-0.5B/1.5B answer, although their
 prompt asks for the tags), as one: while the start of the reply can still be that, it is held;
-the object ends where its JSON does, and what follows is read the same way again.
+the object ends where its JSON does, and what follows is read the same way again. Any other
+JSON object there is dropped, never spoken (a small model imitating a tool's result:
+``{"error": ...}``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ TAGS: tuple[tuple[str, str], ...] = ((TOOL_CALL_OPEN, TOOL_CALL_CLOSE), ("<tools
                                      ("<tool_response>", "</tool_response>"))
 #: A block a small model writes in imitation of the prompt: never a call, never spoken.
 _ECHO_OPEN = "<tool_response>"
-_BARE_START = '{"name":'
+_BARE_START = "{"
 _SPACE = re.compile(r"\s+")
 _DECODER = json.JSONDecoder()
 
@@ -43,6 +45,12 @@ def _bare_start(text: str) -> bool | None:
     if head.startswith(_BARE_START):
         return True
     return None if _BARE_START.startswith(head) else False
+
+
+def _never_json(exc: json.JSONDecodeError, body: str) -> bool:
+    """The JSON error is inside what came, not at its end: no more text can make it JSON (an
+    unterminated string reports where the string starts, and more text may end it)."""
+    return not exc.msg.startswith("Unterminated string") and exc.pos < len(body.rstrip())
 
 
 def _partial_tag_suffix(text: str, tag: str) -> int:
@@ -75,7 +83,10 @@ class ToolCallExtractor:
                 body = self._buf.lstrip()
                 try:
                     _, end = _DECODER.raw_decode(body)
-                except json.JSONDecodeError:
+                except json.JSONDecodeError as exc:
+                    if _never_json(exc, body):  # "{curly} braces": text after all
+                        self._inside_bare = False
+                        continue
                     return out  # not whole yet
                 out.extend(self._parse(body[:end]))
                 self._buf = body[end:]
