@@ -9,7 +9,9 @@ import asyncio
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,6 @@ import pytest
 
 from tests.conftest import REGION
 from voxbus.agents.loader import load
-from voxbus.cli import main as voxbus_main
-from voxbus.evals import cli
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import running
 from voxbus.services.llm.engine import (
@@ -155,18 +155,31 @@ def scenario_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-async def run_eval(*argv: str) -> int:
-    """``voxbus eval ...`` in a thread of its own (it runs its own event loop), as the command
-    line runs it."""
-    return await asyncio.to_thread(voxbus_main, ["eval", *argv])
+@dataclass(frozen=True)
+class Ran:
+    rc: int
+    out: str
+    err: str
+
+
+async def run_eval(*argv: str) -> Ran:
+    """``voxbus eval ...`` as the command line runs it: a process of its own (not a thread of
+    this one: CPython 3.11 compiling in two threads at once can corrupt its AST state, and a
+    later ``ast.parse`` here fails with "AST constructor recursion depth mismatch")."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voxbus.cli", "eval", *argv, env=dict(os.environ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Ran(proc.returncode, out.decode(), err.decode())
 
 
 async def test_expected_turns_pass(stages: ByCaller, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results" / "eval.json"
-    rc = await run_eval(str(scenario_file(tmp_path, PASSING)), "--json", str(out))
-    printed = capsys.readouterr().out
-    assert rc == 0, printed
+    ran = await run_eval(str(scenario_file(tmp_path, PASSING)), "--json", str(out))
+    printed = ran.out
+    assert ran.rc == 0, printed + ran.err
     lines = printed.strip().splitlines()
     assert lines[-1] == "5/5 turns passed"
     assert sum(line.startswith("[") and " PASS " in line for line in lines) == 5  # progress
@@ -194,9 +207,9 @@ async def test_expected_turns_pass(stages: ByCaller, tmp_path: Path,
 async def test_unexpected_turns_fail_with_reasons(stages: ByCaller, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"
-    rc = await run_eval(str(scenario_file(tmp_path, FAILING)), "--json", str(out))
-    printed = capsys.readouterr().out
-    assert rc == 1, printed
+    ran = await run_eval(str(scenario_file(tmp_path, FAILING)), "--json", str(out))
+    printed = ran.out
+    assert ran.rc == 1, printed + ran.err
     assert printed.strip().splitlines()[-1] == "1/4 turns passed"
     turns = json.loads(out.read_text())["turns"]
     assert [t["passed"] for t in turns] == [False, False, False, True]
@@ -211,8 +224,9 @@ async def test_unexpected_turns_fail_with_reasons(stages: ByCaller, tmp_path: Pa
 async def test_an_agent_not_in_the_module_is_one_line(
         stages: ByCaller, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = scenario_file(tmp_path, PASSING.replace("agent: frontdesk", "agent: concierge"))
-    assert await run_eval(str(path)) == 2
-    err = capsys.readouterr().err.strip()
+    ran = await run_eval(str(path))
+    assert ran.rc == 2
+    err = ran.err.strip()
     assert err.startswith("voxbus eval: ") and "'concierge' is not defined" in err
     assert len(err.splitlines()) == 1
 
@@ -225,8 +239,8 @@ async def test_a_turn_without_reply_fails_and_the_rest_are_not_run(
     monkeypatch.setenv("VOXBUS_REGION", REGION)
     monkeypatch.setenv("VOXBUS_PARTITIONS", "8")
     path = scenario_file(tmp_path, FAILING)
-    rc = await asyncio.to_thread(cli.main, [str(path), "--timeout", "0.5", "-k", "wrong"])
-    printed = capsys.readouterr().out
-    assert rc == 1
+    ran = await run_eval(str(path), "--timeout", "0.5", "-k", "wrong")
+    printed = ran.out
+    assert ran.rc == 1, printed + ran.err
     assert "no reply in 0.5 s" in printed and "not run: turn 1 got no reply" in printed
     assert printed.strip().splitlines()[-1] == "0/4 turns passed"

@@ -32,6 +32,10 @@ from voxbus.services.llm.settings import LlmSettings
 from voxbus.services.llm.stage import LlmStage
 from voxbus.services.tools.stage import ToolsStage
 
+#: No model, but four worker processes: in the phase that runs one test at a time, with the other
+#: kill tests (the timings of tests beside them would suffer, and theirs).
+pytestmark = pytest.mark.model
+
 MODULE = str(Path(booking_tools.__file__))
 SLOW_S = "2.0"
 
