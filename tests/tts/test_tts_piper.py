@@ -139,4 +139,5 @@ async def test_a_reply_s_first_frame_is_its_voice(bus: Bus, piper: PiperEngine,
     pcm = np.frombuffer(b"".join(f.pcm for f in frames), dtype="<i2")
     audio = (pcm / 32767).astype(np.float32)
     said = whisper.transcribe(resample(audio, in_rate_hz=SAMPLE_RATE_HZ, out_rate_hz=16_000)).text
-    assert word_errors(text, said) == 0, said
+    # every word heard ("you're" for "you are" is Whisper's spelling, not a word lost)
+    assert word_errors(text, said.replace("you're", "you are")) == 0, said
