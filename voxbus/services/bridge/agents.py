@@ -19,7 +19,6 @@ nobody else hears of it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from nats.js.errors import NotFoundError
 
 from voxbus.agents.registry import AgentRegistry, UnknownAgent, published
 from voxbus.contracts.streams import agents_bucket
+from voxbus.services.bridge.routing import metadata_value
 
 #: The room metadata key (the room's metadata is a JSON object) naming its agent.
 METADATA_KEY = "agent"
@@ -52,12 +52,7 @@ class AgentChoice:
 
 def metadata_agent(metadata: str) -> str:
     """The agent a room's metadata names, or ``""``."""
-    try:
-        data = json.loads(metadata) if metadata else None
-    except ValueError:
-        return ""
-    value = data.get(METADATA_KEY) if isinstance(data, dict) else None
-    return value.strip() if isinstance(value, str) else ""
+    return metadata_value(metadata, METADATA_KEY)
 
 
 def choose_agent(*, requested: str = "", metadata: str = "",

@@ -64,14 +64,19 @@ def parse_region_map(text: str) -> dict[str, str]:
     return rules
 
 
-def metadata_region(metadata: str) -> str:
-    """The region a room's metadata names, or ``""``."""
+def metadata_value(metadata: str, key: str) -> str:
+    """The string a room's metadata (a JSON object) gives ``key``, or ``""``."""
     try:
         data = json.loads(metadata) if metadata else None
     except ValueError:
         return ""
-    value = data.get(METADATA_KEY) if isinstance(data, dict) else None
+    value = data.get(key) if isinstance(data, dict) else None
     return value.strip() if isinstance(value, str) else ""
+
+
+def metadata_region(metadata: str) -> str:
+    """The region a room's metadata names, or ``""``."""
+    return metadata_value(metadata, METADATA_KEY)
 
 
 class RegionRouter:
