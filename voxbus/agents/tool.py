@@ -5,6 +5,7 @@ Its name, docstring and type hints are what the model is offered; a parameter an
 idempotency key: use it to make a side effect happen once, as a unique key in your database or
 the ``Idempotency-Key`` of an HTTP API).
 
+A plain ``def`` runs in a thread of its own, so a blocking call in it never holds up the worker.
 The return value is handed to the model as JSON (``str``, numbers, lists, dicts, dataclasses and
 msgspec structs). Raise ``ToolError`` to tell the model what went wrong in words; any other
 exception reaches the model as "<tool> failed" and is logged.
@@ -87,9 +88,12 @@ class Tool:
         if self.context_param:
             kwargs[self.context_param] = ctx
         try:
-            value = self.fn(**kwargs)
-            if inspect.isawaitable(value):
-                value = await value
+            if inspect.iscoroutinefunction(self.fn):
+                value = await self.fn(**kwargs)
+            else:  # a plain def may block (a database, a file): not on the worker's loop,
+                value = await asyncio.to_thread(self.fn, **kwargs)  # which renews its leases
+                if inspect.isawaitable(value):
+                    value = await value
             return True, to_json(value)
         except ToolError as exc:
             return False, _error(str(exc) or f"{self.name} failed")
