@@ -106,7 +106,7 @@ def test_base_assembly_rejects_a_wrong_checksum(
 def test_real_base_model_assembles_loads_and_transcribes(tmp_path: Path) -> None:
     path = resolve_model_dir(BASE, cache_dir=tmp_path)
     assert (path / "model.bin").stat().st_size == models.BASE_MODEL_BIN_SIZE
-    assert models._sha256_file(path / "model.bin") == BASE_MODEL_BIN_SHA256
+    assert models.file_sha256(path / "model.bin") == BASE_MODEL_BIN_SHA256
     engine = WhisperEngine(model=str(path), cpu_threads=os.cpu_count() or 2)
     assert engine.multilingual
     fx = fixture_named("traffic")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Final, Literal, Protocol, TypeAlias
 
 from voxbus.errors import UserError
+from voxbus.runtime.checksums import file_sha256 as file_sha256
 from voxbus.services.llm.chatml import SMOLLM2_DEFAULT_SYSTEM
 from voxbus.services.llm.engine import LLMBackendError
 from voxbus.services.llm.llama_engine import check_model_file, default_model_path
@@ -182,13 +183,6 @@ def resolve_model(settings: ModelChoice) -> ResolvedModel:
 
 # ---- installing (./dev setup) -----------------------------------------------------------------
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stamp_path(path: Path) -> Path:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from voxbus.errors import UserError
+from voxbus.runtime.checksums import file_sha256 as file_sha256
 
 TINY_EN = "tiny.en"
 BASE = "base"
@@ -125,13 +126,6 @@ def _package_data(package: str) -> Path:
     return Path(str(root)) / "data"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _is_valid_base_dir(path: Path) -> bool:
     model_bin = path / "model.bin"
@@ -139,7 +133,7 @@ def _is_valid_base_dir(path: Path) -> bool:
         return False
     if not all((path / name).is_file() for name in BASE_SIDE_FILES):
         return False
-    return _sha256_file(model_bin) == BASE_MODEL_BIN_SHA256
+    return file_sha256(model_bin) == BASE_MODEL_BIN_SHA256
 
 
 def ensure_base_model(cache_dir: Path) -> Path:

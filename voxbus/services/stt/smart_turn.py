@@ -11,7 +11,6 @@ complete. About 80-100 ms per call on one thread here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 
 from voxbus.audio import Float32Array
+from voxbus.runtime.checksums import file_sha256
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.models import ModelIntegrityError, ModelNotFoundError, cache_root
 
@@ -39,13 +39,6 @@ WINDOW_S: Final = 8
 def model_path(cache: Path | None = None) -> Path:
     return (cache or cache_root()) / "smart-turn" / MODEL_FILE
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_model(cache: Path | None = None) -> Path:
@@ -63,7 +56,7 @@ def check_model(cache: Path | None = None) -> Path:
 def fetch(cache: Path | None = None) -> Path:
     """Download the pipecat-ai wheel (no dependencies) and extract the model and its licence."""
     target = model_path(cache)
-    if target.is_file() and _sha256(target) == MODEL_SHA256:
+    if target.is_file() and file_sha256(target) == MODEL_SHA256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="voxbus-smart-turn-") as tmp:
@@ -75,7 +68,7 @@ def fetch(cache: Path | None = None) -> Path:
             with zipfile.ZipFile(wheel) as z:
                 part.write_bytes(z.read(MEMBER))
                 (target.parent / "LICENSE").write_bytes(z.read(LICENSE_MEMBER))
-            digest = _sha256(part)
+            digest = file_sha256(part)
             if digest != MODEL_SHA256:
                 raise ModelIntegrityError(f"{MEMBER} in {wheel.name} has sha256 {digest}, "
                                           f"expected {MODEL_SHA256}")

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from voxbus.errors import UserError
+from voxbus.runtime.checksums import file_sha256 as file_sha256
 
 MODEL_FILENAME: Final = "kokoro-v1.0.int8.onnx"
 MODEL_SIZE: Final = 92_361_271
@@ -72,13 +73,6 @@ def model_part_paths() -> list[Path]:
         paths.append(path)
     return paths
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_model(path: Path, *, size: int = MODEL_SIZE, sha256: str = MODEL_SHA256) -> bool:
