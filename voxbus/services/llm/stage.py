@@ -118,7 +118,9 @@ class LlmStage:
         #: The last turns handled here, for benchmarks and diagnostics.
         self.recent: deque[TurnStats] = deque(maxlen=256)
         self.speculation = SpeculationStats()
-        self._warming: asyncio.Task[None] | None = None
+        #: Reading the default agent's prompt in, one task per connection (``serve``'s
+        #: ``before`` runs once per region group).
+        self._warming: list[asyncio.Task[None]] = []
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -133,10 +135,9 @@ class LlmStage:
             log.warning("llm_warmup_failed", error=str(exc))
 
     async def stop(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._warming
+        for task in self._warming:
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         if self._close_engine:
             await self.engine.aclose()
 
@@ -240,7 +241,7 @@ class LlmStage:
                 log.info("llm_agent_prewarmed", agent=persona.agent, engines=done,
                          ms=round((time.perf_counter() - started) * 1000))
 
-        self._warming = asyncio.create_task(warm(), name="llm-warm-agent")
+        self._warming.append(asyncio.create_task(warm(), name="llm-warm-agent"))
 
     def persona(self, agent: SessionAgent | None) -> Persona:
         """Who answers: the session's agent, else this worker's system prompt and tools."""
