@@ -67,6 +67,23 @@ async def ends(bus: Bus, session: str) -> list[ReplyEnd]:
     return [m for m in kept if isinstance(m, ReplyEnd)]
 
 
+async def kill_mid_call(bus: Bus, stage: str, session: str, text: str,
+                        db: Path) -> tuple[float, list[ReplyEnd]]:
+    """The caller asks for a booking; once the tool has started, the ``stage`` replica holding
+    the session is killed (-9). The seconds from the kill to the reply's end, and the ends
+    stored."""
+    tap = await Tap.on_bus(bus, REGION, f"{session}.llm.reply")
+    await bus.publish(REGION, SessionStarted(session=session, agent="desk"))
+    await bus.publish(REGION, ask(session, 1, text))
+    await wait_until(lambda: bool(rows(db, "starts")), timeout_s=20)
+    os.kill(await owner_pid(bus, stage, session), signal.SIGKILL)
+    killed = time.monotonic()
+    await tap.until(lambda t: bool(t.of(ReplyEnd, session)), timeout_s=30)
+    gap = time.monotonic() - killed
+    await asyncio.sleep(0.5)
+    return gap, await ends(bus, session)
+
+
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "bookings.sqlite3"
@@ -92,17 +109,8 @@ async def test_a_tools_replica_killed_mid_call_books_once(
     async with two_replicas("tools", tmp_path, args=(MODULE,)) as (bus, _procs):
         await publish_agents(bus)
         async with running(bus, scripted_llm(model)):
-            s = "tools-kill"
-            tap = await Tap.on_bus(bus, REGION, f"{s}.llm.reply")
-            await bus.publish(REGION, SessionStarted(session=s, agent="desk"))
-            await bus.publish(REGION, ask(s, 1, "Could you book a table please?"))
-            await wait_until(lambda: bool(rows(db, "starts")), timeout_s=20)
-            os.kill(await owner_pid(bus, "tools", s), signal.SIGKILL)
-            killed = time.monotonic()
-            await tap.until(lambda t: bool(t.of(ReplyEnd, s)), timeout_s=30)
-            gap = time.monotonic() - killed
-            await asyncio.sleep(0.5)
-            end = (await ends(bus, s))
+            gap, end = await kill_mid_call(bus, "tools", "tools-kill",
+                                           "Could you book a table please?", db)
             assert len(end) == 1 and "Booked under Rossi, booking 1." in end[0].text
             assert [t.name for t in end[0].tools] == ["book_table"] and end[0].tools[0].ok
             starts = rows(db, "starts")
@@ -123,15 +131,7 @@ async def test_an_llm_replica_killed_while_waiting_books_once_and_keeps_the_hand
         async with running(bus, ToolsStage(load(MODULE).tools, replica="tools-1")):
             s = "llm-kill-waiting"
             tap = await Tap.on_bus(bus, REGION, f"{s}.llm.reply")
-            await bus.publish(REGION, SessionStarted(session=s, agent="desk"))
-            await bus.publish(REGION, ask(s, 1, "Book a table for us, please."))
-            await wait_until(lambda: bool(rows(db, "starts")), timeout_s=20)
-            os.kill(await owner_pid(bus, "llm", s), signal.SIGKILL)
-            killed = time.monotonic()
-            await tap.until(lambda t: bool(t.of(ReplyEnd, s)), timeout_s=30)
-            gap = time.monotonic() - killed
-            await asyncio.sleep(0.5)
-            end = await ends(bus, s)
+            gap, end = await kill_mid_call(bus, "llm", s, "Book a table for us, please.", db)
             assert len(end) == 1 and "Booked under Rossi, booking 1." in end[0].text
             assert len(rows(db, "starts")) == 1  # the survivor asked with the same call id
             assert len(rows(db, "bookings")) == 1
