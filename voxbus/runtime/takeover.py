@@ -24,7 +24,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from voxbus.runtime.transient import transient
+from voxbus.runtime.transient import missing_consumer, transient
 
 log = structlog.get_logger("voxbus.takeover")
 
@@ -88,7 +88,11 @@ class Barrier:
                 if await self._check():
                     break
             except Exception as e:  # noqa: BLE001 - classified below
-                if not transient(e):
+                # A consumer not there (yet) is waited for too: after a store came back empty,
+                # a partition can be taken before this worker made its consumers again (the
+                # partition's puller makes them when its first request finds none). Ending
+                # here would leave the partition holding every message back for good.
+                if not transient(e) and not missing_consumer(e):
                     raise
             await asyncio.sleep(self._check_s)
         held = self.take_held()

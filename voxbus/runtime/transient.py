@@ -25,6 +25,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 
 #: JetStream's "stream not found" (a store that came back empty): provisioning fixes it.
 STREAM_NOT_FOUND = 10059
+#: JetStream's "consumer not found": a worker's consumer, gone with an empty store, that its
+#: pull consumer makes again (``PullConsumer``'s ``on_missing``).
+CONSUMER_NOT_FOUND = 10014
 
 
 def missing_stream(e: BaseException) -> bool:
@@ -33,6 +36,12 @@ def missing_stream(e: BaseException) -> bool:
         return True
     return (isinstance(e, js_errors.NotFoundError) and not isinstance(e, js_errors.KeyValueError)
             and e.err_code == STREAM_NOT_FOUND)
+
+
+def missing_consumer(e: BaseException) -> bool:
+    """The consumer named in a request is gone (its stream is there)."""
+    return (isinstance(e, js_errors.NotFoundError) and not isinstance(e, js_errors.KeyValueError)
+            and e.err_code == CONSUMER_NOT_FOUND)
 
 
 def transient(e: BaseException) -> bool:
