@@ -130,7 +130,12 @@ async def test_the_voice_loop_survives_nats_outages() -> None:
         for i, (scenario, outage) in enumerate(outages, start=1):
             await outage()
             await _connected(loop)
-            r = await _turn(caller, sentences[i % len(sentences)])
+            try:
+                r = await _turn(caller, sentences[i % len(sentences)])
+            except AssertionError:
+                for stage in loop.stages:  # what each worker said last, to see where it stopped
+                    print(f"--- {stage.name}", *stage.last_lines, sep="\n")
+                raise
             extra = _wait(r) - _wait(before)
             # JetStream flushes consumer state in the background: after a crash the last acked
             # messages can come again, and a replica that fenced during the outage handles them
