@@ -49,3 +49,8 @@ def test_word_errors_counts_edits_after_normalisation() -> None:
     assert word_errors(ref, "The meeting starts at 10 in the evening.") == 1
     assert word_errors(ref, "meeting starts at 10 in the morning today") == 2
     assert word_errors("", "hello") == 1
+
+
+def test_amounts_and_titles_are_compared_as_said() -> None:
+    assert word_errors("transfer two hundred dollars", "transfer $200") == 0
+    assert word_errors("the meeting with Doctor Patel", "the meeting with Dr. Patel") == 0

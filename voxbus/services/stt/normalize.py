@@ -29,6 +29,12 @@ _NUMBER = re.compile(r"\d+(?:st|nd|rd|th)?")
 _THOUSANDS_SEP = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _SYMBOLS = {"%": " percent ", "&": " and ", "+": " plus ", "@": " at "}
 _DROP = re.compile(r"[^\w\s]|_")
+#: "$200" -> "200 dollars" (Whisper writes amounts with the sign, people say the word).
+_CURRENCY = re.compile(r"([$€£])(\d+(?:\.\d+)?)")
+_CURRENCY_WORDS = {"$": "dollars", "€": "euros", "£": "pounds"}
+#: Titles Whisper abbreviates: "Dr. Patel" is "doctor patel" as said.
+_TITLES = re.compile(r"\b(dr|mr|mrs|ms)\.(?=\s)")
+_TITLE_WORDS = {"dr": "doctor", "mr": "mister", "mrs": "missus", "ms": "miss"}
 
 
 def number_to_words(n: int) -> str:
@@ -83,6 +89,8 @@ def normalize_text(text: str) -> str:
     s = text.lower()
     s = _TIME.sub(_time, s)
     s = _THOUSANDS_SEP.sub("", s)
+    s = _CURRENCY.sub(lambda m: f" {m.group(2)} {_CURRENCY_WORDS[m.group(1)]} ", s)
+    s = _TITLES.sub(lambda m: _TITLE_WORDS[m.group(1)], s)
     for symbol, words in _SYMBOLS.items():
         s = s.replace(symbol, words)
     s = s.replace("-", " ")
