@@ -372,6 +372,9 @@ def test_settings_from_env() -> None:
         SttSettings.from_env({"STT_END_SILENCE_MS": "0"})
     with pytest.raises(ValueError):
         SttSettings.from_env({"STT_DEVICE": "tpu"})
+    assert SttSettings.from_env({"STT_DENOISE": " DTLN "}).denoise == "dtln"
+    with pytest.raises(ValueError, match="STT_DENOISE must be one of off, dtln"):
+        SttSettings.from_env({"STT_DENOISE": "krisp"})
 
 
 

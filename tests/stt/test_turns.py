@@ -282,3 +282,44 @@ def test_segmenter_finish_includes_audio_not_yet_scored() -> None:
     assert isinstance(end.event, EndOfTurn)
     assert end.event.audio_end_sample == 20 * W + 100
     assert end.audio is not None and end.audio.size == 20 * W + 100
+
+
+class _Delay:
+    """A denoiser that delays by 100 samples and halves."""
+
+    delay_samples = 100
+    delay_ms = 100 / 16
+
+    def __init__(self) -> None:
+        self._held = np.zeros(0, dtype=np.float32)
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        joined = np.concatenate([self._held, chunk])
+        due = max(0, joined.size - self.delay_samples)
+        self._held = joined[due:]
+        return joined[:due] * 0.5
+
+    def reset(self) -> None:
+        self._held = np.zeros(0, dtype=np.float32)
+
+
+@pytest.mark.parametrize("denoised_decode", [True, False])
+def test_a_denoiser_keeps_the_stream_positions(denoised_decode: bool) -> None:
+    """The VAD hears the suppressed audio; the final holds the same samples by position, from
+    the suppressed stream or (``denoised_decode=False``) from the audio as received."""
+    probs = silence(20) + speech(30) + silence(20)
+    x = ramp(len(probs) * W + 2000)
+    plain = Segmenter(vad=ScriptedVad(probs))
+    denoised = Segmenter(vad=ScriptedVad(probs), denoiser=_Delay(),
+                         denoised_decode=denoised_decode)
+    finals = []
+    for seg in (plain, denoised):
+        out = []
+        for i in range(0, x.size, 320):
+            out.extend(seg.push(x[i: i + 320]))
+        finals.append(next(s for s in out if isinstance(s.event, EndOfTurn)))
+    assert finals[0].event == finals[1].event
+    assert finals[0].audio is not None and finals[1].audio is not None
+    expected = x[finals[0].event.audio_start_sample:finals[0].event.audio_end_sample] * 0.5
+    np.testing.assert_array_equal(finals[1].audio,
+                                  expected if denoised_decode else finals[0].audio)

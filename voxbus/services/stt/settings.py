@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from voxbus.runtime.settings import Env, SettingsError
+from voxbus.services.stt.denoise import NAMES as DENOISERS
 from voxbus.services.stt.models import DEFAULT_MODEL
 from voxbus.services.stt.turns import TurnConfig
 
@@ -45,6 +46,11 @@ class SttSettings:
     window_s: float = 12.0
     #: Room left in the short window after the utterance.
     window_margin_s: float = 2.0
+    #: Noise suppression of the caller's audio before the VAD: ``off``, ``dtln``, ``deepfilter``
+    #: or ``rnnoise`` (see services.stt.denoise).
+    denoise: str = "off"
+    #: Whisper decodes the suppressed audio too (else the audio as received).
+    denoise_decode: bool = True
     # turn detection (see services.stt.turns)
     #: Silence that ends a turn (with ``turn_model`` ``silence``).
     end_silence_ms: int = 300
@@ -110,6 +116,9 @@ class SttSettings:
         if self.window_s and not 0 < self.window_margin_s < self.window_s <= 30:
             raise SettingsError("STT_WINDOW_S must be 0 (off) or above STT_WINDOW_MARGIN_S "
                                 "(> 0) and at most 30")
+        if self.denoise not in DENOISERS:
+            raise SettingsError(f"STT_DENOISE must be one of {', '.join(DENOISERS)}, got "
+                                f"{self.denoise!r}")
         if self.turn_model not in ("silence", "smart-turn"):
             raise SettingsError(f"STT_TURN_MODEL must be silence or smart-turn, got "
                                 f"{self.turn_model!r}")
@@ -157,6 +166,8 @@ class SttSettings:
             beam_size=env.int("BEAM_SIZE", d.beam_size),
             window_s=env.float("WINDOW_S", d.window_s),
             window_margin_s=env.float("WINDOW_MARGIN_S", d.window_margin_s),
+            denoise=env.str("DENOISE", d.denoise).strip().lower(),
+            denoise_decode=env.bool("DENOISE_DECODE", d.denoise_decode),
             end_silence_ms=env.int("END_SILENCE_MS", d.end_silence_ms),
             min_speech_ms=env.int("MIN_SPEECH_MS", d.min_speech_ms),
             pre_roll_ms=env.int("PRE_ROLL_MS", d.pre_roll_ms),

@@ -67,6 +67,7 @@ from voxbus.runtime.stage import SessionPolicy
 from voxbus.runtime.tasks import cancel_and_wait
 from voxbus.services.stt import turns
 from voxbus.services.stt.decoding import Decoder, build_engine
+from voxbus.services.stt.denoise import make_denoiser
 from voxbus.services.stt.engine import Transcriber
 from voxbus.services.stt.session import SttSession
 from voxbus.services.stt.settings import SttSettings
@@ -158,7 +159,7 @@ class SttStage:
                  warmup_s=round(warmup_s, 3),
                  partials="off" if not s.partials
                  else "background" if (self.partial or self._partial_loading) else "shared",
-                 max_sessions=s.max_sessions, turn_model=s.turn_model)
+                 max_sessions=s.max_sessions, turn_model=s.turn_model, denoise=s.denoise)
 
     async def _load_partial(self) -> None:
         dec = Decoder(name="stt-partial", nice=self.settings.partial_nice)
@@ -207,7 +208,9 @@ class SttStage:
             seg.reset()
             return seg
         return turns.Segmenter(vad=self._vad_factory(), config=self._turn_config,
-                               turn_model=self._complete if self.smart_turn else None)
+                               turn_model=self._complete if self.smart_turn else None,
+                               denoiser=make_denoiser(self.settings.denoise),
+                               denoised_decode=self.settings.denoise_decode)
 
     def _complete(self, audio: Float32Array) -> bool:
         assert self.smart_turn is not None

@@ -33,6 +33,7 @@ import numpy as np
 
 from voxbus.audio import Float32Array
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
+from voxbus.services.stt.denoise import Denoiser
 from voxbus.services.stt.vad import VoiceActivity
 
 
@@ -372,8 +373,13 @@ class Segmenter:
     """VAD + TurnDetector + utterance buffer for one 16 kHz mono stream. Not thread-safe."""
 
     def __init__(self, *, vad: VoiceActivity, config: TurnConfig | None = None,
-                 turn_model: Callable[[Float32Array], bool] | None = None) -> None:
-        """``turn_model(audio)``: whether an utterance sounds complete (see ``TurnDetector``)."""
+                 turn_model: Callable[[Float32Array], bool] | None = None,
+                 denoiser: Denoiser | None = None, denoised_decode: bool = True) -> None:
+        """``turn_model(audio)``: whether an utterance sounds complete (see ``TurnDetector``).
+        ``denoiser``: the VAD (and, with ``denoised_decode``, the decodes) hear its output. Its
+        output sample n is input sample n, so positions stay those of the input."""
+        self._denoiser = denoiser
+        self._denoised_decode = denoised_decode
         self.detector = TurnDetector(
             config, None if turn_model is None
             else lambda start, end: turn_model(self._buffer.slice(start, end)))
@@ -391,9 +397,14 @@ class Segmenter:
 
     def push(self, audio: Float32Array) -> list[Segment]:
         chunk = np.asarray(audio, dtype=np.float32)
+        heard = chunk
+        if self._denoiser is not None:
+            heard = self._denoiser.process(chunk)
+            if self._denoised_decode:
+                chunk = heard
         self._buffer.append(chunk)
         out: list[Segment] = []
-        for window in self._vad.process(chunk):
+        for window in self._vad.process(heard):
             n = window.end_sample - window.start_sample
             out.extend(self._with_audio(e) for e in self.detector.push(window.probability, n))
         self._buffer.discard_before(self.detector.retain_from_sample)
@@ -417,6 +428,8 @@ class Segmenter:
 
     def reset(self) -> None:
         self._vad.reset()
+        if self._denoiser is not None:
+            self._denoiser.reset()
         self.detector.reset()
         self._buffer.clear()
 
