@@ -1,0 +1,244 @@
+"""Hearing benchmark: how many of the caller's words the STT stage's finals keep, and when the
+turn ends, on the speech set of ``voxbus.bench.speechset`` (30 requests, six voices, three
+speeds; clean, pink noise and babble copies), after the room's Opus codec.
+
+    voxbus bench hearing [--variant "STT_BEAM_SIZE=5 STT_WINDOW_S=0"]... [--conditions ...]
+                         [--no-opus] [--reference] [--limit N]
+
+Each clip goes through what the stage runs on a session's audio, in this process and faster
+than real time: Opus at 32 kbit/s (48 kHz, 20 ms frames, as WebRTC sends it), the resampler to
+16 kHz, Silero VAD and the turn detector with the STT_* settings, then each turn's final decoded
+on the final's engine. A variant is a set of STT_* settings over the environment's; the first
+row is the environment's own. ``--reference`` adds what faster-whisper's own ``transcribe`` makes
+of the whole clip (beam 5, 30 s window, temperature fallback: what Pipecat's Whisper service
+runs on a VAD segment), an estimate of what the model can hear. Reports per variant and
+condition: word error rate (errors / reference words), turns per clip, phantom turns (ended
+before the caller spoke), turn end after the caller's last word, and decode time; writes
+bench/results/hearing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voxbus.audio import Float32Array, resample
+from voxbus.bench import speechset
+from voxbus.bench.report import percentile, print_table, write_json
+from voxbus.errors import UserError
+from voxbus.services.stt import turns
+from voxbus.services.stt.audio import WHISPER_RATE_HZ
+from voxbus.services.stt.decoding import build_engine
+from voxbus.services.stt.denoise import make_denoiser
+from voxbus.services.stt.engine import WhisperEngine
+from voxbus.services.stt.normalize import normalize_text, word_errors
+from voxbus.services.stt.settings import SttSettings
+from voxbus.services.stt.vad import SileroVad
+
+OPUS_RATE_HZ = 48_000
+OPUS_BITRATE = 32_000
+
+
+def opus_roundtrip(audio: Float32Array) -> Float32Array:
+    """16 kHz audio through an Opus encoder and decoder at 48 kHz, back at 16 kHz."""
+    import av
+
+    up = resample(audio, in_rate_hz=WHISPER_RATE_HZ, out_rate_hz=OPUS_RATE_HZ)
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate = OPUS_RATE_HZ
+    enc.layout = "mono"
+    enc.format = "s16"
+    enc.bit_rate = OPUS_BITRATE
+    dec = av.CodecContext.create("libopus", "r")
+    dec.sample_rate = OPUS_RATE_HZ
+    dec.layout = "mono"
+    pcm = (np.clip(up, -1, 1) * 32767).astype(np.int16)
+    step = OPUS_RATE_HZ // 50
+    out: list[np.ndarray[Any, Any]] = []
+    pts = 0
+    for i in range(0, pcm.size - step + 1, step):
+        frame = av.AudioFrame.from_ndarray(pcm[None, i:i + step], format="s16", layout="mono")
+        frame.sample_rate = OPUS_RATE_HZ
+        frame.pts = pts
+        pts += step
+        for packet in enc.encode(frame):
+            for decoded in dec.decode(packet):
+                out.append(decoded.to_ndarray().reshape(-1))
+    for packet in enc.encode(None):
+        for decoded in dec.decode(packet):
+            out.append(decoded.to_ndarray().reshape(-1))
+    joined = np.concatenate(out).astype(np.float32)
+    if joined.dtype != np.float32 or np.abs(joined).max() > 1.5:
+        joined = joined / 32768.0
+    delay = enc.delay if getattr(enc, "delay", 0) else 312  # Opus's pre-skip at 48 kHz
+    return resample(joined[delay:].astype(np.float32), in_rate_hz=OPUS_RATE_HZ,
+                    out_rate_hz=WHISPER_RATE_HZ)
+
+
+@dataclass
+class Heard:
+    text: str = ""
+    turns: int = 0
+    phantom: int = 0  # turns that ended before the caller spoke
+    turn_end_ms: float | None = None  # the turn that holds the last word: its end after it
+    decode_s: list[float] = field(default_factory=list)
+
+
+def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
+         decode: Callable[[Float32Array], tuple[str, float]],
+         judge: Callable[[Float32Array], bool] | None) -> Heard:
+    """The clip in 20 ms chunks through the stage's segmenter; each turn's final decoded."""
+    seg = turns.Segmenter(vad=SileroVad(), config=settings.turn_config(), turn_model=judge,
+                          denoiser=make_denoiser(settings.denoise),
+                          denoised_decode=settings.denoise_decode)
+    heard = Heard()
+    texts: list[str] = []
+    step = WHISPER_RATE_HZ // 50
+    segments: list[turns.Segment] = []
+    for i in range(0, audio.size, step):
+        segments += seg.push(audio[i:i + step])
+    segments += seg.finish()
+    per_ms = WHISPER_RATE_HZ / 1000
+    for s in segments:
+        if not isinstance(s.event, turns.EndOfTurn) or s.audio is None:
+            continue
+        heard.turns += 1
+        if s.event.speech_end_sample / per_ms < start_ms:
+            heard.phantom += 1
+        if s.event.speech_start_sample / per_ms <= end_ms and heard.turn_end_ms is None and (
+                s.event.speech_end_sample / per_ms >= end_ms - 300):
+            heard.turn_end_ms = s.event.at_sample / per_ms - end_ms
+        text, took = decode(s.audio)
+        heard.decode_s.append(took)
+        if text:
+            texts.append(text)
+    heard.text = " ".join(texts)
+    return heard
+
+
+def _stage_decoder(engine: WhisperEngine, settings: SttSettings
+                   ) -> Callable[[Float32Array], tuple[str, float]]:
+    def decode(audio: Float32Array) -> tuple[str, float]:
+        r = engine.transcribe(audio)
+        noise = (r.no_speech_prob or 0.0) > settings.no_speech_threshold and (
+            r.avg_logprob or 0.0) < -1.0
+        return ("" if noise else r.text), r.decode_s
+    return decode
+
+
+def _judge(settings: SttSettings) -> Callable[[Float32Array], bool] | None:
+    """Smart Turn's verdict, when the settings ask for it."""
+    if settings.turn_model != "smart-turn":
+        return None
+    from voxbus.services.stt.smart_turn import SmartTurn
+
+    model, bar = SmartTurn(), settings.turn_model_threshold
+    return lambda audio: model.complete_probability(audio) >= bar
+
+
+def _reference(engine: WhisperEngine, audio: Float32Array) -> tuple[str, float]:
+    started = time.perf_counter()
+    segments, _ = engine._model.transcribe(audio, language="en", beam_size=5,  # noqa: SLF001
+                                           vad_filter=False)
+    text = " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.4)
+    return text, time.perf_counter() - started
+
+
+def _variants(specs: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
+    out: list[tuple[str, dict[str, str]]] = [("defaults", {})]
+    for spec in specs:
+        env: dict[str, str] = {}
+        for item in shlex.split(spec):
+            key, sep, value = item.partition("=")
+            if not sep or not key.startswith("STT_"):
+                raise UserError(f"--variant takes STT_NAME=VALUE settings, got {item!r}")
+            env[key] = value
+        out.append((spec, env))
+    return out
+
+
+def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]]
+         ) -> dict[str, Any]:
+    words = sum(len(normalize_text(c.text).split()) for c, _ in results)
+    errors = sum(word_errors(c.text, h.text) for c, h in results)
+    ends = [h.turn_end_ms for _, h in results if h.turn_end_ms is not None]
+    decodes = [d * 1000 for _, h in results for d in h.decode_s]
+    return {
+        "variant": name, "condition": condition, "clips": len(results),
+        "wer": round(errors / max(1, words), 4),
+        "split": sum(h.turns - h.phantom > 1 for _, h in results),
+        "phantom": sum(h.phantom for _, h in results),
+        "missed": sum(h.turn_end_ms is None for _, h in results),
+        "end_p50_ms": round(percentile(ends, 50)) if ends else None,
+        "end_p95_ms": round(percentile(ends, 95)) if ends else None,
+        "decode_p50_ms": round(statistics.median(decodes)) if decodes else None,
+        "decode_p95_ms": round(percentile(decodes, 95)) if decodes else None,
+    }
+
+
+def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip], *, opus: bool,
+        reference: bool, environ: Mapping[str, str]) -> dict[str, Any]:
+    audio = {c.name: (opus_roundtrip(c.audio()) if opus else c.audio()) for c in clips}
+    conditions = sorted({c.condition for c in clips}, key=speechset.CONDITIONS.index)
+    rows: list[dict[str, Any]] = []
+    misheard: dict[str, list[dict[str, str]]] = {}
+    for name, env in variants:
+        settings = SttSettings.from_env({**environ, **env})
+        engine = build_engine(settings)
+        judge = _judge(settings)
+        decode = _stage_decoder(engine, settings)
+        results = [(c, hear(audio[c.name], c.speech_start_ms, c.speech_end_ms, settings, decode,
+                            judge)) for c in clips]
+        for condition in conditions:
+            rows.append(_row(name, condition, [r for r in results if r[0].condition == condition]))
+        misheard[name] = [{"clip": c.name, "said": c.text, "heard": h.text} for c, h in results
+                          if word_errors(c.text, h.text)]
+        print(f"  {name}: " + ", ".join(f"{r['condition']} {r['wer']:.3f}" for r in rows
+                                         if r["variant"] == name), flush=True)
+        if reference and name == "defaults":
+            ref = [(c, Heard(text=_reference(engine, audio[c.name])[0])) for c in clips]
+            for condition in conditions:
+                rows.append(_row("reference: transcribe(beam 5) on the clip", condition,
+                                 [r for r in ref if r[0].condition == condition]))
+    return {"rows": rows, "misheard": misheard}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="voxbus bench hearing", description=__doc__.split("\n")[0])
+    p.add_argument("--variant", action="append", default=[],
+                   help='STT settings to compare, e.g. "STT_BEAM_SIZE=5 STT_WINDOW_S=0"')
+    p.add_argument("--conditions", default=",".join(speechset.CONDITIONS))
+    p.add_argument("--no-opus", action="store_true", help="skip the Opus round trip")
+    p.add_argument("--reference", action="store_true",
+                   help="add faster-whisper's own transcribe of each whole clip")
+    p.add_argument("--limit", type=int, default=0, help="the first N sentences only")
+    args = p.parse_args(argv)
+    wanted = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    unknown = set(wanted) - set(speechset.CONDITIONS)
+    if unknown:
+        raise UserError(f"--conditions: unknown {sorted(unknown)}; known: "
+                        f"{', '.join(speechset.CONDITIONS)}")
+    clips = [c for c in speechset.load() if c.condition in wanted]
+    if args.limit:
+        keep = set(speechset.SENTENCES[:args.limit])
+        clips = [c for c in clips if c.text in keep]
+    print(f"hearing: {len(clips)} clips, opus {'off' if args.no_opus else 'on'}", flush=True)
+    result = run(_variants(args.variant), clips, opus=not args.no_opus,
+                 reference=args.reference, environ=os.environ)
+    print_table("word error rate and turn ends, per variant and condition", result["rows"])
+    path = write_json("hearing", {"opus": not args.no_opus, "clips": len(clips),
+                                  "set_version": speechset.VERSION, **result})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
