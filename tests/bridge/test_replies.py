@@ -4,6 +4,7 @@ guesses, commits, voids and barge-ins, and what goes back to the bus."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,22 +29,59 @@ S = "s1"
 
 
 class Speaker:
+    """The playout: frames pushed, the first ``played`` of them heard (``play``)."""
+
     rate = 24_000
 
     def __init__(self) -> None:
         self.frames: list[AgentFrame] = []
+        self.played = 0
 
     def push(self, f: AgentFrame) -> bool:
         self.frames.append(f)
         return True
 
     def cancel(self, which: Callable[[AgentFrame], bool]) -> tuple[int, int]:
-        gone = [f for f in self.frames if which(f)]
-        self.frames = [f for f in self.frames if not which(f)]
-        return len(gone), 0
+        return len(self.take(which)), 0
+
+    def take(self, which: Callable[[AgentFrame], bool]) -> list[AgentFrame]:
+        heard, rest = self.frames[:self.played], self.frames[self.played:]
+        self.frames = heard + [f for f in rest if not which(f)]
+        return [f for f in rest if which(f)]
+
+    def play(self, replies: Replies, n: int) -> None:
+        for f in self.frames[self.played:self.played + n]:
+            replies.frame_started(f)
+        self.played += n
 
     def heard(self) -> list[tuple[int, int]]:
         return [(f.turn, f.seq) for f in self.frames]
+
+
+class Clock:
+    """``call_later`` run by hand: ``fire`` runs what is due."""
+
+    @dataclass
+    class Timer:
+        callback: Callable[[], None]
+        cancelled: bool = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[float, Clock.Timer]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Clock.Timer:
+        timer = Clock.Timer(callback)
+        self.timers.append((delay, timer))
+        return timer
+
+    def fire(self) -> None:
+        timers, self.timers = self.timers, []
+        for _delay, timer in timers:
+            if not timer.cancelled:
+                timer.callback()
 
 
 class Captions:
@@ -57,10 +95,12 @@ class Captions:
         self.events.append(("end", turn, interrupted, char_end))
 
 
-def make() -> tuple[Replies, Speaker, list[Message]]:
+def make(*, backchannels: bool = True,
+         clock: Clock | None = None) -> tuple[Replies, Speaker, list[Message]]:
     speaker, out = Speaker(), list[Message]()
     replies = Replies(session=S, speaker=speaker, captions=Captions(), publish_ctl=out.append,
-                      log=structlog.get_logger("test"))
+                      log=structlog.get_logger("test"), backchannels=backchannels,
+                      resume_s=1.0, call_later=(clock or Clock()).call_later)
     return replies, speaker, out
 
 
@@ -148,3 +188,130 @@ def test_turn_zero_frames_play_and_are_no_reply() -> None:
     replies.barge_in(5, reason="barge_in")
     replies.part(frame(0, 0))
     assert speaker.heard() == [(0, 0)] and out == [] and 0 not in replies.replies
+
+
+# ---- backchannels: the user speaking over a reply pauses it; words decide ---------------------
+
+TEXT = "One two three four five six."
+
+
+def talking(replies: Replies, speaker: Speaker, *, frames: int = 6, heard: int = 2) -> None:
+    """Reply 1 is playing: ``frames`` frames of ``TEXT`` (a word each) came, ``heard`` played."""
+    replies.committed(commit(1, 0))
+    replies.part(ReplyText(session=S, turn=1, seq=0, text=TEXT, char_start=0,
+                           char_end=len(TEXT)))
+    ends = [4, 8, 14, 19, 24, 29]
+    for seq in range(frames):
+        replies.part(frame(1, seq, text_end=ends[seq]))
+    speaker.play(replies, heard)
+
+
+def test_mhm_over_a_reply_pauses_it_and_it_plays_on_where_it_stopped() -> None:
+    clock = Clock()
+    replies, speaker, out = make(clock=clock)
+    talking(replies, speaker)
+    replies.user_began(2)
+    assert speaker.heard() == [(1, 0), (1, 1)] and out == []  # silence at once; nothing said
+    replies.part(frame(1, 6))  # the reply's audio still coming in is kept
+    replies.user_words(2, "Mhm", final=False)
+    assert speaker.heard() == [(1, 0), (1, 1)]
+    replies.user_words(2, "Mhm.", final=True)
+    assert speaker.heard() == [(1, seq) for seq in range(7)]  # each frame once, in order
+    replies.committed(EndOfTurn(session=S, turn=2, transcript="Mhm.", speech_start_ns=0,
+                                speech_end_ns=0))
+    replies.part(frame(1, 7))
+    assert speaker.heard()[-1] == (1, 7)
+    assert out == [] and replies.user_turn == 2 and replies.ledger.interrupted == 0
+    assert all(timer.cancelled for _, timer in clock.timers)
+    replies.part(ReplyEnd(session=S, turn=1, text=TEXT))
+    replies.frame_finished(speaker.frames[-1])
+    (spoken,) = out
+    assert isinstance(spoken, AgentSpoke) and not spoken.interrupted and spoken.text == TEXT
+
+
+def test_a_real_word_cuts_the_paused_reply_where_it_paused() -> None:
+    replies, speaker, out = make()
+    talking(replies, speaker)
+    replies.user_began(2)
+    replies.user_words(2, "Wait, stop", final=False)
+    interrupt, spoken = out
+    assert isinstance(interrupt, Interrupt) and interrupt.turn == 1
+    assert isinstance(spoken, AgentSpoke) and spoken.interrupted
+    assert (spoken.text, spoken.char_end) == ("One two ", 8)
+    replies.part(frame(1, 6))
+    replies.user_words(2, "Wait, stop.", final=True)
+    assert speaker.heard() == [(1, 0), (1, 1)] and len(out) == 2
+    assert replies.pause is None and replies.user_turn == 2
+
+
+def test_a_backchannel_then_more_words_is_a_barge_in() -> None:
+    replies, speaker, out = make()
+    talking(replies, speaker)
+    replies.user_began(2)
+    replies.user_words(2, "Okay", final=False)
+    assert out == []
+    replies.user_words(2, "Okay, but what about Friday?", final=False)  # a guess's words
+    assert [type(m) for m in out] == [Interrupt, AgentSpoke]
+
+
+def test_a_cough_plays_the_reply_on_after_the_resume_time() -> None:
+    clock = Clock()
+    replies, speaker, out = make(clock=clock)
+    talking(replies, speaker)
+    replies.user_began(2)
+    clock.fire()  # no word within BRIDGE_BACKCHANNEL_RESUME_S
+    assert speaker.heard() == [(1, seq) for seq in range(6)] and out == []
+    replies.user_words(2, "", final=True)  # the STT took it for noise
+    assert out == [] and replies.user_turn == 2
+    # a later real interruption still cuts it
+    speaker.play(replies, 2)
+    replies.user_began(3)
+    replies.user_words(3, "Stop.", final=False)
+    interrupt, spoken = out
+    assert isinstance(interrupt, Interrupt) and interrupt.turn == 2
+    assert isinstance(spoken, AgentSpoke) and spoken.char_end == 19
+
+
+def test_words_after_the_resume_time_still_cut_the_reply() -> None:
+    clock = Clock()
+    replies, speaker, out = make(clock=clock)
+    talking(replies, speaker)
+    replies.user_began(2)
+    clock.fire()
+    replies.user_words(2, "Sorry, what was that?", final=False)
+    assert [type(m) for m in out] == [Interrupt, AgentSpoke]
+
+
+def test_an_answer_to_the_paused_utterance_makes_it_a_turn() -> None:
+    replies, speaker, out = make()
+    talking(replies, speaker)
+    replies.user_began(2)
+    replies.part(ReplyText(session=S, turn=2, seq=0, text="Yes?", char_start=0, char_end=4))
+    assert [type(m) for m in out] == [Interrupt, AgentSpoke] and replies.pause is None
+
+
+def test_yes_with_nothing_playing_is_an_ordinary_turn() -> None:
+    replies, speaker, out = make()
+    replies.user_began(1)
+    replies.user_words(1, "Yes.", final=True)
+    assert replies.pause is None and replies.user_turn == 1 and out == []
+    assert replies.ledger.interrupted == 0
+
+
+def test_without_backchannels_any_speech_cuts_at_once() -> None:
+    replies, speaker, out = make(backchannels=False)
+    talking(replies, speaker)
+    replies.user_began(2)
+    assert [type(m) for m in out] == [Interrupt, AgentSpoke] and replies.pause is None
+    assert speaker.heard() == [(1, 0), (1, 1)]
+
+
+def test_the_session_ending_while_paused_reports_what_was_heard() -> None:
+    clock = Clock()
+    replies, speaker, out = make(clock=clock)
+    talking(replies, speaker)
+    replies.user_began(2)
+    replies.end("left")
+    interrupt, spoken = out
+    assert isinstance(spoken, AgentSpoke) and spoken.char_end == 8
+    assert replies.pause is None and all(timer.cancelled for _, timer in clock.timers)

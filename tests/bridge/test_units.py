@@ -140,6 +140,36 @@ async def test_playout_cancel_knows_what_was_heard() -> None:
         po.close()
 
 
+async def test_playout_take_pauses_a_reply_and_it_plays_on_where_it_stopped() -> None:
+    started: list[AgentFrame] = []
+    finished: list[AgentFrame] = []
+    src = FakeSource()
+    po = Playout(cast(rtc.AudioSource, src), room="r", max_pending_frames=1000,
+                 on_started=started.append, on_finished=finished.append)
+    task = asyncio.create_task(po.run())
+    try:
+        frames = [frame(i) for i in range(30)]
+        frames[-1].last = True
+        for f in frames:
+            assert po.push(f)
+        await asyncio.sleep(0.2)
+        held = po.take(lambda f: f.session == "s")
+        heard = len(started)
+        assert 8 <= heard <= 12 and src.cleared == 1
+        assert [f.seq for f in held] == list(range(heard, 30))  # nothing heard, nothing lost
+        await asyncio.sleep(0.1)
+        assert len(started) == heard and not finished and not po.busy("s")  # silence
+        for f in held:
+            assert po.push(f)
+        await asyncio.sleep(0.5)
+        assert [f.seq for f in started] == list(range(30))  # each frame once, in order
+        assert [f.seq for f in finished] == [29]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        po.close()
+
+
 async def test_playout_reports_the_end_of_a_reply() -> None:
     finished: list[AgentFrame] = []
     po = Playout(cast(rtc.AudioSource, FakeSource()), room="r", max_pending_frames=3,

@@ -18,6 +18,9 @@ The words:
 - **Interrupt** (watermark): every turn ``<= interrupted`` is over; what it still produces is stale
   and is never published or played. The watermark only rises.
 - **Began**: the user started utterance ``n``: replies to turns before ``n`` are interrupted.
+- **Backchannel**: utterance ``n`` was only "mhm" or "okay" said over a reply
+  (``runtime.backchannel``): it is heard (the turns after it keep their numbers) but interrupts
+  nothing, and gets no reply of its own.
 
 Each live guess may carry a payload of the caller's (the bridge's held frames, the LLM's reply
 task, the STT's decode): what the ledger answers includes the payloads to release or to drop, and
@@ -129,6 +132,11 @@ class TurnLedger(Generic[G]):
             return []
         self.heard = max(self.heard, turn)
         return self.interrupt(turn - 1)
+
+    def backchannel(self, turn: int) -> None:
+        """Utterance ``turn`` was a backchannel said over a reply: heard, but the reply it was
+        said over goes on (the watermark stays where it is)."""
+        self.heard = max(self.heard, turn)
 
     # ---- guesses --------------------------------------------------------------------------------
 

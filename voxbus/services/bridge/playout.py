@@ -9,6 +9,7 @@ barge-in knows exactly which frames the caller heard.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -84,34 +85,44 @@ class Playout:
         """Drop every frame ``hit`` selects, now: pending ones, and (clearing the source's queue)
         queued ones. Frames of other sessions that were queued go back to the front of the line.
         Returns (pending dropped, queued dropped)."""
+        queued, pending = self._remove(hit)
+        return len(pending), len(queued)
+
+    def take(self, hit: Callable[[AgentFrame], bool]) -> list[AgentFrame]:
+        """Stop every frame ``hit`` selects now, as ``cancel`` does, and hand them back unplayed
+        in playing order (copies, never played, that may be pushed again: a paused reply)."""
+        queued, pending = self._remove(hit)
+        return [dataclasses.replace(f, cancelled=False, start_t=0.0, end_t=0.0)
+                for f in (*queued, *pending)]
+
+    def _remove(self, hit: Callable[[AgentFrame], bool]) -> tuple[list[AgentFrame],
+                                                                  list[AgentFrame]]:
+        """Take the frames ``hit`` selects out of the line, marked cancelled: (those in or
+        entering the source's queue, those pending), each in playing order."""
         now = time.monotonic()
         self._settle(now)
         keep: deque[AgentFrame] = deque()
-        n_pending = 0
+        pending: list[AgentFrame] = []
         for f in self._pending:
-            if hit(f):
-                f.cancelled = True
-                n_pending += 1
-            else:
-                keep.append(f)
+            (pending if hit(f) else keep).append(f)
         self._pending = keep
-        n_queued = 0
-        inflight = self._capturing is not None and hit(self._capturing)
-        if inflight and self._capturing is not None:
-            self._capturing.cancelled = True
+        queued: list[AgentFrame] = []
+        capturing = self._capturing
+        inflight = capturing is not None and hit(capturing)
         if inflight or any(hit(f) for f in self._ledger.unplayed()):
             self.source.clear_queue()
             dropped = self._ledger.clear(now)
             others = [f for f in dropped if not hit(f)]
-            for f in dropped:
-                if hit(f):
-                    f.cancelled = True
-                    n_queued += 1
+            queued = [f for f in dropped if hit(f)]
             if others:
                 for f in reversed(others):
                     self._pending.appendleft(f)
                 self._wake.set()
-        return n_pending, n_queued
+        if inflight and capturing is not None:
+            queued.append(capturing)  # captured after those the source had already
+        for f in (*queued, *pending):
+            f.cancelled = True
+        return queued, pending
 
     # ---- the loop -----------------------------------------------------------------------------
 

@@ -7,6 +7,14 @@ the held guess it names; ``TurnResumed`` voids one; the user beginning a new utt
 every reply to an earlier turn (a barge-in). What the caller actually heard of a reply goes back to
 the bus as ``AgentSpoke``, cut where the playout stopped.
 
+Backchannels (``BRIDGE_BACKCHANNELS``): the user beginning an utterance over a reply pauses it at
+once (its frames are taken out of the playout and kept; the caller hears silence as soon as a
+barge-in would give it) and publishes nothing yet. The first word of that utterance that is not a
+backchannel (``runtime.backchannel``), in a partial, a guess's or the final transcript, makes it a
+barge-in, cut where it paused. Its final holding only backchannels ("mhm") or no words, or no
+word for ``BRIDGE_BACKCHANNEL_RESUME_S`` (a cough), plays the reply on from the frame where it
+paused: no word is lost or said twice. A backchannel is heard in the ledger but interrupts nothing.
+
 Turn 0 frames ("not part of a turn", e.g. the echo stage's) are played but are no reply: they are
 never interrupted by turn logic and produce no ``AgentSpoke``.
 
@@ -16,9 +24,10 @@ tested on its own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voxbus.contracts.messages import (
@@ -32,6 +41,7 @@ from voxbus.contracts.messages import (
     TurnResumed,
 )
 from voxbus.runtime import metrics
+from voxbus.runtime.backchannel import Heard, heard
 from voxbus.runtime.ledger import ReplyKey, TurnLedger, Verdict, Why
 from voxbus.services.bridge.audio import AgentAudio, AgentFrame
 
@@ -51,6 +61,16 @@ class Speaker(Protocol):
     def push(self, f: AgentFrame) -> bool: ...
 
     def cancel(self, which: Callable[[AgentFrame], bool]) -> tuple[int, int]: ...
+
+    def take(self, which: Callable[[AgentFrame], bool]) -> list[AgentFrame]: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+#: Runs a callback after a delay (the event loop's ``call_later``; a test's own clock).
+CallLater = Callable[[float, Callable[[], None]], Timer]
 
 
 class CaptionSink(Protocol):
@@ -82,16 +102,33 @@ class Reply:
             self.text += chunk.text[len(self.text) - chunk.char_start:]
 
 
+@dataclass
+class Pause:
+    """Replies paused because the user began utterance ``turn`` over them."""
+
+    turn: int
+    timer: Timer
+    #: Their frames not played yet, in playing order (taken from the playout, and those that
+    #: arrived since).
+    frames: list[AgentFrame] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
+
+
 class Replies:
     """The session's replies, on its turn ledger."""
 
     def __init__(self, *, session: str, speaker: Speaker, captions: CaptionSink,
-                 publish_ctl: Callable[[Message], None], log: Any) -> None:
+                 publish_ctl: Callable[[Message], None], log: Any, backchannels: bool = True,
+                 resume_s: float = 1.0, call_later: CallLater | None = None) -> None:
         self.session = session
         self.speaker = speaker
         self.captions = captions
         self.publish_ctl = publish_ctl
         self.log = log
+        self.backchannels = backchannels
+        self.resume_s = resume_s
+        self._call_later = call_later
+        self.pause: Pause | None = None
         #: Held parts of each guess not yet committed are the payloads of its live guesses.
         self.ledger: TurnLedger[list[ReplyPart]] = TurnLedger(on_drop=self._dropped)
         self.replies: dict[int, Reply] = {}
@@ -161,6 +198,9 @@ class Replies:
             if not isinstance(msg, ReplyEnd):
                 self._stale_reply(msg.turn)
             return
+        if self.pause is not None and msg.turn >= self.pause.turn:
+            # the utterance the replies are paused for is answered: it was a turn of its own
+            self.barge_in(self.pause.turn, reason="barge_in")
         if isinstance(msg, AudioOut):
             self._audio_out(msg)
         elif isinstance(msg, ReplyText):
@@ -193,10 +233,92 @@ class Replies:
         except ValueError as e:
             self.log.warning("bad_agent_frame", turn=msg.turn, seq=msg.seq, error=str(e))
             return
-        self.speaker.push(AgentFrame(
+        f = AgentFrame(
             session=self.session, turn=msg.turn, seq=msg.seq, pcm=pcm,
             duration_s=len(pcm) / 2 / self.speaker.rate, text_end=msg.text_end, last=msg.last,
-        ))
+        )
+        if self.pause is not None and 0 < f.turn < self.pause.turn:
+            self.pause.frames.append(f)  # its reply is paused: kept for when it plays on
+        else:
+            self.speaker.push(f)
+
+    # ---- the user speaking over a reply ------------------------------------------------------
+
+    def user_began(self, user_turn: int) -> None:
+        """The user began utterance ``user_turn`` (``UserStartedSpeaking``): replies to earlier
+        turns pause (or, without backchannels, stop: a barge-in)."""
+        if user_turn <= self.ledger.heard:
+            return  # known already: begun, or taken as a backchannel
+        if self.backchannels and (self.pause is not None or self._talking(user_turn)):
+            self._pause(user_turn)
+        else:
+            self.barge_in(user_turn, reason="barge_in")
+
+    def user_words(self, user_turn: int, text: str, *, final: bool) -> None:
+        """Words of utterance ``user_turn`` so far (a partial, a guess's) or in the end
+        (``final``): a word that is not a backchannel makes it a barge-in; a final of
+        backchannels only, or of no words, over a reply lets the reply play on."""
+        if user_turn <= self.ledger.heard:
+            return
+        what = heard(text)
+        if not self.backchannels or what is Heard.SPEECH:
+            self.barge_in(user_turn, reason="barge_in")
+        elif self.pause is None and not self._talking(user_turn):
+            self.barge_in(user_turn, reason="barge_in")  # nothing to talk over: a turn as any
+        elif final:
+            self.ledger.backchannel(user_turn)
+            self.log.info("backchannel", user_turn=user_turn, words=what.value,
+                          pii={"text": text})
+            if self.pause is not None and self.pause.turn <= user_turn:
+                self._resume(why=what.value)
+        else:
+            self._pause(user_turn)  # (words before the start of speech reached us)
+
+    def _talking(self, user_turn: int) -> bool:
+        """A reply to a turn before ``user_turn`` is playing or on its way."""
+        return any(0 < r.turn < user_turn for r in self.active())
+
+    def _pause(self, user_turn: int) -> None:
+        if self.pause is not None:
+            self.pause.turn = max(self.pause.turn, user_turn)
+            return
+        frames = self.speaker.take(
+            lambda f: f.session == self.session and 0 < f.turn < user_turn)
+        call_later = self._call_later or asyncio.get_running_loop().call_later
+        self.pause = Pause(turn=user_turn, frames=frames,
+                           timer=call_later(self.resume_s, self._no_words))
+        self.log.info("reply_paused", user_turn=user_turn,
+                      replies=[r.turn for r in self.active() if 0 < r.turn < user_turn],
+                      held_frames=len(frames))
+
+    def _no_words(self) -> None:
+        if self.pause is not None:
+            self._resume(why="no_words")
+
+    def _resume(self, *, why: str) -> None:
+        """The paused replies play on from the frame where they stopped."""
+        pause, self.pause = self.pause, None
+        if pause is None:
+            return
+        pause.timer.cancel()
+        frames = [f for f in pause.frames if not self.ledger.stale(f.turn)]
+        for f in frames:
+            self.speaker.push(f)
+        self.log.info("reply_resumed", user_turn=pause.turn, why=why, frames=len(frames),
+                      paused_ms=round((time.monotonic() - pause.since) * 1000))
+
+    def _unpause(self, user_turn: int) -> int:
+        """A barge-in of ``user_turn``: frames held for replies it stops are dropped, and the
+        pause ends if it was for this utterance or an earlier one. Returns the frames dropped."""
+        pause = self.pause
+        if pause is None:
+            return 0
+        dropped = sum(1 for f in pause.frames if f.turn < user_turn)
+        pause.frames = [f for f in pause.frames if f.turn >= user_turn]
+        if user_turn >= pause.turn:
+            pause.timer.cancel()
+            self.pause = None
+        return dropped
 
     # ---- barge-in and completion ----------------------------------------------------------------
 
@@ -213,6 +335,7 @@ class Replies:
             return
         was = self.ledger.interrupted
         self.ledger.began(user_turn)  # guesses of earlier turns are dropped (``_dropped``)
+        n_held = self._unpause(user_turn)
         victims = [r for r in self.active() if 0 < r.turn < user_turn]
         if not victims and was >= user_turn - 1:
             return
@@ -221,6 +344,7 @@ class Replies:
         n_pending, n_queued = self.speaker.cancel(
             lambda f: f.session == self.session and 0 < f.turn <= up_to
         )
+        n_pending += n_held
         if victims:
             metrics.BARGE_INS.add(len(victims), {"reason": reason})
             self.publish_ctl(Interrupt(
@@ -234,6 +358,9 @@ class Replies:
 
     def end(self, reason: str) -> None:
         """The session ends: every reply still playing is interrupted where it stands."""
+        if self.pause is not None:
+            self.pause.timer.cancel()
+            self.pause = None
         active = [r for r in self.active() if r.turn > 0]
         if active:
             self.publish_ctl(Interrupt(

@@ -2,8 +2,9 @@
 
 Up: the caller's microphone goes to the bus (``mic``). Down: the session's ``AudioOut`` frames go
 to the room's playout; transcripts and reply text go to the room as captions (``captions``);
-``UserStartedSpeaking`` (or a transcript of a newer turn) while a reply plays is a barge-in.
-Control messages go to the bus in order, waiting for it (``control_out``).
+``UserStartedSpeaking`` (or a transcript of a newer turn) while a reply plays pauses it, and its
+words make it a barge-in or a backchannel the reply plays on over (``replies``). Control messages
+go to the bus in order, waiting for it (``control_out``).
 
 What plays, what is held until its turn is committed and what is dropped, barge-in, and what the
 caller heard of each reply: ``replies`` (on the session's turn ledger).
@@ -121,7 +122,9 @@ class CallerSession:
             enabled=self.s.captions,
         )
         self.replies = Replies(session=self.id, speaker=link.playout, captions=self.captions,
-                               publish_ctl=self.publish_ctl, log=self.log)
+                               publish_ctl=self.publish_ctl, log=self.log,
+                               backchannels=self.s.backchannels,
+                               resume_s=self.s.backchannel_resume_s)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -233,15 +236,16 @@ class CallerSession:
         if msg is None or self.ended.is_set():
             return
         if isinstance(msg, UserStartedSpeaking):
-            self.barge_in(msg.turn, reason="barge_in")
+            self.replies.user_began(msg.turn)
         elif isinstance(msg, Transcript):
-            if msg.turn > self.replies.user_turn:
-                self.barge_in(msg.turn, reason="barge_in")
+            self.replies.user_words(msg.turn, msg.text, final=msg.is_final)
             if msg.is_final and msg.text:
                 self.captions.user(msg, track_sid=self.mic.track_sid)
         elif isinstance(msg, ReplyText | ReplyEnd):
             self.replies.part(msg)
         elif isinstance(msg, EndOfTurn):
+            # a guess's words are words said so far; the commit's are the final's
+            self.replies.user_words(msg.turn, msg.transcript, final=not msg.speculative)
             if not msg.speculative:
                 self.replies.committed(msg)
         elif isinstance(msg, TurnResumed):

@@ -61,6 +61,12 @@ class BridgeSettings:
     connect_timeout_s: float = 10.0
     #: Leave a room that has had no caller this long (0: stay).
     idle_leave_s: float = 30.0
+    #: The caller starting to speak over a reply pauses it instead of cutting it: "mhm", "okay"
+    #: or a cough let it play on where it paused; a word that is not a backchannel cuts it
+    #: (``runtime.backchannel``). Off: any speech cuts the reply at once.
+    backchannels: bool = True
+    #: A paused reply plays on when no word came this long after the pause (a cough, a noise).
+    backchannel_resume_s: float = 1.0
 
     @property
     def api_url(self) -> str:
@@ -102,6 +108,8 @@ class BridgeSettings:
             caption_topic=env.str("CAPTION_TOPIC", d.caption_topic),
             connect_timeout_s=env.float("CONNECT_TIMEOUT_S", d.connect_timeout_s),
             idle_leave_s=env.float("IDLE_LEAVE_S", d.idle_leave_s),
+            backchannels=env.bool("BACKCHANNELS", d.backchannels),
+            backchannel_resume_s=env.float("BACKCHANNEL_RESUME_S", d.backchannel_resume_s),
         )
         s.check()
         return s
@@ -124,3 +132,5 @@ class BridgeSettings:
         if self.poll_s <= 0 or self.publish_timeout_s <= 0 or self.audio_backlog_s <= 0:
             raise SettingsError("BRIDGE_POLL_S, BRIDGE_PUBLISH_TIMEOUT_S and "
                                 "BRIDGE_AUDIO_BACKLOG_S must be > 0")
+        if not 0 < self.backchannel_resume_s <= 10:
+            raise SettingsError("BRIDGE_BACKCHANNEL_RESUME_S must be within 0..10 (seconds)")
