@@ -15,7 +15,14 @@ from voxbus.services.llm.engine import (
     assistant_message,
     tool_result_message,
 )
-from voxbus.services.llm.history import HistoryLimits, HistoryStore, reply_text, truncate_reply
+from voxbus.services.llm.history import (
+    History,
+    HistoryLimits,
+    HistoryStore,
+    TurnRecord,
+    reply_text,
+    truncate_reply,
+)
 
 CALL = ToolCallDelta(id="c1", name="get_current_time", arguments="{}")
 REPLY: list[ChatMessage] = [
@@ -73,3 +80,18 @@ async def test_history_is_bounded_with_hysteresis(bus: Bus) -> None:
         kept.append([r.turn for r in history.turns])
     # past 4 turns it drops to 2 at once, so the prompt's prefix changes only now and then
     assert kept == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [4, 5], [4, 5, 6], [4, 5, 6, 7]]
+
+
+@pytest.mark.fast
+def test_a_reply_plays_until_the_bridge_says_what_was_heard() -> None:
+    said: list[ChatMessage] = [{"role": "assistant", "content": "We open at nine."}]
+    history = History(turns=[TurnRecord(turn=0, user="", reply=said, heard=False),
+                             TurnRecord(turn=1, user="When?", reply=said, heard=False)])
+    assert history.reply_playing(2)
+    history.turns[1].heard = True
+    assert not history.reply_playing(2)
+    history.turns[1].heard = None  # a record older than the field: taken as heard
+    assert not history.reply_playing(2)
+    history.turns[1] = TurnRecord(turn=1, user="When?", heard=False)  # no words: nothing plays
+    assert not history.reply_playing(2)
+    assert not History(turns=history.turns[:1]).reply_playing(1)  # the greeting is no reply

@@ -439,6 +439,39 @@ def commit(session: str, n: int, text: str, speculation: int) -> EndOfTurn:
                      speech_end_ns=now, at_ns=now, speculation=speculation)
 
 
+async def test_a_backchannel_over_the_playing_reply_gets_no_reply_of_its_own(
+    bus: Bus,
+) -> None:
+    """ "Mhm." while reply 1 still plays (no ``AgentSpoke`` for it yet) is neither answered,
+    guessed at nor kept in the conversation; "Okay." once reply 1 was heard is a turn."""
+    said = "We open at nine and close at seven."
+    fake = FakeLLM([FakeTurn.words(said), FakeTurn.words("Great, see you then.")])
+    out = await Outputs.on(bus)
+    async with running(bus, LlmStage(fake, SETTINGS)):
+        await bus.publish(REGION, turn("s1", 1, "When do you open?"))
+        await out.end("s1", 1)
+        await bus.publish(REGION, guess("s1", 2, "Mhm.", 1))
+        await bus.publish(REGION, commit("s1", 2, "Mm-hmm.", 0))
+        await bus.publish(REGION, AgentSpoke(session="s1", turn=1, text=said,
+                                             char_end=len(said), interrupted=False))
+
+        async def heard() -> bool:
+            record = (await history(bus, "s1")).find(1)
+            return record is not None and record.heard is True
+
+        await wait_until(heard)
+        await bus.publish(REGION, turn("s1", 3, "Okay."))
+        await out.end("s1", 3)
+    assert out.turn_of("s1", 2) == [] and len(fake.calls) == 2
+    assert [(r.turn, r.user) for r in (await history(bus, "s1")).turns] == [
+        (1, "When do you open?"), (3, "Okay.")]
+    assert fake.calls[-1][0][1:] == [
+        {"role": "user", "content": "When do you open?"},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "Okay."},
+    ]
+
+
 async def test_a_committed_guess_is_the_reply_generated_once(bus: Bus) -> None:
     said = "We open at nine tomorrow."
     fake = FakeLLM([FakeTurn.words(said, token_delay_s=0.02)])

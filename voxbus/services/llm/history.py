@@ -36,6 +36,9 @@ class TurnRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     reply: list[ChatMessage] = msgspec.field(default_factory=list)
     #: Characters of the reply the user heard before barging in; None: all of it.
     spoken: int | None = None
+    #: The bridge said what the user heard of the reply (``AgentSpoke``): it is no longer
+    #: playing. False from the turn's start until then; None in a record older than the field.
+    heard: bool | None = None
 
 
 class History(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -56,6 +59,13 @@ class History(msgspec.Struct, kw_only=True, omit_defaults=True):
             if record.turn == turn:
                 return record
         return None
+
+    def reply_playing(self, before: int) -> bool:
+        """The agent's last reply before turn ``before`` may still be playing to the user: it
+        has words, and the bridge has not said yet what of it was heard (``AgentSpoke``)."""
+        last = max((r for r in self.turns if 0 < r.turn < before), key=lambda r: r.turn,
+                   default=None)
+        return last is not None and last.heard is False and bool(reply_text(last.reply))
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -191,9 +201,9 @@ class HistoryStore:
         def change(history: History) -> bool:
             record = history.find(turn)
             if record is None:
-                history.turns.append(TurnRecord(turn=turn, user=user))
+                history.turns.append(TurnRecord(turn=turn, user=user, heard=False))
                 history.turns.sort(key=lambda r: r.turn)
-            else:
+            else:  # (whether its reply was heard already stays: the bridge says it once)
                 record.user, record.reply, record.spoken = user, [], None
             _trim(history, self._limits.max_turns, self._limits.max_chars)
             return True
@@ -226,10 +236,22 @@ class HistoryStore:
 
         def change(history: History) -> bool:
             record = history.find(turn)
-            if record is None or record.spoken == char_end:
+            if record is None or (record.spoken == char_end and record.heard):
                 return False
-            record.spoken = char_end
+            record.spoken, record.heard = char_end, True
             record.reply = truncate_reply(record.reply, char_end)
+            return True
+
+        return await self.update(session, change)
+
+    async def mark_heard(self, session: str, turn: int) -> History:
+        """The user heard the whole reply to ``turn``: it is no longer playing."""
+
+        def change(history: History) -> bool:
+            record = history.find(turn)
+            if record is None or record.heard:
+                return False
+            record.heard = True
             return True
 
         return await self.update(session, change)

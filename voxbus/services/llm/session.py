@@ -30,6 +30,7 @@ from voxbus.contracts.messages import (
     TurnResumed,
 )
 from voxbus.runtime import metrics
+from voxbus.runtime.backchannel import is_backchannel
 from voxbus.runtime.closing import CloseReason
 from voxbus.runtime.ledger import ReplyKey, TurnLedger, Why
 from voxbus.runtime.scope import SessionScope
@@ -129,11 +130,13 @@ class LlmSession:
         elif isinstance(msg, TurnResumed):
             self.ledger.void(msg.turn, msg.speculation)
         elif isinstance(msg, AgentSpoke):
+            store = await self.worker.store(ctx)
             if msg.interrupted:
-                await (await self.worker.store(ctx)).mark_spoken(msg.session, msg.turn,
-                                                                 msg.char_end)
+                await store.mark_spoken(msg.session, msg.turn, msg.char_end)
                 ctx.log.info("llm_reply_cut", char_end=msg.char_end,
                              pii={"heard": msg.text[: msg.char_end]})
+            elif msg.turn > 0:  # no longer playing: "okay" after it is a turn of its own
+                await store.mark_heard(msg.session, msg.turn)
         elif isinstance(msg, Interrupt):
             self.ledger.interrupt(msg.turn)  # (the runtime raised it already: its guesses went)
             ctx.log.info("llm_interrupted", reason=msg.reason)
@@ -195,6 +198,8 @@ class LlmSession:
         history = await (await self.worker.store(ctx)).load(msg.session)
         if history.find(msg.turn) is not None:  # committed already (a redelivered guess)
             return
+        if is_backchannel(user) and history.reply_playing(msg.turn):
+            return  # "mhm" over the reply: no reply of its own (``_turn``)
         calls = await self._calls(ctx)
         guess = Guess(
             turn=msg.turn, number=msg.speculation,
@@ -236,6 +241,12 @@ class LlmSession:
         stats = TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns())
         committed_ns = stats.started_ns
         store = await worker.store(ctx)
+        if is_backchannel(user) and (await store.load(msg.session)).reply_playing(msg.turn):
+            # "mhm", "okay" said over the last reply (which the bridge plays on): no reply of its
+            # own, and not in the conversation (the reply it was said over goes on)
+            self.ledger.commit(msg.turn, 0)
+            ctx.log.info("llm_turn_ignored", reason="backchannel", pii={"user": user})
+            return
         history = await store.begin_turn(msg.session, msg.turn, user)
         # The guess the commit names is the reply, even if the history changed under it (an
         # earlier reply cut to what was heard after it started): its text is already out under

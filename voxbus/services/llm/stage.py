@@ -22,6 +22,11 @@ then cuts it to what the user actually heard. ``AgentSpoke`` is an *urgent* kind
 input: the runtime skips lane messages of an interrupted turn, and ``AgentSpoke`` for that very
 turn is the one message that must not be skipped. History writes are compare-and-set, so the two
 paths may land in any order.
+
+Backchannels: a turn of backchannel words only ("mhm", "okay": ``runtime.backchannel``) said while
+the last reply may still be playing (the history has no ``AgentSpoke`` for it yet: the bridge
+paused it and plays it on) gets no reply, no guess and no place in the history; its turn is
+committed empty. Once the reply was heard, the same words are a turn like any other.
 """
 
 from __future__ import annotations
