@@ -90,10 +90,11 @@ class Heard:
     phantom: int = 0  # turns that ended before the caller spoke
     turn_end_ms: float | None = None  # the turn that holds the last word: its end after it
     decode_s: list[float] = field(default_factory=list)
+    fallbacks: int = 0  # finals decoded a second time on the 30 s window
 
 
 def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
-         decode: Callable[[Float32Array], tuple[str, float]],
+         decode: Callable[[Float32Array], tuple[str, float, bool]],
          judge: Callable[[Float32Array], bool] | None) -> Heard:
     """The clip in 20 ms chunks through the stage's segmenter; each turn's final decoded."""
     seg = turns.Segmenter(vad=SileroVad(), config=settings.turn_config(), turn_model=judge,
@@ -116,8 +117,9 @@ def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
         if s.event.speech_start_sample / per_ms <= end_ms and heard.turn_end_ms is None and (
                 s.event.speech_end_sample / per_ms >= end_ms - 300):
             heard.turn_end_ms = s.event.at_sample / per_ms - end_ms
-        text, took = decode(s.audio)
+        text, took, again = decode(s.audio)
         heard.decode_s.append(took)
+        heard.fallbacks += again
         if text:
             texts.append(text)
     heard.text = " ".join(texts)
@@ -125,12 +127,12 @@ def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
 
 
 def _stage_decoder(engine: WhisperEngine, settings: SttSettings
-                   ) -> Callable[[Float32Array], tuple[str, float]]:
-    def decode(audio: Float32Array) -> tuple[str, float]:
+                   ) -> Callable[[Float32Array], tuple[str, float, bool]]:
+    def decode(audio: Float32Array) -> tuple[str, float, bool]:
+        before = engine.window_fallbacks
         r = engine.transcribe(audio)
-        noise = (r.no_speech_prob or 0.0) > settings.no_speech_threshold and (
-            r.avg_logprob or 0.0) < -1.0
-        return ("" if noise else r.text), r.decode_s
+        return (r.speech(settings.no_speech_threshold), r.decode_s,
+                engine.window_fallbacks > before)
     return decode
 
 
@@ -174,6 +176,7 @@ def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]]
     return {
         "variant": name, "condition": condition, "clips": len(results),
         "wer": round(errors / max(1, words), 4),
+        "again_30s": sum(h.fallbacks for _, h in results),
         "split": sum(h.turns - h.phantom > 1 for _, h in results),
         "phantom": sum(h.phantom for _, h in results),
         "missed": sum(h.turn_end_ms is None for _, h in results),

@@ -40,6 +40,14 @@ class TranscriptResult:
     no_speech_prob: float | None = None  # max over segments
     window_s: float = 30.0  # the mel window it was encoded in (``window``)
 
+    def speech(self, no_speech_threshold: float) -> str:
+        """The text, or "" when Whisper took the audio for noise: its no-speech probability
+        above ``no_speech_threshold`` and its average log probability under -1."""
+        nsp, logprob = self.no_speech_prob, self.avg_logprob
+        if nsp is not None and nsp > no_speech_threshold and (logprob is None or logprob < -1.0):
+            return ""
+        return self.text.strip()
+
 
 @runtime_checkable
 class Transcriber(Protocol):

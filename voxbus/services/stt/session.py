@@ -308,12 +308,7 @@ class SttSession:
     # ---- transcripts ----------------------------------------------------------------------------
 
     def _text(self, result: TranscriptResult) -> str:
-        nsp, logprob = result.no_speech_prob, result.avg_logprob
-        if nsp is not None and nsp > self.stage.settings.no_speech_threshold and (
-            logprob is None or logprob < -1.0
-        ):
-            return ""
-        return result.text.strip()[:MAX_TEXT_CHARS]
+        return result.speech(self.stage.settings.no_speech_threshold)[:MAX_TEXT_CHARS]
 
     async def _run_partial(
         self, turn: int, audio: Float32Array, start_ns: int, end_ns: int
