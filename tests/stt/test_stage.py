@@ -375,6 +375,8 @@ def test_settings_from_env() -> None:
     assert SttSettings.from_env({"STT_DENOISE": " DTLN "}).denoise == "dtln"
     with pytest.raises(ValueError, match="STT_DENOISE must be one of off, dtln"):
         SttSettings.from_env({"STT_DENOISE": "krisp"})
+    with pytest.raises(ValueError, match="STT_FOREGROUND_DB must be >= 0"):
+        SttSettings.from_env({"STT_FOREGROUND_DB": "-3"})
 
 
 

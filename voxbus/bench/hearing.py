@@ -99,7 +99,8 @@ def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
     """The clip in 20 ms chunks through the stage's segmenter; each turn's final decoded."""
     seg = turns.Segmenter(vad=SileroVad(), config=settings.turn_config(), turn_model=judge,
                           denoiser=make_denoiser(settings.denoise),
-                          denoised_decode=settings.denoise_decode)
+                          denoised_decode=settings.denoise_decode,
+                          foreground_db=settings.foreground_db)
     heard = Heard()
     texts: list[str] = []
     step = WHISPER_RATE_HZ // 50

@@ -51,6 +51,9 @@ class SttSettings:
     denoise: str = "off"
     #: Whisper decodes the suppressed audio too (else the audio as received).
     denoise_decode: bool = True
+    #: Speech this many dB under the caller's voice is talk behind them, heard as silence (see
+    #: services.stt.foreground); 0: every voice counts.
+    foreground_db: float = 0.0
     # turn detection (see services.stt.turns)
     #: Silence that ends a turn (with ``turn_model`` ``silence``).
     end_silence_ms: int = 300
@@ -119,6 +122,8 @@ class SttSettings:
         if self.denoise not in DENOISERS:
             raise SettingsError(f"STT_DENOISE must be one of {', '.join(DENOISERS)}, got "
                                 f"{self.denoise!r}")
+        if self.foreground_db < 0:
+            raise SettingsError("STT_FOREGROUND_DB must be >= 0 (0: off)")
         if self.turn_model not in ("silence", "smart-turn"):
             raise SettingsError(f"STT_TURN_MODEL must be silence or smart-turn, got "
                                 f"{self.turn_model!r}")
@@ -168,6 +173,7 @@ class SttSettings:
             window_margin_s=env.float("WINDOW_MARGIN_S", d.window_margin_s),
             denoise=env.str("DENOISE", d.denoise).strip().lower(),
             denoise_decode=env.bool("DENOISE_DECODE", d.denoise_decode),
+            foreground_db=env.float("FOREGROUND_DB", d.foreground_db),
             end_silence_ms=env.int("END_SILENCE_MS", d.end_silence_ms),
             min_speech_ms=env.int("MIN_SPEECH_MS", d.min_speech_ms),
             pre_roll_ms=env.int("PRE_ROLL_MS", d.pre_roll_ms),

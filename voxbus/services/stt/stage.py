@@ -210,7 +210,8 @@ class SttStage:
         return turns.Segmenter(vad=self._vad_factory(), config=self._turn_config,
                                turn_model=self._complete if self.smart_turn else None,
                                denoiser=make_denoiser(self.settings.denoise),
-                               denoised_decode=self.settings.denoise_decode)
+                               denoised_decode=self.settings.denoise_decode,
+                               foreground_db=self.settings.foreground_db)
 
     def _complete(self, audio: Float32Array) -> bool:
         assert self.smart_turn is not None

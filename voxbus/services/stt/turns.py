@@ -34,6 +34,7 @@ import numpy as np
 from voxbus.audio import Float32Array
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.denoise import Denoiser
+from voxbus.services.stt.foreground import Foreground
 from voxbus.services.stt.vad import VoiceActivity
 
 
@@ -374,12 +375,17 @@ class Segmenter:
 
     def __init__(self, *, vad: VoiceActivity, config: TurnConfig | None = None,
                  turn_model: Callable[[Float32Array], bool] | None = None,
-                 denoiser: Denoiser | None = None, denoised_decode: bool = True) -> None:
+                 denoiser: Denoiser | None = None, denoised_decode: bool = True,
+                 foreground_db: float = 0.0) -> None:
         """``turn_model(audio)``: whether an utterance sounds complete (see ``TurnDetector``).
         ``denoiser``: the VAD (and, with ``denoised_decode``, the decodes) hear its output. Its
-        output sample n is input sample n, so positions stay those of the input."""
+        output sample n is input sample n, so positions stay those of the input.
+        ``foreground_db``: speech more than this under the caller's voice is heard as silence
+        (``Foreground``; 0: off)."""
         self._denoiser = denoiser
         self._denoised_decode = denoised_decode
+        self.foreground = Foreground(margin_db=foreground_db,
+                                     speech_threshold=(config or TurnConfig()).stop_threshold)
         self.detector = TurnDetector(
             config, None if turn_model is None
             else lambda start, end: turn_model(self._buffer.slice(start, end)))
@@ -406,7 +412,8 @@ class Segmenter:
         out: list[Segment] = []
         for window in self._vad.process(heard):
             n = window.end_sample - window.start_sample
-            out.extend(self._with_audio(e) for e in self.detector.push(window.probability, n))
+            p = self.foreground.hear(window.probability, window.level_db)
+            out.extend(self._with_audio(e) for e in self.detector.push(p, n))
         self._buffer.discard_before(self.detector.retain_from_sample)
         return out
 
@@ -430,6 +437,7 @@ class Segmenter:
         self._vad.reset()
         if self._denoiser is not None:
             self._denoiser.reset()
+        self.foreground.reset()
         self.detector.reset()
         self._buffer.clear()
 

@@ -8,6 +8,7 @@ not thread-safe. `process` is cheap (well under a millisecond per window) but st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +24,12 @@ class VadWindow:
     start_sample: int  # absolute offset in the stream, inclusive
     end_sample: int  # exclusive
     probability: float
+    level_db: float | None = None  # RMS of the window in dBFS (None: not measured)
+
+
+def level_db(window: Float32Array) -> float:
+    """RMS level in dBFS (-120 for digital silence)."""
+    return 10.0 * math.log10(float(np.mean(np.square(window, dtype=np.float64))) + 1e-12)
 
 
 class VoiceActivity(Protocol):
@@ -66,7 +73,7 @@ class SileroVad:
             p = float(self._vad.process(memoryview(window.data)))
             start = self._consumed
             self._consumed += self._window
-            out.append(VadWindow(start, self._consumed, p))
+            out.append(VadWindow(start, self._consumed, p, level_db(window)))
         self._pending = np.array(buf[n * self._window :], dtype=np.float32)
         return out
 
