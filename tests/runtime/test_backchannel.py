@@ -16,19 +16,26 @@ BACKCHANNELS = [
     "I see.", "Got it.", "Hmm.", "Alright.", "All right.", "Oh, okay.", "Okay, okay.",
     "Yeah, yeah.", "Mmmhmm", "That's right.",
 ]
+#: How Whisper wrote espeak-ng's "Mhm." heard through a room, and other spellings.
+SPELLED = ["M-H-M.", "Mm-mm.", "Mm-hm.", "Yeah-yeah.", "Hm-hmm"]
 #: Said over the agent to take the turn: the agent stops.
 INTERRUPTIONS = [
     "Wait, stop.", "Stop.", "Hold on.", "No, that's wrong.", "Sorry?", "Can you repeat that?",
     "Yeah, but what about Friday?", "Okay, so what time?", "Actually, make it five people.",
     "Excuse me.", "Wait.", "I see, and the price?", "Yes, please book it.", "No.",
     "Hang on a second.", "What?", "Right, cancel that.", "Um, I have a question.",
-    "That's not what I asked.", "Thank you, goodbye.",
+    "That's not what I asked.", "Thank you, goodbye.", "Twenty-five.",
 ]
 
 
 @pytest.mark.parametrize("text", BACKCHANNELS)
 def test_a_backchannel_is_only_backchannel(text: str) -> None:
     assert heard(text) is Heard.BACKCHANNEL and is_backchannel(text)
+
+
+@pytest.mark.parametrize("text", SPELLED)
+def test_a_backchannel_spelled_with_hyphens_is_one(text: str) -> None:
+    assert is_backchannel(text)
 
 
 @pytest.mark.parametrize("text", INTERRUPTIONS)

@@ -42,7 +42,7 @@ PHRASES: Final[tuple[str, ...]] = (
 )
 
 _ANNOTATION: Final = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
-_NON_WORD: Final = re.compile(r"[^\w'\s]+")
+_NON_WORD: Final = re.compile(r"[^\w'\s-]+")
 _HELD: Final = re.compile(r"(\w)\1+")
 
 
@@ -51,15 +51,24 @@ def _squeeze(word: str) -> str:
     return _HELD.sub(r"\1", word)
 
 
+_PHRASES: Final[frozenset[tuple[str, ...]]] = frozenset(
+    tuple(_squeeze(w) for w in p.split()) for p in PHRASES)
+_LONGEST: Final = max(len(p) for p in _PHRASES)
+
+
 def words(text: str) -> list[str]:
     """``text`` as the rule compares it: lower case, without annotations or punctuation, each
-    word's repeated letters said once."""
-    text = _ANNOTATION.sub(" ", text.lower()).replace("-", " ").replace("\u2019", "'")
-    return [_squeeze(w) for w in _NON_WORD.sub(" ", text).split() if w.strip("'")]
-
-
-_PHRASES: Final[frozenset[tuple[str, ...]]] = frozenset(tuple(words(p)) for p in PHRASES)
-_LONGEST: Final = max(len(p) for p in _PHRASES)
+    word's repeated letters said once. A hyphenated word is one word if that is a backchannel
+    ("Mm-hmm", "M-H-M": "mhm"), else its parts ("yeah-yeah")."""
+    text = _ANNOTATION.sub(" ", text.lower()).replace("\u2019", "'")
+    out: list[str] = []
+    for token in _NON_WORD.sub(" ", text).split():
+        joined = _squeeze(token.replace("-", ""))
+        if (joined,) in _PHRASES:
+            out.append(joined)
+        else:
+            out += [_squeeze(part) for part in token.split("-")]
+    return [w for w in out if w.strip("'")]
 
 
 def heard(text: str) -> Heard:
