@@ -7,12 +7,15 @@ the silence window (speculative turns, on by default) and played once the turn i
     the caller through Opus and the jitter buffers, transcribes back to the reply the LLM wrote.
 (b) The caller speaks over the answer: the agent stops talking, the bridge reports how much of the
     reply was heard, and the conversation in the state bucket keeps only that much of it.
+(c) Backchannels: "yeah" and a cough over the answer do not stop it (it plays on where it paused,
+    each frame once, and "yeah" gets no reply); "wait, stop" does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ import pytest
 
 from tests.bridge.caller import Caller, Tap, load_wav, session_of
 from tests.conftest import REGION
+from tests.fixtures.make_over import OUT_DIR as OVER
 from tests.stt.test_smart_turn import PAUSED, _kokoro_pause
 from voxbus.audio import float32_to_pcm16, pcm16_to_float32, resample
 from voxbus.contracts.messages import (
@@ -31,13 +35,16 @@ from voxbus.contracts.messages import (
     ReplyEnd,
     ReplyText,
     SessionStarted,
+    Transcript,
     TurnResumed,
+    UserStartedSpeaking,
 )
 from voxbus.contracts.streams import state_bucket
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.probes import FIRST_AUDIO_RMS
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.worker import Worker
+from voxbus.services.bridge.audio import AgentFrame
 from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.llm.history import HistoryStore, reply_text
 from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT, LlmSettings
@@ -294,4 +301,85 @@ async def test_a_voided_guess_is_never_heard_nor_kept(
     prepared = "".join(m.text for m in tap.of(ReplyText, sess) if m.speculation == voided)
     print(f"\nguessed: {guesses[0].transcript!r}, reply prepared before the caller went on: "
           f"{prepared!r}\ncommitted: {eot.transcript!r} -> {end.text!r}")
+    await caller.leave()
+
+
+def said_over(name: str) -> np.ndarray:
+    """PCM16 at 16 kHz of ``tests/fixtures/over/<name>.wav`` (``make_over``)."""
+    with wave.open(str(OVER / f"{name}.wav"), "rb") as w:
+        assert w.getframerate() == 16_000
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+
+
+def cough(rate: int = 16_000) -> np.ndarray:
+    """A cough: 250 ms of band-passed noise (300 Hz - 3 kHz) that bursts and fades, between
+    0.3 s of silence before and 1 s after."""
+    rng = np.random.default_rng(29)
+    n = rate // 4
+    spectrum = np.fft.rfft(rng.normal(0.0, 1.0, n))
+    hz = np.fft.rfftfreq(n, 1 / rate)
+    spectrum[(hz < 300) | (hz > 3000)] = 0
+    burst = np.fft.irfft(spectrum, n)
+    burst *= np.exp(-np.arange(n) / (0.06 * rate)) * 0.5 / np.abs(burst).max()
+    audio = np.concatenate([np.zeros(rate * 3 // 10), burst, np.zeros(rate)])
+    return (audio * 32767).astype("<i2")
+
+
+async def test_yeah_and_a_cough_do_not_stop_the_agent_and_wait_stop_does(
+    livekit: LiveKitServer, bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,
+    kokoro: KokoroEngine, agent_factory: list[Agent],
+) -> None:
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, LONG_ANSWERS))
+    caller, sess = await in_room(livekit, bridge, tap, "backchannel-room")
+    session = bridge.rooms["backchannel-room"].sessions[caller.identity]
+    played: list[tuple[int, int]] = []  # (turn, seq) of every agent frame the caller heard
+    started = session.replies.frame_started
+
+    def frame_started(f: AgentFrame) -> None:
+        played.append((f.turn, f.seq))
+        started(f)
+
+    session.replies.frame_started = frame_started  # type: ignore[method-assign]
+    question, _ = speech("table.wav")  # "Can you book a table for four people?" (ends 2555 ms)
+    spoken = await caller.say(question)
+    first = await caller.wait_voice(spoken.at(2.555), 40, threshold=FIRST_AUDIO_RMS)
+    assert first is not None, "the agent never answered"
+    turn = tap.of(EndOfTurn, sess)[0].turn
+    await asyncio.sleep(1.0)
+
+    # "Yeah." over the answer: the agent keeps talking, and "yeah" gets no reply of its own
+    await caller.say(said_over("yeah"))
+    mhm = await tap.wait_for(EndOfTurn, session=sess, within_s=10,
+                             where=lambda m: m.turn > turn)
+    await asyncio.sleep(1.0)
+    said = [(m.turn, m.text, m.is_final) for m in tap.of(Transcript, sess)]
+    assert tap.of(Interrupt, sess) == [], f"{mhm.transcript!r} cut the agent: {said}"
+    t_mhm = time.monotonic()
+    assert await caller.wait_voice(t_mhm, 2.0) is not None, "the agent went quiet after yeah"
+    assert not [m for m in tap.of(ReplyText, sess) if m.turn == mhm.turn], "yeah was answered"
+
+    # A cough: no words; the agent goes on
+    await caller.say(cough())
+    await asyncio.sleep(1.5)  # past BRIDGE_BACKCHANNEL_RESUME_S
+    assert tap.of(Interrupt, sess) == [], "a cough cut the agent"
+    assert await caller.wait_voice(time.monotonic(), 2.0) is not None, (
+        "quiet after the cough", tap.of(AgentSpoke, sess), tap.of(UserStartedSpeaking, sess),
+        [(m.turn, m.text, m.is_final) for m in tap.of(Transcript, sess)])
+    coughed = [m.turn for m in tap.of(UserStartedSpeaking, sess) if m.turn > mhm.turn]
+
+    # "Wait, stop.": the agent stops
+    talking = asyncio.create_task(caller.say(said_over("wait_stop")))
+    intr = await tap.wait_for(Interrupt, session=sess, within_s=10)
+    t_intr = next(t for t, m in tap.timed(Interrupt) if m.session == sess)
+    spoke = await tap.wait_for(AgentSpoke, session=sess, where=lambda m: m.turn == turn)
+    assert intr.turn >= turn and intr.reason == "barge_in" and spoke.interrupted
+    await talking
+    silent = caller.silent_since(t_intr, hold_s=0.3)
+    assert silent is not None and silent - t_intr < 0.5, "the agent kept talking"
+
+    # every frame of the answer the caller heard, once and in order, none skipped
+    seqs = [seq for t, seq in played if t == turn]
+    assert seqs == list(range(len(seqs))), "a frame was repeated or lost over the pauses"
+    print(f"\nyeah heard as {mhm.transcript!r} (turn {mhm.turn}, no reply); cough turns "
+          f"{coughed}; reply cut at {spoke.char_end} chars, {len(seqs)} frames heard once each")
     await caller.leave()
