@@ -8,6 +8,7 @@ from typing import Literal
 
 from voxbus.runtime.settings import Env, SettingsError
 from voxbus.services.stt.denoise import NAMES as DENOISERS
+from voxbus.services.stt.denoise import DenoiserName
 from voxbus.services.stt.models import DEFAULT_MODEL
 from voxbus.services.stt.turns import TurnConfig
 
@@ -48,7 +49,7 @@ class SttSettings:
     window_margin_s: float = 2.0
     #: Noise suppression of the caller's audio before the VAD: ``off``, ``dtln``, ``deepfilter``
     #: or ``rnnoise`` (see services.stt.denoise).
-    denoise: str = "off"
+    denoise: DenoiserName = "off"
     #: Whisper decodes the suppressed audio too (else the audio as received).
     denoise_decode: bool = True
     #: Speech this many dB under the caller's voice is talk behind them, heard as silence (see
@@ -171,7 +172,7 @@ class SttSettings:
             beam_size=env.int("BEAM_SIZE", d.beam_size),
             window_s=env.float("WINDOW_S", d.window_s),
             window_margin_s=env.float("WINDOW_MARGIN_S", d.window_margin_s),
-            denoise=env.str("DENOISE", d.denoise).strip().lower(),
+            denoise=_denoiser(env.str("DENOISE", d.denoise)),
             denoise_decode=env.bool("DENOISE_DECODE", d.denoise_decode),
             foreground_db=env.float("FOREGROUND_DB", d.foreground_db),
             end_silence_ms=env.int("END_SILENCE_MS", d.end_silence_ms),
@@ -198,6 +199,13 @@ class SttSettings:
             evict_idle_s=env.float("EVICT_IDLE_S", d.evict_idle_s),
             drain_timeout_s=env.float("DRAIN_TIMEOUT_S", d.drain_timeout_s),
         )
+
+
+def _denoiser(value: str) -> DenoiserName:
+    for name in DENOISERS:
+        if value.strip().lower() == name:
+            return name
+    raise SettingsError(f"STT_DENOISE must be one of {', '.join(DENOISERS)}, got {value!r}")
 
 
 def _turn_model(value: str) -> TurnModel:

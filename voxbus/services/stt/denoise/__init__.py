@@ -21,13 +21,14 @@ dependencies; each engine imports its package only when it is built.
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 from voxbus.audio import Float32Array
 from voxbus.errors import UserError
 
+DenoiserName = Literal["off", "dtln", "deepfilter", "rnnoise"]
 OFF: Final = "off"
-NAMES: Final = (OFF, "dtln", "deepfilter", "rnnoise")
+NAMES: Final[tuple[DenoiserName, ...]] = get_args(DenoiserName)
 
 
 class Denoiser(Protocol):
@@ -73,4 +74,4 @@ def make_denoiser(name: str) -> Denoiser | None:
     raise UserError(f"unknown denoiser {name!r}: use one of {', '.join(NAMES)}")
 
 
-__all__ = ["NAMES", "OFF", "Denoiser", "make_denoiser"]
+__all__ = ["NAMES", "OFF", "Denoiser", "DenoiserName", "make_denoiser"]
