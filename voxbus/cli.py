@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a benchmark; writes bench/results/<name>.json")
     b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice", "faults", "soak",
-                                    "coldstart", "scale", "hearing", "denoise"])
+                                    "coldstart", "scale", "hearing", "denoise", "backchannel"])
     b.set_defaults(fn=_bench, passthrough=True)
     return p
 
