@@ -83,7 +83,7 @@ class _WhisperOptions:
 class WhisperEngine:
     """faster-whisper (CTranslate2) Whisper. The model is loaded once, in the constructor.
 
-    Finals decode with greedy search (`beam_size`), no timestamps, no VAD filter and no
+    Finals decode with a beam search of `beam_size` (1: greedy), no timestamps, no VAD filter and no
     conditioning on earlier text. An utterance up to ``short_window_s - short_window_margin_s``
     long is encoded in a ``short_window_s`` window instead of 30 s (``window``; 0: never).
     Partials are cheaper: one temperature, no fallback re-decodes, and at most
