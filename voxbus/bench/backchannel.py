@@ -28,8 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,9 +44,9 @@ from voxbus.audio import (
     resample,
     write_wav,
 )
-from voxbus.bench.hearing import opus_roundtrip
+from voxbus.bench.hearing import opus_roundtrip, smart_turn_judge
 from voxbus.bench.report import print_table, write_json
-from voxbus.bench.speechset import LEAD_S, RATE_HZ, TAIL_S
+from voxbus.bench.speechset import LEAD_S, RATE_HZ, TAIL_S, Voices, trim
 from voxbus.errors import UserError
 from voxbus.runtime.backchannel import Heard, heard
 from voxbus.services.stt import turns
@@ -58,7 +56,7 @@ from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.settings import SttSettings
 from voxbus.services.stt.vad import SileroVad
 
-VERSION = 1
+VERSION = 2  # 2: espeak at 165 words a minute, as the hearing set
 KINDS = ("backchannel", "interruption")
 #: The bridge plays a paused reply on after this long without a word (BRIDGE_BACKCHANNEL_RESUME_S).
 RESUME_MS = 1000
@@ -115,52 +113,6 @@ def load(progress: Callable[[str], None] = print) -> list[Clip]:
 
 
 # ---- making the set ---------------------------------------------------------------------------
-# (the speech set's voice and trim logic, copied: speechset keeps them private)
-
-
-def _espeak(voice: str, text: str) -> tuple[Float32Array, int]:
-    if shutil.which("espeak-ng") is None:
-        raise UserError("the backchannel set needs espeak-ng: apt-get install -y espeak-ng")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
-        wav = read_wav(path)
-    return pcm16_to_float32(wav.pcm, channels=1), wav.sample_rate_hz
-
-
-class _Voices:
-    """One engine per kind, loaded when first needed."""
-
-    def __init__(self) -> None:
-        self._kokoro: Any = None
-        self._piper: Any = None
-
-    def speak(self, voice: str, text: str) -> tuple[Float32Array, int]:
-        kind, name = voice.split(":")
-        if kind == "espeak":
-            return _espeak(name, text)
-        if kind == "piper":
-            from voxbus.services.tts.piper import PiperEngine
-
-            if self._piper is None:
-                self._piper = PiperEngine()
-            return np.asarray(self._piper.synthesize(text), dtype=np.float32), 24_000
-        from voxbus.services.tts.engine import KokoroEngine
-
-        if self._kokoro is None:
-            self._kokoro = KokoroEngine()
-        return np.asarray(self._kokoro.synthesize(text, name), dtype=np.float32), 24_000
-
-
-def _trim(audio: Float32Array, rate_hz: int) -> Float32Array:
-    """The sound without leading and trailing quiet (-40 dB of the loudest 10 ms)."""
-    frame = rate_hz // 100
-    n = audio.size // frame
-    if n == 0:
-        return audio
-    rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1))
-    loud = np.flatnonzero(rms >= rms.max() * 0.01)
-    return audio[loud[0] * frame:(loud[-1] + 1) * frame]
 
 
 def _band(noise: Float32Array, lo_hz: float, hi_hz: float) -> Float32Array:
@@ -226,7 +178,7 @@ def _sound(name: str, rng: np.random.Generator) -> Float32Array:
 
 
 def _make(root: Path, progress: Callable[[str], None]) -> None:
-    voices = _Voices()
+    voices = Voices()
     said = [("backchannel", t) for t in BACKCHANNELS] + [("interruption", t)
                                                           for t in INTERRUPTIONS]
     tmp = root.with_suffix(".tmp")
@@ -245,13 +197,13 @@ def _make(root: Path, progress: Callable[[str], None]) -> None:
             # rotate voices; a voice that makes nothing of the text gives it to the next
             for k in range(len(VOICES)):
                 voice = VOICES[(spoken + k) % len(VOICES)]
-                raw, rate = voices.speak(voice, text)
+                raw, rate = voices.speak(voice, text, 1.0)
                 if raw.size >= rate // 20 and float(np.abs(raw).max()) > 1e-3:
                     break
             else:
                 raise UserError(f"no voice could say {text!r}")
             spoken += 1
-            sound = resample(_trim(raw, rate), in_rate_hz=rate, out_rate_hz=RATE_HZ)
+            sound = resample(trim(raw, rate), in_rate_hz=rate, out_rate_hz=RATE_HZ)
         sound = sound / max(1e-6, float(np.abs(sound).max()))
         clip = np.zeros(lead + sound.size + tail, dtype=np.float32)
         clip[lead:lead + sound.size] = sound * level
@@ -317,7 +269,7 @@ def hear(audio: Float32Array, sound_start_ms: int, settings: SttSettings,
          final: WhisperEngine, partial: WhisperEngine | None) -> Outcome:
     """The clip in 20 ms chunks through the stage's segmenter; partials and finals decoded."""
     seg = turns.Segmenter(vad=SileroVad(), config=settings.turn_config(),
-                          turn_model=_judge(settings),
+                          turn_model=smart_turn_judge(settings),
                           denoiser=make_denoiser(settings.denoise),
                           denoised_decode=settings.denoise_decode,
                           foreground_db=settings.foreground_db)
@@ -348,16 +300,6 @@ def hear(audio: Float32Array, sound_start_ms: int, settings: SttSettings,
         take(seg.push(audio[i:i + step]))
     take(seg.finish())
     return out
-
-
-def _judge(settings: SttSettings) -> Callable[[Float32Array], bool] | None:
-    """Smart Turn's verdict, when the settings ask for it (as the hearing benchmark's)."""
-    if settings.turn_model != "smart-turn":
-        return None
-    from voxbus.services.stt.smart_turn import SmartTurn
-
-    model, bar = SmartTurn(), settings.turn_model_threshold
-    return lambda audio: model.complete_probability(audio) >= bar
 
 
 def _row(clip: Clip, o: Outcome) -> dict[str, Any]:

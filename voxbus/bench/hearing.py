@@ -137,7 +137,7 @@ def _stage_decoder(engine: WhisperEngine, settings: SttSettings
     return decode
 
 
-def _judge(settings: SttSettings) -> Callable[[Float32Array], bool] | None:
+def smart_turn_judge(settings: SttSettings) -> Callable[[Float32Array], bool] | None:
     """Smart Turn's verdict, when the settings ask for it."""
     if settings.turn_model != "smart-turn":
         return None
@@ -197,7 +197,7 @@ def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip],
     for name, env in variants:
         settings = SttSettings.from_env({**environ, **env})
         engine = build_engine(settings)
-        judge = _judge(settings)
+        judge = smart_turn_judge(settings)
         decode = _stage_decoder(engine, settings)
         results = [(c, hear(audio[c.name], c.speech_start_ms, c.speech_end_ms, settings, decode,
                             judge)) for c in clips]

@@ -110,7 +110,7 @@ def load(progress: Callable[[str], None] = print) -> list[Clip]:
 
 def _espeak(voice: str, text: str, speed: float) -> tuple[Float32Array, int]:
     if shutil.which("espeak-ng") is None:
-        raise UserError("the hearing set needs espeak-ng: apt-get install -y espeak-ng")
+        raise UserError("espeak-ng is missing: apt-get install -y espeak-ng")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(round(165 * speed)), "-w", str(path),
@@ -119,8 +119,9 @@ def _espeak(voice: str, text: str, speed: float) -> tuple[Float32Array, int]:
     return pcm16_to_float32(wav.pcm, channels=1), wav.sample_rate_hz
 
 
-class _Voices:
-    """One engine per (kind, speed), loaded when first needed."""
+class Voices:
+    """Speech in a voice (``kokoro:NAME``, ``piper:joe``, ``espeak:NAME``) at a speed: one engine
+    per (kind, speed), loaded when first needed."""
 
     def __init__(self) -> None:
         self._engines: dict[tuple[str, float], object] = {}
@@ -145,10 +146,12 @@ class _Voices:
         return kokoro.synthesize(text, name), 24_000
 
 
-def _trim(audio: Float32Array, rate_hz: int) -> Float32Array:
+def trim(audio: Float32Array, rate_hz: int) -> Float32Array:
     """The speech without the engine's leading and trailing quiet (-40 dB of the loudest 10 ms)."""
     frame = rate_hz // 100
     n = audio.size // frame
+    if n == 0:
+        return audio
     rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1))
     loud = np.flatnonzero(rms >= rms.max() * 0.01)
     return audio[loud[0] * frame:(loud[-1] + 1) * frame]
@@ -178,13 +181,13 @@ def _babble(speeches: list[Float32Array], i: int, n: int) -> Float32Array:
 
 
 def _make(root: Path, progress: Callable[[str], None]) -> None:
-    voices = _Voices()
+    voices = Voices()
     speeches: list[Float32Array] = []
     specs: list[tuple[str, float]] = []
     for i, text in enumerate(SENTENCES):
         voice, speed = VOICES[i % len(VOICES)], SPEEDS[i // len(VOICES) % len(SPEEDS)]
         raw, rate = voices.speak(voice, text, speed)
-        speech = resample(_trim(np.asarray(raw, dtype=np.float32), rate), in_rate_hz=rate,
+        speech = resample(trim(np.asarray(raw, dtype=np.float32), rate), in_rate_hz=rate,
                           out_rate_hz=RATE_HZ)
         speeches.append(speech / max(1e-6, float(np.abs(speech).max())))
         specs.append((voice, speed))
