@@ -2,9 +2,9 @@
 under white noise or babble) after the room's Opus codec, cut by its own VAD and turn detector
 and decoded by its final engine with the default settings, as ``voxbus bench hearing`` does:
 every sentence is one turn, and the word error rate stays within a bound over what the defaults
-reach: 18 of 183 words (0.098) on 2026-12-06 with a beam of 5, 10 with greedy search. The beam
-hears more of the babble that holds a turn open after the caller's words ("...still open. I
-would like to order a large"): the babble turn end, not solved, costs words too."""
+reach: 10 of 183 words (0.055) on 2026-12-06 with greedy search (18 with a beam of 5, which
+writes down more of the babble that holds a turn open after the caller's words: "...still
+open. I would like to order a large")."""
 
 from __future__ import annotations
 
@@ -49,4 +49,4 @@ def test_the_varied_sentences_through_opus_within_the_bound(final_engine: Whispe
         errors += word_errors(it["text"], heard.text)
         words += len(normalize_text(it["text"]).split())
     assert not split, split
-    assert errors / words <= 0.11, (errors, words)
+    assert errors / words <= 0.08, (errors, words)

@@ -39,11 +39,11 @@ class SttSettings:
     cpu_threads: int = 2
     #: The language Whisper transcribes.
     language: str = "en"
-    #: Beam width of the finals' search (1: greedy). 5 hears noisy speech better (hearing
-    #: bench: word errors 0.118 -> 0.104 under pink noise, 0.142 -> 0.100 under babble, clean
-    #: unchanged) for about 55 ms more decode, which the silence window before the turn ends
-    #: hides; partials stay greedy.
-    beam_size: int = 5
+    #: Beam width of the finals' search (1: greedy). 5 loses fewer words under noise and
+    #: babble in the hearing bench (0.118 -> 0.104, 0.142 -> 0.100) but not on the varied room
+    #: sentences (0.077 -> 0.082), and its ~100 ms more decode in a loaded room ends the guesses
+    #: inside the silence window (docs/stages.md, "Hearing in noise").
+    beam_size: int = 1
     #: An utterance up to ``window_s - window_margin_s`` long is encoded in a mel window this
     #: long instead of Whisper's 30 s (most of the decode time; see docs/stages.md, "A shorter
     #: Whisper window"); 12 halves the final's decode. 0: always 30 s.
