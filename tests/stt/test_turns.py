@@ -319,7 +319,9 @@ def test_a_denoiser_keeps_the_stream_positions(denoised_decode: bool) -> None:
             out.extend(seg.push(x[i: i + 320]))
         finals.append(next(s for s in out if isinstance(s.event, EndOfTurn)))
     assert finals[0].event == finals[1].event
+    end = finals[0].event
+    assert isinstance(end, EndOfTurn)
     assert finals[0].audio is not None and finals[1].audio is not None
-    expected = x[finals[0].event.audio_start_sample:finals[0].event.audio_end_sample] * 0.5
+    expected = x[end.audio_start_sample:end.audio_end_sample] * 0.5
     np.testing.assert_array_equal(finals[1].audio,
                                   expected if denoised_decode else finals[0].audio)
