@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import numpy as np
@@ -115,7 +117,10 @@ class FakeSource:
         self.cleared += 1
 
 
-async def test_playout_cancel_knows_what_was_heard() -> None:
+@contextlib.asynccontextmanager
+async def _playing() -> AsyncIterator[
+        tuple[Playout, FakeSource, list[AgentFrame], list[AgentFrame]]]:
+    """A running playout on a fake source, with the frames it started and finished."""
     started: list[AgentFrame] = []
     finished: list[AgentFrame] = []
     src = FakeSource()
@@ -123,6 +128,15 @@ async def test_playout_cancel_knows_what_was_heard() -> None:
                  on_started=started.append, on_finished=finished.append)
     task = asyncio.create_task(po.run())
     try:
+        yield po, src, started, finished
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        po.close()
+
+
+async def test_playout_cancel_knows_what_was_heard() -> None:
+    async with _playing() as (po, src, started, finished):
         for i in range(50):
             assert po.push(frame(i))
         po.push(frame(0, turn=0, session="other"))
@@ -134,20 +148,10 @@ async def test_playout_cancel_knows_what_was_heard() -> None:
         assert po.pending_frames("other") == 1  # the other session's frame goes on
         await asyncio.sleep(0.05)
         assert started[-1].session == "other" and not finished
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        po.close()
 
 
 async def test_playout_take_pauses_a_reply_and_it_plays_on_where_it_stopped() -> None:
-    started: list[AgentFrame] = []
-    finished: list[AgentFrame] = []
-    src = FakeSource()
-    po = Playout(cast(rtc.AudioSource, src), room="r", max_pending_frames=1000,
-                 on_started=started.append, on_finished=finished.append)
-    task = asyncio.create_task(po.run())
-    try:
+    async with _playing() as (po, src, started, finished):
         frames = [frame(i) for i in range(30)]
         frames[-1].last = True
         for f in frames:
@@ -164,10 +168,6 @@ async def test_playout_take_pauses_a_reply_and_it_plays_on_where_it_stopped() ->
         await asyncio.sleep(0.5)
         assert [f.seq for f in started] == list(range(30))  # each frame once, in order
         assert [f.seq for f in finished] == [29]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        po.close()
 
 
 async def test_playout_reports_the_end_of_a_reply() -> None:
