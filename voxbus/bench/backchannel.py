@@ -25,9 +25,7 @@ bench/results/backchannel.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,17 +37,16 @@ import numpy as np
 from voxbus.audio import (
     Float32Array,
     float32_to_pcm16,
-    pcm16_to_float32,
-    read_wav,
     resample,
     write_wav,
 )
 from voxbus.bench.hearing import opus_roundtrip, smart_turn_judge
 from voxbus.bench.report import print_table, write_json
-from voxbus.bench.speechset import LEAD_S, RATE_HZ, TAIL_S, Voices, trim
+from voxbus.bench.speechset import LEAD_S, RATE_HZ, TAIL_S, Items, Voices, cached, trim
 from voxbus.errors import UserError
 from voxbus.runtime.backchannel import Heard, heard
 from voxbus.services.stt import turns
+from voxbus.services.stt.audio import load_wav_16k_mono
 from voxbus.services.stt.decoding import build_engine
 from voxbus.services.stt.denoise import make_denoiser
 from voxbus.services.stt.engine import WhisperEngine
@@ -93,20 +90,12 @@ class Clip:
     sound_end_ms: int
 
     def audio(self) -> Float32Array:
-        return pcm16_to_float32(read_wav(self.path).pcm, channels=1)
-
-
-def cache_dir() -> Path:
-    return Path.home() / ".cache" / "voxbus" / "bench" / f"backchannel-{VERSION}"
+        return load_wav_16k_mono(self.path)
 
 
 def load(progress: Callable[[str], None] = print) -> list[Clip]:
     """The set, made first if it is not in the cache."""
-    root = cache_dir()
-    manifest = root / "manifest.json"
-    if not manifest.exists():
-        _make(root, progress)
-    items = json.loads(manifest.read_text())["items"]
+    root, items = cached("backchannel", VERSION, lambda folder: _make(folder, progress))
     return [Clip(name=it["name"], kind=it["kind"], text=it["text"], voice=it["voice"],
                  path=root / it["file"], sound_start_ms=it["sound_start_ms"],
                  sound_end_ms=it["sound_end_ms"]) for it in items]
@@ -177,13 +166,10 @@ def _sound(name: str, rng: np.random.Generator) -> Float32Array:
     raise ValueError(f"no such sound: {name}")
 
 
-def _make(root: Path, progress: Callable[[str], None]) -> None:
+def _make(folder: Path, progress: Callable[[str], None]) -> Items:
     voices = Voices()
     said = [("backchannel", t) for t in BACKCHANNELS] + [("interruption", t)
                                                           for t in INTERRUPTIONS]
-    tmp = root.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     items = []
     lead, tail = round(LEAD_S * RATE_HZ), round(TAIL_S * RATE_HZ)
     spoken = 0
@@ -209,16 +195,13 @@ def _make(root: Path, progress: Callable[[str], None]) -> None:
         clip[lead:lead + sound.size] = sound * level
         clip += rng.normal(0.0, 3e-4, clip.size).astype(np.float32)  # a microphone's hiss
         name = f"{kind[0]}{i % 20:02d}"
-        write_wav(tmp / f"{name}.wav", float32_to_pcm16(np.clip(clip, -1, 1)),
+        write_wav(folder / f"{name}.wav", float32_to_pcm16(np.clip(clip, -1, 1)),
                   sample_rate_hz=RATE_HZ)
         items.append({"name": name, "file": f"{name}.wav", "kind": kind, "text": text,
                       "voice": voice, "level": level, "sound_start_ms": round(LEAD_S * 1000),
                       "sound_end_ms": round((lead + sound.size) / RATE_HZ * 1000)})
         progress(f"  made {i + 1}/{len(said)} ({voice}: {text})")
-    (tmp / "manifest.json").write_text(json.dumps(
-        {"version": VERSION, "sample_rate_hz": RATE_HZ, "items": items}, indent=1) + "\n")
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    return items
 
 
 # ---- hearing a clip as the stage and the bridge do ----------------------------------------------

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from voxbus.audio import (
     write_wav,
 )
 from voxbus.errors import UserError
+from voxbus.services.stt.audio import load_wav_16k_mono
 
 VERSION = 1
 RATE_HZ = 16_000
@@ -88,20 +90,33 @@ class Clip:
     speech_end_ms: int
 
     def audio(self) -> Float32Array:
-        return pcm16_to_float32(read_wav(self.path).pcm, channels=1)
+        return load_wav_16k_mono(self.path)
 
 
-def cache_dir() -> Path:
-    return Path.home() / ".cache" / "voxbus" / "bench" / f"hearing-{VERSION}"
+Items = list[dict[str, Any]]
+
+
+def cached(name: str, version: int, make: Callable[[Path], Items]) -> tuple[Path, Items]:
+    """A made set of clips kept under ``~/.cache/voxbus/bench/<name>-<version>/``: the first
+    time, ``make(folder)`` writes its WAVs into a fresh folder and returns the manifest's items,
+    and the folder takes the set's place whole. Returns the set's folder and its items."""
+    root = Path.home() / ".cache" / "voxbus" / "bench" / f"{name}-{version}"
+    manifest = root / "manifest.json"
+    if not manifest.exists():
+        tmp = root.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        items = make(tmp)
+        (tmp / "manifest.json").write_text(json.dumps(
+            {"version": version, "sample_rate_hz": RATE_HZ, "items": items}, indent=1) + "\n")
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    return root, json.loads(manifest.read_text())["items"]
 
 
 def load(progress: Callable[[str], None] = print) -> list[Clip]:
     """The set, made first if it is not in the cache."""
-    root = cache_dir()
-    manifest = root / "manifest.json"
-    if not manifest.exists():
-        _make(root, progress)
-    items = json.loads(manifest.read_text())["items"]
+    root, items = cached("hearing", VERSION, lambda folder: _make(folder, progress))
     return [Clip(name=it["name"], text=it["text"], voice=it["voice"], speed=it["speed"],
                  condition=it["condition"], path=root / it["file"],
                  speech_start_ms=it["speech_start_ms"], speech_end_ms=it["speech_end_ms"])
@@ -180,7 +195,7 @@ def _babble(speeches: list[Float32Array], i: int, n: int) -> Float32Array:
     return out
 
 
-def _make(root: Path, progress: Callable[[str], None]) -> None:
+def _make(folder: Path, progress: Callable[[str], None]) -> Items:
     voices = Voices()
     speeches: list[Float32Array] = []
     specs: list[tuple[str, float]] = []
@@ -192,9 +207,6 @@ def _make(root: Path, progress: Callable[[str], None]) -> None:
         speeches.append(speech / max(1e-6, float(np.abs(speech).max())))
         specs.append((voice, speed))
         progress(f"  synthesized {i + 1}/{len(SENTENCES)} ({voice}, x{speed})")
-    tmp = root.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     items = []
     lead, tail = round(LEAD_S * RATE_HZ), round(TAIL_S * RATE_HZ)
     for i, (text, speech) in enumerate(zip(SENTENCES, speeches, strict=True)):
@@ -209,13 +221,10 @@ def _make(root: Path, progress: Callable[[str], None]) -> None:
             elif condition == "babble":
                 out = out + _at_snr(_babble(speeches, i, clean.size), clean, BABBLE_SNR_DB)
             name = f"h{i:02d}-{condition}"
-            write_wav(tmp / f"{name}.wav", float32_to_pcm16(np.clip(out, -1, 1)),
+            write_wav(folder / f"{name}.wav", float32_to_pcm16(np.clip(out, -1, 1)),
                       sample_rate_hz=RATE_HZ)
             items.append({"name": name, "file": f"{name}.wav", "text": text,
                           "voice": specs[i][0], "speed": specs[i][1], "condition": condition,
                           "speech_start_ms": round(LEAD_S * 1000),
                           "speech_end_ms": round((lead + speech.size) / RATE_HZ * 1000)})
-    (tmp / "manifest.json").write_text(json.dumps(
-        {"version": VERSION, "sample_rate_hz": RATE_HZ, "items": items}, indent=1) + "\n")
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    return items
