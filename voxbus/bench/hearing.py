@@ -45,6 +45,8 @@ from voxbus.services.stt.vad import SileroVad
 
 OPUS_RATE_HZ = 48_000
 OPUS_BITRATE = 32_000
+#: The encoder's lookahead at 48 kHz, which the decoder hands back first (Opus's pre-skip).
+OPUS_PRE_SKIP = 312
 
 
 def opus_roundtrip(audio: Float32Array) -> Float32Array:
@@ -63,24 +65,19 @@ def opus_roundtrip(audio: Float32Array) -> Float32Array:
     pcm = (np.clip(up, -1, 1) * 32767).astype(np.int16)
     step = OPUS_RATE_HZ // 50
     out: list[np.ndarray[Any, Any]] = []
-    pts = 0
+
+    def through(frame: av.AudioFrame | None) -> None:  # None: flush the encoder
+        for packet in enc.encode(frame):
+            out.extend(decoded.to_ndarray().reshape(-1) for decoded in dec.decode(packet))
+
     for i in range(0, pcm.size - step + 1, step):
         frame = av.AudioFrame.from_ndarray(pcm[None, i:i + step], format="s16", layout="mono")
         frame.sample_rate = OPUS_RATE_HZ
-        frame.pts = pts
-        pts += step
-        for packet in enc.encode(frame):
-            for decoded in dec.decode(packet):
-                out.append(decoded.to_ndarray().reshape(-1))
-    for packet in enc.encode(None):
-        for decoded in dec.decode(packet):
-            out.append(decoded.to_ndarray().reshape(-1))
-    joined = np.concatenate(out).astype(np.float32)
-    if joined.dtype != np.float32 or np.abs(joined).max() > 1.5:
-        joined = joined / 32768.0
-    delay = enc.delay if getattr(enc, "delay", 0) else 312  # Opus's pre-skip at 48 kHz
-    return resample(joined[delay:].astype(np.float32), in_rate_hz=OPUS_RATE_HZ,
-                    out_rate_hz=WHISPER_RATE_HZ)
+        frame.pts = i
+        through(frame)
+    through(None)
+    joined = np.concatenate(out).astype(np.float32) / 32768.0  # the decoder gives s16
+    return resample(joined[OPUS_PRE_SKIP:], in_rate_hz=OPUS_RATE_HZ, out_rate_hz=WHISPER_RATE_HZ)
 
 
 @dataclass
