@@ -8,7 +8,7 @@ import pytest
 
 from voxbus.services.stt.foreground import HOLD_WINDOWS, MIN_VOICE_WINDOWS, Foreground
 from voxbus.services.stt.turns import EndOfTurn, Segmenter, TurnConfig
-from voxbus.services.stt.vad import VadWindow
+from voxbus.services.stt.vad import ScriptedVad
 
 pytestmark = pytest.mark.fast
 
@@ -50,35 +50,12 @@ def test_talk_alone_is_learned_until_the_caller_speaks_louder() -> None:
     assert g.hear(0.9, -34.0) == 0.0
 
 
-class _Levels:
-    """A VAD that scores scripted (probability, level) windows of 512 samples."""
-
-    window_samples = 512
-
-    def __init__(self, script: list[tuple[float, float]]) -> None:
-        self._script = script
-        self._pending = self._consumed = 0
-
-    def process(self, audio: np.ndarray) -> list[VadWindow]:
-        self._pending += int(np.asarray(audio).shape[0])
-        out = []
-        while self._pending >= 512:
-            self._pending -= 512
-            i = self._consumed // 512
-            p, level = self._script[i] if i < len(self._script) else (0.0, -90.0)
-            out.append(VadWindow(self._consumed, self._consumed + 512, p, level))
-            self._consumed += 512
-        return out
-
-    def reset(self) -> None:
-        self._pending = self._consumed = 0
-
-
 def test_a_turn_ends_after_the_callers_words_though_talk_goes_on() -> None:
     script = [(0.9, -20.0)] * 60 + [(0.9, -34.0)] * 100  # 1.9 s of caller, 3.2 s of talk
     ends = {}
     for margin in (0.0, 10.0):
-        seg = Segmenter(vad=_Levels(script), config=TurnConfig(), foreground_db=margin)
+        vad = ScriptedVad([p for p, _ in script], levels_db=[level for _, level in script])
+        seg = Segmenter(vad=vad, config=TurnConfig(), foreground_db=margin)
         events = []
         for _ in range(0, 160 * 512, 320):
             events += seg.push(np.zeros(320, dtype=np.float32))

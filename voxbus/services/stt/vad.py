@@ -91,9 +91,12 @@ class ScriptedVad:
     """
 
     def __init__(
-        self, probabilities: Sequence[float], *, window_samples: int = 512, then: float = 0.0
+        self, probabilities: Sequence[float], *, window_samples: int = 512, then: float = 0.0,
+        levels_db: Sequence[float] | None = None,
     ) -> None:
+        """``levels_db``: each window's level too (after the script: -90 dBFS); None: none."""
         self._script = list(probabilities)
+        self._levels = list(levels_db) if levels_db is not None else None
         self._window = window_samples
         self._then = then
         self._pending = 0
@@ -110,7 +113,9 @@ class ScriptedVad:
             self._pending -= self._window
             index = self._consumed // self._window
             p = self._script[index] if index < len(self._script) else self._then
-            out.append(VadWindow(self._consumed, self._consumed + self._window, p))
+            level = None if self._levels is None else (
+                self._levels[index] if index < len(self._levels) else -90.0)
+            out.append(VadWindow(self._consumed, self._consumed + self._window, p, level))
             self._consumed += self._window
         return out
 
