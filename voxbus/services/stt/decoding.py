@@ -21,7 +21,8 @@ def build_engine(settings: SttSettings, *, partial: bool = False) -> WhisperEngi
         compute_type = s.partial_compute_type or ("int8" if s.device == "cpu" else compute_type)
     return WhisperEngine(model=s.model, device=s.device, compute_type=compute_type,
                          cpu_threads=s.cpu_threads, language=s.language, beam_size=s.beam_size,
-                         short_window_s=s.window_s, short_window_margin_s=s.window_margin_s)
+                         short_window_s=s.window_s, short_window_margin_s=s.window_margin_s,
+                         partial_words=s.words_pause_ms > 0)
 
 
 class Decoder:

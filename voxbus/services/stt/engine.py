@@ -39,6 +39,9 @@ class TranscriptResult:
     avg_logprob: float | None = None  # mean over segments; None when nothing was decoded
     no_speech_prob: float | None = None  # max over segments
     window_s: float = 30.0  # the mel window it was encoded in (``window``)
+    #: Each word's (start, end), seconds from the start of the audio; None: not measured (only
+    #: partials of an engine made with ``partial_words`` measure it).
+    words: tuple[tuple[float, float], ...] | None = None
 
     def speech(self, no_speech_threshold: float) -> str:
         """The text, or "" when Whisper took the audio for noise: its no-speech probability
@@ -77,6 +80,7 @@ class _WhisperOptions:
     initial_prompt: str | None
     partial_max_new_tokens: int | None
     short_window_s: float
+    partial_words: bool
     short_window_margin_s: float
 
 
@@ -87,7 +91,8 @@ class WhisperEngine:
     conditioning on earlier text. An utterance up to ``short_window_s - short_window_margin_s``
     long is encoded in a ``short_window_s`` window instead of 30 s (``window``; 0: never).
     Partials are cheaper: one temperature, no fallback re-decodes, and at most
-    `partial_max_new_tokens` tokens.
+    `partial_max_new_tokens` tokens. With ``partial_words`` a partial on the short window also
+    says where each word is (``TranscriptResult.words``).
 
     On CPU the default compute type is float32 (the int8 weights are dequantized at load).
     int8 is about 20% faster but not reproducible across machines: CTranslate2 and oneDNN pick
@@ -111,6 +116,7 @@ class WhisperEngine:
         partial_max_new_tokens: int | None = 64,
         short_window_s: float = 12.0,
         short_window_margin_s: float = 2.0,
+        partial_words: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
         if device not in ("cpu", "cuda"):
@@ -135,6 +141,7 @@ class WhisperEngine:
             partial_max_new_tokens=partial_max_new_tokens,
             short_window_s=short_window_s,
             short_window_margin_s=short_window_margin_s,
+            partial_words=partial_words,
         )
         started = time.perf_counter()
         try:
@@ -183,13 +190,15 @@ class WhisperEngine:
             short = self._short.decode(
                 samples, beam_size=1 if partial else o.beam_size,
                 temperatures=(0.0,) if partial else o.temperatures,
-                max_new_tokens=o.partial_max_new_tokens if partial else None)
+                max_new_tokens=o.partial_max_new_tokens if partial else None,
+                align=partial and o.partial_words)
             if not short.repetitive and (partial or not short.unsure):
                 return TranscriptResult(
                     text=short.text, decode_s=time.perf_counter() - started,
                     audio_s=samples.size / WHISPER_RATE_HZ, partial=partial,
                     language=o.language or "en", avg_logprob=short.avg_logprob,
-                    no_speech_prob=short.no_speech_prob, window_s=o.short_window_s)
+                    no_speech_prob=short.no_speech_prob, window_s=o.short_window_s,
+                    words=short.words)
             self.window_fallbacks += 1
         segments, info = self._model.transcribe(
             samples,
@@ -232,6 +241,7 @@ class ScriptedReply:
 
     text: str
     decode_s: float = 0.0
+    words: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(slots=True)
@@ -275,4 +285,5 @@ class FakeTranscriber:
             decode_s=reply.decode_s,
             audio_s=samples.size / WHISPER_RATE_HZ,
             partial=partial,
+            words=reply.words if partial else None,
         )

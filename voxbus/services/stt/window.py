@@ -68,6 +68,9 @@ class WindowDecode:
     no_speech_prob: float
     compression_ratio: float
     capped: bool  # stopped at the token cap
+    #: With ``align``: each word's (start, end), seconds from the start of the audio; None: not
+    #: aligned.
+    words: tuple[tuple[float, float], ...] | None = None
 
     @property
     def repetitive(self) -> bool:
@@ -102,7 +105,9 @@ class ShortWindow:
         return n_samples <= self.max_audio_s * WHISPER_RATE_HZ
 
     def decode(self, samples: Float32Array, *, beam_size: int, temperatures: Sequence[float],
-               max_new_tokens: int | None) -> WindowDecode:
+               max_new_tokens: int | None, align: bool = False) -> WindowDecode:
+        """``align``: also find where each word is (Whisper's cross-attention alignment,
+        faster-whisper's word timestamps: one more decoder pass over the tokens)."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
@@ -130,7 +135,20 @@ class ShortWindow:
         result, avg_logprob, _temperature, ratio = m.generate_with_fallback(
             encoded, prompt, tok, options)
         tokens = result.sequences_ids[0]
+        words = _word_spans(m, tok, tokens, encoded, content.shape[-1]) if align else None
         return WindowDecode(text=tok.decode(tokens).strip(), avg_logprob=float(avg_logprob),
                             no_speech_prob=float(result.no_speech_prob),
                             compression_ratio=float(ratio),
-                            capped=len(tokens) >= cap and max_new_tokens != cap)
+                            capped=len(tokens) >= cap and max_new_tokens != cap,
+                            words=words)
+
+
+def _word_spans(model: Any, tokenizer: Any, tokens: list[int], encoded: Any,
+                frames: int) -> tuple[tuple[float, float], ...]:
+    """Each spoken word's (start, end), seconds from the start of the audio."""
+    text = [t for t in tokens if t < tokenizer.eot]
+    if not text:
+        return ()
+    words = model.find_alignment(tokenizer, [text], encoded, frames)[0]
+    return tuple((float(w["start"]), float(w["end"])) for w in words
+                 if str(w["word"]).strip(" .,!?;:\"'"))
