@@ -166,8 +166,7 @@ class SttSession:
                 assert seg.audio is not None
                 if stage.settings.partials and self.spec is None and stage.partial_decoder():
                     self.scope.spawn(
-                        self._run_partial(self.turn, seg.audio, ns_at(ev.speech_start_sample),
-                                          ns_at(ev.at_sample)),
+                        self._run_partial(self.turn, seg.audio, ev),
                         name=f"stt-partial-{self.scope.session}",
                     )
                 else:
@@ -190,7 +189,7 @@ class SttSession:
                     yield resumed
             case turns.EndOfTurn() as ev:
                 assert seg.audio is not None
-                async for out in self._end_of_turn(ev, seg.audio):
+                async for out in self._end_of_turn(ev, seg.audio, talk_behind=seg.talk_behind):
                     yield out
 
     def _drop_speculative(self) -> TurnResumed | None:
@@ -241,14 +240,16 @@ class SttSession:
         return result
 
     async def _end_of_turn(
-        self, ev: turns.EndOfTurn, audio: Float32Array
+        self, ev: turns.EndOfTurn, audio: Float32Array, *, talk_behind: bool = False
     ) -> AsyncIterator[Message]:
+        """``talk_behind``: the turn was people talking behind the caller: its final is empty
+        (not decoded) and a guess made of it is dropped."""
         stage, ns_at = self.stage, self.frontend.timeline.ns_at
         assert stage.final is not None
         turn = self.turn
         start_ns, end_ns = ns_at(ev.speech_start_sample), ns_at(ev.speech_end_sample)
         spec = self.spec
-        reuse = (spec is not None and spec.task is not None
+        reuse = (spec is not None and spec.task is not None and not talk_behind
                  and spec.span == (ev.audio_start_sample, ev.audio_end_sample))
         # The commit names the guess whose words went out, if it decoded exactly these words
         speculation = spec.number if reuse and spec is not None and spec.published else 0
@@ -261,8 +262,12 @@ class SttSession:
                 if dropped.task is not None:
                     dropped.task.cancel()
                     stage.stats.speculative_discarded += 1
-            decode = self.scope.spawn(stage.final.run(audio, partial=False),
-                                      name=f"stt-final-{self.scope.session}")
+            decode = self.scope.spawn(
+                _nothing_said(audio) if talk_behind else stage.final.run(audio, partial=False),
+                name=f"stt-final-{self.scope.session}")
+            if talk_behind:
+                stage.stats.talk_behind += 1
+                self.scope.log.info("talk_behind_dropped", turn=turn)
         if self.final is not None and not self.final.done():
             await asyncio.wait({self.final})  # one final outstanding per session, in turn order
         self.unpublished[turn] = ev.audio_start_sample
@@ -310,15 +315,18 @@ class SttSession:
     def _text(self, result: TranscriptResult) -> str:
         return result.speech(self.stage.settings.no_speech_threshold)[:MAX_TEXT_CHARS]
 
-    async def _run_partial(
-        self, turn: int, audio: Float32Array, start_ns: int, end_ns: int
-    ) -> None:
+    async def _run_partial(self, turn: int, audio: Float32Array, ev: turns.PartialDue) -> None:
         stats = self.stage.stats
+        ns_at = self.frontend.timeline.ns_at
+        start_ns, end_ns = ns_at(ev.speech_start_sample), ns_at(ev.at_sample)
         dec = self.stage.partial_decoder()
         if dec is None:  # busy since the event: skip, never queue
             stats.partials_skipped += 1
             return
         result = await dec.submit(audio, partial=True)
+        if result.words is not None:  # where the caller's words end, for the turn's end
+            self.frontend.segmenter.words_heard(audio_start=ev.audio_start_sample,
+                                                decoded_to=ev.at_sample, words=result.words)
         text = self._text(result)
         async with self.publish_lock:
             if (self.ledger.committed >= turn or self.turn != turn or not text
@@ -396,3 +404,8 @@ class SttSession:
                        audio_ms=round(audio_ms, 1), forced=forced, empty=not text,
                        speculation=speculation,
                        pii={"text": text})
+
+
+async def _nothing_said(audio: Float32Array) -> TranscriptResult:
+    """The final of a turn that was not the caller's."""
+    return TranscriptResult(text="", decode_s=0.0, audio_s=audio.size / 16_000)

@@ -55,8 +55,8 @@ class SttSettings:
     denoise: DenoiserName = "off"
     #: Whisper decodes the suppressed audio too (else the audio as received).
     denoise_decode: bool = True
-    #: Speech this many dB under the caller's voice is talk behind them, heard as silence (see
-    #: services.stt.foreground); 0: every voice counts.
+    #: A turn whose voice is this many dB under the caller's is people talking behind them:
+    #: its final is empty (services.stt.foreground); 0: every voice counts.
     foreground_db: float = 0.0
     # turn detection (see services.stt.turns)
     #: Silence that ends a turn (with ``turn_model`` ``silence``).
@@ -83,6 +83,10 @@ class SttSettings:
     incomplete_silence_ms: int = 1000
     #: Silence after the last speech window that Smart Turn hears (it is sensitive to it).
     model_tail_ms: int = 100
+    #: Talk behind the caller (the VAD hears any voice): while the VAD hears speech, a partial
+    #: that heard no word of the caller's in its last this many ms ends the turn as a pause
+    #: would (services.stt.turns); 0: off. Needs partials and STT_FOREGROUND_DB.
+    words_pause_ms: int = 0
     # transcripts
     #: Publish partial transcripts while the user speaks (captions).
     partials: bool = True
@@ -128,6 +132,12 @@ class SttSettings:
                                 f"{self.denoise!r}")
         if self.foreground_db < 0:
             raise SettingsError("STT_FOREGROUND_DB must be >= 0 (0: off)")
+        if self.words_pause_ms < 0:
+            raise SettingsError("STT_WORDS_PAUSE_MS must be >= 0 (0: off)")
+        if self.words_pause_ms and not self.foreground_db:
+            raise SettingsError("STT_WORDS_PAUSE_MS needs STT_FOREGROUND_DB: without it the talk "
+                                "behind the caller, alone in the turns it leaves, is written "
+                                "down as the caller's words")
         if self.turn_model not in ("silence", "smart-turn"):
             raise SettingsError(f"STT_TURN_MODEL must be silence or smart-turn, got "
                                 f"{self.turn_model!r}")
@@ -156,6 +166,7 @@ class SttSettings:
             model_silence_ms=self.model_silence_ms,
             incomplete_silence_ms=self.incomplete_silence_ms,
             model_tail_ms=self.model_tail_ms,
+            words_pause_ms=self.words_pause_ms if self.partials else 0,
         )
 
     @classmethod
@@ -189,6 +200,7 @@ class SttSettings:
             model_silence_ms=env.int("MODEL_SILENCE_MS", d.model_silence_ms),
             incomplete_silence_ms=env.int("INCOMPLETE_SILENCE_MS", d.incomplete_silence_ms),
             model_tail_ms=env.int("MODEL_TAIL_MS", d.model_tail_ms),
+            words_pause_ms=env.int("WORDS_PAUSE_MS", d.words_pause_ms),
             partials=env.bool("PARTIALS", d.partials),
             partial_interval_ms=env.int("PARTIAL_INTERVAL_MS", d.partial_interval_ms),
             partial_nice=env.int("PARTIAL_NICE", d.partial_nice),

@@ -27,6 +27,7 @@ class SttStats:
     finals: int = 0
     turns_judged: int = 0  # pauses Smart Turn was asked about
     turns_judged_complete: int = 0
+    talk_behind: int = 0  # turns dropped as people talking behind the caller
     decode_ms: list[float] = field(default_factory=list)
     audio_ms: list[float] = field(default_factory=list)
 

@@ -17,6 +17,16 @@ Time is the number of 16 kHz samples consumed, so the same input always gives th
   complete: if so the turn ends there, else only after `incomplete_silence_ms` (a user who
   paused mid-sentence keeps the turn). `forced=True` when the turn hit
   `max_utterance_ms` (a new turn starts at once if the user is still speaking) or the stream ended.
+- Talk behind the caller: Silero scores any voice as speech, so people talking near the caller
+  hold a turn open until they stop. With `words_pause_ms`, the decodes of the partials say
+  where the caller's words end (`words_heard`): when one heard no word in its last
+  `words_pause_ms` while the VAD still hears speech, that is taken as the caller's pause,
+  and the turn ends as on silence (the turn model asked; without a word for
+  `incomplete_silence_ms`, it ends anyway), cut in the middle of the pause, and the next turn
+  opens there. Whisper hears the caller, near the microphone, over the talk behind them; alone,
+  the talk comes out as words too, so the `Segmenter` counts only the words loud enough to be
+  the caller's (``Foreground``), and takes these hints only once it knows the caller's voice
+  (after their first turn); the turns of talk alone that follow are dropped.
 
 `Segmenter` runs a `VoiceActivity` over audio chunks of any length, feeds the detector and keeps a
 bounded buffer of the current utterance (with `pre_roll_ms` before the onset), so each event
@@ -26,7 +36,8 @@ arrives with the audio it refers to.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +64,13 @@ class TurnConfig:
     model_silence_ms: int = 200
     incomplete_silence_ms: int = 1000
     model_tail_ms: int = 100  # silence after the last speech window that the model hears
+    words_pause_ms: int = 0  # a pause in the decoded words that ends a turn (0: off)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_threshold <= self.start_threshold <= 1.0:
             raise ValueError("need 0 <= stop_threshold <= start_threshold <= 1")
         if min(self.min_speech_ms, self.pre_roll_ms, self.speculative_silence_ms,
-               self.model_tail_ms) < 0:
+               self.model_tail_ms, self.words_pause_ms) < 0:
             raise ValueError("durations must be >= 0")
         if self.end_silence_ms <= 0 or self.partial_interval_ms <= 0:
             raise ValueError("end_silence_ms and partial_interval_ms must be > 0")
@@ -137,6 +149,7 @@ class TurnDetector:
         self._pre_roll = c.samples(c.pre_roll_ms)
         self._partial_every = c.samples(c.partial_interval_ms)
         self._max_span = c.samples(c.max_utterance_ms)
+        self._words_pause = c.samples(c.words_pause_ms)
         self.reset()
 
     def reset(self) -> None:
@@ -152,6 +165,7 @@ class TurnDetector:
         self._announced: SilenceBegan | None = None
         self._verdict: bool | None = None  # the turn model's, for the current pause
         self.judged = self.judged_complete = 0
+        self.ended_on_words = 0  # turns ended by a pause in the words (``words_heard``)
 
     @property
     def position(self) -> int:
@@ -199,6 +213,43 @@ class TurnDetector:
         if self._open_span(end) + num_samples > self._max_span:
             self._force(end, is_speech, events)
         return events
+
+    def words_heard(self, *, audio_start: int, decoded_to: int, words_end: int,
+                    cut_by: int | None = None) -> list[TurnEvent]:
+        """A decode of ``[audio_start, decoded_to)`` of the open turn heard its last word end at
+        sample ``words_end`` (``audio_start``: no word). Ends the turn when that is a pause of
+        `words_pause_ms` the VAD did not hear (see the module's doc). ``cut_by``: the turn's
+        audio ends there at the latest (where the caller may start again)."""
+        if (self._words_pause <= 0 or self._state is not _State.SPEAKING or self._silent
+                or audio_start != self._audio_start):
+            return []
+        pause = decoded_to - words_end
+        if pause < self._words_pause:
+            return []
+        if words_end <= audio_start or pause >= self._incomplete_silence:
+            complete = pause >= self._incomplete_silence
+        elif self._judge is None:
+            complete = True
+        else:
+            complete = self._judge(audio_start, min(decoded_to, words_end + self._model_tail))
+            self.judged += 1
+            self.judged_complete += complete
+        if not complete:
+            return []
+        self.ended_on_words += 1
+        # cut in the pause (its middle, or the last `words_pause_ms` of a long one) and before
+        # ``cut_by``, not at its end, where the caller may be starting their next words; the
+        # talk goes on, so the next turn opens at the cut (the VAD hears speech there)
+        cut = words_end + max(pause // 2, pause - self._words_pause)
+        if cut_by is not None:
+            cut = max(words_end, min(cut, cut_by))
+        event = EndOfTurn(at_sample=self._now, speech_start_sample=self._onset,
+                          speech_end_sample=max(words_end, self._onset),
+                          audio_start_sample=self._audio_start, audio_end_sample=cut)
+        self._open(cut, 0)
+        self._speech_total = self._now - cut
+        self._speech_end = self._now
+        return [event]
 
     def finish(self) -> list[TurnEvent]:
         """End of stream: close an open turn (forced); drop an unconfirmed one."""
@@ -368,6 +419,9 @@ class Segment:
 
     event: TurnEvent
     audio: Float32Array | None = None
+    #: An EndOfTurn whose voice was far under the caller's: people talking behind the caller
+    #: (``Foreground``); its words are not the caller's.
+    talk_behind: bool = False
 
 
 class Segmenter:
@@ -380,8 +434,8 @@ class Segmenter:
         """``turn_model(audio)``: whether an utterance sounds complete (see ``TurnDetector``).
         ``denoiser``: the VAD (and, with ``denoised_decode``, the decodes) hear its output. Its
         output sample n is input sample n, so positions stay those of the input.
-        ``foreground_db``: speech more than this under the caller's voice is heard as silence
-        (``Foreground``; 0: off)."""
+        ``foreground_db``: a turn whose voice is more than this under the caller's is talk
+        behind them (``Foreground``, ``Segment.talk_behind``; 0: off)."""
         self._denoiser = denoiser
         self._denoised_decode = denoised_decode
         self.foreground = Foreground(margin_db=foreground_db,
@@ -395,6 +449,8 @@ class Segmenter:
         self._buffer = AudioBuffer(
             c.samples(c.max_utterance_ms + c.pre_roll_ms) + 4 * vad.window_samples
         )
+        # (audio_start, decoded_to, word spans) from decodes, for the next push (any thread)
+        self._words: deque[tuple[int, int, list[tuple[int, int]]]] = deque()
 
     @property
     def position(self) -> int:
@@ -410,12 +466,35 @@ class Segmenter:
                 chunk = heard
         self._buffer.append(chunk)
         out: list[Segment] = []
+        while self._words:
+            start, decoded_to, spans = self._words.popleft()
+            if self.foreground.voice_db is None:
+                continue  # whose words? Not known before the caller's first turn
+            words_end = self.foreground.callers_words_end(spans)
+            if words_end is None:
+                words_end = start
+            loud = self.foreground.callers_voice_after(words_end)  # they may be starting again
+            out.extend(self._with_audio(e) for e in self.detector.words_heard(
+                audio_start=start, decoded_to=decoded_to, words_end=words_end,
+                cut_by=None if loud is None else loud - self.config.samples(
+                    self.config.pre_roll_ms)))
         for window in self._vad.process(heard):
             n = window.end_sample - window.start_sample
-            p = self.foreground.hear(window.probability, window.level_db)
-            out.extend(self._with_audio(e) for e in self.detector.push(p, n))
+            self.foreground.hear(window.probability, window.level_db, window.end_sample)
+            out.extend(self._with_audio(e) for e in self.detector.push(window.probability, n))
         self._buffer.discard_before(self.detector.retain_from_sample)
         return out
+
+    def words_heard(self, *, audio_start: int, decoded_to: int,
+                    words: Sequence[tuple[float, float]]) -> None:
+        """A partial's decode of ``[audio_start, decoded_to)`` heard these words ((start, end),
+        seconds into it): where the last of the caller's ends goes to ``TurnDetector
+        .words_heard`` (words far under the caller's voice are talk behind them). Safe from any
+        thread: it is taken in order at the next ``push``."""
+        rate = self.config.sample_rate_hz
+        spans = [(audio_start + round(a * rate), min(decoded_to, audio_start + round(b * rate)))
+                 for a, b in words]
+        self._words.append((audio_start, decoded_to, spans))
 
     def finish(self) -> list[Segment]:
         """End of stream: a turn still open ends (forced) with the audio received so far."""
@@ -440,12 +519,21 @@ class Segmenter:
         self.foreground.reset()
         self.detector.reset()
         self._buffer.clear()
+        self._words.clear()
 
     def _with_audio(self, event: TurnEvent) -> Segment:
         match event:
+            case SpeechStarted():
+                self.foreground.turn_started(event.speech_start_sample)
+                return Segment(event)
+            case EndOfTurn():
+                audio = self._buffer.slice(event.audio_start_sample, event.audio_end_sample)
+                behind = self.foreground.turn_ended(
+                    event.at_sample / self.config.sample_rate_hz, event.audio_end_sample)
+                return Segment(event, audio, talk_behind=behind)
             case PartialDue():
                 return Segment(event, self._buffer.slice(event.audio_start_sample, event.at_sample))
-            case SilenceBegan() | EndOfTurn():
+            case SilenceBegan():
                 audio = self._buffer.slice(event.audio_start_sample, event.audio_end_sample)
                 return Segment(event, audio)
             case _:
