@@ -6,15 +6,19 @@ speeds; clean, pink noise and babble copies), after the room's Opus codec.
                          [--no-opus] [--reference] [--limit N]
 
 Each clip goes through what the stage runs on a session's audio, in this process and faster
-than real time: Opus at 32 kbit/s (48 kHz, 20 ms frames, as WebRTC sends it), the resampler to
-16 kHz, Silero VAD and the turn detector with the STT_* settings, then each turn's final decoded
-on the final's engine. A variant is a set of STT_* settings over the environment's; the first
+than real time, after the clip's clean copy (the caller said something before, in the quiet):
+Opus at 32 kbit/s (48 kHz, 20 ms frames, as WebRTC sends it), the resampler to 16 kHz,
+Silero VAD and the turn detector with the STT_* settings, then each turn's final decoded on
+the final's engine. A variant is a set of STT_* settings over the environment's; the first
 row is the environment's own. ``--reference`` adds what faster-whisper's own ``transcribe`` makes
 of the whole clip (beam 5, 30 s window, temperature fallback: what Pipecat's Whisper service
 runs on a VAD segment), an estimate of what the model can hear. Reports per variant and
 condition: word error rate (errors / reference words), turns per clip, phantom turns (ended
-before the caller spoke), turn end after the caller's last word, and decode time; writes
-bench/results/hearing.json.
+before the caller spoke), turn end after the caller's last word (with the partials' decode
+time when the turn ends on their words, ``STT_WORDS_PAUSE_MS``), turns ended on words, and
+decode time, turns dropped as talk behind the caller (``STT_FOREGROUND_DB``); for babble, in
+how many clips the talk alone (the babble copy less the clean one), played after the clip,
+came out as words; writes bench/results/hearing.json.
 """
 
 from __future__ import annotations
@@ -88,12 +92,24 @@ class Heard:
     turn_end_ms: float | None = None  # the turn that holds the last word: its end after it
     decode_s: list[float] = field(default_factory=list)
     fallbacks: int = 0  # finals decoded a second time on the 30 s window
+    on_words: int = 0  # turns ended by a pause in the partials' words
+    talk_behind: int = 0  # turns dropped as talk behind the caller (STT_FOREGROUND_DB)
+    after: bool = False  # words heard in a turn that started after the caller's words
+
+
+#: A partial's decode: (its words' (start, end) seconds into it, or None; its decode time).
+PartialWords = Callable[[Float32Array], tuple[tuple[tuple[float, float], ...] | None, float]]
 
 
 def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
          decode: Callable[[Float32Array], tuple[str, float, bool]],
-         judge: Callable[[Float32Array], bool] | None) -> Heard:
-    """The clip in 20 ms chunks through the stage's segmenter; each turn's final decoded."""
+         judge: Callable[[Float32Array], bool] | None,
+         partial: PartialWords | None = None, before: Float32Array | None = None) -> Heard:
+    """The clip in 20 ms chunks through the stage's segmenter; each turn's final decoded. With
+    ``partial``, the partials are decoded too, and where their words end reaches the segmenter
+    as in the stage: one at a time, their decode time of audio after the partial was due (a
+    partial due while one decodes is skipped). ``before``: audio the segmenter hears first
+    (what the caller said earlier in the call: it learns their voice), not counted."""
     seg = turns.Segmenter(vad=SileroVad(), config=settings.turn_config(), turn_model=judge,
                           denoiser=make_denoiser(settings.denoise),
                           denoised_decode=settings.denoise_decode,
@@ -101,10 +117,31 @@ def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
     heard = Heard()
     texts: list[str] = []
     step = WHISPER_RATE_HZ // 50
+    if before is not None:
+        whole = np.concatenate([before, np.zeros(-before.size % step, dtype=np.float32)])
+        for i in range(0, whole.size, step):
+            seg.push(whole[i:i + step])
+        start_ms += whole.size * 1000 // WHISPER_RATE_HZ
+        end_ms += whole.size * 1000 // WHISPER_RATE_HZ
     segments: list[turns.Segment] = []
+    # a partial under way: (due at sample, its event, its words)
+    pending: tuple[int, turns.PartialDue, tuple[tuple[float, float], ...]] | None = None
     for i in range(0, audio.size, step):
-        segments += seg.push(audio[i:i + step])
+        if pending is not None and seg.position >= pending[0]:
+            _, due, words = pending
+            seg.words_heard(audio_start=due.audio_start_sample, decoded_to=due.at_sample,
+                            words=words)
+            pending = None
+        for s in seg.push(audio[i:i + step]):
+            segments.append(s)
+            if (partial is not None and pending is None and s.audio is not None
+                    and isinstance(s.event, turns.PartialDue)):
+                heard_words, took = partial(s.audio)
+                if heard_words is not None:
+                    pending = (seg.position + round(took * WHISPER_RATE_HZ), s.event,
+                               heard_words)
     segments += seg.finish()
+    heard.on_words = seg.detector.ended_on_words
     per_ms = WHISPER_RATE_HZ / 1000
     for s in segments:
         if not isinstance(s.event, turns.EndOfTurn) or s.audio is None:
@@ -115,11 +152,16 @@ def hear(audio: Float32Array, start_ms: int, end_ms: int, settings: SttSettings,
         if s.event.speech_start_sample / per_ms <= end_ms and heard.turn_end_ms is None and (
                 s.event.speech_end_sample / per_ms >= end_ms - 300):
             heard.turn_end_ms = s.event.at_sample / per_ms - end_ms
+        if s.talk_behind:
+            heard.talk_behind += 1
+            continue
         text, took, again = decode(s.audio)
         heard.decode_s.append(took)
         heard.fallbacks += again
         if text:
             texts.append(text)
+            if s.event.speech_start_sample / per_ms > end_ms + 300:
+                heard.after = True
     heard.text = " ".join(texts)
     return heard
 
@@ -132,6 +174,13 @@ def _stage_decoder(engine: WhisperEngine, settings: SttSettings
         return (r.speech(settings.no_speech_threshold), r.decode_s,
                 engine.window_fallbacks > before)
     return decode
+
+
+def _partial_words(engine: WhisperEngine) -> PartialWords:
+    def words(audio: Float32Array) -> tuple[tuple[tuple[float, float], ...] | None, float]:
+        r = engine.transcribe(audio, partial=True)
+        return r.words, r.decode_s
+    return words
 
 
 def smart_turn_judge(settings: SttSettings) -> Callable[[Float32Array], bool] | None:
@@ -165,8 +214,8 @@ def _variants(specs: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
-def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]]
-         ) -> dict[str, Any]:
+def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]],
+         alone: Mapping[str, Heard] | None = None) -> dict[str, Any]:
     words = sum(len(normalize_text(c.text).split()) for c, _ in results)
     errors = sum(word_errors(c.text, h.text) for c, h in results)
     ends = [h.turn_end_ms for _, h in results if h.turn_end_ms is not None]
@@ -178,6 +227,11 @@ def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]]
         "split": sum(h.turns - h.phantom > 1 for _, h in results),
         "phantom": sum(h.phantom for _, h in results),
         "missed": sum(h.turn_end_ms is None for _, h in results),
+        "on_words": sum(h.on_words for _, h in results),
+        # talk alone (babble only): clips whose talk came out as words
+        "talk_behind": sum(h.talk_behind for _, h in results),
+        "alone_words": (sum(alone[c.name].after for c, _ in results if c.name in alone)
+                        if alone and any(c.name in alone for c, _ in results) else None),
         "end_p50_ms": round(percentile(ends, 50)) if ends else None,
         "end_p95_ms": round(percentile(ends, 95)) if ends else None,
         "decode_p50_ms": round(statistics.median(decodes)) if decodes else None,
@@ -187,7 +241,11 @@ def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]]
 
 def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip], *, opus: bool,
         reference: bool, environ: Mapping[str, str]) -> dict[str, Any]:
-    audio = {c.name: (opus_roundtrip(c.audio()) if opus else c.audio()) for c in clips}
+    codec: Callable[[Float32Array], Float32Array] = opus_roundtrip if opus else (lambda a: a)
+    audio = {c.name: codec(c.audio()) for c in clips}
+    alone_audio = {c.name: codec(c.audio() - speechset.clean_copy(c).audio())
+                   for c in clips if c.condition == "babble"}
+    earlier = {c.name: codec(speechset.clean_copy(c).audio()) for c in clips}
     conditions = sorted({c.condition for c in clips}, key=speechset.CONDITIONS.index)
     rows: list[dict[str, Any]] = []
     misheard: dict[str, list[dict[str, str]]] = {}
@@ -196,10 +254,22 @@ def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip],
         engine = build_engine(settings)
         judge = smart_turn_judge(settings)
         decode = _stage_decoder(engine, settings)
+        partial = None
+        if settings.turn_config().words_pause_ms > 0:
+            partial = _partial_words(build_engine(settings, partial=True))
+        # each clip is heard after the caller said something in the quiet (its clean copy), as
+        # in a call, where their voice is known from their first turn
         results = [(c, hear(audio[c.name], c.speech_start_ms, c.speech_end_ms, settings, decode,
-                            judge)) for c in clips]
+                            judge, partial, before=earlier[c.name])) for c in clips]
+        # the talk behind the caller alone (the babble copy less the clean one) after the clip,
+        # as if the caller had stopped talking: words heard in it
+        alone = {c.name: hear(np.concatenate([audio[c.name], alone_audio[c.name]]), 0,
+                              audio[c.name].size * 1000 // WHISPER_RATE_HZ, settings, decode,
+                              judge, partial, before=earlier[c.name])
+                 for c in clips if c.name in alone_audio}
         for condition in conditions:
-            rows.append(_row(name, condition, [r for r in results if r[0].condition == condition]))
+            rows.append(_row(name, condition, [r for r in results if r[0].condition == condition],
+                             alone))
         misheard[name] = [{"clip": c.name, "said": c.text, "heard": h.text} for c, h in results
                           if word_errors(c.text, h.text)]
         print(f"  {name}: " + ", ".join(f"{r['condition']} {r['wer']:.3f}" for r in rows

@@ -96,6 +96,14 @@ class Clip:
 Items = list[dict[str, Any]]
 
 
+def clean_copy(clip: Clip) -> Clip:
+    """The clean copy of a clip (the same speech without noise or talk behind it)."""
+    name = f"{clip.name.rsplit('-', 1)[0]}-clean"
+    return Clip(name=name, text=clip.text, voice=clip.voice, speed=clip.speed, condition="clean",
+                path=clip.path.with_name(f"{name}.wav"), speech_start_ms=clip.speech_start_ms,
+                speech_end_ms=clip.speech_end_ms)
+
+
 def cached(name: str, version: int, make: Callable[[Path], Items]) -> tuple[Path, Items]:
     """A made set of clips kept under ``~/.cache/voxbus/bench/<name>-<version>/``: the first
     time, ``make(folder)`` writes its WAVs into a fresh folder and returns the manifest's items,
@@ -179,20 +187,26 @@ def _pink(n: int, rng: np.random.Generator) -> Float32Array:
     return np.fft.irfft(spectrum / np.sqrt(f), n).astype(np.float32)
 
 
-def _at_snr(noise: Float32Array, speech: Float32Array, snr_db: float) -> Float32Array:
+def at_snr(noise: Float32Array, speech: Float32Array, snr_db: float) -> Float32Array:
+    """``noise`` scaled to ``snr_db`` under the level of ``speech`` (its samples above -60 dBFS)."""
     rms = float(np.sqrt(np.mean(speech[np.abs(speech) > 1e-3] ** 2)))
     noise = noise / max(1e-9, float(np.sqrt(np.mean(noise**2))))
     return (noise * rms * 10 ** (-snr_db / 20)).astype(np.float32)
 
 
-def _babble(speeches: list[Float32Array], i: int, n: int) -> Float32Array:
-    """Three other talkers, each looped to ``n`` samples from its own offset."""
+def babble(talkers: list[Float32Array], n: int) -> Float32Array:
+    """People talking at once: each of ``talkers`` looped to ``n`` samples from its own offset
+    (a third of a second between its sentences)."""
     out = np.zeros(n, dtype=np.float32)
-    for k, other in enumerate((i + 7, i + 13, i + 19)):
-        s = speeches[other % len(speeches)]
+    for k, s in enumerate(talkers):
         talk = np.concatenate([s, np.zeros(RATE_HZ // 3, dtype=np.float32)])
         out += np.resize(np.roll(talk, (k + 1) * RATE_HZ // 2), n)
     return out
+
+
+def _babble(speeches: list[Float32Array], i: int, n: int) -> Float32Array:
+    """Three other talkers of the set."""
+    return babble([speeches[other % len(speeches)] for other in (i + 7, i + 13, i + 19)], n)
 
 
 def _make(folder: Path, progress: Callable[[str], None]) -> Items:
@@ -217,9 +231,9 @@ def _make(folder: Path, progress: Callable[[str], None]) -> Items:
         for condition in CONDITIONS:
             out = clean + floor
             if condition == "noise":
-                out = out + _at_snr(_pink(clean.size, rng), clean, NOISE_SNR_DB)
+                out = out + at_snr(_pink(clean.size, rng), clean, NOISE_SNR_DB)
             elif condition == "babble":
-                out = out + _at_snr(_babble(speeches, i, clean.size), clean, BABBLE_SNR_DB)
+                out = out + at_snr(_babble(speeches, i, clean.size), clean, BABBLE_SNR_DB)
             name = f"h{i:02d}-{condition}"
             write_wav(folder / f"{name}.wav", float32_to_pcm16(np.clip(out, -1, 1)),
                       sample_rate_hz=RATE_HZ)
