@@ -266,16 +266,16 @@ class Replies:
         if not self.backchannels or (self.pause is None and not self._talking(user_turn)):
             self.barge_in(user_turn, reason="barge_in")  # nothing to talk over: a turn as any
             return
-        if what is Heard.SPEECH or not final:
-            self._pause(user_turn)  # (words may come before the start of speech)
-            assert self.pause is not None
-            if self.pause.over.cuts(text, final=final):
-                self.barge_in(user_turn, reason="barge_in")
-            return
-        self.ledger.backchannel(user_turn)
-        self.log.info("backchannel", user_turn=user_turn, words=what.value, pii={"text": text})
-        if self.pause is not None and self.pause.turn <= user_turn:
-            self._resume(why=what.value)
+        self._pause(user_turn)  # (words may come before the start of speech)
+        assert self.pause is not None
+        if self.pause.over.cuts(text, final=final):
+            self.barge_in(user_turn, reason="barge_in")
+        elif final and what is not Heard.SPEECH:
+            self.ledger.backchannel(user_turn)
+            self.log.info("backchannel", user_turn=user_turn, words=what.value,
+                          pii={"text": text})
+            if self.pause.turn <= user_turn:
+                self._resume(why=what.value)
 
     def _talking(self, user_turn: int) -> bool:
         """A reply to a turn before ``user_turn`` is playing or on its way."""
