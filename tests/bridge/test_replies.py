@@ -233,8 +233,6 @@ def test_a_real_word_cuts_the_paused_reply_where_it_paused() -> None:
     replies, speaker, out = make()
     talking(replies, speaker)
     replies.user_began(2)
-    replies.user_words(2, "Wait", final=False)
-    assert out == []  # one partial is not sure yet: it may be a hum made words
     replies.user_words(2, "Wait, stop", final=False)
     interrupt, spoken = out
     assert isinstance(interrupt, Interrupt) and interrupt.turn == 1
@@ -252,20 +250,8 @@ def test_a_backchannel_then_more_words_is_a_barge_in() -> None:
     replies.user_began(2)
     replies.user_words(2, "Okay", final=False)
     assert out == []
-    replies.user_words(2, "Okay, but what", final=False)
-    assert out == []
     replies.user_words(2, "Okay, but what about Friday?", final=False)  # a guess's words
     assert [type(m) for m in out] == [Interrupt, AgentSpoke]
-
-
-def test_a_first_partial_that_made_words_of_a_hum_does_not_cut_the_reply() -> None:
-    replies, speaker, out = make()
-    talking(replies, speaker)
-    replies.user_began(2)
-    replies.user_words(2, "M-H-A", final=False)  # Whisper on the first 200 ms of "Mhm"
-    replies.user_words(2, "M-H-M.", final=True)
-    assert out == [] and replies.pause is None
-    assert speaker.heard() == [(1, seq) for seq in range(6)]  # played on where it paused
 
 
 def test_a_cough_plays_the_reply_on_after_the_resume_time() -> None:
@@ -280,7 +266,7 @@ def test_a_cough_plays_the_reply_on_after_the_resume_time() -> None:
     # a later real interruption still cuts it
     speaker.play(replies, 2)
     replies.user_began(3)
-    replies.user_words(3, "Stop.", final=True)
+    replies.user_words(3, "Stop.", final=False)
     interrupt, spoken = out
     assert isinstance(interrupt, Interrupt) and interrupt.turn == 2
     assert isinstance(spoken, AgentSpoke) and spoken.char_end == 19
@@ -292,7 +278,7 @@ def test_words_after_the_resume_time_still_cut_the_reply() -> None:
     talking(replies, speaker)
     replies.user_began(2)
     clock.fire()
-    replies.user_words(2, "Sorry, what was that?", final=True)
+    replies.user_words(2, "Sorry, what was that?", final=False)
     assert [type(m) for m in out] == [Interrupt, AgentSpoke]
 
 

@@ -145,10 +145,9 @@ async def test_barge_in_stops_agent_audio(
     await asyncio.sleep(1.5)
     t_barge = time.monotonic()
     await bus.publish(REGION, UserStartedSpeaking(session=sess, turn=2, at_ns=time.time_ns()))
-    # (the reply pauses at once; words that are no backchannel, in the final, make it a
-    # barge-in)
+    # (the reply pauses at once; words that are no backchannel make it a barge-in)
     await bus.publish(REGION, Transcript(session=sess, turn=2, seq=0, text="Wait, stop",
-                                         is_final=True, speech_start_ns=time.time_ns()))
+                                         is_final=False, speech_start_ns=time.time_ns()))
     spoke = await tap.wait_for(AgentSpoke, session=sess)
     intr = await tap.wait_for(Interrupt, session=sess)
     await asyncio.sleep(0.8)

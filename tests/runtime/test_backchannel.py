@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from voxbus.runtime.backchannel import Heard, Over, heard, is_backchannel
+from voxbus.runtime.backchannel import Heard, heard, is_backchannel
 from voxbus.runtime.ledger import TurnLedger
 
 pytestmark = pytest.mark.fast
@@ -55,13 +55,3 @@ def test_a_backchannel_turn_is_heard_and_interrupts_nothing() -> None:
     assert (ledger.heard, ledger.interrupted) == (2, 0) and not ledger.stale(1)
     ledger.began(3)  # the next turn cuts what still plays, as any turn does
     assert ledger.interrupted == 2 and ledger.stale(1)
-
-
-def test_words_over_the_agent_cut_it_in_a_final_or_two_partials_in_a_row() -> None:
-    over = Over()
-    assert not over.cuts("I was in", final=False)  # the first 200 ms of "Oh, okay"
-    assert not over.cuts("Oh, okay.", final=False)  # a backchannel: the count starts again
-    assert not over.cuts("Oh, okay, but", final=False)
-    assert over.cuts("Oh, okay, but what about Friday", final=False)
-    assert Over().cuts("Stop.", final=True)
-    assert not Over().cuts("Mm-hmm.", final=True) and not Over().cuts("", final=True)

@@ -44,7 +44,7 @@ from voxbus.bench.hearing import opus_roundtrip, smart_turn_judge
 from voxbus.bench.report import print_table, write_json
 from voxbus.bench.speechset import LEAD_S, RATE_HZ, TAIL_S, Items, Voices, cached, trim
 from voxbus.errors import UserError
-from voxbus.runtime.backchannel import Over, heard
+from voxbus.runtime.backchannel import Heard, heard
 from voxbus.services.stt import turns
 from voxbus.services.stt.audio import load_wav_16k_mono
 from voxbus.services.stt.decoding import build_engine
@@ -230,9 +230,7 @@ class Outcome:
         """The first words that are speech: the bridge cuts the agent there."""
         if not self.paused:
             return None
-        over = Over()
-        return next((w for w in self.words if over.cuts(w.text, final=w.source == "final")),
-                    None)
+        return next((w for w in self.words if heard(w.text) is Heard.SPEECH), None)
 
     @property
     def decision(self) -> str:

@@ -4,9 +4,8 @@ see"), not to take the turn. The one word rule the bridge and the LLM share.
 While the agent speaks, such words neither cut it (the bridge pauses the reply when the caller
 starts speaking and plays on where it paused) nor get a reply of their own (the LLM skips such a
 turn while its last reply is still being heard). Any other word is speech: it cuts the agent, as
-it always did, once it is sure (``Over``): in a final, or in two partials in a row. The same
-words said when the agent is silent are an ordinary turn ("Yes." to a question), answered as any
-other.
+it always did. The same words said when the agent is silent are an ordinary turn ("Yes." to a
+question), answered as any other.
 
 Text is compared as words: case, punctuation and hyphens do not count ("Mm-hmm." is "mm hmm"),
 sound annotations a recogniser may write (``[cough]``, ``(laughs)``, ``*sigh*``) are no words,
@@ -92,25 +91,3 @@ def heard(text: str) -> Heard:
 def is_backchannel(text: str) -> bool:
     """``text`` is only backchannel words (at least one)."""
     return heard(text) is Heard.BACKCHANNEL
-
-
-#: Partials in a row heard as speech before they cut the agent. The first partial of an
-#: utterance decodes its first ~200 ms and makes words of a hum ("Mhm" as "M-H-A", "Oh, okay" as
-#: "I was in"); the reply is paused from the first sound anyway, so waiting for the next one
-#: (or the final, decoded on the whole utterance) costs the caller nothing they hear.
-PARTIALS_TO_CUT: Final = 2
-
-
-class Over:
-    """The caller's words over the agent, in one utterance, as they come: whether they cut it."""
-
-    def __init__(self) -> None:
-        self._speech_partials = 0
-
-    def cuts(self, text: str, *, final: bool) -> bool:
-        """Words so far (a partial, a guess's) or in the end (``final``)."""
-        if heard(text) is not Heard.SPEECH:
-            self._speech_partials = 0
-            return False
-        self._speech_partials += 1
-        return final or self._speech_partials >= PARTIALS_TO_CUT

@@ -9,12 +9,11 @@ the bus as ``AgentSpoke``, cut where the playout stopped.
 
 Backchannels (``BRIDGE_BACKCHANNELS``): the user beginning an utterance over a reply pauses it at
 once (its frames are taken out of the playout and kept; the caller hears silence as soon as a
-barge-in would give it) and publishes nothing yet. Words of that utterance that are not all
-backchannels (``runtime.backchannel``), in its final transcript or in two partials (or guesses)
-in a row, make it a barge-in, cut where it paused. Its final holding only backchannels ("mhm")
-or no words, or no word for ``BRIDGE_BACKCHANNEL_RESUME_S`` (a cough), plays the reply on from
-the frame where it paused: no word is lost or said twice. A backchannel is heard in the ledger
-but interrupts nothing.
+barge-in would give it) and publishes nothing yet. The first word of that utterance that is not a
+backchannel (``runtime.backchannel``), in a partial, a guess's or the final transcript, makes it a
+barge-in, cut where it paused. Its final holding only backchannels ("mhm") or no words, or no
+word for ``BRIDGE_BACKCHANNEL_RESUME_S`` (a cough), plays the reply on from the frame where it
+paused: no word is lost or said twice. A backchannel is heard in the ledger but interrupts nothing.
 
 Turn 0 frames ("not part of a turn", e.g. the echo stage's) are played but are no reply: they are
 never interrupted by turn logic and produce no ``AgentSpoke``.
@@ -42,7 +41,7 @@ from voxbus.contracts.messages import (
     TurnResumed,
 )
 from voxbus.runtime import metrics
-from voxbus.runtime.backchannel import Heard, Over, heard
+from voxbus.runtime.backchannel import Heard, heard
 from voxbus.runtime.ledger import ReplyKey, TurnLedger, Verdict, Why
 from voxbus.services.bridge.audio import AgentAudio, AgentFrame
 
@@ -113,7 +112,6 @@ class Pause:
     #: arrived since).
     frames: list[AgentFrame] = field(default_factory=list)
     since: float = field(default_factory=time.monotonic)
-    over: Over = field(default_factory=Over)  # whether the words said over them cut them
 
 
 class Replies:
@@ -263,19 +261,18 @@ class Replies:
         if user_turn <= self.ledger.heard:
             return
         what = heard(text)
-        if not self.backchannels or (self.pause is None and not self._talking(user_turn)):
-            self.barge_in(user_turn, reason="barge_in")  # nothing to talk over: a turn as any
-            return
-        self._pause(user_turn)  # (words may come before the start of speech)
-        assert self.pause is not None
-        if self.pause.over.cuts(text, final=final):
+        if not self.backchannels or what is Heard.SPEECH:
             self.barge_in(user_turn, reason="barge_in")
-        elif final and what is not Heard.SPEECH:
+        elif self.pause is None and not self._talking(user_turn):
+            self.barge_in(user_turn, reason="barge_in")  # nothing to talk over: a turn as any
+        elif final:
             self.ledger.backchannel(user_turn)
             self.log.info("backchannel", user_turn=user_turn, words=what.value,
                           pii={"text": text})
-            if self.pause.turn <= user_turn:
+            if self.pause is not None and self.pause.turn <= user_turn:
                 self._resume(why=what.value)
+        else:
+            self._pause(user_turn)  # (words before the start of speech reached us)
 
     def _talking(self, user_turn: int) -> bool:
         """A reply to a turn before ``user_turn`` is playing or on its way."""
@@ -283,8 +280,7 @@ class Replies:
 
     def _pause(self, user_turn: int) -> None:
         if self.pause is not None:
-            if user_turn > self.pause.turn:  # another utterance over the same replies
-                self.pause.turn, self.pause.over = user_turn, Over()
+            self.pause.turn = max(self.pause.turn, user_turn)
             return
         frames = self.speaker.take(
             lambda f: f.session == self.session and 0 < f.turn < user_turn)
