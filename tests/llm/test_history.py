@@ -95,12 +95,3 @@ def test_a_reply_plays_until_the_bridge_says_what_was_heard() -> None:
     history.turns[1] = TurnRecord(turn=1, user="When?", heard=False)  # no words: nothing plays
     assert not history.reply_playing(2)
     assert not History(turns=history.turns[:1]).reply_playing(1)  # the greeting is no reply
-
-
-def test_a_reply_no_bridge_reports_on_plays_no_longer_than_it_could() -> None:
-    said: list[ChatMessage] = [{"role": "assistant", "content": "We open at nine."}]  # 16 chars
-    history = History(turns=[TurnRecord(turn=1, user="When?", reply=said, heard=False,
-                                        replied_ns=0)])
-    assert history.reply_playing(2)  # no clock: as long as no AgentSpoke came
-    assert history.reply_playing(2, now_ns=4_000_000_000)  # 3 s + 16 chars at 10 a second
-    assert not history.reply_playing(2, now_ns=5_000_000_000)  # "Yes." is a turn again

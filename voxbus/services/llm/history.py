@@ -16,7 +16,6 @@ limit), so the stage can have the engine read the shorter conversation before th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -29,10 +28,6 @@ from voxbus.contracts.control import LLM_STATE, state_key
 from voxbus.services.llm.engine import ChatMessage
 
 _CAS_ATTEMPTS: Final = 16
-#: The longest a saved reply can still be playing: its text at the slowest voice's pace
-#: (characters a second; the voices here say 13-16), plus its synthesis and the playout queue.
-SLOWEST_CHARS_PER_S: Final = 10.0
-PLAY_MARGIN_S: Final = 3.0
 
 
 class TurnRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -44,8 +39,6 @@ class TurnRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: The bridge said what the user heard of the reply (``AgentSpoke``): it is no longer
     #: playing. False from the turn's start until then; None in a record older than the field.
     heard: bool | None = None
-    #: When the reply was saved (unix ns); None: not yet, or a record older than the field.
-    replied_ns: int | None = None
 
 
 class History(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -67,22 +60,12 @@ class History(msgspec.Struct, kw_only=True, omit_defaults=True):
                 return record
         return None
 
-    def reply_playing(self, before: int, now_ns: int | None = None) -> bool:
+    def reply_playing(self, before: int) -> bool:
         """The agent's last reply before turn ``before`` may still be playing to the user: it
-        has words, the bridge has not said yet what of it was heard (``AgentSpoke``), and (at
-        ``now_ns``) it was saved less than the longest it could take to say ago. A caller
-        without a bridge never says what was heard: past that time, their "Yes." is a turn."""
+        has words, and the bridge has not said yet what of it was heard (``AgentSpoke``)."""
         last = max((r for r in self.turns if 0 < r.turn < before), key=lambda r: r.turn,
                    default=None)
-        if last is None or last.heard is not False:
-            return False
-        text = reply_text(last.reply)
-        if not text:
-            return False
-        if now_ns is None or last.replied_ns is None:
-            return True
-        longest_s = PLAY_MARGIN_S + len(text) / SLOWEST_CHARS_PER_S
-        return now_ns - last.replied_ns < longest_s * 1e9
+        return last is not None and last.heard is False and bool(reply_text(last.reply))
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -237,7 +220,6 @@ class HistoryStore:
             record.reply = (
                 truncate_reply(reply, record.spoken) if record.spoken is not None else reply
             )
-            record.replied_ns = time.time_ns()
             # the next turn's, now: the engine can read the shorter conversation before it comes
             _trim(history, self._limits.max_turns, self._limits.max_chars, coming=1)
             return True

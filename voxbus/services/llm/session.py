@@ -198,7 +198,7 @@ class LlmSession:
         history = await (await self.worker.store(ctx)).load(msg.session)
         if history.find(msg.turn) is not None:  # committed already (a redelivered guess)
             return
-        if is_backchannel(user) and history.reply_playing(msg.turn, time.time_ns()):
+        if is_backchannel(user) and history.reply_playing(msg.turn):
             return  # "mhm" over the reply: no reply of its own (``_turn``)
         calls = await self._calls(ctx)
         guess = Guess(
@@ -241,8 +241,7 @@ class LlmSession:
         stats = TurnStats(session=msg.session, turn=msg.turn, started_ns=time.time_ns())
         committed_ns = stats.started_ns
         store = await worker.store(ctx)
-        if is_backchannel(user) and (await store.load(msg.session)).reply_playing(
-                msg.turn, time.time_ns()):
+        if is_backchannel(user) and (await store.load(msg.session)).reply_playing(msg.turn):
             # "mhm", "okay" said over the last reply (which the bridge plays on): no reply of its
             # own, and not in the conversation (the reply it was said over goes on)
             self.ledger.commit(msg.turn, 0)
