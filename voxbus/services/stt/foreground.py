@@ -56,16 +56,16 @@ class Foreground:
             self._levels.popleft()
 
     def hear(self, probability: float, level_db: float | None, end_sample: int) -> None:
-        if level_db is not None and probability >= self._threshold:
+        if self.margin_db > 0 and level_db is not None and probability >= self._threshold:
             self._levels.append((end_sample, level_db))
 
     def callers_words_end(self, spans: Sequence[tuple[int, int]]) -> int | None:
         """Where the last of these words (sample spans in the open turn) loud enough to be the
         caller's ends: its loudest window within ``margin_db`` of the caller's voice. None: no
         word is (or the caller's voice is not known)."""
-        if self.voice_db is None:
+        bar = self._callers_bar()
+        if bar is None:
             return None
-        bar = self.voice_db - self.margin_db
         for start, end in reversed(spans):
             if any(start < at <= end + WINDOW and level >= bar for at, level in self._levels):
                 return end
@@ -73,11 +73,15 @@ class Foreground:
 
     def callers_voice_after(self, sample: int) -> int | None:
         """Where the first window after ``sample`` loud enough to be the caller's starts."""
-        if self.voice_db is None:
+        bar = self._callers_bar()
+        if bar is None:
             return None
-        bar = self.voice_db - self.margin_db
         return next((at - WINDOW for at, level in self._levels
                      if at - WINDOW >= sample and level >= bar), None)
+
+    def _callers_bar(self) -> float | None:
+        """The quietest level that can be the caller's (None: their voice is not known)."""
+        return None if self.voice_db is None else self.voice_db - self.margin_db
 
     def turn_ended(self, at_s: float, upto: int) -> bool:
         """Whether the turn that ended at ``at_s`` (stream seconds), its audio up to sample

@@ -36,6 +36,7 @@ from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import BadInput, Context, Retryable
 from voxbus.runtime.transient import transient
 from voxbus.services.stt import turns
+from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.engine import TranscriptResult
 from voxbus.services.stt.frontend import AudioFrontend
 from voxbus.services.stt.shared import SttWorker
@@ -408,4 +409,4 @@ class SttSession:
 
 async def _nothing_said(audio: Float32Array) -> TranscriptResult:
     """The final of a turn that was not the caller's."""
-    return TranscriptResult(text="", decode_s=0.0, audio_s=audio.size / 16_000)
+    return TranscriptResult(text="", decode_s=0.0, audio_s=audio.size / WHISPER_RATE_HZ)

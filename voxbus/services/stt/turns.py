@@ -231,9 +231,7 @@ class TurnDetector:
         elif self._judge is None:
             complete = True
         else:
-            complete = self._judge(audio_start, min(decoded_to, words_end + self._model_tail))
-            self.judged += 1
-            self.judged_complete += complete
+            complete = self._ask(audio_start, min(decoded_to, words_end + self._model_tail))
         if not complete:
             return []
         self.ended_on_words += 1
@@ -327,11 +325,17 @@ class TurnDetector:
             # the model hears the utterance and model_tail_ms after its last speech window: it
             # is sensitive to that tail (for one pause mid-sentence, 0.08 with 200 ms after the
             # words and 0.91 with 250 ms; the VAD's last speech window ends ~50 ms after them)
-            self._verdict = self._judge(self._audio_start,
-                                        min(end, self._speech_end + self._model_tail))
-            self.judged += 1
-            self.judged_complete += self._verdict
+            self._verdict = self._ask(self._audio_start,
+                                      min(end, self._speech_end + self._model_tail))
         return self._model_silence if self._verdict else self._incomplete_silence
+
+    def _ask(self, start: int, end: int) -> bool:
+        """The turn model's verdict on ``[start, end)``: does the utterance sound complete?"""
+        assert self._judge is not None
+        complete = self._judge(start, end)
+        self.judged += 1
+        self.judged_complete += complete
+        return complete
 
     def _end_of_turn(self, at: int, *, forced: bool) -> EndOfTurn:
         if self._announced is not None and not forced:
