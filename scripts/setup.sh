@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup from the package registries alone: .venv, llama.cpp built with the flags this
-# machine needs, the project and its pinned dependencies, and livekit-server in .bin/.
+# machine needs, the project and its pinned dependencies, livekit-server and livekit-sip in .bin/
+# (with the Debian packages the phone parts need: redis-server, baresip, the codecs sip links).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +65,9 @@ fi
 if [ -f scripts/install-livekit.sh ]; then
   bash scripts/install-livekit.sh
 fi
+
+echo "==> telephony: redis-server, baresip and livekit-sip (scripts/install-sip.sh)"
+bash scripts/install-sip.sh
 
 echo "==> helm and KEDA's ScaledObject schema, for the deployment checks (tests/deploy)"
 bash scripts/install-deploy-tools.sh

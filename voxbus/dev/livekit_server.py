@@ -12,8 +12,6 @@ or ``livekit-server`` on PATH.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -23,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from voxbus.errors import UserError
+from voxbus.dev.child import ChildFailed, ChildMissing, find_program, start_child
 from voxbus.runtime.procs import free_port, stop_popen
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -31,31 +29,18 @@ DEV_KEY: Final = "devkey"
 DEV_SECRET: Final = "voxbus-dev-secret-at-least-32-chars-long"
 
 
-class LiveKitServerError(RuntimeError):
-    pass
-
-
-class LiveKitServerMissing(LiveKitServerError, UserError):
-    """No livekit-server to run (one line: where it was looked for, how to install it)."""
+#: livekit-server exited or never answered.
+LiveKitServerError = ChildFailed
+#: No livekit-server to run (one line: where it was looked for, how to install it).
+LiveKitServerMissing = ChildMissing
 
 
 def livekit_server_binary() -> Path:
     """``$LIVEKIT_SERVER_BIN`` (when set, it must be the one), else ``<repo>/.bin/server``, else
     ``livekit-server`` on PATH."""
-    if env := os.environ.get("LIVEKIT_SERVER_BIN"):
-        if Path(env).is_file() and os.access(env, os.X_OK):
-            return Path(env)
-        raise LiveKitServerMissing(f"LIVEKIT_SERVER_BIN={env}: no such executable file")
-    candidates = [REPO / ".bin" / "server"]
-    if found := shutil.which("livekit-server"):
-        candidates.append(Path(found))
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c
-    raise LiveKitServerMissing(
-        f"livekit-server not found (neither {REPO / '.bin' / 'server'} nor on PATH): run "
-        "./dev setup (scripts/install-livekit.sh), or set LIVEKIT_SERVER_BIN"
-    )
+    return find_program("livekit-server", REPO / ".bin" / "server", env="LIVEKIT_SERVER_BIN",
+                        hint="run ./dev setup (scripts/install-livekit.sh), or set "
+                        "LIVEKIT_SERVER_BIN")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +58,9 @@ class LiveKitConfig:
     empty_timeout_s: int = 10
     departure_timeout_s: int = 2
     log_level: str = "warn"
+    #: ``host:port`` of a Redis shared with livekit-sip (``voxbus.dev.sip_server``); none: the
+    #: server runs alone (no SIP).
+    redis_address: str = ""
 
     def render(self) -> str:
         """YAML (written by hand: every value is a plain scalar)."""
@@ -102,6 +90,7 @@ class LiveKitConfig:
                 f"  departure_timeout: {self.departure_timeout_s}",
                 "logging:",
                 f"  level: {self.log_level}",
+                *(["redis:", f"  address: {self.redis_address}"] if self.redis_address else []),
                 "",
             ]
         )
@@ -118,12 +107,13 @@ class LiveKitServer:
     started_s: float = 0.0
 
     @classmethod
-    def local(cls, *, node_ip: str = "127.0.0.1", interface: str | None = None) -> LiveKitServer:
+    def local(cls, *, node_ip: str = "127.0.0.1", interface: str | None = None,
+              redis_address: str = "") -> LiveKitServer:
         """A server on free ports; ``interface`` defaults to ``lo`` for loopback, else ``vb0``."""
         iface = interface or ("lo" if node_ip.startswith("127.") else "vb0")
         cfg = LiveKitConfig(
             port=free_port(), udp_port=free_port(socket.SOCK_DGRAM, node_ip),
-            node_ip=node_ip, interface=iface,
+            node_ip=node_ip, interface=iface, redis_address=redis_address,
         )
         return cls(cfg)
 
@@ -147,30 +137,17 @@ class LiveKitServer:
         self._tmp = tempfile.TemporaryDirectory(prefix="voxbus-livekit-")
         cfg_file = Path(self._tmp.name) / "livekit.yaml"
         cfg_file.write_text(self.config.render())
-        log_path = self.log_path or Path(self._tmp.name) / "server.log"
-        self.log_path = log_path
+        self.log_path = self.log_path or Path(self._tmp.name) / "server.log"
         t0 = time.monotonic()
         try:
-            with log_path.open("wb") as log:
-                self._proc = subprocess.Popen(
-                    [str(binary), "--dev", "--config", str(cfg_file)],
-                    stdout=log, stderr=subprocess.STDOUT,
-                )
+            self._proc = start_child([str(binary), "--dev", "--config", str(cfg_file)],
+                                     self.log_path, self._answers, what="livekit-server",
+                                     timeout_s=timeout_s)
         except BaseException:
             self.stop()  # the temporary config goes with it
             raise
-        deadline = t0 + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                out = log_path.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise LiveKitServerError(f"livekit-server exited: {out}")
-            if self._answers():
-                self.started_s = time.monotonic() - t0
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise LiveKitServerError(f"livekit-server did not answer on {self.http_url}")
+        self.started_s = time.monotonic() - t0
+        return self
 
     def stop(self) -> None:
         stop_popen(self._proc)

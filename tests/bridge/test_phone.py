@@ -1,0 +1,138 @@
+"""Phone calls on real parts: Debian's baresip dials a real livekit-sip, which puts the call into
+a room on a real livekit-server (the two share a real Redis); the bridge joins the room and the
+real STT, LLM and TTS stages answer. Runs inside the private network namespace, like the other
+LiveKit tests (the phone listens on the veth's far end)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import api
+
+from tests.bridge.caller import Tap
+from tests.bridge.test_voice_loop import (  # noqa: F401 - module fixtures
+    MAX_WER,
+    MIN_OVERLAP,
+    Agent,
+    agent_factory,
+    kokoro,
+    speech,
+    start_agent,
+    wer,
+    whisper,
+)
+from tests.conftest import REGION
+from voxbus.audio import float32_to_pcm16, pcm16_to_float32, resample
+from voxbus.contracts.messages import AgentSpoke, EndOfTurn, ReplyEnd, SessionStarted
+from voxbus.dev import netns
+from voxbus.dev.livekit_server import LiveKitServer
+from voxbus.dev.redis_server import RedisServer
+from voxbus.dev.sip_phone import PHONE_RATE_HZ, SipPhone
+from voxbus.dev.sip_server import SipServer
+from voxbus.runtime.bus import Bus
+from voxbus.services.bridge.bridge import Bridge
+from voxbus.services.bridge.settings import BridgeSettings
+from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT
+from voxbus.services.stt.engine import WhisperEngine
+from voxbus.services.stt.normalize import normalize_text
+from voxbus.services.tts.engine import KokoroEngine
+
+pytestmark = [pytest.mark.livekit, pytest.mark.model]
+
+NUMBER = "+15550100"
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as r:
+        yield r
+
+
+@pytest.fixture
+def livekit(redis: RedisServer) -> Iterator[LiveKitServer]:
+    """The room server, sharing ``redis`` with livekit-sip (overrides the bridge tests' own)."""
+    with LiveKitServer.local(node_ip=netns.node_ip(), redis_address=redis.address) as server:
+        yield server
+
+
+@pytest.fixture
+def sip(livekit: LiveKitServer) -> Iterator[SipServer]:
+    with SipServer.beside(livekit) as s:
+        yield s
+
+
+@pytest.fixture
+def bridge_settings(livekit: LiveKitServer) -> BridgeSettings:
+    """The bridge joins every room with a caller: a phone call makes its own room."""
+    return BridgeSettings(
+        livekit_url=livekit.url, api_key=livekit.config.api_key,
+        api_secret=livekit.config.api_secret, region=REGION, idle_leave_s=0,
+        auto_join=True, poll_s=0.2,
+    )
+
+
+@pytest.fixture
+async def dial_in(livekit: LiveKitServer, sip: SipServer) -> AsyncIterator[str]:
+    """An inbound trunk for ``NUMBER`` and a rule giving each caller a room of their own; the
+    URI a phone dials."""
+    lk = api.LiveKitAPI(livekit.http_url, livekit.config.api_key, livekit.config.api_secret)
+    try:
+        trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(
+            trunk=api.SIPInboundTrunkInfo(name="test", numbers=[NUMBER])))
+        await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(
+            rule=api.SIPDispatchRule(
+                dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="call-")),
+            trunk_ids=[trunk.sip_trunk_id]))
+    finally:
+        await lk.aclose()
+    yield f"sip:{NUMBER}@{sip.sip_address}"
+
+
+@pytest.fixture
+async def phone(tmp_path: Path) -> AsyncIterator[SipPhone]:
+    far_end = netns.Veth().addresses[1]
+    async with SipPhone(tmp=tmp_path, address=far_end) as p:
+        yield p
+
+
+def to_phone(pcm16k: np.ndarray) -> np.ndarray:
+    audio = resample(pcm16_to_float32(pcm16k.tobytes()), in_rate_hz=16_000,
+                     out_rate_hz=PHONE_RATE_HZ)
+    return np.frombuffer(float32_to_pcm16(audio), dtype="<i2")
+
+
+async def test_a_phone_call_is_answered_and_the_caller_hears_the_reply(
+    bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,  # noqa: F811
+    kokoro: KokoroEngine, agent_factory: list[Agent], dial_in: str,  # noqa: F811
+    phone: SipPhone,
+) -> None:
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT))
+    await phone.dial(dial_in)
+    started = await tap.wait_for(SessionStarted, within_s=20)
+    sess = started.session
+    await phone.wait("CALL_ESTABLISHED", timeout_s=20)
+    await asyncio.sleep(0.5)
+    pcm, _ = speech("battery.wav")  # "My phone battery is almost empty."
+    await phone.say(to_phone(pcm))
+
+    end = await tap.wait_for(ReplyEnd, session=sess, within_s=40)
+    done = await tap.wait_for(AgentSpoke, session=sess, within_s=40,
+                              where=lambda m: m.turn == end.turn)
+    await asyncio.sleep(1.0)  # the last packets are on their way
+    eot = tap.of(EndOfTurn, sess)[0]
+    heard = phone.heard()
+    audio = resample(pcm16_to_float32(heard.tobytes()), in_rate_hz=PHONE_RATE_HZ,
+                     out_rate_hz=16_000)
+    text = await asyncio.to_thread(lambda: whisper.transcribe(audio).text)
+    error, found = wer(end.text, text)
+    print(f"\ncaller (phone): {eot.transcript!r}\nreply: {end.text!r}\nphone heard: {text!r}"
+          f"\nWER {error:.2f}, reply words heard {found:.2f}, {len(heard) / PHONE_RATE_HZ:.1f} s")
+    assert "battery" in normalize_text(eot.transcript), eot.transcript
+    assert not done.interrupted and end.text.strip()
+    assert error <= MAX_WER and found >= MIN_OVERLAP, (end.text, text)
+    await phone.hangup()
+    await phone.wait("CALL_CLOSED")

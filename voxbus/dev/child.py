@@ -1,0 +1,67 @@
+"""A dev server as a child process: started with its output in a log file, then polled until it
+answers, or stopped with the tail of that log in one error when it exits or never answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from voxbus.errors import UserError
+from voxbus.runtime.procs import stop_popen
+
+
+class ChildFailed(RuntimeError):
+    """The server exited before it answered, or did not answer in time."""
+
+
+class ChildMissing(ChildFailed, UserError):
+    """The server's program is not installed (one line: where it was looked for, how to get it)."""
+
+
+def find_program(name: str, *candidates: Path, hint: str, env: str = "") -> Path:
+    """``$env`` when set (then it must be the one), else the first executable of ``candidates``,
+    else ``name`` on PATH, else ``ChildMissing``."""
+    if env and (given := os.environ.get(env)):
+        if Path(given).is_file() and os.access(given, os.X_OK):
+            return Path(given)
+        raise ChildMissing(f"{env}={given}: no such executable file")
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    if found := shutil.which(name):
+        return Path(found)
+    where = ", ".join(str(c) for c in candidates)
+    raise ChildMissing(f"{name} not found ({where + ' nor ' if where else ''}on PATH): {hint}")
+
+
+def start_child(
+    argv: Sequence[str], log_path: Path, ready: Callable[[], bool], *, what: str,
+    timeout_s: float = 15.0,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (stdout and stderr to ``log_path``) and return once ``ready()``."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ChildFailed(f"{what} exited ({proc.returncode}): {_tail(log_path)}")
+            if ready():
+                return proc
+            time.sleep(0.05)
+        raise ChildFailed(f"{what} did not answer within {timeout_s:g} s: {_tail(log_path)}")
+    except BaseException:
+        stop_popen(proc)
+        raise
+
+
+def _tail(log_path: Path, chars: int = 1500) -> str:
+    try:
+        return log_path.read_text(errors="replace")[-chars:].strip() or "(no output)"
+    except OSError:
+        return "(no log)"
