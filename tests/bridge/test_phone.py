@@ -6,6 +6,7 @@ LiveKit tests (the phone listens on the veth's far end)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from tests.bridge.test_voice_loop import (  # noqa: F401 - module fixtures
 )
 from tests.conftest import REGION
 from voxbus.audio import float32_to_pcm16, pcm16_to_float32, resample
-from voxbus.contracts.messages import AgentSpoke, EndOfTurn, ReplyEnd, SessionStarted
+from voxbus.contracts.messages import (
+    AgentSpoke,
+    EndOfTurn,
+    ReplyEnd,
+    SessionEnded,
+    SessionStarted,
+)
 from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.redis_server import RedisServer
@@ -36,6 +43,8 @@ from voxbus.dev.sip_server import SipServer
 from voxbus.runtime.bus import Bus
 from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.bridge.settings import BridgeSettings
+from voxbus.services.llm.engine import ToolCallDelta
+from voxbus.services.llm.fake import FakeLLM, FakeTurn
 from voxbus.services.llm.settings import DEFAULT_SYSTEM_PROMPT
 from voxbus.services.stt.engine import WhisperEngine
 from voxbus.services.stt.normalize import normalize_text
@@ -136,3 +145,60 @@ async def test_a_phone_call_is_answered_and_the_caller_hears_the_reply(
     assert error <= MAX_WER and found >= MIN_OVERLAP, (end.text, text)
     await phone.hangup()
     await phone.wait("CALL_CLOSED")
+
+
+async def test_end_call_hangs_the_phone_up_after_the_goodbye(
+    bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,  # noqa: F811
+    kokoro: KokoroEngine, agent_factory: list[Agent], dial_in: str,  # noqa: F811
+    phone: SipPhone,
+) -> None:
+    # the model's side is scripted (SmolLM2 calls no tools): end_call, then its goodbye
+    goodbye = FakeLLM([
+        FakeTurn(tool_calls=[ToolCallDelta(id="c1", name="end_call", arguments="{}")]),
+        FakeTurn.words("Goodbye, and have a lovely evening.", first_token_delay_s=0.2),
+    ])
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT,
+                                           engine=goodbye, tools=True))
+    await phone.dial(dial_in)
+    sess = (await tap.wait_for(SessionStarted, within_s=20)).session
+    await phone.wait("CALL_ESTABLISHED", timeout_s=20)
+    await asyncio.sleep(0.5)
+    pcm, _ = speech("battery.wav")
+    await phone.say(to_phone(pcm))
+    end = await tap.wait_for(ReplyEnd, session=sess, within_s=40)
+    assert end.end_call
+    spoke = await tap.wait_for(AgentSpoke, session=sess, within_s=20)
+    closed = await phone.wait("CALL_CLOSED", timeout_s=10)
+    ended = await tap.wait_for(SessionEnded, session=sess, within_s=10)
+    heard = phone.heard()
+    audio = resample(pcm16_to_float32(heard.tobytes()), in_rate_hz=PHONE_RATE_HZ,
+                     out_rate_hz=16_000)
+    text = await asyncio.to_thread(lambda: whisper.transcribe(audio).text)
+    print(f"\nphone heard {text!r}, then the call closed: {closed.param!r} "
+          f"({closed.t - spoke.at_ns / 1e9 + time.time() - time.monotonic():.2f} s after the "
+          f"goodbye played); session ended: {ended.reason}")
+    assert not spoke.interrupted and spoke.text == end.text
+    assert "goodbye" in normalize_text(text), text
+    assert ended.reason == "agent_hung_up"
+
+
+async def test_a_key_pressed_on_the_phone_reaches_the_agent(
+    bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,  # noqa: F811
+    kokoro: KokoroEngine, agent_factory: list[Agent], dial_in: str,  # noqa: F811
+    phone: SipPhone,
+) -> None:
+    llm = FakeLLM([FakeTurn.words("You pressed one: sales.")])
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT,
+                                           engine=llm))
+    await phone.dial(dial_in)
+    sess = (await tap.wait_for(SessionStarted, within_s=20)).session
+    await phone.wait("CALL_ESTABLISHED", timeout_s=20)
+    await asyncio.sleep(1.0)
+    await phone.send_digits("1")
+    eot = await tap.wait_for(EndOfTurn, session=sess, within_s=10)
+    end = await tap.wait_for(ReplyEnd, session=sess, within_s=20)
+    asked = llm.calls[0][0][-1]
+    print(f"\nkeys {eot.keys!r} (turn {eot.turn}) -> the model was told {asked['content']!r}; "
+          f"reply {end.text!r}")
+    assert (eot.keys, eot.transcript) == ("1", "")
+    assert asked == {"role": "user", "content": "(The caller pressed 1 on the phone keypad.)"}

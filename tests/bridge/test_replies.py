@@ -95,12 +95,12 @@ class Captions:
         self.events.append(("end", turn, interrupted, char_end))
 
 
-def make(*, backchannels: bool = True,
-         clock: Clock | None = None) -> tuple[Replies, Speaker, list[Message]]:
+def make(*, backchannels: bool = True, clock: Clock | None = None,
+         hang_up: Callable[[], None] | None = None) -> tuple[Replies, Speaker, list[Message]]:
     speaker, out = Speaker(), list[Message]()
     replies = Replies(session=S, speaker=speaker, captions=Captions(), publish_ctl=out.append,
                       log=structlog.get_logger("test"), backchannels=backchannels,
-                      resume_s=1.0, call_later=(clock or Clock()).call_later)
+                      resume_s=1.0, call_later=(clock or Clock()).call_later, hang_up=hang_up)
     return replies, speaker, out
 
 
@@ -181,6 +181,34 @@ def test_a_finished_reply_is_reported_whole() -> None:
     replies.frame_finished(speaker.frames[0])
     (spoken,) = out
     assert isinstance(spoken, AgentSpoke) and not spoken.interrupted and spoken.text == "Done."
+
+
+def test_end_call_hangs_up_once_the_goodbye_has_played() -> None:
+    hung: list[int] = []
+    replies, speaker, out = make(hang_up=lambda: hung.append(1))
+    replies.part(ReplyEnd(session=S, turn=1, text="Goodbye.", end_call=True))
+    replies.part(frame(1, 0, text_end=4))
+    replies.part(frame(1, 1, text_end=8))
+    speaker.play(replies, 1)
+    assert hung == [], "hung up before the goodbye was heard"
+    speaker.play(replies, 1)
+    replies.frame_finished(speaker.frames[1])
+    assert hung == [1]
+    assert isinstance(out[-1], AgentSpoke) and not out[-1].interrupted
+
+
+def test_end_call_without_words_hangs_up_at_once_and_a_cut_goodbye_does_not() -> None:
+    hung: list[int] = []
+    replies, _, _ = make(hang_up=lambda: hung.append(1))
+    replies.part(ReplyEnd(session=S, turn=1, text="", end_call=True))
+    assert hung == [1]
+    hung.clear()
+    replies, speaker, _ = make(hang_up=lambda: hung.append(1))
+    replies.part(frame(1, 0, text_end=4))
+    speaker.play(replies, 1)
+    replies.barge_in(2, reason="barge_in")  # the caller spoke over the goodbye
+    replies.part(ReplyEnd(session=S, turn=1, text="Goodbye.", end_call=True))
+    assert hung == [], "the caller spoke over the goodbye: the call goes on"
 
 
 def test_turn_zero_frames_play_and_are_no_reply() -> None:

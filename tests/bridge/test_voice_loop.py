@@ -116,10 +116,11 @@ class Agent:
 
 async def start_agent(
     bus: Bus, bridge: Bridge, whisper: WhisperEngine, kokoro: Synthesizer, system_prompt: str,
-    *, stt: SttSettings | None = None, engine: LLMEngine | None = None,
+    *, stt: SttSettings | None = None, engine: LLMEngine | None = None, tools: bool = False,
 ) -> Agent:
-    """The three stages as workers; the LLM is SmolLM2 unless ``engine`` is given."""
-    llm = LlmSettings(temperature=0.0, max_tokens=128, system_prompt=system_prompt)
+    """The three stages as workers; the LLM is SmolLM2 unless ``engine`` is given (``tools``:
+    the built-in tools are offered, ``end_call`` among them)."""
+    llm = LlmSettings(temperature=0.0, max_tokens=128, system_prompt=system_prompt, tools=tools)
     workers = [
         Worker(bus, SttStage(stt or SttSettings(), engine=whisper)),
         Worker(bus, LlmStage(engine or build_engine(llm), llm)),

@@ -31,6 +31,9 @@ SampleRate = Annotated[int, Meta(ge=8_000, le=48_000)]
 Channels = Annotated[int, Meta(ge=1, le=2)]
 Pcm = Annotated[bytes, Meta(max_length=MAX_FRAME_BYTES)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
+#: Telephone keys (DTMF): digits, ``*``, ``#`` and ``A``-``D``.
+KEY_CHARS: Final = "0123456789*#ABCD"
+Keys = Annotated[str, Meta(pattern=r"^[0-9*#A-D]*$", max_length=64)]
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -57,6 +60,9 @@ class AudioIn(Message, frozen=True, kw_only=True, tag="audio.in"):
     #: whose state for the session is gone (the server came back with an empty store) numbers
     #: the next turn above it, so the listener does not take the new turns for old ones.
     turns_heard: NonNegative = 0
+    #: Telephone keys the caller pressed just before this frame (DTMF from a phone call), in
+    #: order with their audio; the STT makes a turn of them (``EndOfTurn.keys``).
+    keys: Keys = ""
 
 
 class Transcript(Message, frozen=True, kw_only=True, tag="stt.transcript"):
@@ -165,6 +171,8 @@ class EndOfTurn(Message, frozen=True, kw_only=True, tag="ctl.turn.end"):
     at_ns: int = 0
     speculative: bool = False
     speculation: NonNegative = 0
+    #: Telephone keys the caller pressed (a turn of keys has no words: ``transcript`` is "").
+    keys: Keys = ""
 
 
 class TurnResumed(Message, frozen=True, kw_only=True, tag="ctl.turn.resumed"):

@@ -22,13 +22,16 @@ class ChildMissing(ChildFailed, UserError):
     """The server's program is not installed (one line: where it was looked for, how to get it)."""
 
 
-def find_program(name: str, *candidates: Path, hint: str, env: str = "") -> Path:
-    """``$env`` when set (then it must be the one), else the first executable of ``candidates``,
-    else ``name`` on PATH, else ``ChildMissing``."""
-    if env and (given := os.environ.get(env)):
+def find_program(name: str, *candidates: Path, hint: str,
+                 env: tuple[str, str | None] = ("", None)) -> Path:
+    """``env``'s value (``(variable, os.environ.get(variable))``) when set: then it must be the
+    one; else the first executable of ``candidates``, else ``name`` on PATH, else
+    ``ChildMissing``."""
+    variable, given = env
+    if given:
         if Path(given).is_file() and os.access(given, os.X_OK):
             return Path(given)
-        raise ChildMissing(f"{env}={given}: no such executable file")
+        raise ChildMissing(f"{variable}={given}: no such executable file")
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c

@@ -12,6 +12,7 @@ or ``livekit-server`` on PATH.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import tempfile
@@ -38,7 +39,8 @@ LiveKitServerMissing = ChildMissing
 def livekit_server_binary() -> Path:
     """``$LIVEKIT_SERVER_BIN`` (when set, it must be the one), else ``<repo>/.bin/server``, else
     ``livekit-server`` on PATH."""
-    return find_program("livekit-server", REPO / ".bin" / "server", env="LIVEKIT_SERVER_BIN",
+    return find_program("livekit-server", REPO / ".bin" / "server",
+                        env=("LIVEKIT_SERVER_BIN", os.environ.get("LIVEKIT_SERVER_BIN")),
                         hint="run ./dev setup (scripts/install-livekit.sh), or set "
                         "LIVEKIT_SERVER_BIN")
 

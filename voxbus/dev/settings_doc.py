@@ -101,6 +101,8 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "XDG_CACHE_HOME": "Where the model cache goes when `VOXBUS_CACHE` is unset.",
     "LIVEKIT_SERVER_BIN": "The dev harness's livekit-server binary (default `.bin/server` from "
                           "`./dev setup`, then `livekit-server` on the PATH).",
+    "LIVEKIT_SIP_BIN": "The dev harness's livekit-sip binary (default `.bin/livekit-sip` from "
+                       "`./dev setup`, then `livekit-sip` on the PATH).",
     "VOXBUS_DEBUG": "`1`: a command stopped by bad input shows the traceback instead of one "
                     "line.",
     "BENCH_PROFILE": "`voxbus bench bus`: write a cProfile of the worker to this file.",

@@ -11,6 +11,7 @@ proxy), ``$LIVEKIT_SIP_BIN``, or ``livekit-sip`` on PATH.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ _LISTENING: Final = "sip signaling listening on"
 
 
 def livekit_sip_binary() -> Path:
-    return find_program("livekit-sip", REPO / ".bin" / "livekit-sip", env="LIVEKIT_SIP_BIN",
+    return find_program("livekit-sip", REPO / ".bin" / "livekit-sip",
+                        env=("LIVEKIT_SIP_BIN", os.environ.get("LIVEKIT_SIP_BIN")),
                         hint="run ./dev setup (scripts/install-sip.sh), or set LIVEKIT_SIP_BIN")
 
 

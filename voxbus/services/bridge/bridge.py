@@ -126,6 +126,12 @@ class Bridge:
             self._api = api.LiveKitAPI(self.s.api_url, self.s.api_key, self.s.api_secret)
         return self._api
 
+    async def _remove_participant(self, room: str, identity: str) -> None:
+        """Take a caller out of a room: a phone caller's call is hung up (livekit-sip sends BYE),
+        a WebRTC caller is disconnected."""
+        await self.livekit_api().room.remove_participant(
+            api.RoomParticipantIdentity(room=room, identity=identity))
+
     # ---- rooms --------------------------------------------------------------------------------
 
     async def route(self, room: str, explicit: str = "",
@@ -216,7 +222,8 @@ class Bridge:
             fut.exception()
             raise
         joined = RoomAgent(self.buses[route.region], self.s, room, on_gone=self._gone,
-                           region=route.region, agent=choice.name)
+                           region=route.region, agent=choice.name,
+                           remove_participant=self._remove_participant)
         try:
             await joined.join()
         except BaseException as e:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 from livekit import rtc
 
-from voxbus.contracts.messages import AudioIn, ErrorEvent, Message
+from voxbus.contracts.messages import KEY_CHARS, AudioIn, ErrorEvent, Message
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.caller_audio import CallerAudio
 from voxbus.runtime.tasks import TaskSet, cancel_and_wait
@@ -52,6 +52,7 @@ class Mic:
         self._outage_logged = False
         self._audio: CallerAudio | None = None
         self._seq = 0
+        self._keys = ""  # telephone keys pressed since the last frame
         self._listening = False
         self._track: rtc.Track | None = None
         self._task: asyncio.Task[None] | None = None
@@ -124,15 +125,22 @@ class Mic:
         if self.purged or self._audio is None:
             return
         now_ns = time.time_ns()
+        keys, self._keys = self._keys, ""
         msg = AudioIn(
             session=self.session, seq=self._seq, sample_rate_hz=self.s.input_sample_rate_hz,
-            capture_ns=now_ns, pcm=pcm, turns_heard=self._turns_heard(),
+            capture_ns=now_ns, pcm=pcm, turns_heard=self._turns_heard(), keys=keys,
         )
         self._seq += 1
         await self._audio.send(msg)
         if self.frames_in == 0:
             self.first_audio_in_ns = now_ns
         self.frames_in += 1
+
+    def press(self, keys: str) -> None:
+        """Telephone keys the caller pressed: they go with the next frame, in order with the
+        audio (the STT makes a turn of them)."""
+        keys = "".join(k for k in keys.upper() if k in KEY_CHARS)
+        self._keys = (self._keys + keys)[-64:]
 
     def _dropped(self, dropped: int) -> None:
         """The backlog of unstored frames overflowed (a long outage): its oldest went."""

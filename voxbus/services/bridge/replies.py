@@ -94,6 +94,10 @@ class Reply:
     first_frame_ns: int = 0
     first_played_ns: int = 0
     done: bool = False
+    #: The agent ends the call once this reply has played (``ReplyEnd.end_call``).
+    end_call: bool = False
+    #: Stopped before its end (a barge-in, the session's end): the call goes on.
+    cut: bool = False
 
     def add_text(self, chunk: ReplyText) -> None:
         if chunk.char_start >= len(self.text):
@@ -119,7 +123,8 @@ class Replies:
 
     def __init__(self, *, session: str, speaker: Speaker, captions: CaptionSink,
                  publish_ctl: Callable[[Message], None], log: Any, backchannels: bool = True,
-                 resume_s: float = 1.0, call_later: CallLater | None = None) -> None:
+                 resume_s: float = 1.0, call_later: CallLater | None = None,
+                 hang_up: Callable[[], None] | None = None) -> None:
         self.session = session
         self.speaker = speaker
         self.captions = captions
@@ -128,6 +133,7 @@ class Replies:
         self.backchannels = backchannels
         self.resume_s = resume_s
         self._call_later = call_later
+        self._hang_up = hang_up
         self.pause: Pause | None = None
         #: Held parts of each guess not yet committed are the payloads of its live guesses.
         self.ledger: TurnLedger[list[ReplyPart]] = TurnLedger(on_drop=self._dropped)
@@ -212,7 +218,10 @@ class Replies:
             if msg.text:
                 reply.text = msg.text
             reply.final = True
+            reply.end_call = msg.end_call
             self.captions.agent_end(reply.turn, interrupted=False)
+            if reply.end_call and not reply.cut and (reply.done or not reply.text):
+                self._ended_call(reply)  # played already, or nothing to say first
 
     def _audio_out(self, msg: AudioOut) -> None:
         if msg.turn > 0:
@@ -371,6 +380,7 @@ class Replies:
 
     def interrupted(self, reply: Reply, *, reason: str) -> None:
         reply.done = True
+        reply.cut = True
         char_end = min(reply.played_char_end, len(reply.text)) if reply.text else 0
         self.publish_ctl(AgentSpoke(
             session=self.session, turn=reply.turn, text=reply.text[:char_end], char_end=char_end,
@@ -408,6 +418,13 @@ class Replies:
         self.captions.agent_end(reply.turn, interrupted=False)
         self.log.info("reply_played", turn=reply.turn, frames=reply.played_frames,
                       chars=len(reply.text))
+        if reply.end_call:
+            self._ended_call(reply)
+
+    def _ended_call(self, reply: Reply) -> None:
+        self.log.info("call_ended_by_agent", turn=reply.turn)
+        if self._hang_up is not None:
+            self._hang_up()
 
 
 def _frames(parts: list[ReplyPart]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -17,6 +17,9 @@ from voxbus.services.bridge.control_out import CTL_RETRY_S
 from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.session import CallerSession, RoomLink
 from voxbus.services.bridge.settings import BridgeSettings
+
+#: ``(room, identity)``: take a participant out of a room (the bridge's RoomService).
+RemoveParticipant = Callable[[str, str], Awaitable[None]]
 
 log = structlog.get_logger("voxbus.bridge.room")
 
@@ -51,7 +54,7 @@ class RoomAgent:
     def __init__(
         self, bus: Bus, settings: BridgeSettings, name: str,
         *, on_gone: Callable[[RoomAgent], None] | None = None, region: str = "",
-        agent: str = "",
+        agent: str = "", remove_participant: RemoveParticipant | None = None,
     ) -> None:
         self.bus = bus
         self.s = settings
@@ -67,6 +70,7 @@ class RoomAgent:
         self.timings: dict[str, float] = {}
         self.log = log.bind(pii={"room": name})
         self._on_gone = on_gone
+        self._remove_participant = remove_participant
         self._tasks = TaskSet(f"room-{name}")
         # Only the closing task: it outlives _tasks, which it closes, and close() awaits it.
         self._lifecycle = TaskSet(f"room-close-{name}")
@@ -94,6 +98,7 @@ class RoomAgent:
         r.on("track_subscribed", self._on_track_subscribed)
         r.on("track_unsubscribed", self._on_track_unsubscribed)
         r.on("disconnected", self._on_disconnected)
+        r.on("sip_dtmf_received", self._on_dtmf)
         r.on("reconnecting", lambda: self.log.warning("room_reconnecting"))
         r.on("reconnected", lambda: self.log.info("room_reconnected"))
         await r.connect(
@@ -131,7 +136,13 @@ class RoomAgent:
             bus=self.bus, settings=self.s, region=self.region, room_name=self.name,
             room=self.room, agent=self.agent,
             playout=self.playout, agent_track_sid=lambda: self._track_sid,
+            remove_caller=self._remove_caller,
         )
+
+    async def _remove_caller(self, identity: str) -> None:
+        if self._remove_participant is None:
+            raise RuntimeError("this room cannot remove participants")
+        await self._remove_participant(self.name, identity)
 
     # ---- room events (sync callbacks: the work goes into owned tasks) -------------------------
 
@@ -155,6 +166,15 @@ class RoomAgent:
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
         self._check_idle()
+
+    def _on_dtmf(self, dtmf: rtc.SipDTMF) -> None:
+        """A phone caller pressed a key (livekit-sip sends RFC 4733 events as SIP DTMF)."""
+        who = dtmf.participant.identity if dtmf.participant is not None else ""
+        session = self.sessions.get(who)
+        if session is None or not dtmf.digit:
+            return
+        session.log.info("key_pressed", pii={"key": dtmf.digit})
+        session.mic.press(dtmf.digit)
 
     def _on_track_subscribed(
         self, track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,8 @@ class RoomLink:
     agent_track_sid: Callable[[], str]
     #: The agent the room's callers talk to (``agents``; "": the LLM worker's default).
     agent: str = ""
+    #: Takes a caller (by identity) out of the room: the agent hangs up on them.
+    remove_caller: Callable[[str], Awaitable[None]] | None = None
 
 
 class CallerSession:
@@ -108,6 +110,8 @@ class CallerSession:
         self.started_ns = time.time_ns()
         self._subs: list[Subscription] = []
         self._tasks = TaskSet(f"session-{self.id}")
+        #: The hang-up, once asked for: it outlives ``_tasks``, which ``end`` closes.
+        self._hangup: asyncio.Task[None] | None = None
         self.ctl = ControlOut(
             self.bus, self.region, msg_id_prefix=f"{self.id}-ctl-{self.started_ns}",
             attempt_timeout_s=self.s.publish_timeout_s * 2, log=self.log,
@@ -124,7 +128,7 @@ class CallerSession:
         self.replies = Replies(session=self.id, speaker=link.playout, captions=self.captions,
                                publish_ctl=self.publish_ctl, log=self.log,
                                backchannels=self.s.backchannels,
-                               resume_s=self.s.backchannel_resume_s)
+                               resume_s=self.s.backchannel_resume_s, hang_up=self.hang_up)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -199,6 +203,23 @@ class CallerSession:
         await self._tasks.close()
         self.log.info("session_ended", reason=reason, frames_in=self.mic.frames_in,
                       frames_dropped=self.mic.frames_dropped)
+
+    def hang_up(self) -> None:
+        """The agent ended the call (its ``end_call`` reply has played): the session ends and
+        the caller leaves the room (a phone call gets its BYE)."""
+        if self.ended.is_set():
+            return
+        self.log.info("agent_hung_up")
+        self._hangup = asyncio.get_running_loop().create_task(self._hang_up(), name="hang-up")
+
+    async def _hang_up(self) -> None:
+        await self.end("agent_hung_up")
+        if self.link.remove_caller is None:
+            return
+        try:
+            await self.link.remove_caller(self.identity)
+        except Exception as e:  # noqa: BLE001 - the caller may have left already
+            self.log.warning("hang_up_failed", error=repr(e))
 
     async def _unsubscribe(self) -> None:
         subs, self._subs = self._subs, []

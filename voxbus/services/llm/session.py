@@ -190,7 +190,7 @@ class LlmSession:
 
     async def _guess(self, msg: EndOfTurn, ctx: Context) -> None:
         """Start the reply to a speculative turn's words (see the stage's docstring)."""
-        user = msg.transcript.strip()
+        user = user_text(msg)
         self.ledger.drop_guesses()  # one guess at a time: a newer one replaces it
         if (not user or not self.settings.speculate
                 or not self.ledger.may_guess(msg.turn, msg.speculation)):
@@ -232,7 +232,7 @@ class LlmSession:
     # ---- committed turns --------------------------------------------------------------------
 
     async def _turn(self, msg: EndOfTurn, ctx: Context) -> AsyncIterator[Message]:
-        user = msg.transcript.strip()
+        user = user_text(msg)
         if not user:
             self.ledger.commit(msg.turn, 0)
             ctx.log.info("llm_turn_ignored", reason="empty_transcript")
@@ -358,3 +358,13 @@ class LlmSession:
         task = self.scope.spawn(run(), name="llm-save-partial")
         self._saving.add(task)
         task.add_done_callback(self._saving.discard)
+
+
+def user_text(msg: EndOfTurn) -> str:
+    """What the model is told the caller said: their words, and the telephone keys they
+    pressed (a turn of keys has no words)."""
+    words = msg.transcript.strip()
+    if not msg.keys:
+        return words
+    keys = " ".join(msg.keys)
+    return f"{words} (The caller pressed {keys} on the phone keypad.)".strip()

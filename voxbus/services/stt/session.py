@@ -39,6 +39,7 @@ from voxbus.services.stt import turns
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
 from voxbus.services.stt.engine import TranscriptResult
 from voxbus.services.stt.frontend import AudioFrontend
+from voxbus.services.stt.keys import KEYS_GAP_MS, Keypad
 from voxbus.services.stt.shared import SttWorker
 from voxbus.services.stt.turn_state import read_state, save_state
 
@@ -87,6 +88,7 @@ class SttSession:
         # audio is behind the detector's retained window and every final over them is published.
         self.held_ends: deque[int] = deque()  # stream position where each held frame ends
         self.unpublished: dict[int, int] = {}  # turn -> audio start of its final, not published
+        self.keypad = Keypad(gap=KEYS_GAP_MS * WHISPER_RATE_HZ // 1000)
 
     @property
     def busy(self) -> bool:
@@ -139,11 +141,18 @@ class SttSession:
         for seg in segments:
             async for out in self._on_segment(seg):
                 yield out
+        position = self.frontend.segmenter.position
+        self.keypad.press(msg.keys, position)
+        if due := self.keypad.due(position, speaking=self.frontend.segmenter.detector.speaking):
+            async for out in self._keys_turn(*due):
+                yield out
         await self.ack_safe()
 
     async def ack_safe(self) -> None:
         """Ack the held frames no replay could need any more."""
         boundary = self.frontend.segmenter.detector.retain_from_sample
+        if self.keypad.keys:  # a replay must see the keys again
+            boundary = min(boundary, self.keypad.first_at - 1)
         if self.unpublished:
             boundary = min(boundary, *self.unpublished.values())
         count = 0
@@ -192,6 +201,19 @@ class SttSession:
                 assert seg.audio is not None
                 async for out in self._end_of_turn(ev, seg.audio, talk_behind=seg.talk_behind):
                     yield out
+
+    async def _keys_turn(self, keys: str, at: int) -> AsyncIterator[Message]:
+        """A turn of telephone keys (``keys``): numbered like speech, committed at once."""
+        at_ns = self.frontend.timeline.ns_at(at)
+        if self.final is not None and not self.final.done():
+            await asyncio.wait({self.final})  # turns go out in order
+        self.turn = await self._next_turn(self.frontend.timeline.seq_at(at))
+        self.partials_sent, self.last_partial = 0, ""
+        self.ledger.commit(self.turn, 0)
+        self.scope.log.info("keys_pressed", turn=self.turn, count=len(keys), pii={"keys": keys})
+        yield UserStartedSpeaking(session=self.scope.session, turn=self.turn, at_ns=at_ns)
+        yield EndOfTurn(session=self.scope.session, turn=self.turn, transcript="", keys=keys,
+                        speech_start_ns=at_ns, speech_end_ns=at_ns, at_ns=at_ns)
 
     def _drop_speculative(self) -> TurnResumed | None:
         """Void the guess under way (the user went on); what voids the reply others prepared
