@@ -46,6 +46,7 @@ def opening_hours(day: str) -> str:
 
 
 desk = Agent(name="desk", instructions="You are the front desk of a restaurant.",
-             voice="desk-voice", tools=[book_table, opening_hours], handoffs=["events"])
+             voice="desk-voice", tools=[book_table, opening_hours], handoffs=["events"],
+             transfers={"manager": "tel:+15550199"})
 events = Agent(name="events", instructions="You plan events for large parties.",
                voice="events-voice", greeting="")

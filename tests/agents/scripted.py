@@ -37,8 +37,12 @@ def desk_model(body: dict[str, Any]) -> Sequence[Step]:
             return _say(f"We are open {result['result']}.")
         if "transferred" in str(result.get("status", "")):
             return _say("I am passing you to our events team.")
+        if "transferring" in str(result.get("status", "")):
+            return _say("One moment, I am putting you through to the manager.")
         return _say(f"Sorry, that did not work: {result.get('error', result)}.")
     user = (last["content"] or "").lower()
+    if "manager" in user and "transfer_call" in offered:
+        return _call("transfer_call", {"to": "owner" if "owner" in user else "manager"})
     if "party" in user and "transfer_to_events" in offered:
         return _call("transfer_to_events", {})
     if "hours" in user and "opening_hours" in offered:

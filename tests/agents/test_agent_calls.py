@@ -158,6 +158,22 @@ async def test_a_handoff_switches_agent_voice_and_instructions_from_the_next_rep
     assert kept is not None and kept.current == "events" and kept.handoffs == ["events"]
 
 
+async def test_transfer_call_names_a_listed_person_and_the_reply_carries_the_number(
+    bus: Bus, stages: Tap,
+) -> None:
+    s = "agent-transfer"
+    await bus.publish(REGION, SessionStarted(session=s, agent="desk"))
+    await bus.publish(REGION, turn(s, 1, "Can I talk to the manager please?"))
+    end = await end_of(stages, s, 1)
+    assert [t.name for t in end.tools] == ["transfer_call"] and end.tools[0].ok
+    assert end.transfer_to == "tel:+15550199" and "manager" in end.text
+    # a person the agent does not list: refused, nothing dialled
+    await bus.publish(REGION, turn(s, 2, "Put me through to the manager's owner."))
+    second = await end_of(stages, s, 2)
+    assert not second.tools[0].ok and second.transfer_to == ""
+    assert "transfer to one of: manager" in second.text
+
+
 async def test_a_session_keeps_the_version_it_started_with(bus: Bus, stages: Tap) -> None:
     s = "agent-version"
     await bus.publish(REGION, SessionStarted(session=s, agent="desk"))

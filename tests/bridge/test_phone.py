@@ -27,6 +27,8 @@ from tests.bridge.test_voice_loop import (  # noqa: F401 - module fixtures
     whisper,
 )
 from tests.conftest import REGION
+from voxbus.agents import Agent as VoxAgent
+from voxbus.agents.registry import AgentRegistry
 from voxbus.audio import float32_to_pcm16, pcm16_to_float32, resample
 from voxbus.contracts.messages import (
     AgentSpoke,
@@ -35,11 +37,13 @@ from voxbus.contracts.messages import (
     SessionEnded,
     SessionStarted,
 )
+from voxbus.contracts.streams import agents_bucket
 from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.redis_server import RedisServer
 from voxbus.dev.sip_phone import PHONE_RATE_HZ, SipPhone
 from voxbus.dev.sip_server import SipServer
+from voxbus.ops.sip import PhoneNumber, SipConfig, provision
 from voxbus.runtime.bus import Bus
 from voxbus.services.bridge.bridge import Bridge
 from voxbus.services.bridge.settings import BridgeSettings
@@ -53,10 +57,12 @@ from voxbus.services.tts.engine import KokoroEngine
 pytestmark = [pytest.mark.livekit, pytest.mark.model]
 
 NUMBER = "+15550100"
+DESK_NUMBER = "+15550111"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def redis() -> Iterator[RedisServer]:
+    """Fresh for each test: livekit-server keeps SIP trunks and rules in it."""
     with RedisServer() as r:
         yield r
 
@@ -86,16 +92,18 @@ def bridge_settings(livekit: LiveKitServer) -> BridgeSettings:
 
 @pytest.fixture
 async def dial_in(livekit: LiveKitServer, sip: SipServer) -> AsyncIterator[str]:
-    """An inbound trunk for ``NUMBER`` and a rule giving each caller a room of their own; the
-    URI a phone dials."""
+    """``voxbus sip``'s provisioning: ``NUMBER`` answered by the default agent, ``DESK_NUMBER``
+    by ``desk``; the URI a phone dials for ``NUMBER`` (``DESK_NUMBER`` at the same address)."""
     lk = api.LiveKitAPI(livekit.http_url, livekit.config.api_key, livekit.config.api_secret)
+    config = SipConfig([PhoneNumber(NUMBER), PhoneNumber(DESK_NUMBER, agent="desk",
+                                                          region=REGION)])
     try:
-        trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(
-            trunk=api.SIPInboundTrunkInfo(name="test", numbers=[NUMBER])))
-        await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(
-            rule=api.SIPDispatchRule(
-                dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="call-")),
-            trunk_ids=[trunk.sip_trunk_id]))
+        assert await provision(lk, config) == [
+            f"{NUMBER}: answered by the default agent in the default region",
+            f"{DESK_NUMBER}: answered by desk in {REGION}"]
+        again = await provision(lk, config)  # nothing to change: nothing changes
+        assert again == [f"{NUMBER}: unchanged (the default agent in the default region)",
+                         f"{DESK_NUMBER}: unchanged (desk in {REGION})"]
     finally:
         await lk.aclose()
     yield f"sip:{NUMBER}@{sip.sip_address}"
@@ -169,6 +177,7 @@ async def test_end_call_hangs_the_phone_up_after_the_goodbye(
     assert end.end_call
     spoke = await tap.wait_for(AgentSpoke, session=sess, within_s=20)
     closed = await phone.wait("CALL_CLOSED", timeout_s=10)
+    assert closed.param == "Connection reset by peer"  # libre's word for a BYE received
     ended = await tap.wait_for(SessionEnded, session=sess, within_s=10)
     heard = phone.heard()
     audio = resample(pcm16_to_float32(heard.tobytes()), in_rate_hz=PHONE_RATE_HZ,
@@ -202,3 +211,45 @@ async def test_a_key_pressed_on_the_phone_reaches_the_agent(
           f"reply {end.text!r}")
     assert (eot.keys, eot.transcript) == ("1", "")
     assert asked == {"role": "user", "content": "(The caller pressed 1 on the phone keypad.)"}
+
+
+async def test_transfer_call_sends_the_caller_to_the_person_named_after_saying_so(
+    bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,  # noqa: F811
+    kokoro: KokoroEngine, agent_factory: list[Agent], dial_in: str,  # noqa: F811
+    phone: SipPhone, tmp_path: Path,
+) -> None:
+    far_end = netns.Veth().addresses[1]
+    async with SipPhone(tmp=tmp_path / "kitchen", address=far_end, answer="auto") as kitchen:
+        desk = VoxAgent(name="desk", instructions="You answer the phone for a restaurant.",
+                        transfers={"kitchen": kitchen.uri})
+        await AgentRegistry(await bus.kv(agents_bucket(REGION))).publish([desk.definition()])
+        model = FakeLLM([
+            FakeTurn(tool_calls=[ToolCallDelta(id="c1", name="transfer_call",
+                                               arguments='{"to": "kitchen"}')]),
+            FakeTurn.words("One moment, I am putting you through to the kitchen.",
+                           first_token_delay_s=0.2),
+        ])
+        agent_factory.append(await start_agent(bus, bridge, whisper, kokoro,
+                                               DEFAULT_SYSTEM_PROMPT, engine=model))
+        await phone.dial(dial_in.replace(NUMBER, DESK_NUMBER))
+        started = await tap.wait_for(SessionStarted, within_s=20)
+        assert started.agent == "desk"
+        await phone.wait("CALL_ESTABLISHED", timeout_s=20)
+        await asyncio.sleep(0.5)
+        pcm, _ = speech("battery.wav")
+        await phone.say(to_phone(pcm))
+        end = await tap.wait_for(ReplyEnd, session=started.session, within_s=40)
+        assert end.transfer_to == kitchen.uri
+        spoke = await tap.wait_for(AgentSpoke, session=started.session, within_s=20)
+        moved = await phone.wait("TRANSFER", timeout_s=15)  # the REFER
+        rang = await kitchen.wait("CALL_ESTABLISHED", timeout_s=15)
+        heard = phone.heard(call=0)  # the call to the agent (the second is to the kitchen)
+        audio = resample(pcm16_to_float32(heard.tobytes()), in_rate_hz=PHONE_RATE_HZ,
+                         out_rate_hz=16_000)
+        text = await asyncio.to_thread(lambda: whisper.transcribe(audio).text)
+        print(f"\ncaller heard {text!r}; REFER to {moved.param!r}; the kitchen answered "
+              f"{rang.t - moved.t:.2f} s later")
+        assert not spoke.interrupted and "kitchen" in normalize_text(text)
+        assert kitchen.uri.removeprefix("sip:") in moved.param
+        ended = await tap.wait_for(SessionEnded, session=started.session, within_s=15)
+        assert ended.reason == "transferred"

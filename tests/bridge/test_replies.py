@@ -96,11 +96,11 @@ class Captions:
 
 
 def make(*, backchannels: bool = True, clock: Clock | None = None,
-         hang_up: Callable[[], None] | None = None) -> tuple[Replies, Speaker, list[Message]]:
+         end_call: Callable[[str], None] | None = None) -> tuple[Replies, Speaker, list[Message]]:
     speaker, out = Speaker(), list[Message]()
     replies = Replies(session=S, speaker=speaker, captions=Captions(), publish_ctl=out.append,
                       log=structlog.get_logger("test"), backchannels=backchannels,
-                      resume_s=1.0, call_later=(clock or Clock()).call_later, hang_up=hang_up)
+                      resume_s=1.0, call_later=(clock or Clock()).call_later, end_call=end_call)
     return replies, speaker, out
 
 
@@ -184,8 +184,8 @@ def test_a_finished_reply_is_reported_whole() -> None:
 
 
 def test_end_call_hangs_up_once_the_goodbye_has_played() -> None:
-    hung: list[int] = []
-    replies, speaker, out = make(hang_up=lambda: hung.append(1))
+    hung: list[str] = []
+    replies, speaker, out = make(end_call=hung.append)
     replies.part(ReplyEnd(session=S, turn=1, text="Goodbye.", end_call=True))
     replies.part(frame(1, 0, text_end=4))
     replies.part(frame(1, 1, text_end=8))
@@ -193,17 +193,28 @@ def test_end_call_hangs_up_once_the_goodbye_has_played() -> None:
     assert hung == [], "hung up before the goodbye was heard"
     speaker.play(replies, 1)
     replies.frame_finished(speaker.frames[1])
-    assert hung == [1]
+    assert hung == [""]
     assert isinstance(out[-1], AgentSpoke) and not out[-1].interrupted
 
 
+def test_transfer_call_goes_once_its_words_have_played() -> None:
+    sent: list[str] = []
+    replies, speaker, _ = make(end_call=sent.append)
+    replies.part(frame(1, 0, text_end=9))
+    replies.part(ReplyEnd(session=S, turn=1, text="One moment.", transfer_to="tel:+15550199"))
+    speaker.play(replies, 1)
+    assert sent == []
+    replies.frame_finished(speaker.frames[0])
+    assert sent == ["tel:+15550199"]
+
+
 def test_end_call_without_words_hangs_up_at_once_and_a_cut_goodbye_does_not() -> None:
-    hung: list[int] = []
-    replies, _, _ = make(hang_up=lambda: hung.append(1))
+    hung: list[str] = []
+    replies, _, _ = make(end_call=hung.append)
     replies.part(ReplyEnd(session=S, turn=1, text="", end_call=True))
-    assert hung == [1]
+    assert hung == [""]
     hung.clear()
-    replies, speaker, _ = make(hang_up=lambda: hung.append(1))
+    replies, speaker, _ = make(end_call=hung.append)
     replies.part(frame(1, 0, text_end=4))
     speaker.play(replies, 1)
     replies.barge_in(2, reason="barge_in")  # the caller spoke over the goodbye

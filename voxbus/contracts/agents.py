@@ -33,6 +33,15 @@ TOOL_STATE: Final = "tool"
 #: The tools the LLM stage runs itself: they touch only the session.
 END_CALL: Final = "end_call"
 TRANSFER_PREFIX: Final = "transfer_to_"
+#: Transfers a phone call to one of the agent's ``transfers`` (a SIP REFER).
+TRANSFER_CALL: Final = "transfer_call"
+#: Where a call may be transferred: a ``tel:`` number or a ``sip:`` address.
+DESTINATION_PATTERN: Final = r"^(tel:\+?[0-9]{3,15}|sips?:[^\s]{3,250})$"
+_DESTINATION_RE: Final = re.compile(DESTINATION_PATTERN)
+
+
+def valid_destination(uri: str) -> bool:
+    return bool(_DESTINATION_RE.match(uri))
 
 
 def valid_name(name: str) -> bool:
@@ -77,6 +86,9 @@ class AgentDefinition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     #: What it does, for the agents that may hand off to it ("": its instructions' first
     #: sentence).
     description: str = ""
+    #: People a phone call may be transferred to (``transfer_call``), by name: their number
+    #: (``tel:+15550199``) or SIP address. Only these: the model names one, never a number.
+    transfers: dict[Name, str] = msgspec.field(default_factory=dict)
     #: The module that defines its tools (the tool workers to run: ``voxbus tools MODULE``).
     module: str = ""
     version: str = ""

@@ -108,6 +108,9 @@ class ReplyEnd(Message, frozen=True, kw_only=True, tag="llm.reply.end"):
     text: Text
     reason: Literal["done", "interrupted", "error", "length"] = "done"
     end_call: bool = False
+    #: A phone call goes to this ``tel:``/``sip:`` address once the reply has played
+    #: (``transfer_call``; "": none).
+    transfer_to: Annotated[str, Meta(max_length=256)] = ""
     emitted_ns: int = 0
     speculation: NonNegative = 0
     #: The agent that gave the reply, and the tools it called (``transfer_to_<agent>`` for a

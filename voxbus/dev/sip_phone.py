@@ -10,7 +10,8 @@ it hears (``sndfile``: ``dump-<peer>-dec.wav``).
         heard = phone.heard()   # PCM16 mono, 8 kHz
 
 Events (``CALL_RINGING``, ``CALL_ESTABLISHED``, ``CALL_CLOSED`` with the reason in ``param``,
-``CALL_TRANSFER``...) are kept in ``events``, in order. ``./dev setup`` installs baresip-core.
+``TRANSFER`` for a REFER...) are kept in ``events``, in order. ``./dev setup`` installs
+baresip-core.
 """
 
 from __future__ import annotations
@@ -202,13 +203,14 @@ class SipPhone:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
-    def heard(self) -> Pcm16:
-        """What the phone heard (mono PCM16 at 8 kHz) in its last call, up to now: read past the
-        header, whose sizes are written only when the call ends."""
-        dumps = sorted(self.tmp.glob("dump-*-dec.wav"), key=lambda p: p.stat().st_mtime)
+    def heard(self, call: int = -1) -> Pcm16:
+        """What the phone heard (mono PCM16 at 8 kHz) in a call (by default its last; 0: its
+        first), up to now: read past the header, whose sizes are written when the call ends.
+        (baresip names its recordings by the second a call's audio started.)"""
+        dumps = sorted(self.tmp.glob("dump-*-dec.wav"))
         if not dumps:
             return np.zeros(0, dtype=np.int16)
-        raw = dumps[-1].read_bytes()
+        raw = dumps[call].read_bytes()
         at = raw.find(b"data")
         body = raw[at + 8:] if at >= 0 else b""
         return np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2").copy()

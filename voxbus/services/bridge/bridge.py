@@ -126,18 +126,13 @@ class Bridge:
             self._api = api.LiveKitAPI(self.s.api_url, self.s.api_key, self.s.api_secret)
         return self._api
 
-    async def _remove_participant(self, room: str, identity: str) -> None:
-        """Take a caller out of a room: a phone caller's call is hung up (livekit-sip sends BYE),
-        a WebRTC caller is disconnected."""
-        await self.livekit_api().room.remove_participant(
-            api.RoomParticipantIdentity(room=room, identity=identity))
-
     # ---- rooms --------------------------------------------------------------------------------
 
     async def route(self, room: str, explicit: str = "",
                     agent: str = "") -> tuple[Route, AgentChoice]:
         """The region of ``room``'s sessions (``routing``: what the dispatch asks for, the
-        room's metadata, the region map on the callers already in it, or the default) and the
+        room's metadata (else that of LiveKit's agent dispatch for it), the region map on the
+        callers already in it, or the default) and the
         agent they talk to (``agents``: the dispatch's, the room's metadata, LiveKit's agent
         dispatch, or the default). Raises ``RegionRefused`` (after an error event) for a region
         this bridge does not serve, ``AgentRefused`` for an agent not published there (after
@@ -152,7 +147,11 @@ class Bridge:
                 callers = [Caller(dict(p.attributes), p.region) for p in resp.participants
                            if p.identity != self.s.identity]
             if not agent.strip() and not metadata_agent(metadata):
-                dispatched = await self._livekit_dispatches(room)
+                found = await self._livekit_dispatches(room)
+                dispatched = [d.agent_name for d in found]
+                # a dispatch's metadata speaks for a room that has none (a SIP dispatch rule's
+                # room is made by livekit-sip, with the rule's agent dispatch: ``ops.sip``)
+                metadata = metadata or next((d.metadata for d in found if d.metadata), "")
         try:
             route = self.router.choose(explicit=explicit, metadata=metadata, callers=callers)
         except RegionRefused as e:
@@ -171,14 +170,13 @@ class Bridge:
                 raise
         return route, choice
 
-    async def _livekit_dispatches(self, room: str) -> list[str]:
-        """The agent names of LiveKit's explicit agent dispatches for ``room``."""
+    async def _livekit_dispatches(self, room: str) -> list[api.AgentDispatch]:
+        """LiveKit's explicit agent dispatches for ``room``."""
         try:
-            found = await self.livekit_api().agent_dispatch.list_dispatch(room)
+            return list(await self.livekit_api().agent_dispatch.list_dispatch(room))
         except Exception as e:  # noqa: BLE001 - a server without agent dispatch: none
             log.warning("list_dispatch_failed", error=repr(e), pii={"room": room})
             return []
-        return [d.agent_name for d in found]
 
     async def _refused(self, room: str, why: str, *, code: str = "region_not_served",
                        region: str = "") -> None:
@@ -223,7 +221,7 @@ class Bridge:
             raise
         joined = RoomAgent(self.buses[route.region], self.s, room, on_gone=self._gone,
                            region=route.region, agent=choice.name,
-                           remove_participant=self._remove_participant)
+                           livekit=self.livekit_api)
         try:
             await joined.join()
         except BaseException as e:

@@ -94,8 +94,10 @@ class Reply:
     first_frame_ns: int = 0
     first_played_ns: int = 0
     done: bool = False
-    #: The agent ends the call once this reply has played (``ReplyEnd.end_call``).
+    #: The agent ends the call once this reply has played (``ReplyEnd.end_call``), or sends it
+    #: to ``transfer_to`` (``ReplyEnd.transfer_to``).
     end_call: bool = False
+    transfer_to: str = ""
     #: Stopped before its end (a barge-in, the session's end): the call goes on.
     cut: bool = False
 
@@ -124,7 +126,9 @@ class Replies:
     def __init__(self, *, session: str, speaker: Speaker, captions: CaptionSink,
                  publish_ctl: Callable[[Message], None], log: Any, backchannels: bool = True,
                  resume_s: float = 1.0, call_later: CallLater | None = None,
-                 hang_up: Callable[[], None] | None = None) -> None:
+                 end_call: Callable[[str], None] | None = None) -> None:
+        """``end_call(transfer_to)``: the reply that ends the call (or transfers it to
+        ``transfer_to``) has played."""
         self.session = session
         self.speaker = speaker
         self.captions = captions
@@ -133,7 +137,7 @@ class Replies:
         self.backchannels = backchannels
         self.resume_s = resume_s
         self._call_later = call_later
-        self._hang_up = hang_up
+        self._end_call = end_call
         self.pause: Pause | None = None
         #: Held parts of each guess not yet committed are the payloads of its live guesses.
         self.ledger: TurnLedger[list[ReplyPart]] = TurnLedger(on_drop=self._dropped)
@@ -218,10 +222,10 @@ class Replies:
             if msg.text:
                 reply.text = msg.text
             reply.final = True
-            reply.end_call = msg.end_call
+            reply.end_call, reply.transfer_to = msg.end_call, msg.transfer_to
             self.captions.agent_end(reply.turn, interrupted=False)
-            if reply.end_call and not reply.cut and (reply.done or not reply.text):
-                self._ended_call(reply)  # played already, or nothing to say first
+            if reply.done or not reply.text:
+                self._call_ends(reply)  # played already, or nothing to say first
 
     def _audio_out(self, msg: AudioOut) -> None:
         if msg.turn > 0:
@@ -418,13 +422,17 @@ class Replies:
         self.captions.agent_end(reply.turn, interrupted=False)
         self.log.info("reply_played", turn=reply.turn, frames=reply.played_frames,
                       chars=len(reply.text))
-        if reply.end_call:
-            self._ended_call(reply)
+        self._call_ends(reply)
 
-    def _ended_call(self, reply: Reply) -> None:
-        self.log.info("call_ended_by_agent", turn=reply.turn)
-        if self._hang_up is not None:
-            self._hang_up()
+    def _call_ends(self, reply: Reply) -> None:
+        """The agent hangs up or transfers the call after ``reply``, if it said so and the
+        caller did not speak over it."""
+        if reply.cut or not (reply.end_call or reply.transfer_to):
+            return
+        self.log.info("call_ends_after_reply", turn=reply.turn,
+                      transfer=bool(reply.transfer_to))
+        if self._end_call is not None:
+            self._end_call(reply.transfer_to)
 
 
 def _frames(parts: list[ReplyPart]) -> int:

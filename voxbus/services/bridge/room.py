@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -18,8 +19,23 @@ from voxbus.services.bridge.playout import Playout
 from voxbus.services.bridge.session import CallerSession, RoomLink
 from voxbus.services.bridge.settings import BridgeSettings
 
-#: ``(room, identity)``: take a participant out of a room (the bridge's RoomService).
-RemoveParticipant = Callable[[str, str], Awaitable[None]]
+
+@dataclass(frozen=True)
+class RoomCalls:
+    """``session.CallControl`` for the callers of one room, through the bridge's LiveKit API."""
+
+    room: str
+    livekit: Callable[[], api.LiveKitAPI]
+
+    async def remove(self, identity: str) -> None:
+        """A phone caller's call is hung up (livekit-sip sends BYE); a WebRTC caller leaves."""
+        await self.livekit().room.remove_participant(
+            api.RoomParticipantIdentity(room=self.room, identity=identity))
+
+    async def transfer(self, identity: str, to: str) -> None:
+        """A phone call goes to ``to`` (a SIP REFER); answers once the phone took it."""
+        await self.livekit().sip.transfer_sip_participant(api.TransferSIPParticipantRequest(
+            room_name=self.room, participant_identity=identity, transfer_to=to))
 
 log = structlog.get_logger("voxbus.bridge.room")
 
@@ -54,7 +70,7 @@ class RoomAgent:
     def __init__(
         self, bus: Bus, settings: BridgeSettings, name: str,
         *, on_gone: Callable[[RoomAgent], None] | None = None, region: str = "",
-        agent: str = "", remove_participant: RemoveParticipant | None = None,
+        agent: str = "", livekit: Callable[[], api.LiveKitAPI] | None = None,
     ) -> None:
         self.bus = bus
         self.s = settings
@@ -70,7 +86,8 @@ class RoomAgent:
         self.timings: dict[str, float] = {}
         self.log = log.bind(pii={"room": name})
         self._on_gone = on_gone
-        self._remove_participant = remove_participant
+        #: The agent's hand on its callers' calls (hang up, transfer); None: it has none.
+        self.calls = RoomCalls(name, livekit) if livekit is not None else None
         self._tasks = TaskSet(f"room-{name}")
         # Only the closing task: it outlives _tasks, which it closes, and close() awaits it.
         self._lifecycle = TaskSet(f"room-close-{name}")
@@ -136,13 +153,8 @@ class RoomAgent:
             bus=self.bus, settings=self.s, region=self.region, room_name=self.name,
             room=self.room, agent=self.agent,
             playout=self.playout, agent_track_sid=lambda: self._track_sid,
-            remove_caller=self._remove_caller,
+            calls=self.calls,
         )
-
-    async def _remove_caller(self, identity: str) -> None:
-        if self._remove_participant is None:
-            raise RuntimeError("this room cannot remove participants")
-        await self._remove_participant(self.name, identity)
 
     # ---- room events (sync callbacks: the work goes into owned tasks) -------------------------
 

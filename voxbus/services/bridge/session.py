@@ -19,9 +19,9 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -34,6 +34,7 @@ from voxbus.contracts.control import CALLER_STATE, state_key
 from voxbus.contracts.messages import (
     AudioOut,
     EndOfTurn,
+    ErrorEvent,
     Message,
     ReplyEnd,
     ReplyText,
@@ -76,6 +77,15 @@ def session_id_for(key: bytes, room: str, identity: str, participant_sid: str = 
     return "s" + base64.b32encode(mac.digest()[:20]).decode().lower().rstrip("=")
 
 
+class CallControl(Protocol):
+    """What the agent may do to a caller's call (the bridge's LiveKit RoomService and SIP
+    service)."""
+
+    async def remove(self, identity: str) -> None: ...
+
+    async def transfer(self, identity: str, to: str) -> None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class RoomLink:
     """What a session needs of its room."""
@@ -90,8 +100,8 @@ class RoomLink:
     agent_track_sid: Callable[[], str]
     #: The agent the room's callers talk to (``agents``; "": the LLM worker's default).
     agent: str = ""
-    #: Takes a caller (by identity) out of the room: the agent hangs up on them.
-    remove_caller: Callable[[str], Awaitable[None]] | None = None
+    #: Hangs up on a caller, transfers their phone call (``room.CallControl``).
+    calls: CallControl | None = None
 
 
 class CallerSession:
@@ -110,8 +120,9 @@ class CallerSession:
         self.started_ns = time.time_ns()
         self._subs: list[Subscription] = []
         self._tasks = TaskSet(f"session-{self.id}")
-        #: The hang-up, once asked for: it outlives ``_tasks``, which ``end`` closes.
-        self._hangup: asyncio.Task[None] | None = None
+        #: The hang-up or transfer, once asked for: it outlives ``_tasks``, which ``end``
+        #: closes.
+        self._call_end: asyncio.Task[None] | None = None
         self.ctl = ControlOut(
             self.bus, self.region, msg_id_prefix=f"{self.id}-ctl-{self.started_ns}",
             attempt_timeout_s=self.s.publish_timeout_s * 2, log=self.log,
@@ -128,7 +139,7 @@ class CallerSession:
         self.replies = Replies(session=self.id, speaker=link.playout, captions=self.captions,
                                publish_ctl=self.publish_ctl, log=self.log,
                                backchannels=self.s.backchannels,
-                               resume_s=self.s.backchannel_resume_s, hang_up=self.hang_up)
+                               resume_s=self.s.backchannel_resume_s, end_call=self.end_call)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -204,22 +215,40 @@ class CallerSession:
         self.log.info("session_ended", reason=reason, frames_in=self.mic.frames_in,
                       frames_dropped=self.mic.frames_dropped)
 
-    def hang_up(self) -> None:
+    def end_call(self, transfer_to: str = "") -> None:
         """The agent ended the call (its ``end_call`` reply has played): the session ends and
-        the caller leaves the room (a phone call gets its BYE)."""
-        if self.ended.is_set():
+        the caller leaves the room (a phone call gets its BYE); or it sends a phone call to
+        ``transfer_to`` (a SIP REFER: the caller's phone calls there)."""
+        if self.ended.is_set() or self._call_end is not None:
             return
-        self.log.info("agent_hung_up")
-        self._hangup = asyncio.get_running_loop().create_task(self._hang_up(), name="hang-up")
+        self._call_end = asyncio.get_running_loop().create_task(
+            self._transfer(transfer_to) if transfer_to else self._hang_up(), name="call-end")
 
     async def _hang_up(self) -> None:
+        self.log.info("agent_hung_up")
         await self.end("agent_hung_up")
-        if self.link.remove_caller is None:
+        if self.link.calls is None:
             return
         try:
-            await self.link.remove_caller(self.identity)
+            await self.link.calls.remove(self.identity)
         except Exception as e:  # noqa: BLE001 - the caller may have left already
             self.log.warning("hang_up_failed", error=repr(e))
+
+    async def _transfer(self, to: str) -> None:
+        self.log.info("call_transfer", pii={"to": to})
+        try:
+            if self.link.calls is None:
+                raise RuntimeError("this room cannot transfer calls")
+            await self.link.calls.transfer(self.identity, to)
+        except Exception as e:  # noqa: BLE001 - said on the bus; the call goes on
+            self._call_end = None
+            self.log.warning("call_transfer_failed", error=repr(e))
+            self.publish_ctl(ErrorEvent(session=self.id, code="transfer_failed", stage="bridge",
+                                        message=f"the call was not transferred: {e}",
+                                        at_ns=time.time_ns()))
+            return
+        self.log.info("call_transferred")
+        await self.end("transferred")
 
     async def _unsubscribe(self) -> None:
         subs, self._subs = self._subs, []

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from voxbus.agents.outcomes import ToolOutcomes
-from voxbus.contracts.agents import END_CALL, TRANSFER_PREFIX
+from voxbus.contracts.agents import END_CALL, TRANSFER_CALL, TRANSFER_PREFIX
 from voxbus.contracts.messages import CalledTool, Message, ToolCall
 from voxbus.runtime.stage import Context
 from voxbus.services.llm.engine import ToolCallDelta, tool_result_message
@@ -66,6 +66,8 @@ async def run_calls(
         elif call.name == END_CALL:
             reply.end_call = True
             content = _json({"status": "ending call"})
+        elif call.name == TRANSFER_CALL and persona.transfers:
+            ok, content = _transfer_call(call, reply, persona.transfers)
         elif call.name.startswith(TRANSFER_PREFIX):
             target = call.name.removeprefix(TRANSFER_PREFIX)
             if target in persona.handoffs:
@@ -108,3 +110,19 @@ async def run_calls(
         ctx.log.info("llm_tool_called", tool=call.name, ok=ok,
                      ms=round((time.perf_counter() - started) * 1000, 1),
                      pii={"arguments": call.arguments, "result": content[:2000]})
+
+
+def _transfer_call(call: ToolCallDelta, reply: Reply,
+                   transfers: dict[str, str]) -> tuple[bool, str]:
+    """``transfer_call(to)``: the call goes to ``transfers[to]`` once this reply has played."""
+    try:
+        args = json.loads(call.arguments or "{}")
+    except ValueError:
+        args = None
+    to = args.get("to") if isinstance(args, dict) else None
+    if not isinstance(to, str) or to not in transfers:
+        return False, _json({"error": f"transfer to one of: {', '.join(sorted(transfers))}"})
+    reply.transfer_to = transfers[to]
+    return True, _json({"status": f"transferring to {to}",
+                        "note": "tell the caller in a few words; the line goes to them after "
+                                "you finish speaking"})

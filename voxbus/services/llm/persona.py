@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from voxbus.contracts.agents import (
     END_CALL,
+    TRANSFER_CALL,
     AgentDefinition,
     SessionAgent,
     ToolDecl,
@@ -33,6 +34,8 @@ class Persona:
     voice: str = ""
     decls: dict[str, ToolDecl] = field(default_factory=dict)
     handoffs: tuple[str, ...] = ()
+    #: Where ``transfer_call`` may send a phone call: name -> ``tel:``/``sip:`` address.
+    transfers: dict[str, str] = field(default_factory=dict)
     temperature: float | None = None
     max_tokens: int | None = None
 
@@ -55,16 +58,30 @@ def _transfer_spec(target: AgentDefinition | None, name: str) -> ToolSpec:
     }}
 
 
+def _transfer_call_spec(names: list[str]) -> ToolSpec:
+    return {"type": "function", "function": {
+        "name": TRANSFER_CALL,
+        "description": "Transfer the phone call to a person. Tell the caller first, in a few "
+                       "words; the line goes to them after you finish speaking.",
+        "parameters": {"type": "object", "properties": {
+            "to": {"type": "string", "enum": names, "description": "Who takes the call."}},
+            "required": ["to"]},
+    }}
+
+
 def agent_persona(session: SessionAgent) -> Persona:
     agent = session.agent
     tools: list[ToolSpec] = [t.spec() for t in agent.tools]  # type: ignore[misc]
     tools += [_transfer_spec(session.agents.get(h), h) for h in agent.handoffs]
+    if agent.transfers:
+        tools.append(_transfer_call_spec(sorted(agent.transfers)))
     tools.append(END_CALL_SPEC)
     system: ChatMessage = {"role": "system",
                            "content": f"{agent.instructions}\n\n{VOICE_RULES}"}
     return Persona(agent=agent.name, system=system, tools=tools, voice=agent.voice,
                    decls={t.name: t for t in agent.tools}, handoffs=tuple(agent.handoffs),
-                   temperature=agent.temperature, max_tokens=agent.max_tokens)
+                   transfers=dict(agent.transfers), temperature=agent.temperature,
+                   max_tokens=agent.max_tokens)
 
 
 def default_persona(system: ChatMessage, tools: list[ToolSpec] | None) -> Persona:
@@ -72,4 +89,5 @@ def default_persona(system: ChatMessage, tools: list[ToolSpec] | None) -> Person
 
 
 def is_builtin(name: str, persona: Persona) -> bool:
-    return name == END_CALL or name in {transfer_tool(h) for h in persona.handoffs}
+    return (name == END_CALL or (name == TRANSFER_CALL and bool(persona.transfers))
+            or name in {transfer_tool(h) for h in persona.handoffs})

@@ -59,6 +59,7 @@ class Reply:
         self.messages: list[ChatMessage] = []  # finished rounds: assistant, tool results
         self.round: list[str] = []  # raw text of the round in progress
         self.end_call = False  # end_call ran: hang up after this reply
+        self.transfer_to = ""  # transfer_call ran: the call goes there after this reply
         self._seq = 0
         self._new_round = False
 

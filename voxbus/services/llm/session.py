@@ -320,7 +320,8 @@ class LlmSession:
             )
             yield ReplyEnd(
                 session=msg.session, turn=msg.turn, text=reply.published, reason=reason,
-                end_call=reply.end_call, emitted_ns=time.time_ns(),
+                end_call=reply.end_call, transfer_to=reply.transfer_to,
+                emitted_ns=time.time_ns(),
                 speculation=reply.speculation, agent=reply.agent, tools=reply.called,
             )
         finally:
