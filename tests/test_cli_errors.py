@@ -147,6 +147,12 @@ def test_bad_input_is_one_line(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.fast
+def test_a_numbers_file_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    run = voxbus("sip", str(tmp_path / "numbers.toml"), env={"NATS_URL": CLOSED, **BRIDGE_KEYS})
+    assert_one_line(run, "sip", "numbers.toml: cannot read it")
+
+
+@pytest.mark.fast
 def test_no_livekit_server_anywhere_is_one_line() -> None:
     """Not in ``<repo>/.bin``, not on PATH, no ``LIVEKIT_SERVER_BIN``: the real command's main,
     with only the repository's location moved (this checkout has ``.bin/server``)."""

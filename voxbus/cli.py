@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("bridge", "voxbus.services.bridge.__main__", "run the LiveKit bridge"),
         ("demo", "voxbus.dev.demo", "run the whole voice loop with a scripted caller"),
         ("dispatch", "voxbus.services.bridge.dispatch", "send the agent into a LiveKit room"),
+        ("call", "voxbus.ops.call", "the agent calls a phone (sip:user@host) from a new room"),
         ("sip", "voxbus.ops.sip",
          "phone numbers into agents: LiveKit SIP trunks and dispatch rules from a TOML file"),
         ("top", "voxbus.ops.top", "a live view of stages, replicas, partitions, lag, latency"),

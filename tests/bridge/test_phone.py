@@ -30,9 +30,12 @@ from tests.conftest import REGION
 from voxbus.agents import Agent as VoxAgent
 from voxbus.agents.registry import AgentRegistry
 from voxbus.audio import float32_to_pcm16, pcm16_to_float32, resample
+from voxbus.contracts.control import CallRequest
 from voxbus.contracts.messages import (
     AgentSpoke,
+    AudioOut,
     EndOfTurn,
+    ErrorEvent,
     ReplyEnd,
     SessionEnded,
     SessionStarted,
@@ -43,9 +46,11 @@ from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.redis_server import RedisServer
 from voxbus.dev.sip_phone import PHONE_RATE_HZ, SipPhone
 from voxbus.dev.sip_server import SipServer
+from voxbus.ops.call import describe
 from voxbus.ops.sip import PhoneNumber, SipConfig, provision
 from voxbus.runtime.bus import Bus
 from voxbus.services.bridge.bridge import Bridge
+from voxbus.services.bridge.dial import place_call
 from voxbus.services.bridge.settings import BridgeSettings
 from voxbus.services.llm.engine import ToolCallDelta
 from voxbus.services.llm.fake import FakeLLM, FakeTurn
@@ -253,3 +258,57 @@ async def test_transfer_call_sends_the_caller_to_the_person_named_after_saying_s
         assert kitchen.uri.removeprefix("sip:") in moved.param
         ended = await tap.wait_for(SessionEnded, session=started.session, within_s=15)
         assert ended.reason == "transferred"
+
+
+async def test_the_agent_calls_a_phone_that_answers_and_speaks_first(
+    bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,  # noqa: F811
+    kokoro: KokoroEngine, agent_factory: list[Agent],  # noqa: F811
+    sip: SipServer, tmp_path: Path,
+) -> None:
+    caller = VoxAgent(name="reminder", instructions="You remind people of their bookings.",
+                      greeting="Hello, this is the restaurant calling about your booking.")
+    await AgentRegistry(await bus.kv(agents_bucket(REGION))).publish([caller.definition()])
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT,
+                                           engine=FakeLLM([FakeTurn.words("Sure.")])))
+    far_end = netns.Veth().addresses[1]
+    async with SipPhone(tmp=tmp_path, address=far_end, answer="auto") as callee:
+        reply = await place_call(bridge, CallRequest(to=callee.uri, agent="reminder"))
+        assert reply.ok and reply.status == "answered" and reply.session, reply
+        started = await tap.wait_for(SessionStarted, session=reply.session, within_s=10)
+        assert started.agent == "reminder"
+        await tap.wait_for(AudioOut, session=reply.session, within_s=30, where=lambda m: m.last)
+        await asyncio.sleep(4.5)  # the greeting plays in real time
+        audio = resample(pcm16_to_float32(callee.heard().tobytes()), in_rate_hz=PHONE_RATE_HZ,
+                         out_rate_hz=16_000)
+        text = await asyncio.to_thread(lambda: whisper.transcribe(audio).text)
+        print(f"\n{describe(reply)}; the phone heard {text!r}")
+        assert "booking" in normalize_text(text), text
+
+
+async def test_a_call_the_phone_rejects_is_one_line_an_event_and_nothing_left(
+    bridge: Bridge, bus: Bus, tap: Tap, livekit: LiveKitServer, sip: SipServer,
+    tmp_path: Path,
+) -> None:
+    far_end = netns.Veth().addresses[1]
+    async with SipPhone(tmp=tmp_path, address=far_end) as callee:
+
+        async def reject() -> None:
+            await callee.wait("CALL_INCOMING", timeout_s=15)
+            await callee.hangup()
+
+        rejecting = asyncio.create_task(reject())
+        reply = await place_call(bridge, CallRequest(to=callee.uri, ring_s=10))
+        await rejecting
+    print(f"\n{describe(reply)}")
+    assert not reply.ok and reply.status in ("busy", "rejected"), reply
+    assert describe(reply).startswith(f"{reply.status}: ")
+    error = await tap.wait_for(ErrorEvent, within_s=5)
+    assert error.code == f"call_{reply.status}" and error.stage == "bridge"
+    await asyncio.sleep(1.0)
+    assert reply.room not in bridge.rooms
+    lk = api.LiveKitAPI(livekit.http_url, livekit.config.api_key, livekit.config.api_secret)
+    try:
+        rooms = (await lk.room.list_rooms(api.ListRoomsRequest(names=[reply.room]))).rooms
+    finally:
+        await lk.aclose()
+    assert not rooms, "the room of the failed call is still there"

@@ -9,7 +9,7 @@ defaults, a field's meaning never changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -64,6 +64,51 @@ def decode_dispatch_request(data: bytes) -> DispatchRequest:
 
 def decode_dispatch_reply(data: bytes) -> DispatchReply:
     return msgspec.json.decode(data, type=DispatchReply)
+
+
+def call_subject(region: str) -> str:
+    """``voxbus.<region>._bridge.bridge.call``: ask a bridge to place a phone call (like
+    ``dispatch_subject``, outside every stream)."""
+    return f"{PREFIX}.{check_region(region)}._bridge.bridge.call"
+
+
+#: How a call placed by the agent went.
+CallStatus = Literal["answered", "busy", "rejected", "no_answer", "failed"]
+
+
+class CallRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Request on ``call_subject(region)``: call ``to`` (``sip:user@host[:port]``) from a new
+    room whose agent is ``agent``; the bridge answers once the call is answered or failed."""
+
+    to: Annotated[str, msgspec.Meta(min_length=5, max_length=256)]
+    agent: str = ""
+    #: Where the call's session lives ("": the bridge's default region).
+    region: str = ""
+    #: The number the call comes from (the caller id the phone shows).
+    from_number: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    #: How long the phone may ring.
+    ring_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 30.0
+
+
+class CallReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``ok``: answered, the agent is talking in ``room`` (session ``session``); else
+    ``status`` says how it failed and ``error`` why, in one line."""
+
+    ok: bool
+    status: CallStatus = "failed"
+    room: str = ""
+    session: str = ""
+    error: str = ""
+    ms: float = 0.0
+
+
+def decode_call_request(data: bytes) -> CallRequest:
+    """Raises ``msgspec.ValidationError`` / ``msgspec.DecodeError`` on a bad request."""
+    return msgspec.json.decode(data, type=CallRequest)
+
+
+def decode_call_reply(data: bytes) -> CallReply:
+    return msgspec.json.decode(data, type=CallReply)
 
 
 # ---- headers ---------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class SipConfig:
             f"sip_port: {self.sip_port}",
             f"rtp_port: {lo}-{hi}",
             "use_external_ip: false",
+            # it refuses calls ("cpu exhausted") above 90% CPU by default: on a dev machine the
+            # models beside it take that much
+            "max_cpu_utilization: 1.0",
             f"nat_1_to_1_ip: {self.node_ip}",
             "logging:",
             f"  level: {self.log_level}",

@@ -47,6 +47,7 @@ from voxbus.contracts.control import (
     INTERRUPTED_STATE,
     LLM_STATE,
     STT_STATE,
+    call_subject,
     dispatch_subject,
 )
 from voxbus.contracts.subjects import (
@@ -219,7 +220,7 @@ def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAUL
     if role.consumes:
         sub.append(tombstone_subject(region))
     if role.name == "bridge":
-        sub += [tombstone_subject(region), dispatch_subject(region)]
+        sub += [tombstone_subject(region), dispatch_subject(region), call_subject(region)]
         extra["allow_responses"] = True  # answers dispatch requests on the requester's inbox
     if role.name == "purger":
         ops = streams.ops_stream(region)
@@ -241,7 +242,7 @@ def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAUL
             pub += _consumer_use(text, consumer, delete=True)
         sub.append(tombstone_subject(region))  # readers act on purges
     if role.name == "operator":
-        pub.append(dispatch_subject(region))
+        pub += [dispatch_subject(region), call_subject(region)]
     return {"publish": {"allow": sorted(set(pub))}, "subscribe": {"allow": sorted(set(sub))},
             **extra}
 

@@ -25,7 +25,10 @@ from nats.aio.subscription import Subscription
 
 from voxbus.contracts.control import (
     DISPATCH_QUEUE,
+    CallReply,
     DispatchReply,
+    call_subject,
+    decode_call_request,
     decode_dispatch_request,
     dispatch_subject,
     encode_json,
@@ -40,6 +43,7 @@ from voxbus.services.bridge.agents import (
     choose_agent,
     metadata_agent,
 )
+from voxbus.services.bridge.dial import place_call
 from voxbus.services.bridge.room import RoomAgent
 from voxbus.services.bridge.routing import Caller, RegionRefused, RegionRouter, Route
 from voxbus.services.bridge.session import session_id_for, session_key
@@ -76,6 +80,8 @@ class Bridge:
         for region, bus in self.buses.items():
             self._subs.append(await bus.nc.subscribe(
                 dispatch_subject(region), queue=DISPATCH_QUEUE, cb=self._on_dispatch))
+            self._subs.append(await bus.nc.subscribe(
+                call_subject(region), queue=DISPATCH_QUEUE, cb=self._on_call))
             self._subs.append(await bus.nc.subscribe(tombstone_subject(region),
                                                      cb=self._on_tombstone))
         if self.s.auto_join:
@@ -270,6 +276,27 @@ class Bridge:
             sessions=[s.id for s in agent.sessions.values()],
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )))
+
+    async def _on_call(self, msg: Msg) -> None:
+        """``voxbus call``: place a phone call from a new room (``dial``), answered when it is
+        answered or failed; the work is a task of the bridge (a call may ring for a while)."""
+        try:
+            req = decode_call_request(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            await msg.respond(encode_json(CallReply(ok=False, error=f"bad request: {e}")))
+            return
+
+        async def call() -> None:
+            try:
+                reply = await place_call(self, req)
+            except (RegionRefused, AgentRefused) as e:
+                reply = CallReply(ok=False, error=str(e))
+            except Exception as e:  # noqa: BLE001 - the requester hears why
+                log.exception("call_error")
+                reply = CallReply(ok=False, error=repr(e))
+            await msg.respond(encode_json(reply))
+
+        self._tasks.spawn(call(), name="place-call")
 
     async def _has_caller(self, room: str) -> bool:
         """The room's participant count in ``list_rooms`` lags by seconds: ask for the list."""

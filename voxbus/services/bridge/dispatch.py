@@ -25,6 +25,30 @@ from voxbus.runtime.settings import BusSettings
 from voxbus.services.bridge.settings import BridgeSettings
 
 
+async def ask_bridge(subject: str, payload: bytes, *, nats_url: str, timeout_s: float,
+                     user: str | None = None, password: str | None = None,
+                     inbox_prefix: str | None = None) -> bytes | str:
+    """A bridge's answer to a request on ``subject``, or one line saying why there was none."""
+    async def quiet(e: Exception) -> None:  # the answer below says what went wrong
+        return None
+
+    try:
+        nc = await nats.connect(server_urls(nats_url), user=user, password=password,
+                                name="voxbus-dispatch",
+                                inbox_prefix=inbox_prefix or "_INBOX", max_reconnect_attempts=1,
+                                connect_timeout=2, error_cb=quiet)
+    except (OSError, nats.errors.Error) as e:
+        return f"cannot reach NATS at {nats_url}: {e!r}"
+    try:
+        return bytes((await nc.request(subject, payload, timeout=timeout_s)).data)
+    except nats.errors.NoRespondersError:
+        return "no bridge is running for this region"
+    except nats.errors.TimeoutError:
+        return f"no answer in {timeout_s} s"
+    finally:
+        await nc.close()
+
+
 async def request_dispatch(
     room: str, *, nats_url: str, region: str, timeout_s: float = 15.0,
     user: str | None = None, password: str | None = None, inbox_prefix: str | None = None,
@@ -35,32 +59,17 @@ async def request_dispatch(
     ``region``, else the bridge chooses (the room's metadata, its region map, its default).
     ``agent``: the agent the room's callers talk to (empty: the bridge chooses, from the room's
     metadata or LiveKit's agent dispatch, else the default; ``services.bridge.agents``)."""
-    async def quiet(e: Exception) -> None:  # the answer below says what went wrong
-        return None
-
+    answer = await ask_bridge(
+        dispatch_subject(region),
+        encode_json(DispatchRequest(room=room, region=region if explicit else "", agent=agent)),
+        nats_url=nats_url, timeout_s=timeout_s, user=user, password=password,
+        inbox_prefix=inbox_prefix)
+    if isinstance(answer, str):
+        return DispatchReply(ok=False, room=room, error=answer)
     try:
-        nc = await nats.connect(server_urls(nats_url), user=user, password=password,
-                                name="voxbus-dispatch",
-                                inbox_prefix=inbox_prefix or "_INBOX", max_reconnect_attempts=1,
-                                connect_timeout=2, error_cb=quiet)
-    except (OSError, nats.errors.Error) as e:
-        return DispatchReply(ok=False, room=room, error=f"cannot reach NATS at {nats_url}: {e!r}")
-    try:
-        reply = await nc.request(
-            dispatch_subject(region),
-            encode_json(DispatchRequest(room=room, region=region if explicit else "",
-                                        agent=agent)),
-            timeout=timeout_s
-        )
-        return decode_dispatch_reply(reply.data)
-    except nats.errors.NoRespondersError:
-        return DispatchReply(ok=False, room=room, error="no bridge is running for this region")
-    except nats.errors.TimeoutError:
-        return DispatchReply(ok=False, room=room, error=f"no answer in {timeout_s} s")
+        return decode_dispatch_reply(answer)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         return DispatchReply(ok=False, room=room, error=f"unreadable answer: {e}")
-    finally:
-        await nc.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,8 @@ class BridgeSettings:
     identity: str = "voxbus-agent"
     #: The agent's participant name in every room it joins.
     name: str = "voxbus"
+    #: Who the agent's phone calls come from (``voxbus call``): the caller id a phone shows.
+    caller_id: str = "voxbus"
     #: Join every room that has a participant (found by polling the RoomService).
     auto_join: bool = False
     #: How often the RoomService is polled for rooms to join (with ``auto_join``).
@@ -91,6 +93,7 @@ class BridgeSettings:
             api_key=env.str("API_KEY", d.api_key),
             api_secret=env.str("API_SECRET", d.api_secret),
             session_key=env.str("SESSION_KEY", d.session_key),
+            caller_id=env.str("CALLER_ID", d.caller_id),
             identity=env.str("IDENTITY", d.identity),
             name=env.str("NAME", d.name),
             auto_join=env.bool("AUTO_JOIN", d.auto_join),
