@@ -6,12 +6,14 @@ LiveKit tests (the phone listens on the veth's far end)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog.testing
 from livekit import api
 
 from tests.bridge.caller import Tap
@@ -40,13 +42,14 @@ from voxbus.contracts.messages import (
     SessionEnded,
     SessionStarted,
 )
-from voxbus.contracts.streams import agents_bucket
+from voxbus.contracts.streams import agents_bucket, ops_stream, state_bucket
 from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.redis_server import RedisServer
 from voxbus.dev.sip_phone import PHONE_RATE_HZ, SipPhone
 from voxbus.dev.sip_server import SipServer
 from voxbus.ops.call import describe
+from voxbus.ops.purge import purge_session
 from voxbus.ops.sip import PhoneNumber, SipConfig, provision
 from voxbus.runtime.bus import Bus
 from voxbus.services.bridge.bridge import Bridge
@@ -312,3 +315,42 @@ async def test_a_call_the_phone_rejects_is_one_line_an_event_and_nothing_left(
     finally:
         await lk.aclose()
     assert not rooms, "the room of the failed call is still there"
+
+
+async def test_a_phone_callers_number_is_only_in_pii_and_a_purge_erases_their_session(
+    bridge: Bridge, bus: Bus, tap: Tap, whisper: WhisperEngine,  # noqa: F811
+    kokoro: KokoroEngine, agent_factory: list[Agent], dial_in: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    number = "+15557777"
+    agent_factory.append(await start_agent(bus, bridge, whisper, kokoro, DEFAULT_SYSTEM_PROMPT,
+                                           engine=FakeLLM([FakeTurn.words("Noted.")])))
+    far_end = netns.Veth().addresses[1]
+    with structlog.testing.capture_logs() as logs:
+        async with SipPhone(tmp=tmp_path, address=far_end, user=number) as phone:
+            await phone.dial(dial_in)
+            sess = (await tap.wait_for(SessionStarted, within_s=20)).session
+            await phone.wait("CALL_ESTABLISHED", timeout_s=20)
+            await asyncio.sleep(0.5)
+            await phone.say(to_phone(speech("battery.wav")[0]))
+            await tap.wait_for(ReplyEnd, session=sess, within_s=40)
+            await phone.hangup()
+            await tap.wait_for(SessionEnded, session=sess, within_s=10)
+    digits = number.lstrip("+")
+    assert digits not in sess
+    leaks = [e for e in logs if any(digits in str(v) for k, v in e.items() if k != "pii")]
+    assert not leaks, leaks
+    assert any(digits in str(e.get("pii", "")) for e in logs), "the number is nowhere, even in pii"
+    # the phone session is erased like any other: its words, its audio, who called
+    state = await bus.kv(state_bucket(REGION))
+    assert number in ((await state.get(f"{sess}.caller")).value or b"").decode()
+    await purge_session(bus, REGION, sess)
+    for info in await bus.js.streams_info():
+        name = info.config.name
+        assert name is not None
+        if name == ops_stream(REGION):
+            continue
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            with contextlib.suppress(Exception):  # a deleted sequence
+                raw = await bus.js.get_msg(name, seq)
+                assert sess.encode() not in (raw.subject or "").encode() + (raw.data or b""), name

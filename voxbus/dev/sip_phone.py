@@ -87,6 +87,8 @@ class SipPhone:
     answer: str = "manual"
     #: Its SIP port (0: a free one).
     sip_port: int = 0
+    #: Who it calls as (the SIP From user: a phone number, say).
+    user: str = "phone"
     events: list[PhoneEvent] = field(default_factory=list)
     _proc: asyncio.subprocess.Process | None = None
     _reader: asyncio.StreamReader | None = None
@@ -99,7 +101,7 @@ class SipPhone:
 
     @property
     def uri(self) -> str:
-        return f"sip:phone@{self.address}:{self.sip_port}"
+        return f"sip:{self.user}@{self.address}:{self.sip_port}"
 
     async def start(self, timeout_s: float = 10.0) -> SipPhone:
         binary = find_program("baresip", hint="run ./dev setup, or install Debian's baresip-core")
@@ -112,7 +114,7 @@ class SipPhone:
             address=f"{self.address}:{self.sip_port}", ctrl_port=ctrl_port, wav=silence,
             tmp=self.tmp, rate=PHONE_RATE_HZ))
         (conf / "accounts").write_text(
-            f"<sip:phone@{self.address}:{self.sip_port}>;regint=0;answermode={self.answer}\n")
+            f"<{self.uri}>;regint=0;answermode={self.answer}\n")
         log = (self.tmp / "baresip.log").open("wb")
         self._proc = await asyncio.create_subprocess_exec(
             str(binary), "-f", str(conf), stdin=asyncio.subprocess.DEVNULL, stdout=log,
