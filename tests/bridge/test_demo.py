@@ -111,3 +111,27 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "agent answered  : ''" not in proc.stdout
     with wave.open(str(out)) as w:
         assert w.getnframes() / w.getframerate() > 0.5
+
+
+@pytest.mark.livekit
+@pytest.mark.model
+def test_demo_on_the_phone(stub: Path, tmp_path: Path) -> None:
+    """``voxbus demo --phone --agent NAME``: baresip calls the number the agent answers through
+    livekit-sip, hears the greeting, asks, and the answer and the latency come back."""
+    out = tmp_path / "answer.wav"
+    env = {k: v for k, v in os.environ.items() if k != supervise.SUPERVISED_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxbus.dev.demo", "--phone", "--agent", "concierge", "--module",
+         str(stub), "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.returncode == 0
+    assert "+15550100: answered by concierge" in proc.stdout
+    said = next(line for line in proc.stdout.splitlines() if line.startswith("caller said"))
+    assert "table" in said.lower()
+    assert "agent answered           : ''" not in proc.stdout
+    latency = next(line for line in proc.stdout.splitlines() if "voice to voice" in line)
+    assert latency.endswith(" ms"), latency
+    with wave.open(str(out)) as w:
+        assert w.getframerate() == 8000 and w.getnframes() / w.getframerate() > 0.5

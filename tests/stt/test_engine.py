@@ -108,6 +108,20 @@ def test_whisper_transcribes_8k_audio(whisper: WhisperEngine, name: str) -> None
 
 
 @pytest.mark.model
+def test_a_final_of_phone_audio_searches_with_the_narrowband_beam() -> None:
+    """The engine tells a phone's band from the audio: its finals (not its partials) take the
+    narrowband beam; wideband audio keeps the engine's own."""
+    engine = WhisperEngine(narrowband_beam_size=5)
+    fx = fixture_named("museum")
+    phone = resample(resample(fx.audio(), in_rate_hz=16_000, out_rate_hz=8_000),
+                     in_rate_hz=8_000, out_rate_hz=16_000)
+    final = engine.transcribe(phone)
+    assert final.narrowband and word_errors(fx.text, final.text) <= 1, final.text
+    assert not engine.transcribe(phone, partial=True).narrowband
+    assert not engine.transcribe(fx.audio()).narrowband
+
+
+@pytest.mark.model
 def test_whisper_partial_mode_and_silence(whisper: WhisperEngine) -> None:
     fx = fixture_named("museum")
     audio = fx.audio()

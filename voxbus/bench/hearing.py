@@ -1,9 +1,10 @@
 """Hearing benchmark: how many of the caller's words the STT stage's finals keep, and when the
 turn ends, on the speech set of ``voxbus.bench.speechset`` (30 requests, six voices, three
-speeds; clean, pink noise and babble copies), after the room's Opus codec.
+speeds; clean, pink noise and babble copies), after the room's Opus codec (or a phone call's
+G.711 then Opus: ``--channel phone``).
 
     voxbus bench hearing [--variant "STT_BEAM_SIZE=5 STT_WINDOW_S=0"]... [--conditions ...]
-                         [--no-opus] [--reference] [--limit N]
+                         [--channel opus|phone|none]... [--reference] [--limit N]
 
 Each clip goes through what the stage runs on a session's audio, in this process and faster
 than real time, after the clip's clean copy (the caller said something before, in the quiet):
@@ -82,6 +83,33 @@ def opus_roundtrip(audio: Float32Array) -> Float32Array:
     through(None)
     joined = np.concatenate(out).astype(np.float32) / 32768.0  # the decoder gives s16
     return resample(joined[OPUS_PRE_SKIP:], in_rate_hz=OPUS_RATE_HZ, out_rate_hz=WHISPER_RATE_HZ)
+
+
+PHONE_RATE_HZ = 8_000
+_MU = 255.0
+
+
+def g711_roundtrip(audio: Float32Array) -> Float32Array:
+    """16 kHz audio as a phone sends it: band-limited to 8 kHz sampling and companded to 8 bits
+    with mu-law (G.711's PCMU, mu = 255), decoded and back at 16 kHz."""
+    narrow = np.clip(resample(audio, in_rate_hz=WHISPER_RATE_HZ, out_rate_hz=PHONE_RATE_HZ),
+                     -1.0, 1.0)
+    companded = np.sign(narrow) * np.log1p(_MU * np.abs(narrow)) / np.log1p(_MU)
+    code = np.round(companded * 127.0)  # 8 bits: a sign and 7 of magnitude
+    back = np.sign(code) * np.expm1(np.abs(code / 127.0) * np.log1p(_MU)) / _MU
+    return resample(back.astype(np.float32), in_rate_hz=PHONE_RATE_HZ,
+                    out_rate_hz=WHISPER_RATE_HZ)
+
+
+def phone_roundtrip(audio: Float32Array) -> Float32Array:
+    """A phone call's path to the STT: G.711 from the phone to livekit-sip, which sends it on
+    into the room as Opus (``opus_roundtrip``)."""
+    return opus_roundtrip(g711_roundtrip(audio))
+
+
+#: What carries the caller's voice to the STT (``--channel``).
+CHANNELS: dict[str, Callable[[Float32Array], Float32Array]] = {
+    "opus": opus_roundtrip, "phone": phone_roundtrip, "none": lambda a: a}
 
 
 @dataclass
@@ -239,9 +267,9 @@ def _row(name: str, condition: str, results: list[tuple[speechset.Clip, Heard]],
     }
 
 
-def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip], *, opus: bool,
-        reference: bool, environ: Mapping[str, str]) -> dict[str, Any]:
-    codec: Callable[[Float32Array], Float32Array] = opus_roundtrip if opus else (lambda a: a)
+def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip], *,
+        channel: str, reference: bool, environ: Mapping[str, str]) -> dict[str, Any]:
+    codec = CHANNELS[channel]
     audio = {c.name: codec(c.audio()) for c in clips}
     alone_audio = {c.name: codec(c.audio() - speechset.clean_copy(c).audio())
                    for c in clips if c.condition == "babble"}
@@ -268,8 +296,8 @@ def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip],
                               judge, partial, before=earlier[c.name])
                  for c in clips if c.name in alone_audio}
         for condition in conditions:
-            rows.append(_row(name, condition, [r for r in results if r[0].condition == condition],
-                             alone))
+            rows.append({"channel": channel, **_row(
+                name, condition, [r for r in results if r[0].condition == condition], alone)})
         misheard[name] = [{"clip": c.name, "said": c.text, "heard": h.text} for c, h in results
                           if word_errors(c.text, h.text)]
         print(f"  {name}: " + ", ".join(f"{r['condition']} {r['wer']:.3f}" for r in rows
@@ -277,8 +305,9 @@ def run(variants: list[tuple[str, dict[str, str]]], clips: list[speechset.Clip],
         if reference and name == "defaults":
             ref = [(c, Heard(text=_reference(engine, audio[c.name])[0])) for c in clips]
             for condition in conditions:
-                rows.append(_row("reference: transcribe(beam 5) on the clip", condition,
-                                 [r for r in ref if r[0].condition == condition]))
+                rows.append({"channel": channel, **_row(
+                    "reference: transcribe(beam 5) on the clip", condition,
+                    [r for r in ref if r[0].condition == condition])})
     return {"rows": rows, "misheard": misheard}
 
 
@@ -287,7 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[],
                    help='STT settings to compare, e.g. "STT_BEAM_SIZE=5 STT_WINDOW_S=0"')
     p.add_argument("--conditions", default=",".join(speechset.CONDITIONS))
-    p.add_argument("--no-opus", action="store_true", help="skip the Opus round trip")
+    p.add_argument("--no-opus", action="store_true",
+                   help="skip the Opus round trip (the same as --channel none)")
+    p.add_argument("--channel", action="append", choices=sorted(CHANNELS),
+                   help="what carries the voice: opus (a WebRTC room, the default), phone "
+                        "(G.711 from a phone, then Opus from livekit-sip), none; repeat to "
+                        "compare in one run")
     p.add_argument("--reference", action="store_true",
                    help="add faster-whisper's own transcribe of each whole clip")
     p.add_argument("--limit", type=int, default=0, help="the first N sentences only")
@@ -301,11 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit:
         keep = set(speechset.SENTENCES[:args.limit])
         clips = [c for c in clips if c.text in keep]
-    print(f"hearing: {len(clips)} clips, opus {'off' if args.no_opus else 'on'}", flush=True)
-    result = run(_variants(args.variant), clips, opus=not args.no_opus,
-                 reference=args.reference, environ=os.environ)
-    print_table("word error rate and turn ends, per variant and condition", result["rows"])
-    path = write_json("hearing", {"opus": not args.no_opus, "clips": len(clips),
+    channels = args.channel or (["none"] if args.no_opus else ["opus"])
+    print(f"hearing: {len(clips)} clips, through {', '.join(channels)}", flush=True)
+    result: dict[str, Any] = {"rows": [], "misheard": {}}
+    for channel in channels:
+        one = run(_variants(args.variant), clips, channel=channel, reference=args.reference,
+                  environ=os.environ)
+        result["rows"] += one["rows"]
+        result["misheard"].update({f"{channel}: {k}": v for k, v in one["misheard"].items()})
+    print_table("word error rate and turn ends, per channel, variant and condition",
+                result["rows"])
+    path = write_json("hearing", {"channels": channels, "clips": len(clips),
                                   "set_version": speechset.VERSION, **result})
     print(f"\nwrote {path}")
     return 0

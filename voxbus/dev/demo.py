@@ -16,6 +16,11 @@ worker runs the module that defines it (``--module PATH``; for ``frontdesk`` and
 LLM runs a model that calls tools (``LLM_MODEL_NAME=qwen-1.5b`` unless set) when the agent has
 tools, and the caller asks a booking question after the agent's greeting. The tools it called
 are printed with the reply.
+
+``--phone`` calls the agent on the phone instead: Redis and livekit-sip start beside
+livekit-server, a number is answered by the agent (``voxbus sip``), and Debian's baresip dials
+it, says the WAV through G.711 and records the answer; the latency is measured at the phone
+(``voxbus.dev.phone_caller``).
 """
 
 from __future__ import annotations
@@ -42,13 +47,17 @@ from voxbus.contracts.messages import AudioOut, ReplyEnd
 from voxbus.contracts.streams import audio_stream
 from voxbus.contracts.subjects import PREFIX, Kind, subject
 from voxbus.dev import netns
+from voxbus.dev.child import find_program
 from voxbus.dev.livekit_server import (
     LiveKitServerError,
     LiveKitServerMissing,
     livekit_server_binary,
 )
 from voxbus.dev.loop import VoiceLoop
+from voxbus.dev.phone_caller import call_in
 from voxbus.dev.probes import TurnResult
+from voxbus.dev.sip_phone import PHONE_RATE_HZ
+from voxbus.dev.sip_server import livekit_sip_binary
 from voxbus.dev.supervise import LoopError, run_supervised
 from voxbus.errors import UserError
 from voxbus.runtime import logging as vlog
@@ -251,7 +260,7 @@ async def _run(args: argparse.Namespace) -> int:
     env = {k: v for k, v in defaults.items() if k not in os.environ}
     loop = VoiceLoop(region="demo", regions=regions, livekit=livekit,
                      cluster_size=args.cluster_size if regions else 0, env=env,
-                     tools=[agent.module] if agent else [])
+                     tools=[agent.module] if agent else [], phone=args.phone)
     what = "nats-server, livekit-server, the bridge and" if livekit else "nats-server and"
     if regions:
         what = (f"a NATS supercluster ({', '.join(regions)}: {args.cluster_size} server(s) "
@@ -274,6 +283,8 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"ready in {time.monotonic() - t0:.1f} s", flush=True)
         if args.web is not None:
             return await _serve_page(loop, args)
+        if args.phone:
+            return await _phone_call(loop, args, Path(scratch.name))
         out = Path(args.out)
         outs = {r: out if len(loop.regions) == 1 else out.with_name(f"{out.stem}-{r}{out.suffix}")
                 for r in loop.regions}
@@ -307,6 +318,34 @@ async def _run(args: argparse.Namespace) -> int:
         print("shutting down...", flush=True)
         await loop.stop()
         scratch.cleanup()
+
+
+async def _phone_call(loop: VoiceLoop, args: argparse.Namespace, scratch: Path) -> int:
+    """``--phone``: baresip calls the agent's number, says ``--wav``, records the answer."""
+    agent: DemoAgent | None = args.demo_agent
+    uri = await loop.answer_number(agent.name if agent else "")
+    assert loop.bus is not None
+    print(f"phone dials {uri} and says {args.wav} (G.711, 8 kHz) ...", flush=True)
+    turn = await call_in(loop.bus, loop.region, uri, Path(args.wav), args.speech_end_ms,
+                         tmp=scratch / "phone", timeout_s=args.timeout,
+                         greeting=bool(agent and agent.greeting))
+    out = Path(args.out)
+    write_wav(out, turn.heard.tobytes(), sample_rate_hz=PHONE_RATE_HZ)
+    print(f"\ncaller said (on the phone): {turn.transcript!r}")
+    print(f"agent answered           : {turn.reply!r}")
+    print(f"agent audio at the phone : {out} ({turn.heard.size / PHONE_RATE_HZ:.2f} s, 8 kHz)")
+    v2v = turn.voice_to_voice_ms
+    print("voice to voice at the phone (end of the caller's words -> the agent's first "
+          f"sound): {'-' if v2v is None else f'{v2v:.0f} ms'}")
+    for e in turn.errors:
+        print(f"  error: {e}")
+    if args.json:
+        print(json.dumps({"phone": True, "transcript": turn.transcript, "reply": turn.reply,
+                          "voice_to_voice_ms": v2v}))
+    if turn.errors or not turn.reply:
+        print("error: no answer came back", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _serve_page(loop: VoiceLoop, args: argparse.Namespace) -> int:
@@ -390,7 +429,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve the browser page (default port 8080) instead of the scripted "
                          "caller; prints its URL")
     ap.add_argument("--web-host", default="127.0.0.1", help="with --web: the address to serve on")
+    ap.add_argument("--phone", action="store_true",
+                    help="call the agent with a real SIP phone (baresip) through livekit-sip")
     args = ap.parse_args(argv)
+    if args.phone and (args.bus_only or args.web is not None or args.regions):
+        ap.error("--phone goes through LiveKit in one region: leave out --bus-only, --web "
+                 "and --regions")
     if args.module and not args.agent:
         ap.error("--module goes with --agent NAME")
     args.demo_agent = demo_agent(args.agent, args.module) if args.agent else None
@@ -416,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
             livekit_server_binary()
         except LiveKitServerMissing as e:
             raise LiveKitServerMissing(f"{e} (or run the demo with --bus-only)") from None
+    if args.phone:
+        livekit_sip_binary()  # one line when it is not installed
+        find_program("baresip", hint="run ./dev setup, or install Debian's baresip-core")
+        find_program("redis-server", hint="run ./dev setup, or install Debian's redis-server")
     rc = run_supervised("voxbus.dev.demo", argv, want_netns=not args.bus_only,
                         no_netns=args.no_netns)
     if rc is not None:

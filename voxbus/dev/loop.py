@@ -9,7 +9,9 @@ agent it talks to (``room_caller(..., agent=)``, ``caller(..., agent=)``).
 With several ``regions`` and a ``cluster_size``, NATS is a supercluster (one cluster per region,
 ``ops.supercluster``) and every process serves all regions, each on its own region's servers
 (``NATS_URL_<REGION>``); ``gateway_links`` puts a cuttable link (``dev.links``) in front of
-every gateway.
+every gateway. With ``phone`` (and ``livekit``), a Redis and livekit-sip beside livekit-server,
+the bridge joining every room with a caller, and ``PHONE_NUMBER`` answered (``ops.sip``): a SIP
+phone calls in (``voxbus.dev.phone_caller``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from voxbus.dev import netns
 from voxbus.dev.callers import BusCaller, RoomCaller
 from voxbus.dev.links import Link, link_gateways
 from voxbus.dev.livekit_server import LiveKitServer
+from voxbus.dev.redis_server import RedisServer
+from voxbus.dev.sip_server import SipServer
 from voxbus.dev.supervise import ChildProcess, LoopError
 from voxbus.ops.auth import Identities, server_config
 from voxbus.ops.nats import EmbeddedNats
@@ -35,6 +39,8 @@ from voxbus.runtime.bus import Bus
 from voxbus.runtime.settings import region_env_suffix
 
 STAGES = ("stt", "llm", "tts")
+#: The number the loop's phone calls (``phone``).
+PHONE_NUMBER = "+15550100"
 
 
 class VoiceLoop:
@@ -49,7 +55,8 @@ class VoiceLoop:
                  env: Mapping[str, str] | None = None, secure: bool = False,
                  progress: Callable[[str], None] | None = None,
                  regions: Sequence[str] = (), cluster_size: int = 0,
-                 gateway_links: bool = False, tools: Sequence[str] = ()) -> None:
+                 gateway_links: bool = False, tools: Sequence[str] = (),
+                 phone: bool = False) -> None:
         #: The first region is the bridge's default (``BRIDGE_REGION``).
         self.regions = list(regions) or [region]
         self.region = self.regions[0]
@@ -75,6 +82,9 @@ class VoiceLoop:
         #: Modules whose tools run in a ``voxbus tools`` worker each (and whose agents are
         #: published to every region).
         self.tools = list(tools)
+        self.with_phone = phone and livekit
+        self.redis: RedisServer | None = None
+        self.sip: SipServer | None = None
 
     def url(self, region: str | None = None) -> str:
         """The servers of ``region`` (default: the first), comma-separated."""
@@ -143,7 +153,11 @@ class VoiceLoop:
         for s in self.stages:
             await s.start()
         if self.with_livekit:
-            lk = LiveKitServer.local(node_ip=netns.node_ip())
+            redis = ""
+            if self.with_phone:
+                self.redis = await asyncio.to_thread(RedisServer().start)
+                redis = self.redis.address
+            lk = LiveKitServer.local(node_ip=netns.node_ip(), redis_address=redis)
             await asyncio.to_thread(lk.start)
             self.livekit = lk
             self.progress(f"  [livekit] ready at {lk.url} in {lk.started_s:.1f} s "
@@ -153,6 +167,11 @@ class VoiceLoop:
                 "BRIDGE_API_KEY": lk.config.api_key,
                 "BRIDGE_API_SECRET": lk.config.api_secret, "BRIDGE_REGION": self.region,
             }
+            if self.with_phone:
+                self.sip = await asyncio.to_thread(SipServer.beside(lk).start)
+                self.progress(f"  [sip] livekit-sip ready at {self.sip.sip_address} (Redis "
+                              f"{redis})")
+                bridge_env.update(BRIDGE_AUTO_JOIN="1", BRIDGE_POLL_S="0.2")
             self.bridge = ChildProcess("bridge", bridge_env, echo=self.echo,
                                        ready="bridge_started")
             await self.bridge.start()
@@ -160,6 +179,22 @@ class VoiceLoop:
         await asyncio.gather(*(p.wait_ready(timeout_s) for p in procs))
         if self.tools and self.secure:  # a tools identity may not publish agents
             await self._publish_agents()
+
+    async def answer_number(self, agent: str = "") -> str:
+        """``PHONE_NUMBER`` answered by ``agent`` (``voxbus sip``); the URI a phone dials."""
+        from livekit import api
+
+        from voxbus.ops.sip import PhoneNumber, SipConfig, provision
+
+        assert self.livekit is not None and self.sip is not None, "start(phone=True) first"
+        lk = self.livekit
+        client = api.LiveKitAPI(lk.http_url, lk.config.api_key, lk.config.api_secret)
+        try:
+            for line in await provision(client, SipConfig([PhoneNumber(PHONE_NUMBER, agent)])):
+                self.progress(f"  [sip] {line}")
+        finally:
+            await client.aclose()
+        return f"sip:{PHONE_NUMBER}@{self.sip.sip_address}"
 
     async def _publish_agents(self) -> None:
         from voxbus.agents.loader import load
@@ -211,8 +246,12 @@ class VoiceLoop:
         if self.bridge is not None:
             await self.bridge.stop()
         await asyncio.gather(*(s.stop() for s in self.stages))
+        if self.sip is not None:
+            await asyncio.to_thread(self.sip.stop)
         if self.livekit is not None:
             await asyncio.to_thread(self.livekit.stop)
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.stop)
         for bus in [*self.speakers.values(), *self.buses.values()]:
             with contextlib.suppress(Exception):
                 await bus.close()

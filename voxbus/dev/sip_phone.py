@@ -207,9 +207,18 @@ class SipPhone:
 
     def heard(self, call: int = -1) -> Pcm16:
         """What the phone heard (mono PCM16 at 8 kHz) in a call (by default its last; 0: its
-        first), up to now: read past the header, whose sizes are written when the call ends.
-        (baresip names its recordings by the second a call's audio started.)"""
-        dumps = sorted(self.tmp.glob("dump-*-dec.wav"))
+        first), up to now."""
+        return self._recording("dec", call)
+
+    def sent(self, call: int = -1) -> Pcm16:
+        """What the phone sent in a call, on the same clock as ``heard``: both recordings start
+        with the call's audio."""
+        return self._recording("enc", call)
+
+    def _recording(self, kind: str, call: int) -> Pcm16:
+        """Read past the WAV header, whose sizes are written only when the call ends. (baresip
+        names its recordings by the second a call's audio started.)"""
+        dumps = sorted(self.tmp.glob(f"dump-*-{kind}.wav"))
         if not dumps:
             return np.zeros(0, dtype=np.int16)
         raw = dumps[call].read_bytes()

@@ -22,7 +22,8 @@ def build_engine(settings: SttSettings, *, partial: bool = False) -> WhisperEngi
     return WhisperEngine(model=s.model, device=s.device, compute_type=compute_type,
                          cpu_threads=s.cpu_threads, language=s.language, beam_size=s.beam_size,
                          short_window_s=s.window_s, short_window_margin_s=s.window_margin_s,
-                         partial_words=s.words_pause_ms > 0)
+                         partial_words=s.words_pause_ms > 0,
+                         narrowband_beam_size=s.narrowband_beam_size)
 
 
 class Decoder:

@@ -21,6 +21,7 @@ import numpy as np
 from voxbus.audio import Float32Array
 from voxbus.errors import UserError
 from voxbus.services.stt.audio import WHISPER_RATE_HZ
+from voxbus.services.stt.band import final_beam
 from voxbus.services.stt.models import DEFAULT_MODEL, resolve_model_dir
 from voxbus.services.stt.window import ShortWindow
 
@@ -42,6 +43,8 @@ class TranscriptResult:
     #: Each word's (start, end), seconds from the start of the audio; None: not measured (only
     #: partials of an engine made with ``partial_words`` measure it).
     words: tuple[tuple[float, float], ...] | None = None
+    #: A final of narrowband audio (a phone call), decoded with the engine's narrowband beam.
+    narrowband: bool = False
 
     def speech(self, no_speech_threshold: float) -> str:
         """The text, or "" when Whisper took the audio for noise: its no-speech probability
@@ -82,6 +85,7 @@ class _WhisperOptions:
     short_window_s: float
     partial_words: bool
     short_window_margin_s: float
+    narrowband_beam_size: int
 
 
 class WhisperEngine:
@@ -92,7 +96,8 @@ class WhisperEngine:
     long is encoded in a ``short_window_s`` window instead of 30 s (``window``; 0: never).
     Partials are cheaper: one temperature, no fallback re-decodes, and at most
     `partial_max_new_tokens` tokens. With ``partial_words`` a partial on the short window also
-    says where each word is (``TranscriptResult.words``).
+    says where each word is (``TranscriptResult.words``). A final of narrowband audio (a phone
+    call, ``band``) searches with ``narrowband_beam_size`` (0: ``beam_size``).
 
     On CPU the default compute type is float32 (the int8 weights are dequantized at load).
     int8 is about 20% faster but not reproducible across machines: CTranslate2 and oneDNN pick
@@ -117,6 +122,7 @@ class WhisperEngine:
         short_window_s: float = 12.0,
         short_window_margin_s: float = 2.0,
         partial_words: bool = False,
+        narrowband_beam_size: int = 0,
         cache_dir: Path | None = None,
     ) -> None:
         if device not in ("cpu", "cuda"):
@@ -142,6 +148,7 @@ class WhisperEngine:
             short_window_s=short_window_s,
             short_window_margin_s=short_window_margin_s,
             partial_words=partial_words,
+            narrowband_beam_size=narrowband_beam_size,
         )
         started = time.perf_counter()
         try:
@@ -186,9 +193,11 @@ class WhisperEngine:
             return TranscriptResult(text="", decode_s=0.0, audio_s=0.0, partial=partial)
         o = self._opts
         started = time.perf_counter()
+        narrow = None if partial else final_beam(samples, o.narrowband_beam_size)
+        beam = 1 if partial else (narrow or o.beam_size)
         if self._short is not None and self._short.fits(samples.size):
             short = self._short.decode(
-                samples, beam_size=1 if partial else o.beam_size,
+                samples, beam_size=beam,
                 temperatures=(0.0,) if partial else o.temperatures,
                 max_new_tokens=o.partial_max_new_tokens if partial else None,
                 align=partial and o.partial_words)
@@ -198,12 +207,12 @@ class WhisperEngine:
                     audio_s=samples.size / WHISPER_RATE_HZ, partial=partial,
                     language=o.language or "en", avg_logprob=short.avg_logprob,
                     no_speech_prob=short.no_speech_prob, window_s=o.short_window_s,
-                    words=short.words)
+                    words=short.words, narrowband=narrow is not None)
             self.window_fallbacks += 1
         segments, info = self._model.transcribe(
             samples,
             language=o.language,
-            beam_size=1 if partial else o.beam_size,
+            beam_size=beam,
             best_of=1,
             temperature=0.0 if partial else list(o.temperatures),
             without_timestamps=True,
@@ -216,11 +225,12 @@ class WhisperEngine:
         # Consume the lazy generator here, in the caller's thread: this is where decoding runs.
         done = list(segments)
         decode_s = time.perf_counter() - started
-        return _result(done, info, samples.size, decode_s, partial)
+        return _result(done, info, samples.size, decode_s, partial, narrowband=narrow is not None)
 
 
 def _result(
-    segments: Iterable[Any], info: Any, n_samples: int, decode_s: float, partial: bool
+    segments: Iterable[Any], info: Any, n_samples: int, decode_s: float, partial: bool,
+    *, narrowband: bool = False,
 ) -> TranscriptResult:
     segs = list(segments)
     text = "".join(str(s.text) for s in segs).strip()
@@ -232,6 +242,7 @@ def _result(
         language=str(info.language),
         avg_logprob=float(np.mean([s.avg_logprob for s in segs])) if segs else None,
         no_speech_prob=max(float(s.no_speech_prob) for s in segs) if segs else None,
+        narrowband=narrowband,
     )
 
 

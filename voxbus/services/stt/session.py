@@ -425,7 +425,7 @@ class SttSession:
             stats.speculative_committed += 1
         scope.log.info("final_transcript", turn=turn, decode_ms=decode_ms,
                        audio_ms=round(audio_ms, 1), forced=forced, empty=not text,
-                       speculation=speculation,
+                       speculation=speculation, narrowband=result.narrowband,
                        pii={"text": text})
 
 
