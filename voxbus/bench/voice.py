@@ -1,7 +1,7 @@
 """Voice-to-voice benchmark: end of the caller's speech to the first agent audio, through the
 real STT, LLM and TTS workers (separate processes) on an embedded nats-server.
 
-    voxbus bench voice [--livekit] [--turns 20] [--rooms 3] [--room-turns 6]
+    voxbus bench voice [--livekit [--sip]] [--turns 20] [--rooms 3] [--room-turns 6]
                        [--tts kokoro,piper] [--speculate on,off] [--llm-engines 1,2]
                        [--vary NAME=V1,V2] [--echo]
 
@@ -13,6 +13,10 @@ microphone track) to the first agent audio frame it received from the room (Opus
 jitter buffer included). Like ``voxbus demo``, ``--livekit`` re-runs itself inside a private
 network namespace where root and ``unshare`` allow (WebRTC ignores loopback), else runs as is.
 Results: ``bench/results/voice.json`` (bus) and ``bench/results/voice-livekit.json``.
+``--sip`` (with ``--livekit``): right after the one room's turns, the same turns through a phone
+call (baresip, G.711, livekit-sip, as ``voxbus demo --phone``), voice to voice measured at the
+phone on its own recordings, and the word error rate of the phone-band transcripts beside the
+room's.
 
 The per-stage breakdown is taken from the stages' OpenTelemetry traces (each worker writes its
 spans to a JSON-lines file; one conversational turn is one trace): STT end of turn published,
@@ -39,6 +43,7 @@ from typing import Any
 from voxbus.bench.report import percentile, print_table, write_json
 from voxbus.dev.callers import RoomCaller
 from voxbus.dev.loop import VoiceLoop
+from voxbus.dev.phone_caller import PhoneConversation, PhoneTurn
 from voxbus.dev.probes import TurnResult
 from voxbus.dev.supervise import LoopError, run_supervised
 from voxbus.runtime import logging as vlog
@@ -141,6 +146,27 @@ async def _room_conversation(loop: VoiceLoop, room: str, turns: int,
     return results
 
 
+async def _phone_conversation(loop: VoiceLoop, turns: int, fixtures: list[tuple[Path, float]],
+                              tmp: Path) -> list[PhoneTurn]:
+    """``turns`` turns of one phone call to the loop's number."""
+    assert loop.bus is not None
+    uri = await loop.answer_number()
+    results: list[PhoneTurn] = []
+    async with PhoneConversation(loop.bus, loop.region, uri, tmp=tmp / "phone") as call:
+        for i in range(turns):
+            wav, end_ms = fixtures[i % len(fixtures)]
+            results.append(await call.say(wav, end_ms))
+            await asyncio.sleep(0.5)
+    return results
+
+
+def _phone_row(t: PhoneTurn, fixture: str, texts: dict[str, str]) -> dict[str, Any]:
+    said = texts.get(fixture, "")
+    return {"caller_first_audio_ms": t.voice_to_voice_ms, "reply": t.reply,
+            "heard": t.transcript, "said": said, "words": len(said.split()),
+            "word_errors": word_errors(said, t.transcript), "errors": t.errors}
+
+
 def _summarize(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"setting": label, "turns": len(rows)}
     keys = ["caller_first_audio_ms", "stt_guess_ms", "stt_decode_ms", "stt_end_of_turn_ms",
@@ -209,13 +235,16 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
         env["LLM_ENGINES"] = str(engines)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
         loop = VoiceLoop(region="bench", echo=args.echo, livekit=args.livekit,
-                         env={"VOXBUS_TRACE_DIR": td, **env}, tools=tools)
+                         env={"VOXBUS_TRACE_DIR": td, **env}, tools=tools, phone=args.sip)
         await loop.start()
         calls = _ToolCalls()
         await calls.listen(loop)
         talk = _room_conversation if args.livekit else _conversation
+        phone: list[PhoneTurn] = []
         try:
             single = await talk(loop, "solo", args.turns, fixtures, 0)
+            if args.sip:
+                phone = await _phone_conversation(loop, args.turns, fixtures, Path(td))
             multi_lists = await asyncio.gather(*(
                 talk(loop, f"room{i}", args.room_turns, fixtures, i)
                 for i in range(args.rooms)
@@ -236,8 +265,12 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
     label = tts + ("" if speculate else " (no speculation)") + (
         "" if engines is None else f" ({engines} LLM engine{'s' if engines > 1 else ''})") + (
         "" if vary is None else f" ({vary[0]}={vary[1]})")
-    summary = [_summarize(f"{label}: 1 {where[:-1]}", rows_single),
-               _summarize(f"{label}: {args.rooms} {where} at once", rows_multi)]
+    summary = [_summarize(f"{label}: 1 {where[:-1]}", rows_single)]
+    rows_phone = [_phone_row(t, fixtures[i % len(fixtures)][0].name, texts)
+                  for i, t in enumerate(phone)]
+    if args.sip:
+        summary.append(_summarize(f"{label}: 1 phone call (G.711, livekit-sip)", rows_phone))
+    summary.append(_summarize(f"{label}: {args.rooms} {where} at once", rows_multi))
     if args.agent:  # turns with and without a tool call, apart
         every = rows_single + rows_multi
         summary += [
@@ -247,7 +280,8 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
             "agent": args.agent or None,
             "llm_engines": engines, "setting": None if vary is None else "=".join(vary),
             "summary": summary,
-            "turns_single": rows_single, "turns_concurrent": rows_multi}
+            "turns_single": rows_single, "turns_concurrent": rows_multi,
+            **({"turns_phone": rows_phone} if args.sip else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="callers in LiveKit rooms through the bridge (default: over the bus)")
     ap.add_argument("--no-netns", action="store_true",
                     help="with --livekit: never re-run inside a private network namespace")
+    ap.add_argument("--sip", action="store_true",
+                    help="with --livekit: the same turns through a phone call too (livekit-sip, "
+                         "a real SIP phone), compared in the same run")
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--rooms", type=int, default=3)
     ap.add_argument("--room-turns", type=int, default=6)
@@ -282,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="NAME=V1,V2: one run per value of a worker setting, compared in one "
                          "run (e.g. TTS_FIRST_WORDS=3,5)")
     args = ap.parse_args(argv)
+    if args.sip and not args.livekit:
+        ap.error("--sip compares a phone call with a room: it needs --livekit")
     name, _, values = args.vary.partition("=")
     if args.vary and (not name.isidentifier() or not name.isupper() or not values.strip(",")):
         ap.error(f"--vary takes NAME=V1,V2 (an environment setting), got {args.vary!r}")

@@ -63,22 +63,24 @@ def _loud(pcm: Pcm16) -> npt.NDArray[np.bool_]:
     return loud
 
 
-def voice_to_voice(sent: Pcm16, heard: Pcm16, words: Pcm16, speech_end_ms: float
-                   ) -> tuple[int, int] | None:
+def voice_to_voice(sent: Pcm16, heard: Pcm16, words: Pcm16, speech_end_ms: float,
+                   *, after: int = 0) -> tuple[int, int] | None:
     """(the caller's speech end, the agent's first sound after it), in samples of the call:
-    the words are found in what the phone sent by their first loud frame."""
-    loud_words, loud_sent = _loud(words), _loud(sent)
+    the words are found in what the phone sent, from sample ``after`` on, by their first loud
+    frame."""
+    start = after // FRAME * FRAME
+    loud_words, loud_sent = _loud(words), _loud(sent[start:])
     if not loud_words.any() or not loud_sent.any():
         return None
     onset_in_words = int(np.argmax(loud_words)) * FRAME
     # the first sound the phone sent that is the words (its microphone is silent before them)
-    onset_in_call = int(np.argmax(loud_sent)) * FRAME
+    onset_in_call = start + int(np.argmax(loud_sent)) * FRAME
     end = onset_in_call + int(speech_end_ms * PHONE_RATE_HZ / 1000) - onset_in_words
     loud_heard = _loud(heard)
-    after = np.nonzero(loud_heard[end // FRAME:])[0]
-    if after.size == 0:
+    sound = np.nonzero(loud_heard[end // FRAME:])[0]
+    if sound.size == 0:
         return None
-    return end, (end // FRAME + int(after[0])) * FRAME
+    return end, (end // FRAME + int(sound[0])) * FRAME
 
 
 class _Watch:
@@ -122,48 +124,85 @@ async def _greeting_played(watch: _Watch, session: str, timeout_s: float) -> Non
     await asyncio.sleep(max(0.0, first_ns / 1e9 + seconds + 0.3 - time.time()))
 
 
-async def call_in(bus: Bus, region: str, uri: str, wav: Path, speech_end_ms: float, *,
-                  tmp: Path, timeout_s: float = 60.0, greeting: bool = False) -> PhoneTurn:
-    """Dial ``uri``, say ``wav`` and wait for the agent's answer to play out."""
-    watch = _Watch(bus, region)
-    sub = await bus.nc.subscribe(f"{PREFIX}.{region}.>", cb=watch._on)
-    words = wav_pcm(wav, PHONE_RATE_HZ)
-    turn = PhoneTurn()
-    address = netns.Veth().addresses[1] if netns.in_private_netns() else "127.0.0.1"
-    try:
-        async with SipPhone(tmp=tmp, address=address, user="+15550123") as phone:
-            await phone.dial(uri)
-            started = await watch.wait(SessionStarted, timeout_s)
-            turn.session = started.session
-            await phone.wait("CALL_ESTABLISHED", timeout_s)
-            if greeting:
-                await _greeting_played(watch, turn.session, timeout_s)
+class PhoneConversation:
+    """A phone call to the loop's number, turn after turn (``say``); ``async with``."""
+
+    def __init__(self, bus: Bus, region: str, uri: str, *, tmp: Path,
+                 timeout_s: float = 60.0, greeting: bool = False) -> None:
+        self.bus, self.region, self.uri = bus, region, uri
+        self.timeout_s, self.greeting = timeout_s, greeting
+        self.watch = _Watch(bus, region)
+        address = netns.Veth().addresses[1] if netns.in_private_netns() else "127.0.0.1"
+        self.phone = SipPhone(tmp=tmp, address=address, user="+15550123")
+        self.session = ""
+        self._sub: Any = None
+        self._turn = 0
+
+    async def __aenter__(self) -> PhoneConversation:
+        self._sub = await self.bus.nc.subscribe(f"{PREFIX}.{self.region}.>",
+                                                cb=self.watch._on)
+        try:
+            await self.phone.start()
+            await self.phone.dial(self.uri)
+            started = await self.watch.wait(SessionStarted, self.timeout_s)
+            self.session = started.session
+            await self.phone.wait("CALL_ESTABLISHED", self.timeout_s)
+            if self.greeting:
+                await _greeting_played(self.watch, self.session, self.timeout_s)
             await asyncio.sleep(1.0)
-            await phone.say(words)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.phone.hangup()
+        await self.phone.stop()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def say(self, wav: Path, speech_end_ms: float) -> PhoneTurn:
+        """Say ``wav`` and wait for the agent's answer to it to play out."""
+        words = wav_pcm(wav, PHONE_RATE_HZ)
+        turn = PhoneTurn(session=self.session)
+        mine, watch, timeout_s = self.session, self.watch, self.timeout_s
+        before = self.phone.sent().size
+        try:
+            await self.phone.say(words)
             eot = await watch.wait(EndOfTurn, timeout_s, lambda m: (
-                m.session == turn.session and not m.speculative and m.turn > 0))
+                m.session == mine and not m.speculative and m.turn > self._turn))
             assert isinstance(eot, EndOfTurn)
+            self._turn = eot.turn
             turn.transcript = eot.transcript
             end = await watch.wait(ReplyEnd, timeout_s, lambda m: (
-                m.session == turn.session and m.turn == eot.turn))
+                m.session == mine and m.turn == eot.turn))
             assert isinstance(end, ReplyEnd)
             turn.reply = end.text
             await watch.wait(AgentSpoke, timeout_s, lambda m: (
-                m.session == turn.session and m.turn == eot.turn))
+                m.session == mine and m.turn == eot.turn))
             await asyncio.sleep(0.5)  # the last packets on their way
-            sent, heard = phone.sent(), phone.heard()
-            await phone.hangup()
+        except TimeoutError as e:
+            turn.errors.append(str(e))
+            return turn
+        sent, heard = self.phone.sent(), self.phone.heard()
+        found = voice_to_voice(sent, heard, words, speech_end_ms, after=before)
+        if found is None:
+            turn.errors.append("no agent sound heard at the phone after the caller's words")
+            return turn
+        speech_end, first_sound = found
+        turn.voice_to_voice_ms = (first_sound - speech_end) * 1000 / PHONE_RATE_HZ
+        turn.heard = heard[first_sound:]
+        return turn
+
+
+async def call_in(bus: Bus, region: str, uri: str, wav: Path, speech_end_ms: float, *,
+                  tmp: Path, timeout_s: float = 60.0, greeting: bool = False) -> PhoneTurn:
+    """Dial ``uri``, say ``wav`` once and wait for the agent's answer to play out."""
+    try:
+        async with PhoneConversation(bus, region, uri, tmp=tmp, timeout_s=timeout_s,
+                                     greeting=greeting) as call:
+            return await call.say(wav, speech_end_ms)
     except TimeoutError as e:
-        turn.errors.append(str(e))
-        return turn
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-    found = voice_to_voice(sent, heard, words, speech_end_ms)
-    if found is None:
-        turn.errors.append("no agent sound heard at the phone after the caller's words")
-        return turn
-    speech_end, first_sound = found
-    turn.voice_to_voice_ms = (first_sound - speech_end) * 1000 / PHONE_RATE_HZ
-    turn.heard = heard[first_sound:]
-    return turn
+        return PhoneTurn(errors=[str(e)])
