@@ -232,7 +232,7 @@ class CallerSession:
         try:
             await self.link.calls.remove(self.identity)
         except Exception as e:  # noqa: BLE001 - the caller may have left already
-            self.log.warning("hang_up_failed", error=repr(e))
+            self.log.warning("hang_up_failed", pii={"error": repr(e)})  # it may name the caller
 
     async def _transfer(self, to: str) -> None:
         self.log.info("call_transfer", pii={"to": to})
@@ -242,10 +242,10 @@ class CallerSession:
             await self.link.calls.transfer(self.identity, to)
         except Exception as e:  # noqa: BLE001 - said on the bus; the call goes on
             self._call_end = None
-            self.log.warning("call_transfer_failed", error=repr(e))
+            self.log.warning("call_transfer_failed", pii={"error": repr(e)})  # it may name them
             self.publish_ctl(ErrorEvent(session=self.id, code="transfer_failed", stage="bridge",
-                                        message=f"the call was not transferred: {e}",
-                                        at_ns=time.time_ns()))
+                                        message="the call was not transferred "
+                                                f"({type(e).__name__})", at_ns=time.time_ns()))
             return
         self.log.info("call_transferred")
         await self.end("transferred")
