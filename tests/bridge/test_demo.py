@@ -129,7 +129,10 @@ def test_demo_on_the_phone(stub: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "+15550100: answered by concierge" in proc.stdout
     said = next(line for line in proc.stdout.splitlines() if line.startswith("caller said"))
-    assert "table" in said.lower()
+    # through a phone's band tiny.en loses a word in ten ("book a table" came back "look at
+    # Able" once): most of the words, not one of them
+    words = set(said.lower().replace(",", " ").replace(".", " ").split())
+    assert len(words & {"would", "like", "book", "table", "two", "friday"}) >= 3, said
     assert "agent answered           : ''" not in proc.stdout
     latency = next(line for line in proc.stdout.splitlines() if "voice to voice" in line)
     assert latency.endswith(" ms"), latency

@@ -124,6 +124,13 @@ async def phone(tmp_path: Path) -> AsyncIterator[SipPhone]:
         yield p
 
 
+def heard_most(heard: str, said: str) -> bool:
+    """Most of ``said``'s words are in ``heard``: through a phone's band tiny.en loses about a
+    word in ten, so no test hangs on one word."""
+    words = set(normalize_text(said).split())
+    return len(words & set(normalize_text(heard).split())) >= len(words) / 2
+
+
 def to_phone(pcm16k: np.ndarray) -> np.ndarray:
     audio = resample(pcm16_to_float32(pcm16k.tobytes()), in_rate_hz=16_000,
                      out_rate_hz=PHONE_RATE_HZ)
@@ -156,7 +163,7 @@ async def test_a_phone_call_is_answered_and_the_caller_hears_the_reply(
     error, found = wer(end.text, text)
     print(f"\ncaller (phone): {eot.transcript!r}\nreply: {end.text!r}\nphone heard: {text!r}"
           f"\nWER {error:.2f}, reply words heard {found:.2f}, {len(heard) / PHONE_RATE_HZ:.1f} s")
-    assert "battery" in normalize_text(eot.transcript), eot.transcript
+    assert heard_most(eot.transcript, "my phone battery is almost empty"), eot.transcript
     assert not done.interrupted and end.text.strip()
     assert error <= MAX_WER and found >= MIN_OVERLAP, (end.text, text)
     await phone.hangup()
@@ -195,7 +202,7 @@ async def test_end_call_hangs_the_phone_up_after_the_goodbye(
           f"({closed.t - spoke.at_ns / 1e9 + time.time() - time.monotonic():.2f} s after the "
           f"goodbye played); session ended: {ended.reason}")
     assert not spoke.interrupted and spoke.text == end.text
-    assert "goodbye" in normalize_text(text), text
+    assert heard_most(text, "goodbye and have a lovely evening"), text
     assert ended.reason == "agent_hung_up"
 
 
@@ -257,7 +264,8 @@ async def test_transfer_call_sends_the_caller_to_the_person_named_after_saying_s
         text = await asyncio.to_thread(lambda: whisper.transcribe(audio).text)
         print(f"\ncaller heard {text!r}; REFER to {moved.param!r}; the kitchen answered "
               f"{rang.t - moved.t:.2f} s later")
-        assert not spoke.interrupted and "kitchen" in normalize_text(text)
+        assert not spoke.interrupted
+        assert heard_most(text, "one moment i am putting you through to the kitchen"), text
         assert kitchen.uri.removeprefix("sip:") in moved.param
         ended = await tap.wait_for(SessionEnded, session=started.session, within_s=15)
         assert ended.reason == "transferred"
@@ -285,7 +293,7 @@ async def test_the_agent_calls_a_phone_that_answers_and_speaks_first(
                          out_rate_hz=16_000)
         text = await asyncio.to_thread(lambda: whisper.transcribe(audio).text)
         print(f"\n{describe(reply)}; the phone heard {text!r}")
-        assert "booking" in normalize_text(text), text
+        assert heard_most(text, "hello this is the restaurant calling about your booking"), text
 
 
 async def test_a_call_the_phone_rejects_is_one_line_an_event_and_nothing_left(
