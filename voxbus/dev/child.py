@@ -3,12 +3,15 @@ answers, or stopped with the tail of that log in one error when it exits or neve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 from voxbus.errors import UserError
 from voxbus.runtime.procs import stop_popen
@@ -68,3 +71,44 @@ def _tail(log_path: Path, chars: int = 1500) -> str:
         return log_path.read_text(errors="replace")[-chars:].strip() or "(no output)"
     except OSError:
         return "(no log)"
+
+
+class ChildServer:
+    """A dev server as a child process with a scratch directory of its own (its config, its
+    log): ``start`` (each server's) calls ``_launch``; ``stop`` ends the process and removes
+    the directory; a ``with`` block does both."""
+
+    log_path: Path | None
+    _proc: subprocess.Popen[bytes] | None
+    _tmp: tempfile.TemporaryDirectory[str] | None
+
+    def start(self, timeout_s: float = 15.0) -> Self:
+        raise NotImplementedError
+
+    def _launch(self, argv: Callable[[Path], Sequence[str]], ready: Callable[[], bool], *,
+                what: str, log_name: str, timeout_s: float) -> None:
+        """Start ``argv(scratch directory)``, its output in ``log_name`` there unless a
+        ``log_path`` was given, and wait until ``ready()``."""
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"voxbus-{what}-")
+        scratch = Path(self._tmp.name)
+        self.log_path = self.log_path or scratch / log_name
+        try:
+            self._proc = start_child(argv(scratch), self.log_path, ready, what=what,
+                                     timeout_s=timeout_s)
+        except BaseException:
+            self.stop()  # the scratch directory goes with it
+            raise
+
+    def stop(self) -> None:
+        stop_popen(self._proc)
+        self._proc = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

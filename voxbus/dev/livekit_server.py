@@ -11,7 +11,6 @@ or ``livekit-server`` on PATH.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -22,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from voxbus.dev.child import ChildFailed, ChildMissing, find_program, start_child
-from voxbus.runtime.procs import free_port, stop_popen
+from voxbus.dev.child import ChildFailed, ChildMissing, ChildServer, find_program
+from voxbus.runtime.procs import free_port
 
 REPO: Final = Path(__file__).resolve().parents[2]
 DEV_KEY: Final = "devkey"
@@ -99,7 +98,7 @@ class LiveKitConfig:
 
 
 @dataclass
-class LiveKitServer:
+class LiveKitServer(ChildServer):
     """``server --dev --config FILE`` as a child process."""
 
     config: LiveKitConfig = field(default_factory=LiveKitConfig)
@@ -136,31 +135,14 @@ class LiveKitServer:
 
     def start(self, timeout_s: float = 15.0) -> LiveKitServer:
         binary = livekit_server_binary()
-        self._tmp = tempfile.TemporaryDirectory(prefix="voxbus-livekit-")
-        cfg_file = Path(self._tmp.name) / "livekit.yaml"
-        cfg_file.write_text(self.config.render())
-        self.log_path = self.log_path or Path(self._tmp.name) / "server.log"
+
+        def argv(scratch: Path) -> list[str]:
+            cfg_file = scratch / "livekit.yaml"
+            cfg_file.write_text(self.config.render())
+            return [str(binary), "--dev", "--config", str(cfg_file)]
+
         t0 = time.monotonic()
-        try:
-            self._proc = start_child([str(binary), "--dev", "--config", str(cfg_file)],
-                                     self.log_path, self._answers, what="livekit-server",
-                                     timeout_s=timeout_s)
-        except BaseException:
-            self.stop()  # the temporary config goes with it
-            raise
+        self._launch(argv, self._answers, what="livekit-server", log_name="server.log",
+                     timeout_s=timeout_s)
         self.started_s = time.monotonic() - t0
         return self
-
-    def stop(self) -> None:
-        stop_popen(self._proc)
-        self._proc = None
-        if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> LiveKitServer:
-        return self.start() if self._proc is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,7 +10,6 @@ proxy), ``$LIVEKIT_SIP_BIN``, or ``livekit-sip`` on PATH.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import tempfile
@@ -19,9 +18,9 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Final
 
-from voxbus.dev.child import find_program, start_child
+from voxbus.dev.child import ChildServer, find_program
 from voxbus.dev.livekit_server import REPO, LiveKitServer
-from voxbus.runtime.procs import free_port, stop_popen
+from voxbus.runtime.procs import free_port
 
 #: The line livekit-sip logs once its SIP port is open.
 _LISTENING: Final = "sip signaling listening on"
@@ -67,7 +66,7 @@ class SipConfig:
 
 
 @dataclass
-class SipServer:
+class SipServer(ChildServer):
     """``livekit-sip --config FILE`` as a child process."""
 
     config: SipConfig
@@ -100,28 +99,12 @@ class SipServer:
 
     def start(self, timeout_s: float = 15.0) -> SipServer:
         binary = livekit_sip_binary()
-        self._tmp = tempfile.TemporaryDirectory(prefix="voxbus-sip-")
-        cfg_file = Path(self._tmp.name) / "sip.yaml"
-        cfg_file.write_text(self.config.render())
-        self.log_path = self.log_path or Path(self._tmp.name) / "sip.log"
-        try:
-            self._proc = start_child([str(binary), "--config", str(cfg_file)], self.log_path,
-                                     self._listening, what="livekit-sip", timeout_s=timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+
+        def argv(scratch: Path) -> list[str]:
+            cfg_file = scratch / "sip.yaml"
+            cfg_file.write_text(self.config.render())
+            return [str(binary), "--config", str(cfg_file)]
+
+        self._launch(argv, self._listening, what="livekit-sip", log_name="sip.log",
+                     timeout_s=timeout_s)
         return self
-
-    def stop(self) -> None:
-        stop_popen(self._proc)
-        self._proc = None
-        if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> SipServer:
-        return self.start() if self._proc is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
