@@ -168,7 +168,7 @@ class PhoneConversation:
         words = wav_pcm(wav, PHONE_RATE_HZ)
         turn = PhoneTurn(session=self.session)
         mine, watch, timeout_s = self.session, self.watch, self.timeout_s
-        before = self.phone.sent().size
+        before = (await asyncio.to_thread(self.phone.sent)).size
         try:
             await self.phone.say(words)
             eot = await watch.wait(EndOfTurn, timeout_s, lambda m: (
@@ -186,7 +186,8 @@ class PhoneConversation:
         except TimeoutError as e:
             turn.errors.append(str(e))
             return turn
-        sent, heard = self.phone.sent(), self.phone.heard()
+        sent = await asyncio.to_thread(self.phone.sent)
+        heard = await asyncio.to_thread(self.phone.heard)
         found = voice_to_voice(sent, heard, words, speech_end_ms, after=before)
         if found is None:
             turn.errors.append("no agent sound heard at the phone after the caller's words")

@@ -109,7 +109,8 @@ class SipPhone:
         conf.mkdir(parents=True, exist_ok=True)
         self.sip_port = self.sip_port or free_port(host=self.address)
         ctrl_port = free_port()
-        silence = write_wav_8k(self.tmp / "silence.wav", np.zeros(PHONE_RATE_HZ * 600, np.int16))
+        silence = await asyncio.to_thread(  # 10 MB: not on the event loop
+            write_wav_8k, self.tmp / "silence.wav", np.zeros(PHONE_RATE_HZ * 600, np.int16))
         (conf / "config").write_text(_CONFIG.format(
             address=f"{self.address}:{self.sip_port}", ctrl_port=ctrl_port, wav=silence,
             tmp=self.tmp, rate=PHONE_RATE_HZ))
@@ -174,8 +175,9 @@ class SipPhone:
         """Speak ``pcm`` (mono PCM16 at 8 kHz) now, then silence (baresip hangs up when its
         microphone file ends)."""
         self._said += 1
-        path = write_wav_8k(self.tmp / f"say-{self._said}.wav", np.concatenate(
-            [np.asarray(pcm, np.int16), np.zeros(int(PHONE_RATE_HZ * then_silence_s), np.int16)]))
+        audio = np.concatenate([np.asarray(pcm, np.int16),
+                                np.zeros(int(PHONE_RATE_HZ * then_silence_s), np.int16)])
+        path = await asyncio.to_thread(write_wav_8k, self.tmp / f"say-{self._said}.wav", audio)
         await self.command("ausrc", f"aufile,{path}")
 
     async def dial(self, uri: str) -> None:
