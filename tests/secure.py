@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from voxbus.ops.auth import Identities, server_config
 from voxbus.ops.nats import EmbeddedNats
@@ -23,7 +24,7 @@ def secure_nats(ids: Identities, conf: Path, **config: int) -> Iterator[Embedded
 
 
 async def connect_as(server: EmbeddedNats, ids: Identities, role: str, region: str,
-                     **kw: int) -> Bus:
+                     **kw: Any) -> Bus:
     i = ids.get(role, region)
     return await Bus.connect(server.url, regions=[region], user=i.user, password=i.password,
                              inbox_prefix=i.inbox_prefix, name=f"test-{role}", **kw)

@@ -52,9 +52,16 @@ V3_SAMPLES: list[m.Message] = [
     m.SessionStarted(session="s1", room="r", participant="p", agent="frontdesk"),
 ]
 
+#: Crypto-shredding: a sealed payload (its box is opaque bytes here).
+V4_SAMPLES: list[m.Message] = [
+    m.Sealed(session="s1", turn=3, kind="stt.transcript", seq=1, at_ns=70,
+             box=b"\x01" * 12 + b"ciphertext-and-tag"),
+]
+
 GOLDEN: dict[str, list[m.Message]] = {"golden_v1.msgpack": SAMPLES,
                                       "golden_v2.msgpack": V2_SAMPLES,
-                                      "golden_v3.msgpack": V3_SAMPLES}
+                                      "golden_v3.msgpack": V3_SAMPLES,
+                                      "golden_v4.msgpack": V4_SAMPLES}
 
 if __name__ == "__main__":
     for name, samples in GOLDEN.items():

@@ -32,7 +32,9 @@ def test_the_contracts_wheel_stands_alone(tmp_path: Path) -> None:
     assert sources | {"voxbus/contracts/py.typed"} <= names
     assert not any(n.startswith("voxbus/") and n not in sources | {"voxbus/contracts/py.typed"}
                    for n in names), "the wheel carries more than the contracts"
-    assert meta.get_all("Requires-Dist") == ["msgspec==0.22.0"]
+    # cryptography only for opening sealed payloads (an extra)
+    assert meta.get_all("Requires-Dist") == ["msgspec==0.22.0",
+                                             "cryptography==51.0.1; extra == 'sealed'"]
     # msgspec and the wheel's files only: no site-packages, so no other voxbus module
     site = tmp_path / "site"
     (site / "msgspec").symlink_to(Path(msgspec.__file__).parent)

@@ -8,13 +8,13 @@ import msgspec
 import pytest
 
 import voxbus.contracts.messages as m
-from tests.contracts.make_golden import GOLDEN, SAMPLES, V2_SAMPLES, V3_SAMPLES
+from tests.contracts.make_golden import GOLDEN, SAMPLES, V2_SAMPLES, V3_SAMPLES, V4_SAMPLES
 
 pytestmark = pytest.mark.fast
 
 
 def test_every_message_type_has_a_golden_sample() -> None:
-    tags = {type(s) for s in SAMPLES + V2_SAMPLES + V3_SAMPLES}
+    tags = {type(s) for s in SAMPLES + V2_SAMPLES + V3_SAMPLES + V4_SAMPLES}
     union_members = set(m.AnyMessage.__args__)
     assert tags == union_members
 

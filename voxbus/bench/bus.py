@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from voxbus.bench.report import print_table, summary_ms, write_json
-from voxbus.contracts import decode, encode, streams
+from voxbus.contracts import encode, streams
 from voxbus.contracts.messages import AudioIn, AudioOut
 from voxbus.contracts.subjects import Kind
 from voxbus.ops.nats import EmbeddedNats
@@ -70,7 +70,7 @@ async def _session_load(bus: Bus, sessions: int, seconds: float) -> list[float]:
     lat: list[float] = []
 
     async def on_out(m) -> None:  # type: ignore[no-untyped-def]
-        msg = decode(m.data)
+        msg = await bus.read(m.subject, m.data)
         assert isinstance(msg, AudioOut)
         t0 = sent.pop((msg.session, msg.seq), None)
         if t0 is not None:

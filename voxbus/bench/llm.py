@@ -27,7 +27,6 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from voxbus.bench.report import print_table, summary_ms, write_json
-from voxbus.contracts import decode
 from voxbus.contracts.messages import EndOfTurn, ReplyEnd, ReplyText
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime.bus import Bus
@@ -54,14 +53,15 @@ LINES = (
 class Arrivals:
     """When the first ReplyText and the ReplyEnd of each (session, turn) arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
         self.first: dict[tuple[str, int], tuple[int, str]] = {}
         self.ends: dict[tuple[str, int], tuple[int, ReplyEnd]] = {}
         self.done = asyncio.Event()
 
     async def on(self, raw: Msg) -> None:
         now = time.time_ns()
-        msg = decode(raw.data)
+        msg = await self.bus.read(raw.subject, raw.data)
         key = (msg.session, msg.turn)
         if isinstance(msg, ReplyText):
             self.first.setdefault(key, (now, msg.text))
@@ -138,7 +138,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         await worker.start()
         load_s = time.perf_counter() - started
-        arrivals = Arrivals()
+        arrivals = Arrivals(bus)
         await bus.nc.subscribe(f"voxbus.{REGION}.*.llm.reply", cb=arrivals.on)
         rows: list[dict[str, Any]] = []
         try:

@@ -32,7 +32,6 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from voxbus.bench.report import percentile, print_table, summary_ms, write_json
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AudioIn,
     EndOfTurn,
@@ -181,7 +180,7 @@ async def _run_level(bus: Bus, clock: Clock, fixtures: list[Fixture], n: int, ro
     level = Level(n)
 
     async def on(raw: Msg) -> None:
-        level.got.append((clock.now_ns(), decode(raw.data)))
+        level.got.append((clock.now_ns(), await bus.read(raw.subject, raw.data)))
 
     subs = [await bus.nc.subscribe(f"voxbus.{REGION}.*.{kind}", cb=on)
             for kind in ("stt.transcript", "ctl.turn", "ctl.speech")]

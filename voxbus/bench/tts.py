@@ -27,7 +27,6 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from voxbus.bench.report import print_table, summary_ms, write_json
-from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioOut, ReplyEnd, ReplyText
 from voxbus.ops.nats import EmbeddedNats
 from voxbus.runtime import logging
@@ -84,6 +83,7 @@ class Heard:
 
 class Listener:
     def __init__(self) -> None:
+        self.bus: Bus | None = None
         self.replies: dict[tuple[str, int], Heard] = {}
 
     def expect(self, session: str, turn: int) -> Heard:
@@ -92,7 +92,8 @@ class Listener:
 
     async def on_audio(self, raw: Msg) -> None:
         now = time.monotonic()
-        msg = decode(raw.data)
+        assert self.bus is not None
+        msg = await self.bus.read(raw.subject, raw.data)
         if not isinstance(msg, AudioOut) or (heard := self.replies.get((msg.session, msg.turn))) \
                 is None:
             return
@@ -174,6 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bus = await Bus.connect(server.url, regions=[REGION], partitions=8, name="bench-tts")
         await bus.provision()
+        listener.bus = bus
         await bus.nc.subscribe(f"voxbus.{REGION}.*.audio.out", cb=listener.on_audio)
         stage = TtsStage(settings)
         started = time.monotonic()

@@ -200,12 +200,13 @@ class _ToolCalls:
         self.by_turn: dict[tuple[str, int], list[str]] = {}
 
     async def listen(self, loop: VoiceLoop) -> None:
-        from voxbus.contracts.messages import ToolCall, decode
+        from voxbus.contracts.messages import ToolCall
 
         assert loop.bus is not None
 
         async def got(msg: Any) -> None:
-            call = decode(msg.data)
+            assert loop.bus is not None
+            call = await loop.bus.read(msg.subject, msg.data)
             if isinstance(call, ToolCall):
                 turn = int(call.call_id.split("-", 1)[0].removeprefix("t"))
                 self.by_turn.setdefault((call.session, turn), []).append(call.tool)

@@ -244,6 +244,25 @@ class ToolCall(Message, frozen=True, kw_only=True, tag="tool.call"):
     at_ns: int = 0
 
 
+#: A sealed payload's ciphertext: the largest message sealed (an 8,000-character text, a full
+#: frame) and the AEAD's nonce and tag.
+MAX_BOX_BYTES: Final = 64 * 1024
+
+
+class Sealed(Message, frozen=True, kw_only=True, tag="sealed"):
+    """A session message encrypted under the session's own key (``contracts.sealing``): a purge
+    erases the key, and every copy left anywhere (raft logs, old revisions, a backup) is
+    ciphertext nobody can open. What routing, ordering and metrics read stays clear: the
+    session and turn, the sealed message's ``kind`` (its tag), its ``seq`` and its time
+    (``at_ns``: the time field the message carries, e.g. ``emitted_ns`` or ``capture_ns``)."""
+
+    kind: Annotated[str, Meta(max_length=32)]
+    seq: NonNegative = 0
+    at_ns: int = 0
+    #: Nonce (12 bytes), then the AES-GCM ciphertext and tag of the encoded message.
+    box: Annotated[bytes, Meta(max_length=MAX_BOX_BYTES)]
+
+
 ControlEvent: TypeAlias = (
     SessionStarted
     | SessionEnded
@@ -266,6 +285,7 @@ AnyMessage: TypeAlias = (
     | ToolCall
     | PurgeRequested
     | PurgeCompleted
+    | Sealed
 )
 
 _encoder: Final = msgspec.msgpack.Encoder()

@@ -37,6 +37,10 @@ class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
     ttl_s: float
     description: str = ""
     holds_sessions: bool = True
+    #: Kept in the servers' memory only (never written to their disks).
+    memory: bool = False
+    #: A key, once written, cannot be written again (the server refuses it) until erased.
+    write_once: bool = False
 
 
 #: A stage output's id (``messages.message_id``) is remembered this long: a replica redoing a
@@ -125,6 +129,11 @@ def state_bucket(region: str) -> str:
     return f"voxbus_{_token(region).lower()}_state"
 
 
+def keys_bucket(region: str) -> str:
+    """The sessions' keys (``contracts.sealing``): ``<session>.key``, in memory only."""
+    return f"voxbus_{_token(region).lower()}_keys"
+
+
 def agents_bucket(region: str) -> str:
     """Agent definitions published to the region (``contracts.agents``): no session data."""
     return f"voxbus_{_token(region).lower()}_agents"
@@ -193,6 +202,12 @@ def region_buckets(region: str, *, retention: Retention | None = None) -> list[B
     r = retention or Retention()
     return [
         BucketSpec(bucket=state_bucket(region), ttl_s=r.state_s, description="session state"),
+        # a key outlives everything it sealed (the longest retention), and lives in memory
+        # only: no disk, raft log or backup of a server ever holds one
+        BucketSpec(bucket=keys_bucket(region), ttl_s=max(r.audio_s, r.text_s, r.control_s,
+                                                         r.state_s),
+                   description="session keys (memory only, write once)", memory=True,
+                   write_once=True),
         BucketSpec(
             bucket=lease_bucket(region),
             ttl_s=r.leases_s,

@@ -42,7 +42,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from voxbus.audio import write_wav
-from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioOut, ReplyEnd
 from voxbus.contracts.streams import audio_stream
 from voxbus.contracts.subjects import PREFIX, Kind, subject
@@ -155,7 +154,7 @@ class Replies:
 
     async def _got(self, m: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            msg = decode(m.data)
+            msg = await self.bus.read(m.subject, m.data)
             if isinstance(msg, ReplyEnd):
                 self.ends.append(msg)
 
@@ -187,7 +186,8 @@ async def _greeted(bus: Bus, region: str, session: str, *, room: bool,
     try:
         async with asyncio.timeout(timeout_s):
             while True:
-                msg = decode((await sub.next_msg(timeout=timeout_s)).data)
+                raw = await sub.next_msg(timeout=timeout_s)
+                msg = await bus.read(raw.subject, raw.data)
                 if not isinstance(msg, AudioOut) or msg.turn != 0:
                     continue
                 first_ns = first_ns or msg.emitted_ns

@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 from nats.aio.msg import Msg
 
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AgentSpoke,
     AudioOut,
@@ -93,7 +92,7 @@ class _Watch:
 
     async def _on(self, raw: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            self.got.append(decode(raw.data))
+            self.got.append(await self.bus.read(raw.subject, raw.data))
             self.changed.set()
 
     async def wait(self, kind: type[Message], timeout_s: float,

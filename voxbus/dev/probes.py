@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AgentSpoke,
     AudioIn,
@@ -118,7 +117,7 @@ class SessionWatch:
     async def _on_msg(self, m: Msg) -> None:
         now = time.time()
         try:
-            msg = decode(m.data)
+            msg = await self.bus.read(m.subject, m.data)
         except Exception:  # noqa: BLE001 - not ours to judge here
             return
         if isinstance(msg, AudioIn):

@@ -17,7 +17,6 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     EndOfTurn,
     ErrorEvent,
@@ -97,8 +96,10 @@ class _Listener:
         self.errors: dict[int, list[ErrorEvent]] = {}
         self._arrived = asyncio.Event()
         self._subs: list[Subscription] = []
+        self.bus: Bus | None = None
 
     async def open(self, bus: Bus, region: str, session: str) -> None:
+        self.bus = bus
         for kind in (Kind.REPLY, Kind.ERROR):
             self._subs.append(await bus.nc.subscribe(subject(region, session, kind),
                                                      cb=self._on))
@@ -110,7 +111,8 @@ class _Listener:
 
     async def _on(self, raw: Msg) -> None:
         try:
-            msg = decode(raw.data)
+            assert self.bus is not None
+            msg = await self.bus.read(raw.subject, raw.data)
         except Exception:  # noqa: BLE001 - not ours to judge
             return
         now = time.monotonic()

@@ -192,6 +192,7 @@ def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAUL
     role = ROLES[role_name]
     check_region(region)
     state, leases = streams.state_bucket(region), streams.lease_bucket(region)
+    keys = streams.keys_bucket(region)
     pub: list[str] = [f"{API}.INFO"]
     sub: list[str] = [f"{inbox_prefix(user_name(role.name, region))}.>"]
     extra: dict[str, object] = {}
@@ -210,6 +211,12 @@ def permissions(role_name: str, region: str, *, partitions: int = streams.DEFAUL
             pub += _kv_keys(state, f"*.{owner}", write=True)
         for owner in role.reads:
             pub += _kv_keys(state, f"*.{owner}", write=False)
+    if role.state or role.name == "bridge":  # whoever holds a session seals with its key
+        pub += _bucket_info(keys)
+        pub += _kv_keys(keys, "*.key", write=True)
+    if role.name == "analytics":  # opens what it reads, while the session lives
+        pub += _bucket_info(keys)
+        pub += _kv_keys(keys, "*.key", write=False)
     if role.agents:
         agents = streams.agents_bucket(region)
         pub += _bucket_info(agents)

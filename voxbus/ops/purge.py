@@ -16,6 +16,12 @@ every replica of the stream applies to its own store; a filtered purge then take
 in meanwhile. (A plain purge only marks messages deleted: their bytes would stay in the store's
 files until the retention age removes whole blocks.) A replicated stream's raft log keeps its
 recent entries until the group's next snapshot, which NATS takes every two to three minutes.
+
+That is why the erase is not what makes a purge final: the session's key is. Every personal
+payload of the session travels and is stored sealed under its own key (``contracts.sealing``),
+which lives in the servers' memory only. The purge erases the key right after the notice, before
+anything else: from then on whatever copy of the session is left (a raft log, a superseded KV
+revision, a backup of the store taken before) is ciphertext that no key on the bus opens.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from nats.js.errors import APIError, NotFoundError
 from voxbus.contracts import decode, encode, streams
 from voxbus.contracts.control import tombstone_key
 from voxbus.contracts.messages import PurgeCompleted, PurgeRequested
+from voxbus.contracts.sealing import key_name
 from voxbus.contracts.subjects import (
     check_session,
     purge_subject,
@@ -101,6 +108,15 @@ async def _purge_filter(bus: Bus, stream: str, subject_filter: str) -> int:
     return int(resp.get("purged", 0))
 
 
+async def _shred(bus: Bus, bucket: str, session: str) -> int:
+    """Erase the session's key (``contracts.sealing``) on every replica of the keys bucket;
+    1 where there was one. The bucket lives in the servers' memory only: no disk ever held it."""
+    try:
+        return await _erase(bus, f"KV_{bucket}", f"$KV.{bucket}.{key_name(session)}")
+    except NotFoundError:  # a store provisioned before sessions had keys
+        return 0
+
+
 #: From the notice to the erase: longer than a worker takes to stop the session, and than a
 #: lease's fence (``ttl - margin``, 1.2 s), after which a worker that missed the notice has
 #: stopped publishing for the partition anyway.
@@ -118,16 +134,21 @@ async def purge_session(bus: Bus, region: str, session: str, *, grace_s: float =
     await kv.put(tombstone_key(session), str(time.time_ns()).encode())
     await bus.nc.publish(tombstone_subject(region), session.encode())
     await bus.nc.flush()
+    # the key first: from here on every copy of what it sealed, anywhere, is unreadable
+    keys = streams.keys_bucket(region)
+    key_gone = await _shred(bus, keys, session)
     await asyncio.sleep(grace_s)
     removed: dict[str, int] = {}
     stored = stored_session_wildcard(region, session)
     targets = [(spec.name, stored)
                for spec in streams.region_streams(region, partitions=bus.partitions)]
+    # (the keys bucket again: a worker that missed the notice may have made a key since)
     targets += [(f"KV_{b.bucket}", f"$KV.{b.bucket}.{session}.>")
                 for b in streams.region_buckets(region) if b.holds_sessions]
     for stream, subject_filter in targets:
         erased = await _erase(bus, stream, subject_filter, progress)
         removed[stream] = erased + await _purge_filter(bus, stream, subject_filter)
+    removed[f"KV_{keys}"] += key_gone
     log.info("session_purged", region=region, session=session, removed=removed)
     return removed
 

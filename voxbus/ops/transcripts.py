@@ -33,8 +33,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from voxbus.contracts import decode, streams
-from voxbus.contracts.messages import ReplyEnd, Transcript
+from voxbus.contracts import streams
+from voxbus.contracts.messages import AnyMessage, ReplyEnd, Transcript
+from voxbus.contracts.sealing import SealError
 from voxbus.contracts.subjects import PREFIX, Kind, check_region, check_session, tombstone_subject
 from voxbus.ops.auth import ANALYTICS_CONSUMERS
 from voxbus.runtime import logging as vlog
@@ -75,11 +76,7 @@ class Printer:
         self.out.write(line + "\n")
         self.out.flush()
 
-    def message(self, data: bytes, stored_at: datetime | None) -> None:
-        try:
-            msg = decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return
+    def message(self, msg: AnyMessage, stored_at: datetime | None) -> None:
         if msg.session in self.purged:
             return
         if isinstance(msg, Transcript) and msg.is_final and msg.text.strip():
@@ -164,7 +161,12 @@ async def read(bus: Bus, region: str, printer: Printer, *, reader: int, session:
                     continue
                 return
             for m in batch:
-                printer.message(m.data, _stored_at(m))
+                try:  # opened with the session's key (``contracts.sealing``)
+                    msg = await bus.read(m.subject, m.data)
+                except (msgspec.DecodeError, msgspec.ValidationError, SealError):
+                    pass  # not a message, or its session was purged (its key is gone)
+                else:
+                    printer.message(msg, _stored_at(m))
                 await m.ack()
     finally:
         # Both go before the bus drains: a pull subscription's inbox keeps the server's

@@ -20,18 +20,20 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from voxbus.contracts import encode, streams, subject_for
+from voxbus.contracts import decode, encode, streams, subject_for
 from voxbus.contracts.messages import (
     MSG_ID_HEADER,
+    AnyMessage,
     AudioIn,
     AudioOut,
     ErrorEvent,
     Message,
     message_id,
 )
-from voxbus.contracts.subjects import Kind, subject
+from voxbus.contracts.subjects import Kind, parse_subject, subject
 from voxbus.errors import UserError
 from voxbus.runtime import metrics, tracing
+from voxbus.runtime.keys import SealedState, SessionKeys
 from voxbus.runtime.ratelimit import ErrorBudget
 from voxbus.runtime.settings import SettingsError
 
@@ -157,7 +159,7 @@ class Bus:
     """A connection to NATS with the regions this deployment serves."""
 
     def __init__(self, nc: Client, *, regions: list[str], partitions: int,
-                 replicas: int = 0) -> None:
+                 replicas: int = 0, seal: bool = True) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.regions = list(regions)
@@ -176,6 +178,9 @@ class Bus:
         #: cluster has three servers, else one).
         self.replicas = replicas
         self._closing = False
+        #: Personal payloads are sealed under their session's key (``contracts.sealing``).
+        self.seal = seal
+        self.keys = SessionKeys(self.kv)
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -215,6 +220,7 @@ class Bus:
         inbox_prefix: str | None = None,
         max_reconnect_attempts: int = -1,
         replicas: int = 0,
+        seal: bool = True,
     ) -> Bus:
         """``inbox_prefix``: where replies come to (``_INBOX`` by default); an identity may
         subscribe only under its own (``ops.auth``)."""
@@ -268,7 +274,7 @@ class Bus:
             with contextlib.suppress(Exception):
                 await nc.close()
             raise
-        bus = cls(nc, regions=regions, partitions=partitions, replicas=replicas)
+        bus = cls(nc, regions=regions, partitions=partitions, replicas=replicas, seal=seal)
         return bus
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -403,7 +409,10 @@ class Bus:
                     discard=js_api.DiscardPolicy.NEW,
                     duplicate_window=min(120.0, spec.ttl_s), max_age=spec.ttl_s,
                     max_consumers=-1, max_msgs=-1, max_msgs_per_subject=1, num_replicas=n,
-                    storage=js_api.StorageType.FILE, placement=self.placement(region),
+                    discard_new_per_subject=spec.write_once,
+                    storage=(js_api.StorageType.MEMORY if spec.memory
+                             else js_api.StorageType.FILE),
+                    placement=self.placement(region),
                 ))
                 self._kv[spec.bucket] = await self.js.key_value(spec.bucket)
 
@@ -430,6 +439,15 @@ class Bus:
             self._kv[bucket] = await self.js.key_value(bucket)
         return self._kv[bucket]
 
+    async def state(self, region: str) -> KeyValue | SealedState:
+        """The region's state bucket, its session entries sealed (``keys.SealedState``)."""
+        kv = await self.kv(streams.state_bucket(region))
+        return SealedState(kv, self.keys, region) if self.seal else kv
+
+    async def encoded(self, region: str, msg: Message) -> bytes:
+        """``msg`` as it goes on the wire: sealed where its kind travels sealed."""
+        return encode(await self.keys.seal(region, msg) if self.seal else msg)
+
     # ---- publishing ---------------------------------------------------------------------------
 
     async def publish(
@@ -455,18 +473,28 @@ class Bus:
             self.check_region(region)
         subj = subject_for(region, msg)
         if not self.tracing:
-            await self._send(subj, msg, dict(headers or {}), ack)
+            await self._send(region, subj, msg, dict(headers or {}), ack)
             return
         with tracing.publishing(msg) as trace_headers:
-            await self._send(subj, msg, {**trace_headers, **(headers or {})}, ack)
+            await self._send(region, subj, msg, {**trace_headers, **(headers or {})}, ack)
 
-    async def _send(self, subj: str, msg: Message, hdrs: dict[str, str], ack: bool | None) -> None:
+    async def _send(self, region: str, subj: str, msg: Message, hdrs: dict[str, str],
+                    ack: bool | None) -> None:
         if MSG_ID_HEADER not in hdrs and (msg_id := message_id(msg)) is not None:
             hdrs[MSG_ID_HEADER] = msg_id
-        if ack is False or (ack is None and type(msg) in _AUDIO):
-            await self.nc.publish(subj, encode(msg), headers=hdrs or None)
+        fire_and_forget = ack is False or (ack is None and type(msg) in _AUDIO)
+        data = await self.encoded(region, msg)
+        if fire_and_forget:
+            await self.nc.publish(subj, data, headers=hdrs or None)
         else:
-            await self.js.publish(subj, encode(msg), headers=hdrs or None)
+            await self.js.publish(subj, data, headers=hdrs or None)
+
+    async def read(self, subj: str, data: bytes) -> AnyMessage:
+        """A session message as published on ``subj`` (stored or live), opened where it is
+        sealed. Raises ``msgspec.DecodeError``/``ValidationError`` for bad bytes,
+        ``contracts.subjects.InvalidSubject`` for a subject that names no session, and
+        ``contracts.sealing.SealError`` (``keys.KeyGone``: purged) where it does not open."""
+        return await self.keys.open(parse_subject(subj).region, decode(data))
 
     async def publish_error(
         self, region: str, session: str, *, turn: int, code: str, message: str, stage: str,

@@ -29,7 +29,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voxbus.contracts import encode, subject_for
+from voxbus.contracts import subject_for
 from voxbus.contracts.messages import MSG_ID_HEADER, AudioIn
 from voxbus.runtime import tracing
 from voxbus.runtime.bus import Bus
@@ -122,7 +122,8 @@ class CallerAudio:
         if self.bus.tracing:
             with tracing.publishing(msg) as trace_headers:
                 headers |= trace_headers
-        f = _Frame(subject_for(self.region, msg), encode(msg), headers)
+        f = _Frame(subject_for(self.region, msg), await self.bus.encoded(self.region, msg),
+                   headers)
         self._stored.clear()
         if self._recovering_since or not self.bus.nc.is_connected:
             self._queue(f)

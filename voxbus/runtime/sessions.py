@@ -30,7 +30,6 @@ from nats.js.errors import KeyNotFoundError
 
 from voxbus.contracts import control
 from voxbus.contracts.messages import Interrupt
-from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import metrics, tracing
 from voxbus.runtime.closing import OUTCOME_ACK, Ack, CloseReason, Outcome, settle
 from voxbus.runtime.lanes import Delivery, Lane, Outstanding, RecentKeys
@@ -255,7 +254,7 @@ class SessionLanes:
 
     async def _save_watermark(self, sess: Session) -> None:
         try:
-            kv = await self.bus.kv(state_bucket(self.region))
+            kv = await self.bus.state(self.region)
             await kv.put(self._watermark_key(sess.id), str(sess.scope.ledger.interrupted).encode())
         except Exception as e:  # noqa: BLE001 - this replica still knows; only a takeover won't
             sess.scope.log.warning("interrupt_not_saved", error=repr(e))
@@ -263,7 +262,7 @@ class SessionLanes:
     async def _state(self, key: str) -> tuple[bool, bytes | None]:
         """(read, value) of one key of the state bucket; (True, None) when it is not there."""
         try:
-            kv = await self.bus.kv(state_bucket(self.region))
+            kv = await self.bus.state(self.region)
             return True, (await kv.get(key)).value
         except KeyNotFoundError:
             return True, None

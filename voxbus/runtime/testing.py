@@ -25,9 +25,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from voxbus.contracts import decode
 from voxbus.contracts.messages import AnyMessage, EndOfTurn, ErrorEvent, Message, ends_turn
-from voxbus.contracts.streams import stream_of
+from voxbus.contracts.streams import state_bucket, stream_of
 from voxbus.contracts.subjects import kind_of, subject_for
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.lanes import Delivery
@@ -88,7 +87,7 @@ class Tap:
 
         async def on(raw: Msg) -> None:
             with contextlib.suppress(Exception):  # not ours to judge: bad input tests send junk
-                tap.record(raw.subject, decode(raw.data))
+                tap.record(raw.subject, await bus.read(raw.subject, raw.data))
 
         for subj in subjects or (">",):
             tap._subs.append(await bus.nc.subscribe(f"voxbus.{region}.{subj}", cb=on))
@@ -235,6 +234,9 @@ class MemoryBus:
             self._buckets[bucket] = MemoryKV(bucket, self._revisions)
         return self._buckets[bucket]
 
+    async def state(self, region: str) -> MemoryKV:
+        return await self.kv(state_bucket(region))
+
 
 @dataclass(eq=False)
 class MemoryInbound:
@@ -367,8 +369,8 @@ async def stored_caller_frames(bus: Bus, region: str, session: str) -> list[int]
     from voxbus.contracts.streams import audio_stream
 
     seqs = []
-    for _subject, data in await stored(bus, audio_stream(region)):
-        msg = decode(data)
+    for subject, data in await stored(bus, audio_stream(region)):
+        msg = await bus.read(subject, data)
         if isinstance(msg, AudioIn) and msg.session == session:
             seqs.append(msg.seq)
     return seqs

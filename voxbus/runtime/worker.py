@@ -35,6 +35,7 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from voxbus.contracts import decode, streams
+from voxbus.contracts.sealing import SealError
 from voxbus.contracts.subjects import (
     InvalidSubject,
     Kind,
@@ -47,6 +48,7 @@ from voxbus.contracts.subjects import (
 )
 from voxbus.runtime import health, metrics
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.keys import KeyGone
 from voxbus.runtime.lanes import Delivery, RecentKeys
 from voxbus.runtime.leases import PartitionLeases
 from voxbus.runtime.pull import PullConsumer
@@ -268,14 +270,19 @@ class Partition:
             await inbound.term()
             return
         try:
-            msg = decode(raw.data)
+            msg = await w.bus.keys.open(self.region, decode(raw.data))
             if msg.session != subj.session:
                 raise BadInput("session_mismatch", f"message for {msg.session!r} on {raw.subject}")
             if kind_of(type(msg)) != subj.kind:  # e.g. an EndOfTurn sent as an interrupt
                 raise BadInput("wrong_kind", f"{type(msg).__name__} does not belong on "
                                              f"{subj.kind.value} subjects")
-        except (msgspec.DecodeError, BadInput, InvalidSubject) as e:
-            code = e.code if isinstance(e, BadInput) else "bad_message"
+        except KeyGone:  # purged: its key is erased, and so is its work
+            log.debug("message_of_purged_session", subject=raw.subject)
+            await inbound.term()
+            return
+        except (msgspec.DecodeError, BadInput, InvalidSubject, SealError) as e:
+            code = (e.code if isinstance(e, BadInput)
+                    else "unsealable" if isinstance(e, SealError) else "bad_message")
             log.warning("bad_message", code=code, subject=raw.subject, session=subj.session,
                         error=str(e))
             await inbound.term()
@@ -455,6 +462,7 @@ class Worker:
             log.warning("bad_tombstone", subject=raw.subject)
             return
         self.tombstones[region].add(session)
+        self.bus.keys.forget(session)
         part = self.partitions.get((region, partition_of(session, self.bus.partitions)))
         if part is not None:
             self._purges.spawn(part.sessions.purge(session), name=f"purge-{session}")

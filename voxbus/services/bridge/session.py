@@ -29,7 +29,6 @@ from livekit import rtc
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voxbus.contracts import decode
 from voxbus.contracts.control import CALLER_STATE, state_key
 from voxbus.contracts.messages import (
     AudioOut,
@@ -44,10 +43,11 @@ from voxbus.contracts.messages import (
     TurnResumed,
     UserStartedSpeaking,
 )
-from voxbus.contracts.streams import state_bucket
+from voxbus.contracts.sealing import SealError
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime import metrics
 from voxbus.runtime.bus import Bus
+from voxbus.runtime.keys import KeyGone
 from voxbus.runtime.tasks import TaskSet
 from voxbus.services.bridge.audio import AgentFrame
 from voxbus.services.bridge.captions import Captions
@@ -152,7 +152,7 @@ class CallerSession:
             caller["agent"] = self.link.agent
         value = json.dumps(caller).encode()
         try:
-            kv = await self.bus.kv(state_bucket(self.region))
+            kv = await self.bus.state(self.region)
             await kv.put(state_key(self.id, CALLER_STATE), value)
         except Exception as e:  # noqa: BLE001 - the call goes on without it
             self.log.warning("caller_not_saved", error=repr(e))
@@ -264,10 +264,12 @@ class CallerSession:
 
     # ---- from the bus -------------------------------------------------------------------------
 
-    def _decode(self, raw: Msg) -> Any:
+    async def _decode(self, raw: Msg) -> Any:
         try:
-            msg = decode(raw.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            msg = await self.bus.read(raw.subject, raw.data)
+        except KeyGone:  # purged: nothing more of it is heard
+            return None
+        except (msgspec.DecodeError, msgspec.ValidationError, SealError) as e:
             self.log.warning("bad_message", subject=raw.subject, error=str(e))
             return None
         if msg.session != self.id:
@@ -276,13 +278,13 @@ class CallerSession:
         return msg
 
     async def _on_audio_out(self, raw: Msg) -> None:
-        msg = self._decode(raw)
+        msg = await self._decode(raw)
         if not isinstance(msg, AudioOut) or self.ended.is_set():
             return
         self.replies.part(msg)
 
     async def _on_control(self, raw: Msg) -> None:
-        msg = self._decode(raw)
+        msg = await self._decode(raw)
         if msg is None or self.ended.is_set():
             return
         if isinstance(msg, UserStartedSpeaking):

@@ -43,7 +43,7 @@ from voxbus.agents.outcomes import ToolOutcomes
 from voxbus.agents.registry import AgentRegistry, SessionAgents, UnknownAgent
 from voxbus.contracts.agents import SessionAgent
 from voxbus.contracts.messages import Message
-from voxbus.contracts.streams import agents_bucket, state_bucket
+from voxbus.contracts.streams import agents_bucket
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime.scope import SessionScope
 from voxbus.runtime.stage import Context, SessionPolicy, StageBus
@@ -156,7 +156,7 @@ class LlmStage:
         return self._system
 
     async def store(self, ctx: Context) -> HistoryStore:
-        return HistoryStore(await ctx.bus.kv(state_bucket(ctx.region)), self._limits)
+        return HistoryStore(await ctx.bus.state(ctx.region), self._limits)
 
     async def prewarm(self, messages: list[ChatMessage], ctx: Context,
                       tools: list[ToolSpec] | None = None) -> None:
@@ -257,10 +257,10 @@ class LlmStage:
         return AgentRegistry(await ctx.bus.kv(agents_bucket(ctx.region)))
 
     async def session_agents(self, ctx: Context) -> SessionAgents:
-        return SessionAgents(await ctx.bus.kv(state_bucket(ctx.region)))
+        return SessionAgents(await ctx.bus.state(ctx.region))
 
     async def outcomes(self, ctx: Context) -> ToolOutcomes:
-        return ToolOutcomes(await ctx.bus.kv(state_bucket(ctx.region)))
+        return ToolOutcomes(await ctx.bus.state(ctx.region))
 
     @property
     def executor(self) -> ToolExecutor:

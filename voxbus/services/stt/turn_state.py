@@ -10,7 +10,6 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 
 from voxbus.contracts import control
-from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.stage import Retryable, StageBus
 
 log = structlog.get_logger("voxbus.stt")
@@ -24,7 +23,7 @@ def state_key(session: str) -> str:
 async def read_state(bus: StageBus, region: str, session: str) -> control.SttTurnState:
     """The session's turn state in the state bucket (turn 0 if none). Raises Retryable."""
     try:
-        kv = await bus.kv(state_bucket(region))
+        kv = await bus.state(region)
         entry = await kv.get(state_key(session))
     except KeyNotFoundError:
         return control.SttTurnState(turn=0)
@@ -40,5 +39,5 @@ async def read_state(bus: StageBus, region: str, session: str) -> control.SttTur
 async def save_state(bus: StageBus, region: str, session: str,
                      state: control.SttTurnState) -> None:
     """Store the session's turn state. Bus errors propagate."""
-    kv = await bus.kv(state_bucket(region))
+    kv = await bus.state(region)
     await kv.put(state_key(session), control.encode_json(state))

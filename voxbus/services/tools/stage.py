@@ -27,7 +27,6 @@ from voxbus.agents.outcomes import ToolOutcomes
 from voxbus.agents.tool import Tool, ToolContext
 from voxbus.contracts.agents import ToolOutcome
 from voxbus.contracts.messages import AnyMessage, Message, ToolCall
-from voxbus.contracts.streams import state_bucket
 from voxbus.contracts.subjects import Kind
 from voxbus.runtime import metrics
 from voxbus.runtime.stage import Context, SessionPolicy, StatelessStage
@@ -56,7 +55,7 @@ class ToolsStage(StatelessStage):
         yield  # an async generator that publishes nothing: the outcome goes to the state bucket
 
     async def _call(self, msg: ToolCall, ctx: Context) -> None:
-        outcomes = ToolOutcomes(await ctx.bus.kv(state_bucket(ctx.region)))
+        outcomes = ToolOutcomes(await ctx.bus.state(ctx.region))
         kept = await outcomes.get(msg.session, msg.call_id)
         if kept is not None:
             ctx.log.info("tool_call_replayed", tool=msg.tool, call_id=msg.call_id, ok=kept.ok,

@@ -1,0 +1,196 @@
+"""The session keys one process uses (``contracts.sealing``): read from the region's keys bucket,
+or made there by whoever needs the key first (the bucket refuses a second writer: both then use
+the first one's), and cached, a bounded number, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import structlog
+from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from voxbus.contracts import streams
+from voxbus.contracts.messages import AnyMessage, Message, Sealed
+from voxbus.contracts.sealing import (
+    KEY_BYTES,
+    Sealer,
+    SealError,
+    is_sealed_value,
+    key_name,
+    seals,
+)
+
+log = structlog.get_logger("voxbus.keys")
+
+
+class KeyGone(SealError):
+    """The session has no key: it was purged (or never started on this bus)."""
+
+
+#: Session keys a process keeps at once (a few hundred bytes each); the least recently used go.
+CACHE_SIZE = 4096
+
+
+class SessionKeys:
+    """``bucket``: the bus's KV bucket of that name (``Bus.kv``)."""
+
+    def __init__(self, bucket: Callable[[str], Awaitable[KeyValue]],
+                 capacity: int = CACHE_SIZE) -> None:
+        self._bucket = bucket
+        self._capacity = capacity
+        self._cache: OrderedDict[tuple[str, str], Sealer] = OrderedDict()
+        self._finding: dict[tuple[str, str], asyncio.Future[Sealer | None]] = {}
+        #: Regions whose keys bucket this process cannot use (missing, or refused): said once.
+        self._unusable: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def forget(self, session: str) -> None:
+        """Drop a session's key from this process (its purge erases it from the bus)."""
+        for k in [k for k in self._cache if k[1] == session]:
+            del self._cache[k]
+
+    def cached(self, region: str, session: str) -> Sealer | None:
+        sealer = self._cache.get((region, session))
+        if sealer is not None:
+            self._cache.move_to_end((region, session))
+        return sealer
+
+    async def sealer(self, region: str, session: str, *, create: bool) -> Sealer | None:
+        """The session's sealer; made (with a new key) where ``create`` and the session has no
+        key yet. ``None``: no key and none made, or the region has no usable keys bucket."""
+        if (sealer := self.cached(region, session)) is not None:
+            return sealer
+        if region in self._unusable:
+            return None
+        k = (region, session)
+        if (finding := self._finding.get(k)) is not None:
+            found = await asyncio.shield(finding)
+            if found is not None or not create:
+                return found
+        fut: asyncio.Future[Sealer | None] = asyncio.get_running_loop().create_future()
+        self._finding[k] = fut
+        try:
+            found = await self._find(region, session, create=create)
+            fut.set_result(found)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: whoever awaits it sees it too
+            raise
+        finally:
+            if self._finding.get(k) is fut:
+                del self._finding[k]
+        return found
+
+    async def _find(self, region: str, session: str, *, create: bool) -> Sealer | None:
+        bucket = streams.keys_bucket(region)
+        try:
+            kv = await self._bucket(bucket)
+            key = await self._get(kv, session)
+            if key is None and create:
+                try:
+                    await kv.create(key_name(session), os.urandom(KEY_BYTES))
+                except (KeyWrongLastSequenceError, APIError) as e:
+                    # another process made it first (the bucket keeps one value per key)
+                    log.debug("session_key_made_elsewhere", session=session, error=str(e))
+                key = await self._get(kv, session)
+        except BucketNotFoundError:
+            self._unusable_region(region, "no keys bucket: provision the region "
+                                  "(payloads travel unsealed until then)")
+            return None
+        except APIError as e:
+            if "permission" not in str(e).lower():
+                raise
+            self._unusable_region(region, f"this identity may not use the keys bucket: {e}")
+            return None
+        if key is None:
+            return None
+        sealer = Sealer(session, key)
+        self._cache[(region, session)] = sealer
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return sealer
+
+    async def _get(self, kv: KeyValue, session: str) -> bytes | None:
+        try:
+            entry = await kv.get(key_name(session))
+        except NotFoundError:  # KeyNotFoundError, KeyDeletedError
+            return None
+        return entry.value or None
+
+    def _unusable_region(self, region: str, why: str) -> None:
+        self._unusable.add(region)
+        log.error("session_keys_unusable", region=region, error=why)
+
+    async def seal(self, region: str, msg: Message) -> Message:
+        """``msg`` sealed where its kind travels sealed (its session's key made if need be)."""
+        if not seals(msg):
+            return msg
+        sealer = await self.sealer(region, msg.session, create=True)
+        return msg if sealer is None else sealer.seal(msg)
+
+    async def open(self, region: str, msg: AnyMessage) -> AnyMessage:
+        """The message inside a sealed one (others as they are); ``KeyGone`` where the session
+        has no key (purged), ``SealError`` where the key does not open it."""
+        if not isinstance(msg, Sealed):
+            return msg
+        sealer = await self.sealer(region, msg.session, create=False)
+        if sealer is None:
+            raise KeyGone(f"session {msg.session!r} has no key (purged?)")
+        return sealer.open(msg)
+
+
+def _session_of(name: str) -> str | None:
+    """The session a state key belongs to (``<session>.<owner>``); ``None`` for the others
+    (tombstones ``purged/<session>``)."""
+    session, dot, _ = name.partition(".")
+    return session if dot and "/" not in session else None
+
+
+class SealedState:
+    """A region's state bucket whose session entries (``<session>.<owner>``) are sealed under
+    their session's key: a superseded revision, left in the bucket's files until they are
+    compacted, is ciphertext like the rest once the key is erased. Entries of no session
+    (tombstones) stay clear. The same ``get``/``put``/``create``/``update``/``delete`` and
+    errors as ``KeyValue``."""
+
+    def __init__(self, kv: KeyValue, keys: SessionKeys, region: str) -> None:
+        self._kv = kv
+        self._keys = keys
+        self._region = region
+
+    async def _sealed(self, name: str, value: bytes) -> bytes:
+        session = _session_of(name)
+        if session is None:
+            return value
+        sealer = await self._keys.sealer(self._region, session, create=True)
+        return value if sealer is None else sealer.seal_value(name, value)
+
+    async def get(self, key: str) -> KeyValue.Entry:
+        entry = await self._kv.get(key)
+        if entry.value is None or not is_sealed_value(entry.value):
+            return entry
+        session = _session_of(key)
+        sealer = None if session is None else await self._keys.sealer(
+            self._region, session, create=False)
+        if sealer is None:
+            raise KeyGone(f"the state entry {key!r} is sealed and its session has no key")
+        return dataclasses.replace(entry, value=sealer.open_value(key, entry.value))
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._kv.put(key, await self._sealed(key, value))
+
+    async def create(self, key: str, value: bytes) -> int:
+        return await self._kv.create(key, await self._sealed(key, value))
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        return await self._kv.update(key, await self._sealed(key, value), last=last)
+
+    async def delete(self, key: str) -> bool:
+        return await self._kv.delete(key)
