@@ -9,6 +9,11 @@ that may publish turns (the dev setup's open server; with ``voxbus nats --secure
 operator's). Transcripts are personal data: so are summaries. (The TTS stage speaks every reply,
 this one too, to nobody: a text-only kind of session is not there yet.)
 
+What people said travels sealed under each session's own key (``voxbus.contracts.sealing``): the
+reader opens it with the key from the region's keys bucket, which its identity may read while
+the session lives (``voxbus-contracts[sealed]`` brings the cipher). A purged session's key is
+gone, and so is everything of it this reader had not read yet.
+
     NATS_URL=nats://127.0.0.1:4222 python examples/summarise_calls.py --region local
 """
 
@@ -24,9 +29,24 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
 from voxbus.contracts import decode, encode, streams, subject_for
-from voxbus.contracts.messages import EndOfTurn, ReplyEnd, Transcript
+from voxbus.contracts.messages import AnyMessage, EndOfTurn, ReplyEnd, Sealed, Transcript
+from voxbus.contracts.sealing import SealError, key_name, unseal
+
+
+async def opened(nc: Client, region: str, data: bytes) -> AnyMessage | None:
+    """A message off the bus, opened with its session's key; ``None`` where the session was
+    purged (its key erased)."""
+    msg = decode(data)
+    if not isinstance(msg, Sealed):
+        return msg
+    keys = await nc.jetstream().key_value(streams.keys_bucket(region))
+    try:
+        return unseal(msg, (await keys.get(key_name(msg.session))).value or b"")
+    except (NotFoundError, SealError):
+        return None
 
 
 async def summarise(nc: Client, region: str, session: str, lines: list[str]) -> str:
@@ -35,7 +55,7 @@ async def summarise(nc: Client, region: str, session: str, lines: list[str]) -> 
     done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_reply(msg: Msg) -> None:
-        reply = decode(msg.data)
+        reply = await opened(nc, region, msg.data)
         if isinstance(reply, ReplyEnd) and not done.done():
             done.set_result(reply.text)
 
@@ -62,7 +82,7 @@ async def main(region: str, idle_s: float, once: bool) -> None:
     while True:
         try:
             for m in await sub.fetch(50, timeout=1.0):
-                msg = decode(m.data)
+                msg = await opened(nc, region, m.data)
                 if isinstance(msg, Transcript) and msg.is_final and msg.text.strip():
                     said = calls.get(msg.session, (0.0, []))[1]
                     calls[msg.session] = (time.monotonic(), [*said, msg.text])

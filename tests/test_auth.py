@@ -162,7 +162,7 @@ async def test_a_tool_worker_runs_calls_as_its_identity_and_touches_nothing_else
     try:
         await llm.publish(REGION, ToolCall(session="s1", call_id="c1", agent="support",
                                            tool="lookup", arguments='{"order": "A7"}'))
-        outcome = await ToolOutcomes(await llm.kv(state)).wait("s1", "c1", timeout_s=10)
+        outcome = await ToolOutcomes(await llm.state(REGION)).wait("s1", "c1", timeout_s=10)
         assert outcome is not None and outcome.ok, outcome
         assert json.loads(outcome.result) == {"order": "A7", "status": "shipped"}
         assert not violations(), "\n".join(violations())
@@ -204,7 +204,7 @@ async def test_a_tool_worker_runs_calls_as_its_identity_and_touches_nothing_else
             assert any(user in line and subject in line for line in violations()), (
                 user, subject, seen)
         # the worker's own identity still reads what it keeps
-        kept = await ToolOutcomes(await tools.kv(state)).get("s1", "c1")
+        kept = await ToolOutcomes(await tools.state(REGION)).get("s1", "c1")
         assert kept is not None and kept.replica == "t1"
     finally:
         await worker.stop()

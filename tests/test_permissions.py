@@ -50,6 +50,7 @@ def _only(label: str, verb: str, subject: str, *roles: str) -> Op:
 
 
 STATE, LEASES, AGENTS = "voxbus_eu_state", "voxbus_eu_leases", "voxbus_eu_agents"
+KEYS = "voxbus_eu_keys"
 CALL = "c1"  # a tool call id
 
 MATRIX: list[tuple[str, list[Op]]] = [
@@ -148,6 +149,15 @@ MATRIX: list[tuple[str, list[Op]]] = [
             "none"),
         _op("write another region's agent definition", "pub", "$KV.voxbus_us_agents.support",
             "none"),
+    ]),
+    ("Session keys (crypto-shredding)", [
+        _op("make a session's key (`<session>.key`, write once)", "pub", f"$KV.{KEYS}.{S}.key",
+            "stt", "llm", "tools", "tts", "bridge"),
+        _op("read a session's key", "pub", f"$JS.API.DIRECT.GET.KV_{KEYS}.$KV.{KEYS}.{S}.key",
+            "stt", "llm", "tools", "tts", "bridge", "analytics"),
+        _op("erase a session's key", "pub", f"$JS.API.STREAM.MSG.DELETE.KV_{KEYS}", "purger"),
+        _op("read another region's session key", "pub",
+            f"$JS.API.DIRECT.GET.KV_voxbus_us_keys.$KV.voxbus_us_keys.{S}.key", "none"),
     ]),
     ("Streams", [
         _op("purge the audio stream", "pub", "$JS.API.STREAM.PURGE.VOXBUS_EU_AUDIO", "purger"),

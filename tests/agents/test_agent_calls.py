@@ -32,7 +32,7 @@ from voxbus.contracts.messages import (
     SessionStarted,
     ToolCall,
 )
-from voxbus.contracts.streams import agents_bucket, state_bucket
+from voxbus.contracts.streams import agents_bucket
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap, running, wait_until
 from voxbus.services.llm.history import HistoryStore
@@ -101,7 +101,7 @@ async def test_a_booking_runs_on_the_tools_stage_once_and_the_reply_confirms_it(
     assert booked(bookings) == [("Rossi", 4)]
     calls = stages.of(ToolCall, s)
     assert [c.call_id for c in calls] == ["t1-s0-r1-c0"] and calls[0].agent == "desk"
-    kept = await ToolOutcomes(await bus.kv(state_bucket(REGION))).get(s, "t1-s0-r1-c0")
+    kept = await ToolOutcomes(await bus.state(REGION)).get(s, "t1-s0-r1-c0")
     assert kept is not None and kept.ok and kept.replica == "t1"
     assert {m.voice for m in stages.of(ReplyText, s)} == {"desk-voice"}
     # the same call again (a replica redoing the turn) is answered from the kept outcome
@@ -123,7 +123,7 @@ async def test_a_slow_tool_gets_the_filler_and_a_barge_in_keeps_what_it_did(
                        timeout_s=10)
     heard = "".join(m.text for m in stages.of(ReplyText, s))
     await bus.publish(REGION, Interrupt(session=s, turn=1, at_ns=time.time_ns()))
-    store = HistoryStore(await bus.kv(state_bucket(REGION)))
+    store = HistoryStore(await bus.state(REGION))
 
     async def recorded() -> bool:
         record = (await store.load(s)).find(1)
@@ -154,7 +154,7 @@ async def test_a_handoff_switches_agent_voice_and_instructions_from_the_next_rep
     second = await end_of(stages, s, 2)
     assert second.agent == "events" and second.text.startswith("Events team here")
     assert {m.voice for m in stages.of(ReplyText, s) if m.turn == 2} == {"events-voice"}
-    kept = await SessionAgents(await bus.kv(state_bucket(REGION))).load(s)
+    kept = await SessionAgents(await bus.state(REGION)).load(s)
     assert kept is not None and kept.current == "events" and kept.handoffs == ["events"]
 
 
@@ -215,7 +215,7 @@ async def test_the_greeting_is_said_when_the_caller_joins(bus: Bus, stages: Tap)
     await bus.publish(REGION, SessionStarted(session=s, agent="greeter"))
     end = await end_of(stages, s, 0)
     assert end.text == "Welcome to the desk!" and end.agent == "greeter"
-    history = await HistoryStore(await bus.kv(state_bucket(REGION))).load(s)
+    history = await HistoryStore(await bus.state(REGION)).load(s)
     assert history.messages() == [{"role": "assistant", "content": "Welcome to the desk!"}]
 
 

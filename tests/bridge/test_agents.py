@@ -25,7 +25,7 @@ from voxbus.agents import Agent
 from voxbus.agents.registry import AgentRegistry
 from voxbus.contracts.control import CALLER_STATE, state_key
 from voxbus.contracts.messages import ErrorEvent, SessionStarted
-from voxbus.contracts.streams import agents_bucket, state_bucket
+from voxbus.contracts.streams import agents_bucket
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.ops.auth import Identities
 from voxbus.runtime.bus import Bus
@@ -55,7 +55,7 @@ async def _publish(bus: Bus, *agents: Agent) -> None:
 
 async def _caller_state(bus: Bus, session: str) -> bytes:
     """``<session>.caller``, written by the bridge as the session starts."""
-    kv = await bus.kv(state_bucket(REGION))
+    kv = await bus.state(REGION)
     for _ in range(100):
         with contextlib.suppress(KeyNotFoundError):
             value = (await kv.get(state_key(session, CALLER_STATE))).value

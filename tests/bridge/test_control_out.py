@@ -11,7 +11,6 @@ import pytest
 import structlog
 
 from tests.conftest import REGION
-from voxbus.contracts import decode
 from voxbus.contracts.messages import (
     AgentSpoke,
     Interrupt,
@@ -185,5 +184,5 @@ async def test_on_a_real_server_each_message_is_stored_once_in_order(bus: Bus) -
     async with control_out(bus) as again:
         again.publish(sent[0])
         await again.close()
-    got = [decode(data) for _, data in await stored(bus, control_stream(REGION))]
+    got = [await bus.read(s, data) for s, data in await stored(bus, control_stream(REGION))]
     assert [m for m in got if m.session == "s1"] == sent

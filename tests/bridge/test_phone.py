@@ -42,7 +42,7 @@ from voxbus.contracts.messages import (
     SessionEnded,
     SessionStarted,
 )
-from voxbus.contracts.streams import agents_bucket, ops_stream, state_bucket
+from voxbus.contracts.streams import agents_bucket, ops_stream
 from voxbus.dev import netns
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.redis_server import RedisServer
@@ -350,7 +350,7 @@ async def test_a_phone_callers_number_is_only_in_pii_and_a_purge_erases_their_se
     assert not leaks, leaks
     assert any(digits in str(e.get("pii", "")) for e in logs), "the number is nowhere, even in pii"
     # the phone session is erased like any other: its words, its audio, who called
-    state = await bus.kv(state_bucket(REGION))
+    state = await bus.state(REGION)
     assert number in ((await state.get(f"{sess}.caller")).value or b"").decode()
     await purge_session(bus, REGION, sess)
     for info in await bus.js.streams_info():

@@ -460,7 +460,6 @@ async def test_the_bridge_works_under_its_own_identity(
     the bridge, which runs as ``bridge-<region>`` (its own inbox prefix, answering the dispatch
     on the operator's inbox), hears the caller, plays the agent, and the server logs no
     permission violation."""
-    from voxbus.contracts import streams
     from voxbus.contracts.control import CALLER_STATE, state_key
     from voxbus.ops.auth import Identities, server_config
     from voxbus.services.bridge.dispatch import request_dispatch
@@ -493,7 +492,7 @@ async def test_the_bridge_works_under_its_own_identity(
         pcm, rate = load_wav("traffic.wav")
         await caller.play(pcm[: rate * 2])
         assert len(tap.of(AudioIn, sess)) > 50
-        kv = await op.kv(streams.state_bucket(REGION))
+        kv = await op.state(REGION)
         assert b"secure-room" in ((await kv.get(state_key(sess, CALLER_STATE))).value or b"")
         await speak(op, sess, 1, "Hello there.", 1.0)  # what the stages would say
         await asyncio.sleep(1.5)

@@ -41,7 +41,6 @@ from voxbus.contracts.messages import (
     TurnResumed,
     UserStartedSpeaking,
 )
-from voxbus.contracts.streams import state_bucket
 from voxbus.dev.livekit_server import LiveKitServer
 from voxbus.dev.probes import FIRST_AUDIO_RMS
 from voxbus.runtime.bus import Bus
@@ -264,7 +263,7 @@ async def test_caller_barges_in_and_history_keeps_what_was_said(
     assert caller.voiced_after(silent + 0.05, until=t_intr + 1.0) == 0
 
     # The conversation keeps only what the caller heard of that reply.
-    store = HistoryStore(await bus.kv(state_bucket(REGION)))
+    store = HistoryStore(await bus.state(REGION))
     deadline = time.monotonic() + 10
     while True:
         record = (await store.load(sess)).find(turn)
@@ -312,7 +311,7 @@ async def test_a_voided_guess_is_never_heard_nor_kept(
     committed_at = next(t for t, m in tap.timed(EndOfTurn) if m == eot)
     assert caller.voiced_after(spoken.started, until=committed_at) == 0, "heard before the commit"
     assert not done.interrupted and done.text == end.text
-    store = HistoryStore(await bus.kv(state_bucket(REGION)))
+    store = HistoryStore(await bus.state(REGION))
     turns = (await store.load(sess)).turns
     assert [(r.turn, r.user, reply_text(r.reply)) for r in turns] == [
         (eot.turn, eot.transcript, end.text)]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nats.js.errors import KeyNotFoundError
 
+from voxbus.contracts.messages import AnyMessage
 from voxbus.contracts.streams import lease_bucket
 from voxbus.contracts.subjects import partition_of
 from voxbus.ops.nats import EmbeddedNats
@@ -95,15 +96,16 @@ async def two_replicas(
         server.stop()
 
 
-async def stored(bus: Bus, session: str, stream: str) -> list[bytes]:
+async def stored(bus: Bus, session: str, stream: str) -> list[AnyMessage]:
     """Every message ``stream`` holds for ``session``, in order (an ordered consumer)."""
     sub = await bus.js.subscribe(f"voxbus.{REGION}.*.{session}.>", ordered_consumer=True,
                                  stream=stream)
-    out: list[bytes] = []
+    out: list[AnyMessage] = []
     try:
         while True:
             try:
-                out.append((await sub.next_msg(timeout=0.5)).data)
+                raw = await sub.next_msg(timeout=0.5)
+                out.append(await bus.read(raw.subject, raw.data))
             except TimeoutError:
                 return out
     finally:

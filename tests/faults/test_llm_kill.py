@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.stages import REGION, owner_pid, report, stored, two_replicas
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import EndOfTurn, ReplyEnd, ReplyText
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap
@@ -67,7 +67,7 @@ async def test_a_killed_llm_replica_repeats_no_clause(
     await tap.until(lambda t: len(t.of(ReplyEnd, session)) >= 1, timeout_s=60)
     await asyncio.sleep(1.0)
 
-    kept = [decode(d) for d in await stored(bus, session, streams.text_stream(REGION))]
+    kept = await stored(bus, session, streams.text_stream(REGION))
     deltas = [m for m in kept if isinstance(m, ReplyText)]
     ends = [m for m in kept if isinstance(m, ReplyEnd)]
     assert [d.seq for d in deltas] == list(range(len(deltas))), "a delta twice, or lost"

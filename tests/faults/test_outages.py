@@ -17,13 +17,14 @@ import pytest
 from nats.aio.msg import Msg
 
 from tests.faults.stages import report
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import AudioOut
 from voxbus.contracts.subjects import Kind
 from voxbus.dev.callers import BusCaller
 from voxbus.dev.loop import VoiceLoop
 from voxbus.dev.probes import TurnResult
 from voxbus.ops.nats import EmbeddedNats
+from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import wait_until
 from voxbus.services.stt.normalize import word_errors
 
@@ -43,13 +44,14 @@ class Heard:
     a frame numbered below the next expected one is a copy of a redone reply and is dropped, so
     the caller hears each frame once; a frame above it means frames were lost."""
 
-    def __init__(self) -> None:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
         self.next_seq: dict[int, int] = {}
         self.copies = 0  # published again (after a server crash), dropped by the listener
         self.lost = 0
 
     async def on(self, m: Msg) -> None:
-        msg = decode(m.data)
+        msg = await self.bus.read(m.subject, m.data)
         if not isinstance(msg, AudioOut) or msg.turn <= 0:
             return
         expected = self.next_seq.get(msg.turn, 0)
@@ -100,7 +102,7 @@ async def test_the_voice_loop_survives_nats_outages() -> None:
     try:
         assert loop.bus is not None and loop.server is not None
         server: EmbeddedNats = loop.server
-        heard = Heard()
+        heard = Heard(loop.bus)
         await loop.bus.nc.subscribe(f"voxbus.{REGION}.outage1.audio.out", cb=heard.on)
         caller = await loop.caller("outage1")
         sentences = _sentences()

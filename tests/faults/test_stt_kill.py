@@ -20,7 +20,7 @@ import pytest
 from tests.faults.stages import REGION, owner_pid, report, stored, two_replicas
 from tests.stt.conftest import fixture_named
 from tests.stt.test_stage import Feed, pcm_of
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import EndOfTurn, Transcript, ends_turn
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap
@@ -80,8 +80,7 @@ async def _stored(bus: Bus, session: str) -> list[str]:
     """The text and control messages the streams hold for ``session``: one tag per message."""
     tags: list[str] = []
     for stream in (streams.text_stream(REGION), streams.control_stream(REGION)):
-        for data in await stored(bus, session, stream):
-            msg = decode(data)
+        for msg in await stored(bus, session, stream):
             if isinstance(msg, Transcript):
                 tags.append("final" if msg.is_final else "partial")
             elif isinstance(msg, EndOfTurn):

@@ -23,7 +23,7 @@ from tests.faults.stages import REGION, owner_pid, report, spawn, stored, two_re
 from tests.llm.scripted_openai_server import ScriptedOpenAIServer
 from voxbus.agents.loader import load
 from voxbus.agents.registry import AgentRegistry
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import EndOfTurn, ReplyEnd, SessionStarted
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap, running, wait_until
@@ -63,7 +63,7 @@ def ask(session: str, n: int, text: str) -> EndOfTurn:
 
 
 async def ends(bus: Bus, session: str) -> list[ReplyEnd]:
-    kept = [decode(d) for d in await stored(bus, session, streams.text_stream(REGION))]
+    kept = await stored(bus, session, streams.text_stream(REGION))
     return [m for m in kept if isinstance(m, ReplyEnd)]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.stages import REGION, owner_pid, report, stored, two_replicas
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import AudioOut, ReplyEnd, ReplyText
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import Tap
@@ -83,7 +83,7 @@ async def test_a_killed_tts_replica_repeats_no_word(
     assert seqs == list(range(len(seqs))), "a frame was lost"
     assert played[-1][1].last and sum(f.last for _, f in played) == 1
     assert played[-1][1].text_end == len(REPLY)
-    kept = [decode(d) for d in await stored(bus, session, streams.audio_stream(REGION))]
+    kept = await stored(bus, session, streams.audio_stream(REGION))
     kept_seqs = [m.seq for m in kept if isinstance(m, AudioOut)]
     assert sorted(kept_seqs) == seqs, "the stream holds a frame twice (or lost one)"
     # mid-reply: the longest silence inside the reply; before it: the wait for its first frame

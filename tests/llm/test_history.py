@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from tests.conftest import REGION
-from voxbus.contracts.streams import state_bucket
 from voxbus.runtime.bus import Bus
 from voxbus.services.llm.engine import (
     ChatMessage,
@@ -56,7 +55,7 @@ def test_truncate_before_a_tool_call_keeps_the_call_and_its_result() -> None:
 
 
 async def test_updates_are_compare_and_set(bus: Bus) -> None:
-    store = HistoryStore(await bus.kv(state_bucket(REGION)))
+    store = HistoryStore(await bus.state(REGION))
     await store.begin_turn("s1", 1, "Hello?")
     # a reply and a cut of that reply, written concurrently: both land, in either order
     await asyncio.gather(
@@ -73,7 +72,7 @@ async def test_updates_are_compare_and_set(bus: Bus) -> None:
 
 
 async def test_history_is_bounded_with_hysteresis(bus: Bus) -> None:
-    store = HistoryStore(await bus.kv(state_bucket(REGION)), HistoryLimits(max_turns=4))
+    store = HistoryStore(await bus.state(REGION), HistoryLimits(max_turns=4))
     kept = []
     for n in range(1, 8):
         history = await store.begin_turn("s1", n, f"turn {n}")

@@ -114,7 +114,7 @@ def turn(session: str, n: int, text: str) -> EndOfTurn:
 
 
 async def history(bus: Bus, session: str) -> History:
-    return await HistoryStore(await bus.kv(state_bucket(REGION))).load(session)
+    return await HistoryStore(await bus.state(REGION)).load(session)
 
 
 def assert_well_formed(chunks: list[ReplyText], end: ReplyEnd) -> None:

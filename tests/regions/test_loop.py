@@ -36,7 +36,7 @@ from tests.faults.stages import report
 from tests.faults.test_outages import Heard
 from tests.regions.conftest import REGIONS, leader_of, stream_detail
 from voxbus.audio import read_wav
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.control import tombstone_key
 from voxbus.contracts.messages import AudioOut, EndOfTurn, Transcript, UserStartedSpeaking
 from voxbus.dev.callers import BusCaller
@@ -97,7 +97,7 @@ async def calls() -> AsyncIterator[Calls]:
         for region in REGIONS:
             caller = await loop.caller(f"{region}-{uuid.uuid4().hex[:8]}", region)
             c.callers[region] = caller
-            c.heard[region] = heard = Heard()
+            c.heard[region] = heard = Heard(loop.buses[region])
             await loop.buses[region].nc.subscribe(
                 f"voxbus.{region}.{caller.session}.audio.out", cb=heard.on)
         yield c
@@ -307,7 +307,7 @@ async def test_a_server_killed_mid_conversation(calls: Calls) -> None:
     old = c.callers.pop("eu")
     await old.close()
     c.callers["eu"] = caller = await c.loop.caller(f"eu-{uuid.uuid4().hex[:8]}", "eu")
-    c.heard["eu"] = heard = Heard()
+    c.heard["eu"] = heard = Heard(c.loop.buses["eu"])
     await c.loop.buses["eu"].nc.subscribe(f"voxbus.eu.{caller.session}.audio.out", cb=heard.on)
     before = await c.turn("eu", "table.wav")  # warm, no fault: the wait to compare with
     stream = streams.audio_stream("eu")
@@ -322,7 +322,7 @@ async def test_a_server_killed_mid_conversation(calls: Calls) -> None:
     assert r.reply.strip() and r.turn == before.turn + 1, (before.turn, r.turn)
     extra = _wait(r) - _wait(before)
     # once: one committed end of turn per turn spoken, every agent frame heard once
-    ctl = [decode(d) for s, d in await stored(c.loop.buses["eu"],
+    ctl = [await c.loop.buses["eu"].read(s, d) for s, d in await stored(c.loop.buses["eu"],
                                                       streams.control_stream("eu"))
            if caller.session in s]
     ends = [m.turn for m in ctl if isinstance(m, EndOfTurn) and not m.speculative]

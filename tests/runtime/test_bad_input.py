@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REGION
 from tests.runtime.stages import PickyStage
-from voxbus.contracts import decode, encode, streams
+from voxbus.contracts import encode, streams
 from voxbus.contracts.messages import AudioIn, AudioOut, ErrorEvent
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime.bus import Bus, UnknownRegion
@@ -24,12 +24,13 @@ def frame(session: str, seq: int, pcm: bytes = b"\0\0" * 320) -> AudioIn:
 
 
 class Tap:
-    def __init__(self) -> None:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
         self.errors: asyncio.Queue[ErrorEvent] = asyncio.Queue()
         self.outs: list[AudioOut] = []
 
     async def on(self, m) -> None:  # type: ignore[no-untyped-def]
-        msg = decode(m.data)
+        msg = await self.bus.read(m.subject, m.data)
         if isinstance(msg, ErrorEvent):
             await self.errors.put(msg)
         elif isinstance(msg, AudioOut):
@@ -47,7 +48,7 @@ class Tap:
 
 @pytest.fixture
 async def running(bus: Bus) -> AsyncIterator[tuple[Bus, Tap]]:
-    tap = Tap()
+    tap = Tap(bus)
     await bus.nc.subscribe("voxbus.*.*.ctl.error", cb=tap.on)
     await bus.nc.subscribe(f"voxbus.{REGION}.*.audio.out", cb=tap.on)
     worker = Worker(bus, PickyStage())

@@ -8,7 +8,6 @@ import time
 
 from tests.conftest import REGION
 from tests.runtime.stages import TickerStage
-from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioOut, Interrupt, ReplyText
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import wait_until
@@ -22,7 +21,7 @@ async def test_interrupt_stops_in_flight_turn(bus: Bus) -> None:
     outs: list[tuple[int, float]] = []
 
     async def on(m) -> None:  # type: ignore[no-untyped-def]
-        msg = decode(m.data)
+        msg = await bus.read(m.subject, m.data)
         assert isinstance(msg, AudioOut)
         outs.append((msg.turn, time.monotonic()))
 
@@ -56,7 +55,7 @@ async def test_the_interrupt_watermark_survives_a_takeover(bus: Bus) -> None:
     outs: list[int] = []
 
     async def on(m) -> None:  # type: ignore[no-untyped-def]
-        outs.append(decode(m.data).turn)
+        outs.append((await bus.read(m.subject, m.data)).turn)
 
     await bus.nc.subscribe(f"voxbus.{REGION}.s2.audio.out", cb=on)
     first = Worker(bus, TickerStage())

@@ -4,7 +4,6 @@ import asyncio
 import time
 
 from tests.conftest import REGION
-from voxbus.contracts import decode
 from voxbus.contracts.messages import AudioIn, AudioOut
 from voxbus.contracts.subjects import Kind, subject
 from voxbus.runtime.bus import Bus
@@ -18,7 +17,7 @@ async def test_echo_roundtrip(bus: Bus) -> None:
     got: asyncio.Queue[AudioOut] = asyncio.Queue()
 
     async def cb(m):  # type: ignore[no-untyped-def]
-        msg = decode(m.data)
+        msg = await bus.read(m.subject, m.data)
         assert isinstance(msg, AudioOut)
         await got.put(msg)
 

@@ -13,7 +13,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from tests.conftest import REGION
-from voxbus.contracts import decode, streams
+from voxbus.contracts import streams
 from voxbus.contracts.messages import AudioIn, AudioOut
 from voxbus.contracts.subjects import Kind, partition_filter, partition_of
 from voxbus.runtime.bus import Bus
@@ -57,7 +57,7 @@ async def test_a_partition_taken_before_its_consumer_is_made_again_delivers(bus:
         got: asyncio.Queue[AudioOut] = asyncio.Queue()
 
         async def on_out(m):  # type: ignore[no-untyped-def]
-            msg = decode(m.data)
+            msg = await bus.read(m.subject, m.data)
             if isinstance(msg, AudioOut):
                 await got.put(msg)
 

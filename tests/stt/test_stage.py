@@ -32,7 +32,6 @@ from voxbus.contracts.messages import (
     UserStoppedSpeaking,
     ends_turn,
 )
-from voxbus.contracts.streams import state_bucket
 from voxbus.runtime import testing
 from voxbus.runtime.bus import Bus
 from voxbus.runtime.testing import StageRunner, Tap
@@ -286,7 +285,7 @@ async def test_speech_start_never_waits_behind_a_decode() -> None:
 async def test_turn_numbers_survive_a_failover(bus: Bus) -> None:
     """The last turn lives in the state bucket: a fresh worker goes on from it (a real server:
     the worker reads and writes a real KV bucket)."""
-    kv = await bus.kv(state_bucket(REGION))
+    kv = await bus.state(REGION)
     await kv.put(state_key("phoenix"), json.dumps({"turn": 7}).encode())
     pcm = pcm_of(fixture_named("table"))
     feed = Feed.on(bus, "phoenix", speed=0)

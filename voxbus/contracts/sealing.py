@@ -76,6 +76,7 @@ class Sealer:
             raise ImportError("opening sealed voxbus payloads needs the 'cryptography' "
                               "package: pip install 'voxbus-contracts[sealed]'") from e
         self.session = session
+        self.key = key
         self._aead: AESGCM = AESGCM(key)
 
     def seal(self, msg: m.Message) -> m.Sealed:
@@ -133,3 +134,9 @@ class Sealer:
 def seals(msg: m.Message) -> bool:
     """``msg`` is of a kind that travels sealed."""
     return isinstance(msg, SEALED_TYPES)
+
+
+def unseal(msg: m.AnyMessage, key: bytes) -> m.AnyMessage:
+    """The message inside ``msg`` where it is sealed, opened with its session's ``key`` (the
+    value of ``key_name(session)`` in ``streams.keys_bucket(region)``); others as they are."""
+    return Sealer(msg.session, key).open(msg) if isinstance(msg, m.Sealed) else msg

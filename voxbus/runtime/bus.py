@@ -181,6 +181,7 @@ class Bus:
         #: Personal payloads are sealed under their session's key (``contracts.sealing``).
         self.seal = seal
         self.keys = SessionKeys(self.kv)
+        self._restoring: asyncio.Task[int] | None = None
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -190,6 +191,9 @@ class Bus:
     async def _reconnected(self) -> None:
         log.info("bus_reconnected", server=str(self.nc.connected_url.netloc
                                              if self.nc.connected_url else ""))
+        if len(self.keys) and (self._restoring is None or self._restoring.done()):
+            # the server may have come back without its memory, where the keys live
+            self._restoring = asyncio.create_task(self.keys.restore(), name="keys-restore")
         for listener in list(self._reconnect_listeners):
             try:
                 await listener()
@@ -279,6 +283,10 @@ class Bus:
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Drain (deliver what is buffered, both ways) and close; close anyway after the timeout."""
+        if self._restoring is not None:
+            self._restoring.cancel()
+            with contextlib.suppress(BaseException):
+                await self._restoring
         if self.nc.is_closed:
             return
         self._closing = True

@@ -7,11 +7,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+import nats.errors
 import structlog
-from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from voxbus.contracts import streams
@@ -36,6 +44,14 @@ class KeyGone(SealError):
 CACHE_SIZE = 4096
 
 
+#: How long a region whose keys bucket is missing (a server back with an empty store, before
+#: provisioning) or refused goes without sealing before this process tries again.
+UNUSABLE_RETRY_S = 2.0
+#: After the connection comes back: how long the keys this process holds are offered back to a
+#: keys bucket that lost them (a server back without its memory), while the bucket is missing.
+RESTORE_FOR_S = 30.0
+
+
 class SessionKeys:
     """``bucket``: the bus's KV bucket of that name (``Bus.kv``)."""
 
@@ -45,8 +61,9 @@ class SessionKeys:
         self._capacity = capacity
         self._cache: OrderedDict[tuple[str, str], Sealer] = OrderedDict()
         self._finding: dict[tuple[str, str], asyncio.Future[Sealer | None]] = {}
-        #: Regions whose keys bucket this process cannot use (missing, or refused): said once.
-        self._unusable: set[str] = set()
+        #: Regions whose keys bucket this process could not use (missing, or refused), and
+        #: when: they go unsealed (said in the log) until ``UNUSABLE_RETRY_S`` later.
+        self._unusable: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -62,12 +79,19 @@ class SessionKeys:
             self._cache.move_to_end((region, session))
         return sealer
 
+    def _keep(self, region: str, sealer: Sealer) -> Sealer:
+        self._cache[(region, sealer.session)] = sealer
+        self._cache.move_to_end((region, sealer.session))
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return sealer
+
     async def sealer(self, region: str, session: str, *, create: bool) -> Sealer | None:
         """The session's sealer; made (with a new key) where ``create`` and the session has no
         key yet. ``None``: no key and none made, or the region has no usable keys bucket."""
         if (sealer := self.cached(region, session)) is not None:
             return sealer
-        if region in self._unusable:
+        if time.monotonic() - self._unusable.get(region, -UNUSABLE_RETRY_S) < UNUSABLE_RETRY_S:
             return None
         k = (region, session)
         if (finding := self._finding.get(k)) is not None:
@@ -89,9 +113,8 @@ class SessionKeys:
         return found
 
     async def _find(self, region: str, session: str, *, create: bool) -> Sealer | None:
-        bucket = streams.keys_bucket(region)
         try:
-            kv = await self._bucket(bucket)
+            kv = await self._bucket(streams.keys_bucket(region))
             key = await self._get(kv, session)
             if key is None and create:
                 try:
@@ -105,17 +128,15 @@ class SessionKeys:
                                   "(payloads travel unsealed until then)")
             return None
         except APIError as e:
-            if "permission" not in str(e).lower():
-                raise
-            self._unusable_region(region, f"this identity may not use the keys bucket: {e}")
+            why = ("this identity may not use the keys bucket" if "permission" in str(e).lower()
+                   else "the keys bucket answered an error")
+            self._unusable_region(region, f"{why}: {e}")
             return None
-        if key is None:
+        except (nats.errors.Error, TimeoutError) as e:  # an outage: no answer, no responders
+            self._unusable_region(region, f"the keys bucket is out of reach: {e!r}")
             return None
-        sealer = Sealer(session, key)
-        self._cache[(region, session)] = sealer
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
-        return sealer
+        self._unusable.pop(region, None)
+        return None if key is None else self._keep(region, Sealer(session, key))
 
     async def _get(self, kv: KeyValue, session: str) -> bytes | None:
         try:
@@ -125,8 +146,36 @@ class SessionKeys:
         return entry.value or None
 
     def _unusable_region(self, region: str, why: str) -> None:
-        self._unusable.add(region)
-        log.error("session_keys_unusable", region=region, error=why)
+        if region not in self._unusable:
+            log.error("session_keys_unusable", region=region, error=why)
+        self._unusable[region] = time.monotonic()
+
+    async def restore(self, *, for_s: float = RESTORE_FOR_S) -> int:
+        """Offer the keys this process holds back to their buckets (a server that came back
+        without its memory lost them; the streams it kept on disk are sealed under them),
+        waiting up to ``for_s`` for a bucket provisioned again. Where the bucket meanwhile has
+        another key for a session, that one is used from then on. How many were put back."""
+        restored, deadline = 0, time.monotonic() + for_s
+        for (region, session), sealer in list(self._cache.items()):
+            while True:
+                try:
+                    kv = await self._bucket(streams.keys_bucket(region))
+                    await kv.create(key_name(session), sealer.key)
+                    restored += 1
+                except (KeyWrongLastSequenceError, BadRequestError):
+                    key = await self._get(kv, session)
+                    if key is not None and key != sealer.key and (region, session) in self._cache:
+                        self._keep(region, Sealer(session, key))
+                except Exception as e:  # noqa: BLE001 - the bucket not back yet, or an outage
+                    if time.monotonic() < deadline:
+                        await asyncio.sleep(0.5)
+                        continue
+                    log.warning("session_keys_not_restored", region=region, error=repr(e))
+                    return restored
+                break
+        if restored:
+            log.warning("session_keys_restored", keys=restored)
+        return restored
 
     async def seal(self, region: str, msg: Message) -> Message:
         """``msg`` sealed where its kind travels sealed (its session's key made if need be)."""
@@ -137,13 +186,21 @@ class SessionKeys:
 
     async def open(self, region: str, msg: AnyMessage) -> AnyMessage:
         """The message inside a sealed one (others as they are); ``KeyGone`` where the session
-        has no key (purged), ``SealError`` where the key does not open it."""
+        has no key (purged, or its key not yet back after an outage), ``SealError`` where the
+        key does not open it."""
         if not isinstance(msg, Sealed):
             return msg
         sealer = await self.sealer(region, msg.session, create=False)
         if sealer is None:
             raise KeyGone(f"session {msg.session!r} has no key (purged?)")
-        return sealer.open(msg)
+        try:
+            return sealer.open(msg)
+        except SealError:  # a key held since before an outage, replaced on the bus since?
+            self._cache.pop((region, msg.session), None)
+            again = await self.sealer(region, msg.session, create=False)
+            if again is None or again.key == sealer.key:
+                raise
+            return again.open(msg)
 
 
 def _session_of(name: str) -> str | None:

@@ -95,11 +95,13 @@ class Barrier:
                 if not transient(e) and not missing_consumer(e):
                     raise
             await asyncio.sleep(self._check_s)
-        held = self.take_held()
+        passed = 0
+        while held := self.take_held():  # what comes while these pass is held, then passes
+            for h in held:  # (a handler may wait: for the session's key, for a full lane)
+                await self._handler(h.raw)
+            passed += len(held)
         self.open = True  # from here on, messages pass as they come (after the held ones)
-        for h in held:
-            await self._handler(h.raw)
         waited = time.monotonic() - self.started
         if waited > 2 * self._check_s:
             log.info("takeover_barrier_opened", stream=self.stream, consumer=self.consumer,
-                     waited_s=round(waited, 2), held=len(held))
+                     waited_s=round(waited, 2), held=passed)

@@ -35,10 +35,12 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from voxbus.contracts import decode, streams
+from voxbus.contracts.messages import AnyMessage, Sealed
 from voxbus.contracts.sealing import SealError
 from voxbus.contracts.subjects import (
     InvalidSubject,
     Kind,
+    SessionSubject,
     check_session,
     kind_of,
     parse_subject,
@@ -118,6 +120,10 @@ def _replica_id() -> str:
 #: Messages this replica will not handle (lease in doubt, partition handed over) go back with this
 #: delay: soon enough for the next owner, late enough not to bounce on a request still open here.
 HAND_BACK_S = 0.1
+#: A sealed message whose session has no key (and no tombstone) is tried again this often, this
+#: long (a key a server lost is put back within seconds, by whoever holds it), then dropped.
+KEYLESS_RETRY_S = 0.5
+KEY_WAIT_S = 10.0
 
 
 class NatsInbound:
@@ -191,6 +197,8 @@ class Partition:
         self.region = region
         self.index = index
         self.owned = owned
+        #: Sessions whose key is being found: the last message waiting for it (``on_msg``).
+        self._keying: dict[str, asyncio.Future[None]] = {}
         o = worker.opts
         self.sessions = SessionLanes(
             worker.stage, worker.bus, region, admission=worker.admission, stats=worker.stats,
@@ -270,26 +278,75 @@ class Partition:
             await inbound.term()
             return
         try:
-            msg = await w.bus.keys.open(self.region, decode(raw.data))
+            msg = decode(raw.data)
+        except msgspec.DecodeError as e:
+            await self._bad(inbound, raw.subject, subj.session, "bad_message", str(e))
+            return
+        before = self._keying.get(subj.session)
+        if before is None and (not isinstance(msg, Sealed)
+                               or w.bus.keys.cached(self.region, subj.session) is not None):
+            await self._take(inbound, raw.subject, subj, msg)  # the usual: nothing to wait for
+            return
+        # The session's key is being found (the first message here, or a server back without
+        # its memory): this message and the session's next ones wait their turn in order.
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._keying[subj.session] = mine
+        try:
+            opened = await self._with_key(inbound, raw.subject, msg)
+            if before is not None:
+                await before
+            if opened is not None:
+                await self._take(inbound, raw.subject, subj, opened)
+        finally:
+            mine.set_result(None)
+            if self._keying.get(subj.session) is mine:
+                del self._keying[subj.session]
+
+    async def _with_key(self, inbound: NatsInbound, subject: str,
+                        msg: AnyMessage) -> AnyMessage | None:
+        """``msg`` opened, once its session's key is found (waiting up to ``KEY_WAIT_S`` for a
+        key a server lost to be put back); ``None`` where it was settled here instead."""
+        session, deadline = msg.session, time.monotonic() + KEY_WAIT_S
+        while True:
+            try:
+                return await self.w.bus.keys.open(self.region, msg)
+            except KeyGone:
+                if (session in self.w.tombstones[self.region]
+                        or time.monotonic() >= deadline):
+                    # purged (its key erased first), or a key that never came: dropped
+                    log.info("message_without_key", subject=subject, session=session)
+                    await inbound.term()
+                    return None
+                await asyncio.sleep(KEYLESS_RETRY_S)
+            except SealError as e:
+                await self._bad(inbound, subject, session, "unsealable", str(e))
+                return None
+
+    async def _bad(self, inbound: NatsInbound, subject: str, session: str, code: str,
+                   error: str) -> None:
+        log.warning("bad_message", code=code, subject=subject, session=session, error=error)
+        await inbound.term()
+        await self.w.bus.publish_error(self.region, session, turn=0, code=code, message=error,
+                                       stage=self.w.stage.name, source_subject=subject)
+
+    async def _take(self, inbound: NatsInbound, subject: str, subj: SessionSubject,
+                    sealed_or_not: AnyMessage) -> None:
+        w = self.w
+        try:
+            sealer = w.bus.keys.cached(self.region, subj.session)
+            msg = (sealer.open(sealed_or_not) if sealer is not None
+                   and isinstance(sealed_or_not, Sealed) else sealed_or_not)
             if msg.session != subj.session:
-                raise BadInput("session_mismatch", f"message for {msg.session!r} on {raw.subject}")
+                raise BadInput("session_mismatch", f"message for {msg.session!r} on {subject}")
+            if isinstance(msg, Sealed):
+                raise BadInput("unsealable", f"a sealed message on {subject} without its key")
             if kind_of(type(msg)) != subj.kind:  # e.g. an EndOfTurn sent as an interrupt
                 raise BadInput("wrong_kind", f"{type(msg).__name__} does not belong on "
                                              f"{subj.kind.value} subjects")
-        except KeyGone:  # purged: its key is erased, and so is its work
-            log.debug("message_of_purged_session", subject=raw.subject)
-            await inbound.term()
-            return
-        except (msgspec.DecodeError, BadInput, InvalidSubject, SealError) as e:
+        except (BadInput, InvalidSubject, SealError) as e:
             code = (e.code if isinstance(e, BadInput)
                     else "unsealable" if isinstance(e, SealError) else "bad_message")
-            log.warning("bad_message", code=code, subject=raw.subject, session=subj.session,
-                        error=str(e))
-            await inbound.term()
-            await w.bus.publish_error(
-                self.region, subj.session, turn=0, code=code, message=str(e), stage=w.stage.name,
-                source_subject=raw.subject,
-            )
+            await self._bad(inbound, subject, subj.session, code, str(e))
             return
         now = time.monotonic()
         # The ack timer runs from delivery, not from when this callback got to the message.

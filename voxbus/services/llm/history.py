@@ -22,9 +22,9 @@ from typing import Final
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from voxbus.contracts.control import LLM_STATE, state_key
+from voxbus.runtime.ports import KeyValueStore
 from voxbus.services.llm.engine import ChatMessage
 
 _CAS_ATTEMPTS: Final = 16
@@ -156,7 +156,7 @@ class HistoryConflict(RuntimeError):
 
 
 class HistoryStore:
-    def __init__(self, kv: KeyValue, limits: HistoryLimits | None = None) -> None:
+    def __init__(self, kv: KeyValueStore, limits: HistoryLimits | None = None) -> None:
         self._kv = kv
         self._limits = limits or HistoryLimits()
 
