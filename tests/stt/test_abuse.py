@@ -56,10 +56,31 @@ async def test_quiet_sessions_make_room_for_a_caller(
     assert waited < 4.0, f"the caller waited {waited:.2f} s behind sessions that never spoke"
 
 
+async def test_a_flood_of_one_frame_sessions_does_not_delay_a_caller(
+    bus: Bus, whisper: WhisperEngine
+) -> None:
+    """40 sessions of one frame each (a misbehaving client, or an attacker with room access),
+    sent just before a caller speaks, against the default 32 places: the sessions that never
+    spoke make room first, at once, so the caller's end of turn comes as soon as without them
+    (before, they held every place until 2 s of quiet: 1.6-2.7 s later). Compared within one
+    run: the same caller's turn without the flood first."""
+    stage = SttStage(SttSettings(), engine=whisper)
+    async with running(bus, stage) as tap:
+        alone = await _caller_turn(bus, "alone", tap)
+        await asyncio.gather(*(Feed.on(bus, f"flood-{i}").frame(SILENCE_FRAME)
+                               for i in range(40)))
+        flooded = await _caller_turn(bus, "flooded", tap)
+    print(f"end of turn {alone:.2f} s alone, {flooded:.2f} s behind 40 one-frame sessions "
+          f"(+{flooded - alone:.2f} s)")
+    assert flooded - alone < 0.6, f"the flood delayed the caller by {flooded - alone:.2f} s"
+
+
 async def test_a_hung_up_session_gives_its_place_back(
     bus: Bus, whisper: WhisperEngine
 ) -> None:
-    stage = SttStage(SttSettings(max_sessions=1, evict_idle_s=0), engine=whisper)
+    # (no eviction at all: the place comes back by the hang-up alone)
+    stage = SttStage(SttSettings(max_sessions=1, evict_idle_s=0, evict_unheard_s=0),
+                     engine=whisper)
     async with running(bus, stage) as tap:
         await Feed.on(bus, "gone").frame(SILENCE_FRAME)
         await asyncio.sleep(0.3)

@@ -180,7 +180,7 @@ class Bus:
         self._closing = False
         #: Personal payloads are sealed under their session's key (``contracts.sealing``).
         self.seal = seal
-        self.keys = SessionKeys(self.kv)
+        self.keys = SessionKeys(self.kv, self._remake_keys)
         self._restoring: asyncio.Task[int] | None = None
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
@@ -438,6 +438,15 @@ class Bus:
             log.warning("bucket_entries_not_erasable", bucket=spec.bucket,
                         note="made by an older voxbus: a purge marks its entries deleted "
                              "but cannot overwrite them; recreate the bucket to erase")
+
+    async def _remake_keys(self, region: str) -> None:
+        """The region's keys bucket, made again where missing (where this identity may)."""
+        if not self.may_provision:
+            return
+        spec = next(b for b in streams.region_buckets(region)
+                    if b.bucket == streams.keys_bucket(region))
+        self.forget_kv(spec.bucket)
+        await self._ensure_bucket(spec, region, create_only=True)
 
     def forget_kv(self, bucket: str) -> None:
         self._kv.pop(bucket, None)

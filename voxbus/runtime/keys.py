@@ -53,11 +53,15 @@ RESTORE_FOR_S = 30.0
 
 
 class SessionKeys:
-    """``bucket``: the bus's KV bucket of that name (``Bus.kv``)."""
+    """``bucket``: the bus's KV bucket of that name (``Bus.kv``); ``remake``: make a region's
+    keys bucket again where it is missing (a server back without its memory keeps the other
+    streams, on disk, and nobody would notice), if this process may."""
 
     def __init__(self, bucket: Callable[[str], Awaitable[KeyValue]],
+                 remake: Callable[[str], Awaitable[None]] | None = None,
                  capacity: int = CACHE_SIZE) -> None:
         self._bucket = bucket
+        self._remake = remake
         self._capacity = capacity
         self._cache: OrderedDict[tuple[str, str], Sealer] = OrderedDict()
         self._finding: dict[tuple[str, str], asyncio.Future[Sealer | None]] = {}
@@ -126,6 +130,7 @@ class SessionKeys:
         except BucketNotFoundError:
             self._unusable_region(region, "no keys bucket: provision the region "
                                   "(payloads travel unsealed until then)")
+            await self._make_again(region)
             return None
         except APIError as e:
             why = ("this identity may not use the keys bucket" if "permission" in str(e).lower()
@@ -134,6 +139,7 @@ class SessionKeys:
             return None
         except (nats.errors.Error, TimeoutError) as e:  # an outage: no answer, no responders
             self._unusable_region(region, f"the keys bucket is out of reach: {e!r}")
+            await self._make_again(region)
             return None
         self._unusable.pop(region, None)
         return None if key is None else self._keep(region, Sealer(session, key))
@@ -144,6 +150,14 @@ class SessionKeys:
         except NotFoundError:  # KeyNotFoundError, KeyDeletedError
             return None
         return entry.value or None
+
+    async def _make_again(self, region: str) -> None:
+        if self._remake is None:
+            return
+        try:
+            await self._remake(region)
+        except Exception as e:  # noqa: BLE001 - refused under least privilege, or an outage
+            log.debug("keys_bucket_not_made", region=region, error=repr(e))
 
     def _unusable_region(self, region: str, why: str) -> None:
         if region not in self._unusable:
@@ -168,6 +182,7 @@ class SessionKeys:
                         self._keep(region, Sealer(session, key))
                 except Exception as e:  # noqa: BLE001 - the bucket not back yet, or an outage
                     if time.monotonic() < deadline:
+                        await self._make_again(region)
                         await asyncio.sleep(0.5)
                         continue
                     log.warning("session_keys_not_restored", region=region, error=repr(e))

@@ -107,18 +107,27 @@ class Admission:
     def give(self) -> None:
         self.taken = max(0, self.taken - 1)
 
-    def quietest(self, now: float, min_quiet_s: float) -> tuple[SessionLanes, Session] | None:
-        """The holder without a message for longest, if at least ``min_quiet_s`` and idle."""
+    def quietest(self, now: float, min_quiet_s: float, unheard_quiet_s: float | None = None,
+                 ) -> tuple[SessionLanes, Session] | None:
+        """The holder to make room: an ``unheard`` one quiet for ``unheard_quiet_s`` first,
+        else the one without a message for longest, if at least ``min_quiet_s``; idle ones
+        only (0 for ``min_quiet_s``: none but the unheard)."""
         best: tuple[SessionLanes, Session] | None = None
+        best_rank: tuple[int, float] = (2, 0.0)
         for lanes, sess in self.holders.values():
+            if sess.busy() or sess.evicting:
+                continue
+            unheard = unheard_quiet_s is not None and sess.unheard()
+            need = unheard_quiet_s if unheard and unheard_quiet_s is not None else min_quiet_s
+            if not unheard and not min_quiet_s:
+                continue
             quiet = now - sess.last_seen
             lane = sess.lane
-            if quiet < min_quiet_s or sess.busy() or sess.evicting or (
-                lane is not None and lane.idle_for(now) < min_quiet_s
-            ):
+            if quiet < need or (lane is not None and lane.idle_for(now) < need):
                 continue
-            if best is None or sess.last_seen < best[1].last_seen:
-                best = (lanes, sess)
+            rank = (0 if unheard else 1, sess.last_seen)
+            if rank < best_rank:
+                best, best_rank = (lanes, sess), rank
         return best
 
 
@@ -152,6 +161,10 @@ class Session:
 
     def busy(self) -> bool:
         return bool(getattr(self.handler, "busy", False))
+
+    def unheard(self) -> bool:
+        """The handler holds nothing worth a place (``SessionPolicy.evict_unheard_s``)."""
+        return bool(getattr(self.handler, "unheard", False))
 
 
 class SessionLanes:
@@ -351,10 +364,12 @@ class SessionLanes:
         """Every place is taken and ``sess`` has input: close the session quiet the longest,
         if one has been quiet for ``evict_idle_s`` (its place is free by the time the message,
         handed back meanwhile, comes again)."""
-        quiet_s = self.stage.policy.evict_idle_s
-        if not quiet_s or (self.region, sess.id) in self.admission.reserved:
+        policy = self.stage.policy
+        quiet_s = policy.evict_idle_s
+        if (not quiet_s and not policy.evict_unheard_s) or (
+                (self.region, sess.id) in self.admission.reserved):
             return  # never evicting, or a place is being freed for it already
-        victim = self.admission.quietest(time.monotonic(), quiet_s)
+        victim = self.admission.quietest(time.monotonic(), quiet_s, policy.evict_unheard_s)
         if victim is None:
             return
         lanes, quiet = victim

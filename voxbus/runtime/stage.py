@@ -87,19 +87,23 @@ class SessionPolicy:
     ``evict_idle_s``: when every place is taken, a session without a message for this long
     (and not ``busy``) is closed to make room for one that has input (0: never): a caller's
     line sends frames all the time, so a session that went quiet is gone or was never real.
+    ``evict_unheard_s``: the same for a session whose handler says it holds nothing worth a
+    place (``unheard``: the STT's before any speech), after only this long; such sessions go
+    first, so a flood of sessions that send a frame and nothing more never keeps a caller out.
     """
 
     max_sessions: int = 0
     admit_timeout_s: float = 5.0
     idle_close_s: float = 30.0
     evict_idle_s: float = 2.0
+    evict_unheard_s: float = 0.1
 
     def __post_init__(self) -> None:
         if self.max_sessions < 0 or self.admit_timeout_s < 0 or self.idle_close_s <= 0 or (
-            self.evict_idle_s < 0
+            self.evict_idle_s < 0 or self.evict_unheard_s < 0
         ):
-            raise ValueError("max_sessions >= 0, admit_timeout_s >= 0, idle_close_s > 0 and "
-                             "evict_idle_s >= 0")
+            raise ValueError("max_sessions >= 0, admit_timeout_s >= 0, idle_close_s > 0, "
+                             "evict_idle_s >= 0 and evict_unheard_s >= 0")
 
 
 class SessionHandler(Protocol):

@@ -89,12 +89,18 @@ class SttSession:
         self.held_ends: deque[int] = deque()  # stream position where each held frame ends
         self.unpublished: dict[int, int] = {}  # turn -> audio start of its final, not published
         self.keypad = Keypad(gap=KEYS_GAP_MS * WHISPER_RATE_HZ // 1000)
+        self.heard = False  # speech (or a key) came in this session
 
     @property
     def busy(self) -> bool:
         """A final is still being decoded or published: not idle."""
         return self.final is not None and not self.final.done()
 
+    @property
+    def unheard(self) -> bool:
+        """No speech (and no key) yet in this session: nothing here worth a decoder's place
+        (``SessionPolicy.evict_unheard_s``), whatever it sent."""
+        return not self.heard and not self.busy
     @property
     def spec(self) -> _Speculative | None:
         """The guess of the current turn under way (at most one)."""
@@ -143,6 +149,7 @@ class SttSession:
                 yield out
         position = self.frontend.segmenter.position
         self.keypad.press(msg.keys, position)
+        self.heard = self.heard or bool(msg.keys)
         if due := self.keypad.due(position, speaking=self.frontend.segmenter.detector.speaking):
             async for out in self._keys_turn(*due):
                 yield out
@@ -169,6 +176,7 @@ class SttSession:
                 self.turn = await self._next_turn(
                     self.frontend.timeline.seq_at(ev.speech_start_sample))
                 self.partials_sent, self.last_partial = 0, ""
+                self.heard = True
                 self.scope.log.info("speech_started", turn=self.turn)
                 yield UserStartedSpeaking(session=self.scope.session, turn=self.turn,
                                           at_ns=ns_at(ev.speech_start_sample))

@@ -119,6 +119,10 @@ class SttSettings:
     admit_timeout_s: float = 10.0
     #: With every place taken, a session without frames for this long makes room (0: never).
     evict_idle_s: float = 2.0
+    #: With every place taken, a session that has sent no speech (nor a key) for this long makes
+    #: room: first, and after far less than ``evict_idle_s`` (a flood of one-frame sessions
+    #: never keeps a caller out).
+    evict_unheard_s: float = 0.1
     #: On stop, how long finals still decoding may take.
     drain_timeout_s: float = 10.0
 
@@ -151,8 +155,10 @@ class SttSettings:
             raise SettingsError("STT_TURN_MODEL_THRESHOLD must be within (0, 1)")
         if not 0 <= self.partial_nice <= 19:
             raise SettingsError("STT_PARTIAL_NICE must be 0..19")
-        if self.session_idle_s <= 0 or self.drain_timeout_s < 0 or self.evict_idle_s < 0:
-            raise SettingsError("STT_SESSION_IDLE_S must be > 0, STT_DRAIN_TIMEOUT_S and "
+        if (self.session_idle_s <= 0 or self.drain_timeout_s < 0 or self.evict_idle_s < 0
+                or self.evict_unheard_s < 0):
+            raise SettingsError("STT_SESSION_IDLE_S must be > 0, STT_DRAIN_TIMEOUT_S, "
+                                "STT_EVICT_UNHEARD_S and "
                                 "STT_EVICT_IDLE_S >= 0")
         try:
             self.turn_config()
@@ -219,6 +225,7 @@ class SttSettings:
             session_idle_s=env.float("SESSION_IDLE_S", d.session_idle_s),
             admit_timeout_s=env.float("ADMIT_TIMEOUT_S", d.admit_timeout_s),
             evict_idle_s=env.float("EVICT_IDLE_S", d.evict_idle_s),
+            evict_unheard_s=env.float("EVICT_UNHEARD_S", d.evict_unheard_s),
             drain_timeout_s=env.float("DRAIN_TIMEOUT_S", d.drain_timeout_s),
         )
 

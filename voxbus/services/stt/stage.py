@@ -106,7 +106,8 @@ class SttStage:
         self.settings = s = settings or SttSettings()
         self.policy = SessionPolicy(max_sessions=s.max_sessions, idle_close_s=s.session_idle_s,
                                     admit_timeout_s=s.admit_timeout_s,
-                                    evict_idle_s=s.evict_idle_s)
+                                    evict_idle_s=s.evict_idle_s,
+                                    evict_unheard_s=s.evict_unheard_s)
         self.stats = SttStats()
         self._engine = engine
         self._partial_engine = partial_engine
