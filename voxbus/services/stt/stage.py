@@ -78,6 +78,11 @@ from voxbus.services.stt.vad import SileroVad, VoiceActivity
 if TYPE_CHECKING:
     from voxbus.services.stt.smart_turn import SmartTurn
 
+#: Between two segmenters made ahead of time (``_fill_spares``): frames go first.
+SPARE_PAUSE_S = 0.05
+#: Segmenters made ahead of time where the worker holds any number of sessions.
+SPARES_UNLIMITED = 8
+
 log = structlog.get_logger("voxbus.stt")
 
 
@@ -118,6 +123,7 @@ class SttStage:
         self._partial_loading: asyncio.Task[None] | None = None
         self.frontend: ThreadPoolExecutor | None = None
         self._spare: list[turns.Segmenter] = []
+        self._filling: asyncio.Task[None] | None = None
         self.smart_turn: SmartTurn | None = None
 
     @property
@@ -155,6 +161,7 @@ class SttStage:
 
             self.smart_turn = await loop.run_in_executor(self.frontend, SmartTurn)
         self._spare.append(await loop.run_in_executor(self.frontend, self._segmenter))
+        self._filling = asyncio.create_task(self._fill_spares(), name="stt-spares")
         log.info("stt_started", model=s.model, device=s.device, cpu_threads=s.cpu_threads,
                  compute_type=s.compute_type or "default", load_s=round(load_s, 3),
                  warmup_s=round(warmup_s, 3),
@@ -178,7 +185,22 @@ class SttStage:
         log.info("stt_partial_decoder_ready", load_s=round(load_s, 3),
                  warmup_s=round(warmup_s, 3))
 
+    async def _fill_spares(self) -> None:
+        """Make a segmenter for every place ahead of time, one at a time between the frames (a
+        new one takes ~45 ms, its VAD's model loaded): a burst of new sessions (a flood of
+        one-frame ones) then costs no caller a wait behind their making."""
+        assert self.frontend is not None
+        loop = asyncio.get_running_loop()
+        while len(self._spare) + (self.stats.sessions_opened - self.stats.sessions_closed
+                                  ) < self._places():
+            self._spare.append(await loop.run_in_executor(self.frontend, self._new_segmenter))
+            await asyncio.sleep(SPARE_PAUSE_S)
+
+    def _places(self) -> int:
+        return self.settings.max_sessions or SPARES_UNLIMITED
+
     async def stop(self) -> None:
+        await cancel_and_wait(self._filling)
         await cancel_and_wait(self._partial_loading)
         for dec in (self.final, self.partial):
             if dec is not None:
@@ -198,8 +220,10 @@ class SttStage:
         return SttSession(self, scope, seg, last_turn)
 
     def closed(self, segmenter: turns.Segmenter) -> None:
-        """A session is done with its segmenter: keep it for the next one."""
-        self._spare.append(segmenter)
+        """A session is done with its segmenter: keep it for the next one (as many as there
+        are places)."""
+        if len(self._spare) < self._places():
+            self._spare.append(segmenter)
         self.stats.sessions_closed += 1
 
     def _segmenter(self) -> turns.Segmenter:
@@ -208,6 +232,9 @@ class SttStage:
             seg = self._spare.pop()
             seg.reset()
             return seg
+        return self._new_segmenter()
+
+    def _new_segmenter(self) -> turns.Segmenter:
         return turns.Segmenter(vad=self._vad_factory(), config=self._turn_config,
                                turn_model=self._complete if self.smart_turn else None,
                                denoiser=make_denoiser(self.settings.denoise),
