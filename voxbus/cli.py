@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a benchmark; writes bench/results/<name>.json")
     b.add_argument("which", choices=["bus", "stt", "llm", "tts", "voice", "faults", "soak",
-                                    "coldstart", "scale", "hearing", "denoise", "backchannel"])
+                                    "coldstart", "scale", "hearing", "denoise", "backchannel",
+                                    "seal", "fuzz"])
     b.set_defaults(fn=_bench, passthrough=True)
     return p
 

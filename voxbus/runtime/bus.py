@@ -35,7 +35,7 @@ from voxbus.errors import UserError
 from voxbus.runtime import metrics, tracing
 from voxbus.runtime.keys import SealedState, SessionKeys
 from voxbus.runtime.ratelimit import ErrorBudget
-from voxbus.runtime.settings import SettingsError
+from voxbus.runtime.settings import SettingsError, seal_from_env
 
 log = structlog.get_logger("voxbus.bus")
 
@@ -224,10 +224,10 @@ class Bus:
         inbox_prefix: str | None = None,
         max_reconnect_attempts: int = -1,
         replicas: int = 0,
-        seal: bool = True,
+        seal: bool | None = None,
     ) -> Bus:
         """``inbox_prefix``: where replies come to (``_INBOX`` by default); an identity may
-        subscribe only under its own (``ops.auth``)."""
+        subscribe only under its own (``ops.auth``). ``seal``: ``VOXBUS_SEAL`` by default."""
         check_url(url)
         bus: Bus | None = None
         first = _FirstConnect(url, user)
@@ -278,7 +278,8 @@ class Bus:
             with contextlib.suppress(Exception):
                 await nc.close()
             raise
-        bus = cls(nc, regions=regions, partitions=partitions, replicas=replicas, seal=seal)
+        bus = cls(nc, regions=regions, partitions=partitions, replicas=replicas,
+                  seal=seal_from_env() if seal is None else seal)
         return bus
 
     async def close(self, timeout_s: float = 10.0) -> None:

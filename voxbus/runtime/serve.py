@@ -32,7 +32,7 @@ async def connect(settings: BusSettings, *, name: str) -> Bus:
     bus = await Bus.connect(
         settings.url, regions=list(settings.regions), partitions=settings.partitions, name=name,
         user=settings.user, password=settings.password, inbox_prefix=settings.inbox_prefix,
-        replicas=settings.replicas,
+        replicas=settings.replicas, seal=settings.seal,
     )
     bus.may_provision = settings.identity is None or settings.identity.role == "operator"
     if bus.clustered and (cluster := bus.nc._server_info.get("cluster")) not in bus.regions:

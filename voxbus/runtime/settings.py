@@ -119,6 +119,10 @@ class BusSettings:
     region_urls: Mapping[str, str] = field(default_factory=dict)
     #: A region's own credentials file, for a process of several regions on secure servers.
     region_identities: Mapping[str, IdentityFile] = field(default_factory=dict)
+    #: Seal every personal payload under its session's own key, so a purge is final for every
+    #: copy (``contracts.sealing``). Off only to compare costs: a purge then relies on the
+    #: erase alone.
+    seal: bool = True
 
     def url_for(self, region: str) -> str:
         return self.region_urls.get(region, self.url)
@@ -208,7 +212,13 @@ class BusSettings:
             region_identities=(
                 {identity.region: identity, **region_identities}
                 if identity is not None and len(regions) > 1 else region_identities),
+            seal=seal_from_env(environ),
         )
+
+
+def seal_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """``VOXBUS_SEAL`` (``BusSettings.seal``), for a bus connected without settings too."""
+    return Env("VOXBUS", environ).bool("SEAL", BusSettings.seal)
 
 
 def _regions(env: Env, identity: IdentityFile | None) -> tuple[str, ...]:
