@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -232,6 +233,8 @@ async def _run(args: argparse.Namespace, tts: str, speculate: bool,
             env["LLM_MODEL_NAME"] = TOOLS_MODEL
     if vary is not None:
         env[vary[0]] = vary[1]
+        if vary[0].startswith("VOXBUS_"):  # the bus settings of this process too (its callers)
+            os.environ[vary[0]] = vary[1]
     if engines is not None:
         env["LLM_ENGINES"] = str(engines)
     with tempfile.TemporaryDirectory(prefix="voxbus-traces-") as td:
