@@ -182,6 +182,8 @@ class Bus:
         self.seal = seal
         self.keys = SessionKeys(self.kv, self._remake_keys)
         self._restoring: asyncio.Task[int] | None = None
+        #: When the connection last came back (monotonic; -inf: never lost).
+        self.reconnected_at = float("-inf")
 
     def on_reconnect(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` each time the connection comes back (pull requests sent before are
@@ -191,6 +193,7 @@ class Bus:
     async def _reconnected(self) -> None:
         log.info("bus_reconnected", server=str(self.nc.connected_url.netloc
                                              if self.nc.connected_url else ""))
+        self.reconnected_at = time.monotonic()
         if len(self.keys) and (self._restoring is None or self._restoring.done()):
             # the server may have come back without its memory, where the keys live
             self._restoring = asyncio.create_task(self.keys.restore(), name="keys-restore")

@@ -199,6 +199,7 @@ class Partition:
         self.owned = owned
         #: Sessions whose key is being found: the last message waiting for it (``on_msg``).
         self._keying: dict[str, asyncio.Future[None]] = {}
+        self.started = time.monotonic()  # a partition taken after an outage may wait for keys
         o = worker.opts
         self.sessions = SessionLanes(
             worker.stage, worker.bus, region, admission=worker.admission, stats=worker.stats,
@@ -304,9 +305,15 @@ class Partition:
 
     async def _with_key(self, inbound: NatsInbound, subject: str,
                         msg: AnyMessage) -> AnyMessage | None:
-        """``msg`` opened, once its session's key is found (waiting up to ``KEY_WAIT_S`` for a
-        key a server lost to be put back); ``None`` where it was settled here instead."""
-        session, deadline = msg.session, time.monotonic() + KEY_WAIT_S
+        """``msg`` opened, once its session's key is found; ``None`` where it was settled here
+        instead. Shortly after an outage (the bus came back within ``KEY_WAIT_S``, or a
+        takeover), a key a server lost may be on its way back: that waits up to ``KEY_WAIT_S``
+        (the partition's next messages wait too). Otherwise a message whose session has no key
+        is dropped at once: its session was purged, or never had a key (hostile input must not
+        hold a partition up)."""
+        session = msg.session
+        since = time.monotonic() - max(self.w.bus.reconnected_at, self.started)
+        deadline = time.monotonic() + (KEY_WAIT_S - since if since < KEY_WAIT_S else 0.0)
         while True:
             try:
                 return await self.w.bus.keys.open(self.region, msg)
