@@ -286,6 +286,46 @@ async def test_auto_join(
         await b.close()
 
 
+async def test_callers_over_a_room_s_or_a_region_s_limit_are_refused_with_an_event(
+    livekit: LiveKitServer, bus: Bus, bridge_settings: BridgeSettings, tap: Tap
+) -> None:
+    """One caller a room, two a region: a second caller in a room is not heard (no session,
+    a ``room_full`` event under the id their session would have had), nor is a third caller of
+    the region in a room of its own (``region_full``); the callers within the limits are."""
+    from dataclasses import replace
+
+    from voxbus.contracts.messages import ErrorEvent
+
+    b = Bridge(bus, replace(bridge_settings, max_callers_per_room=1, max_sessions=2))
+    await b.start()
+    callers: list[Caller] = []
+    try:
+        first = await b.dispatch("limit-a")
+        for room, who in (("limit-a", "ana"), ("limit-a", "ben")):
+            callers.append(caller_for(livekit, room, identity=who))
+            await callers[-1].join()
+        ana, ben = callers
+        await started(tap, ana)
+        refused = await tap.wait_for(ErrorEvent, session=session_of(ben))
+        assert refused.code == "room_full" and refused.stage == "bridge"
+        await b.dispatch("limit-b")
+        callers.append(caller_for(livekit, "limit-b", identity="cy"))
+        await callers[-1].join()
+        await started(tap, callers[-1])
+        await b.dispatch("limit-c")
+        callers.append(caller_for(livekit, "limit-c", identity="dee"))
+        await callers[-1].join()
+        over = await tap.wait_for(ErrorEvent, session=session_of(callers[-1]))
+        assert over.code == "region_full"
+        assert list(first.sessions) == ["ana"] and b.callers_in(first.region) == 2
+        assert not tap.of(SessionStarted, session_of(ben))
+        assert not tap.of(SessionStarted, session_of(callers[-1]))
+    finally:
+        for c in callers:
+            await c.leave()
+        await b.close()
+
+
 async def test_dispatch_over_nats(
     livekit: LiveKitServer, bridge: Bridge, nats_url: str, tap: Tap
 ) -> None:

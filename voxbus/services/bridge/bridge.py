@@ -227,7 +227,7 @@ class Bridge:
             raise
         joined = RoomAgent(self.buses[route.region], self.s, room, on_gone=self._gone,
                            region=route.region, agent=choice.name,
-                           livekit=self.livekit_api)
+                           livekit=self.livekit_api, region_callers=self.callers_in)
         try:
             await joined.join()
         except BaseException as e:
@@ -249,6 +249,10 @@ class Bridge:
         agent = self.rooms.get(room)
         if agent is not None:
             await agent.close(reason)
+
+    def callers_in(self, region: str) -> int:
+        """Callers this bridge holds in ``region``, every room together."""
+        return sum(len(r.sessions) for r in self.rooms.values() if r.region == region)
 
     def _gone(self, agent: RoomAgent) -> None:
         if self.rooms.get(agent.name) is agent:

@@ -16,7 +16,12 @@ from voxbus.runtime.tasks import TaskSet, cancel_and_wait
 from voxbus.services.bridge.audio import AgentFrame
 from voxbus.services.bridge.control_out import CTL_RETRY_S
 from voxbus.services.bridge.playout import Playout
-from voxbus.services.bridge.session import CallerSession, RoomLink
+from voxbus.services.bridge.session import (
+    CallerSession,
+    RoomLink,
+    session_id_for,
+    session_key,
+)
 from voxbus.services.bridge.settings import BridgeSettings
 
 
@@ -71,6 +76,7 @@ class RoomAgent:
         self, bus: Bus, settings: BridgeSettings, name: str,
         *, on_gone: Callable[[RoomAgent], None] | None = None, region: str = "",
         agent: str = "", livekit: Callable[[], api.LiveKitAPI] | None = None,
+        region_callers: Callable[[str], int] | None = None,
     ) -> None:
         self.bus = bus
         self.s = settings
@@ -86,6 +92,8 @@ class RoomAgent:
         self.timings: dict[str, float] = {}
         self.log = log.bind(pii={"room": name})
         self._on_gone = on_gone
+        #: Callers the bridge holds in a region, all rooms together (``max_sessions``).
+        self._region_callers = region_callers or (lambda _region: len(self.sessions))
         #: The agent's hand on its callers' calls (hang up, transfer); None: it has none.
         self.calls = RoomCalls(name, livekit) if livekit is not None else None
         self._tasks = TaskSet(f"room-{name}")
@@ -161,10 +169,28 @@ class RoomAgent:
     def _on_participant_connected(self, p: rtc.RemoteParticipant) -> None:
         if not is_caller(p) or p.identity in self.sessions or self.closed.is_set():
             return
+        if (n := self.s.max_callers_per_room) and len(self.sessions) >= n:
+            self._refuse(p, "room_full", f"the room has {n} callers already "
+                                         "(BRIDGE_MAX_CALLERS_PER_ROOM)")
+            return
+        if (n := self.s.max_sessions) and self._region_callers(self.region) >= n:
+            self._refuse(p, "region_full", f"this bridge holds {n} callers in region "
+                                           f"{self.region} already (BRIDGE_MAX_SESSIONS)")
+            return
         sess = CallerSession(self._link(), p)
         self.sessions[p.identity] = sess
         self._tasks.spawn(sess.start(), name=f"start-{sess.id}")
         self._check_idle()
+
+    def _refuse(self, p: rtc.RemoteParticipant, code: str, why: str) -> None:
+        """A caller over a limit: not heard, no session opened; an error event (under the id
+        their session would have had) and a log line say so."""
+        sid = session_id_for(session_key(self.s.session_key, self.s.api_secret), self.name,
+                             p.identity, p.sid)
+        self.log.warning("caller_refused", code=code, session=sid, reason=why)
+        self._tasks.spawn(self.bus.publish_error(self.region, sid, turn=0, code=code,
+                                                 message=why, stage="bridge"),
+                          name=f"refuse-{sid}")
 
     def _on_participant_disconnected(self, p: rtc.RemoteParticipant) -> None:
         sess = self.sessions.pop(p.identity, None)

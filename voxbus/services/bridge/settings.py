@@ -55,6 +55,12 @@ class BridgeSettings:
     audio_backlog_s: float = 10.0
     #: Subscriber frames the SDK may hold for the microphone pump before dropping the oldest.
     mic_queue_frames: int = 50
+    #: Callers the agent takes in one room (0: any number); one more is not heard, and a
+    #: ``room_full`` error event says so.
+    max_callers_per_room: int = 16
+    #: Callers this bridge takes in one region, all its rooms together (0: any number); one
+    #: more is not heard (``region_full``).
+    max_sessions: int = 500
     #: Send live captions of both sides into the room as text streams.
     captions: bool = True
     #: The text-stream topic of the captions (LiveKit's transcription topic).
@@ -107,6 +113,8 @@ class BridgeSettings:
             publish_timeout_s=env.float("PUBLISH_TIMEOUT_S", d.publish_timeout_s),
             audio_backlog_s=env.float("AUDIO_BACKLOG_S", d.audio_backlog_s),
             mic_queue_frames=env.int("MIC_QUEUE_FRAMES", d.mic_queue_frames),
+            max_callers_per_room=env.int("MAX_CALLERS_PER_ROOM", d.max_callers_per_room),
+            max_sessions=env.int("MAX_SESSIONS", d.max_sessions),
             captions=env.bool("CAPTIONS", d.captions),
             caption_topic=env.str("CAPTION_TOPIC", d.caption_topic),
             connect_timeout_s=env.float("CONNECT_TIMEOUT_S", d.connect_timeout_s),
@@ -135,5 +143,8 @@ class BridgeSettings:
         if self.poll_s <= 0 or self.publish_timeout_s <= 0 or self.audio_backlog_s <= 0:
             raise SettingsError("BRIDGE_POLL_S, BRIDGE_PUBLISH_TIMEOUT_S and "
                                 "BRIDGE_AUDIO_BACKLOG_S must be > 0")
+        if self.max_callers_per_room < 0 or self.max_sessions < 0:
+            raise SettingsError("BRIDGE_MAX_CALLERS_PER_ROOM and BRIDGE_MAX_SESSIONS must be "
+                                ">= 0 (0: no limit)")
         if not 0 < self.backchannel_resume_s <= 10:
             raise SettingsError("BRIDGE_BACKCHANNEL_RESUME_S must be within 0..10 (seconds)")
