@@ -25,8 +25,7 @@ from typing import Any
 
 import msgspec
 
-from voxbus.bench.report import print_table, write_json
-from voxbus.bench.soak import _rss_mb
+from voxbus.bench.report import print_table, rss_mb, write_json
 from voxbus.contracts.messages import (
     AudioIn,
     EndOfTurn,
@@ -42,6 +41,12 @@ from voxbus.runtime import logging as vlog
 REGION = "fuzz"
 
 
+def noise_frames(rng: random.Random) -> list[bytes]:
+    """16 frames of noise at random levels (silence to clipping), each long enough for any
+    rate the fuzz sends."""
+    return [_noise(48000 * 2 // 50, rng) for _ in range(16)]
+
+
 def _noise(n_samples: int, rng: random.Random) -> bytes:
     amp = rng.choice([0, 50, 3000, 30000])
     values = (max(-32768, min(32767, int(rng.gauss(0, amp)))) if amp else 0
@@ -49,7 +54,8 @@ def _noise(n_samples: int, rng: random.Random) -> bytes:
     return b"".join(v.to_bytes(2, "little", signed=True) for v in values)
 
 
-def _message(i: int, rng: random.Random, pcm: list[bytes]) -> tuple[str, bytes]:
+def hostile_message(i: int, rng: random.Random, pcm: list[bytes],
+                    region: str = REGION) -> tuple[str, bytes]:
     """One hostile (or merely odd) message: its subject and bytes."""
     session = f"z{rng.randrange(5000)}"
     kind = rng.random()
@@ -59,31 +65,31 @@ def _message(i: int, rng: random.Random, pcm: list[bytes]) -> tuple[str, bytes]:
         frame = rng.choice(pcm)[: rate * ch * 2 // 50]
         msg = AudioIn(session=session, seq=rng.randrange(50), sample_rate_hz=rate, channels=ch,
                       capture_ns=time.time_ns(), pcm=frame)
-        return subject(REGION, session, Kind.AUDIO_IN), encode(msg)
+        return subject(region, session, Kind.AUDIO_IN), encode(msg)
     if kind < 0.60:  # no message at all
-        return subject(REGION, session, Kind.AUDIO_IN), os.urandom(rng.randrange(1, 2000))
+        return subject(region, session, Kind.AUDIO_IN), os.urandom(rng.randrange(1, 2000))
     if kind < 0.70:  # a message of the wrong kind for its subject
         eot = EndOfTurn(session=session, turn=1, transcript="x" * rng.randrange(8000),
                         speech_start_ns=1, speech_end_ns=2)
-        return subject(REGION, session, Kind.AUDIO_IN), encode(eot)
+        return subject(region, session, Kind.AUDIO_IN), encode(eot)
     if kind < 0.80:  # sealed, and no key opens it
         sealed = Sealed(session=session, turn=0, kind="audio.in", seq=i,
                         box=os.urandom(rng.randrange(28, 4000)))
-        return subject(REGION, session, Kind.AUDIO_IN), encode(sealed)
+        return subject(region, session, Kind.AUDIO_IN), encode(sealed)
     if kind < 0.90:  # a valid shape with fields out of range
         bad = msgspec.msgpack.encode({"type": "audio.in", "session": session, "seq": -5,
                                       "sample_rate_hz": 7, "capture_ns": 0, "pcm": b"\0" * 99})
-        return subject(REGION, session, Kind.AUDIO_IN), bad
+        return subject(region, session, Kind.AUDIO_IN), bad
     start = rng.random() < 0.5
     ctl = (SessionStarted(session=session, at_ns=time.time_ns()) if start
            else SessionEnded(session=session, reason="fuzz", at_ns=time.time_ns()))
-    return subject(REGION, session, Kind.SESSION), encode(ctl)
+    return subject(region, session, Kind.SESSION), encode(ctl)
 
 
 async def run(messages: int, sample: int, warm: int, settle_s: float, rate: float,
               seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
-    pcm = [_noise(48000 * 2 // 50, rng) for _ in range(16)]
+    pcm = noise_frames(rng)
     loop = VoiceLoop(region=REGION, echo=False)
     await loop.start()
     assert loop.bus is not None
@@ -95,14 +101,14 @@ async def run(messages: int, sample: int, warm: int, settle_s: float, rate: floa
         row: dict[str, Any] = {"sent": sent, "t_s": round(time.monotonic() - started, 1)}
         for child in loop.stages:
             assert child.proc is not None
-            row[f"{child.name}_rss_mb"] = round(_rss_mb(child.proc.pid), 1)
+            row[f"{child.name}_rss_mb"] = round(rss_mb(child.proc.pid), 1)
         samples.append(row)
         print(row, flush=True)
 
     try:
         read(0)
         for i in range(1, messages + 1):
-            subj, data = _message(i, rng, pcm)
+            subj, data = hostile_message(i, rng, pcm)
             await nc.publish(subj, data)
             if i % 200 == 0:
                 await nc.flush()

@@ -2,7 +2,7 @@
 for ``--minutes``; every 10 s each worker's resident memory and the server's consumers are
 recorded. After a warm-up (the first fifth) both should stay flat: the slope is reported.
 
-    voxbus bench soak [--minutes 20] [--callers 2]
+    voxbus bench soak [--minutes 20] [--callers 2] [--fuzz RATE]
 
 Writes ``bench/results/soak.json``.
 """
@@ -11,24 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 from typing import Any
 
-from voxbus.bench.report import print_table, write_json
+from voxbus.bench.fuzz import hostile_message, noise_frames
+from voxbus.bench.report import print_table, rss_mb, write_json
 from voxbus.bench.voice import _fixtures
 from voxbus.dev.loop import VoiceLoop
 from voxbus.runtime import logging as vlog
 from voxbus.runtime.bus import Bus
 
 SAMPLE_S = 10.0
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def _consumers(bus: Bus) -> int:
@@ -63,25 +57,40 @@ async def _talk(loop: VoiceLoop, session: str, until: float, turns: list[int]) -
         await caller.close()
 
 
-async def run(minutes: float, callers: int) -> dict[str, Any]:
+async def _fuzz(loop: VoiceLoop, until: float, rate: float, sent: list[int]) -> None:
+    """Hostile input on the side (``bench.fuzz``), ``rate`` messages a second."""
+    assert loop.bus is not None
+    rng = random.Random(11)
+    pcm = noise_frames(rng)
+    while time.monotonic() < until:
+        for _ in range(max(1, int(rate / 10))):
+            sent[0] += 1
+            subj, data = hostile_message(sent[0], rng, pcm, loop.region)
+            await loop.bus.nc.publish(subj, data)
+        await asyncio.sleep(0.1)
+
+
+async def run(minutes: float, callers: int, fuzz_rate: float = 0.0) -> dict[str, Any]:
     loop = VoiceLoop(region="soak", echo=False)
     await loop.start()
     assert loop.bus is not None
     samples: list[dict[str, Any]] = []
-    turns = [0]
+    turns, fuzzed = [0], [0]
     start = time.monotonic()
     until = start + minutes * 60
     try:
         async with asyncio.TaskGroup() as tg:
             for c in range(callers):
                 tg.create_task(_talk(loop, f"soak{c}", until, turns))
+            if fuzz_rate:
+                tg.create_task(_fuzz(loop, until, fuzz_rate, fuzzed))
             while time.monotonic() < until:
                 row: dict[str, Any] = {"t_s": round(time.monotonic() - start, 1),
-                                       "turns": turns[0],
+                                       "turns": turns[0], "fuzzed": fuzzed[0],
                                        "consumers": await _consumers(loop.bus)}
                 for child in loop.stages:
                     assert child.proc is not None
-                    row[f"{child.name}_rss_mb"] = round(_rss_mb(child.proc.pid), 1)
+                    row[f"{child.name}_rss_mb"] = round(rss_mb(child.proc.pid), 1)
                 samples.append(row)
                 print(row, flush=True)
                 await asyncio.sleep(SAMPLE_S)
@@ -90,7 +99,8 @@ async def run(minutes: float, callers: int) -> dict[str, Any]:
     warm = [s for s in samples if s["t_s"] >= minutes * 60 / 5]
     slopes = {k: round(slope_per_hour([(s["t_s"], s[k]) for s in warm]), 2)
               for k in samples[0] if k.endswith("_rss_mb") or k == "consumers"}
-    return {"minutes": minutes, "callers": callers, "turns": turns[0], "samples": samples,
+    return {"minutes": minutes, "callers": callers, "turns": turns[0],
+            "fuzz_rate_per_s": fuzz_rate, "fuzzed": fuzzed[0], "samples": samples,
             "slope_per_hour_after_warmup": slopes}
 
 
@@ -99,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--callers", type=int, default=2)
+    p.add_argument("--fuzz", type=float, default=0.0,
+                   help="hostile messages a second on the side (voxbus bench fuzz's mix)")
     args = p.parse_args(argv)
     vlog.configure("warning")
-    result = asyncio.run(run(args.minutes, args.callers))
+    result = asyncio.run(run(args.minutes, args.callers, args.fuzz))
     print_table("slope after warm-up (per hour)", [
         {"series": k, "slope_per_hour": v} for k, v in
         result["slope_per_hour_after_warmup"].items()])
