@@ -111,10 +111,7 @@ async def _purge_filter(bus: Bus, stream: str, subject_filter: str) -> int:
 async def _shred(bus: Bus, bucket: str, session: str) -> int:
     """Erase the session's key (``contracts.sealing``) on every replica of the keys bucket;
     1 where there was one. The bucket lives in the servers' memory only: no disk ever held it."""
-    try:
-        return await _erase(bus, f"KV_{bucket}", f"$KV.{bucket}.{key_name(session)}")
-    except NotFoundError:  # a store provisioned before sessions had keys
-        return 0
+    return await _erase(bus, f"KV_{bucket}", f"$KV.{bucket}.{key_name(session)}")
 
 
 #: From the notice to the erase: longer than a worker takes to stop the session, and than a

@@ -68,6 +68,8 @@ class SessionKeys:
         #: Regions whose keys bucket this process could not use (missing, or refused), and
         #: when: they go unsealed (said in the log) until ``UNUSABLE_RETRY_S`` later.
         self._unusable: dict[str, float] = {}
+        #: When ``restore`` last ran: only after it can a key held here differ from the bus's.
+        self._restored_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -169,6 +171,7 @@ class SessionKeys:
         without its memory lost them; the streams it kept on disk are sealed under them),
         waiting up to ``for_s`` for a bucket provisioned again. Where the bucket meanwhile has
         another key for a session, that one is used from then on. How many were put back."""
+        self._restored_at = time.monotonic()
         restored, deadline = 0, time.monotonic() + for_s
         for (region, session), sealer in list(self._cache.items()):
             while True:
@@ -210,7 +213,10 @@ class SessionKeys:
             raise KeyGone(f"session {msg.session!r} has no key (purged?)")
         try:
             return sealer.open(msg)
-        except SealError:  # a key held since before an outage, replaced on the bus since?
+        except SealError:
+            if time.monotonic() - self._restored_at > RESTORE_FOR_S:
+                raise  # tampered, or another session's: asking the bus again changes nothing
+            # a key held since before an outage, replaced on the bus since?
             self._cache.pop((region, msg.session), None)
             again = await self.sealer(region, msg.session, create=False)
             if again is None or again.key == sealer.key:

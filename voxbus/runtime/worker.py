@@ -340,19 +340,19 @@ class Partition:
                     sealed_or_not: AnyMessage) -> None:
         w = self.w
         try:
-            sealer = w.bus.keys.cached(self.region, subj.session)
-            msg = (sealer.open(sealed_or_not) if sealer is not None
-                   and isinstance(sealed_or_not, Sealed) else sealed_or_not)
+            msg = sealed_or_not
+            if isinstance(msg, Sealed):  # the usual path: its key is at hand (``on_msg``)
+                sealer = w.bus.keys.cached(self.region, subj.session)
+                if sealer is None:
+                    raise SealError(f"a sealed message on {subject} without its key")
+                msg = sealer.open(msg)
             if msg.session != subj.session:
                 raise BadInput("session_mismatch", f"message for {msg.session!r} on {subject}")
-            if isinstance(msg, Sealed):
-                raise BadInput("unsealable", f"a sealed message on {subject} without its key")
             if kind_of(type(msg)) != subj.kind:  # e.g. an EndOfTurn sent as an interrupt
                 raise BadInput("wrong_kind", f"{type(msg).__name__} does not belong on "
                                              f"{subj.kind.value} subjects")
-        except (BadInput, InvalidSubject, SealError) as e:
-            code = (e.code if isinstance(e, BadInput)
-                    else "unsealable" if isinstance(e, SealError) else "bad_message")
+        except (BadInput, SealError) as e:
+            code = e.code if isinstance(e, BadInput) else "unsealable"
             await self._bad(inbound, subject, subj.session, code, str(e))
             return
         now = time.monotonic()

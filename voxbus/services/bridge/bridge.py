@@ -46,7 +46,7 @@ from voxbus.services.bridge.agents import (
 from voxbus.services.bridge.dial import place_call
 from voxbus.services.bridge.room import RoomAgent
 from voxbus.services.bridge.routing import Caller, RegionRefused, RegionRouter, Route
-from voxbus.services.bridge.session import session_id_for, session_key
+from voxbus.services.bridge.session import caller_session_id
 from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge")
@@ -189,7 +189,7 @@ class Bridge:
         """One error event for the refused room, in ``region`` (default: the bridge's; the
         only content: an opaque id of the room and why), and a log line."""
         region = region or self.s.region
-        sid = session_id_for(session_key(self.s.session_key, self.s.api_secret), room, "")
+        sid = caller_session_id(self.s, room, "")
         log.error("room_refused", session=sid, code=code, reason=why, pii={"room": room})
         await self.buses[region].publish_error(region, sid, turn=0, code=code,
                                                message=why, stage="bridge")

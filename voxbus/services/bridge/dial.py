@@ -24,7 +24,7 @@ from livekit import api
 from voxbus.contracts.control import CallReply, CallRequest, CallStatus
 from voxbus.runtime.bus import Bus
 from voxbus.services.bridge.room import RoomAgent
-from voxbus.services.bridge.session import session_id_for, session_key
+from voxbus.services.bridge.session import caller_session_id
 from voxbus.services.bridge.settings import BridgeSettings
 
 log = structlog.get_logger("voxbus.bridge.dial")
@@ -118,8 +118,7 @@ async def place_call(bridge: Bridge, req: CallRequest) -> CallReply:
             await lk.room.delete_room(api.DeleteRoomRequest(room=room))
         except Exception as gone:  # noqa: BLE001 - it may be gone already
             log.debug("room_delete_failed", error=repr(gone))
-        sid = session_id_for(session_key(bridge.s.session_key, bridge.s.api_secret), room,
-                             identity)
+        sid = caller_session_id(bridge.s, room, identity)
         log.warning("call_failed", status=status, session=sid, pii={"to": req.to, "why": why})
         await bridge.buses[agent.region].publish_error(
             agent.region, sid, turn=0, code=f"call_{status}", stage="bridge",

@@ -16,12 +16,7 @@ from voxbus.runtime.tasks import TaskSet, cancel_and_wait
 from voxbus.services.bridge.audio import AgentFrame
 from voxbus.services.bridge.control_out import CTL_RETRY_S
 from voxbus.services.bridge.playout import Playout
-from voxbus.services.bridge.session import (
-    CallerSession,
-    RoomLink,
-    session_id_for,
-    session_key,
-)
+from voxbus.services.bridge.session import CallerSession, RoomLink, caller_session_id
 from voxbus.services.bridge.settings import BridgeSettings
 
 
@@ -185,8 +180,7 @@ class RoomAgent:
     def _refuse(self, p: rtc.RemoteParticipant, code: str, why: str) -> None:
         """A caller over a limit: not heard, no session opened; an error event (under the id
         their session would have had) and a log line say so."""
-        sid = session_id_for(session_key(self.s.session_key, self.s.api_secret), self.name,
-                             p.identity, p.sid)
+        sid = caller_session_id(self.s, self.name, p.identity, p.sid)
         self.log.warning("caller_refused", code=code, session=sid, reason=why)
         self._tasks.spawn(self.bus.publish_error(self.region, sid, turn=0, code=code,
                                                  message=why, stage="bridge"),

@@ -77,6 +77,13 @@ def session_id_for(key: bytes, room: str, identity: str, participant_sid: str = 
     return "s" + base64.b32encode(mac.digest()[:20]).decode().lower().rstrip("=")
 
 
+def caller_session_id(s: BridgeSettings, room: str, identity: str,
+                      participant_sid: str = "") -> str:
+    """``session_id_for`` with this bridge's key (``session_key`` of its settings)."""
+    return session_id_for(session_key(s.session_key, s.api_secret), room, identity,
+                          participant_sid)
+
+
 class CallControl(Protocol):
     """What the agent may do to a caller's call (the bridge's LiveKit RoomService and SIP
     service)."""
@@ -112,8 +119,8 @@ class CallerSession:
         self.region = link.region
         self.identity = participant.identity
         self.participant_sid = participant.sid
-        self.id = session_id_for(session_key(self.s.session_key, self.s.api_secret),
-                                 link.room_name, participant.identity, participant.sid)
+        self.id = caller_session_id(self.s, link.room_name, participant.identity,
+                                    participant.sid)
         self.log = log.bind(session=self.id)
         self.ended = asyncio.Event()
         self.end_reason = ""
