@@ -221,7 +221,7 @@ class Partition:
             barrier = Barrier(self.w.bus.js, stream=stream, consumer=self.consumer_name(),
                               handler=self.on_msg)
             self.barriers.append(barrier)
-            self._pullers.spawn(barrier.run(), name=f"barrier-{stream}-{self.index}")
+            self._hold(barrier)
             puller = PullConsumer(
                 self.w.bus.nc,
                 stream=stream,
@@ -234,6 +234,16 @@ class Partition:
             )
             self.pulls.append(puller)
             self._pullers.spawn(puller.run(), name=f"pull-{stream}-{self.index}")
+
+    def _hold(self, barrier: Barrier) -> None:
+        self._pullers.spawn(barrier.run(), name=f"barrier-{barrier.stream}-{self.index}")
+
+    def hold_until_redelivered(self) -> None:
+        """The connection came back: messages the server sent on the old one and never arrived
+        come again only at their ack timers; new ones wait behind them (``takeover``)."""
+        for barrier in self.barriers:
+            if barrier.close():
+                self._hold(barrier)
 
     async def _stop_pulling(self, timeout_s: float) -> None:
         """Ask for nothing more; what the requests still out bring is handed back at once (the
@@ -481,6 +491,7 @@ class Worker:
         for leases in self._leases.values():
             leases.reconnected_at = time.monotonic()
         for part in list(self.partitions.values()):
+            part.hold_until_redelivered()  # before the new requests bring anything
             for puller in part.pulls:
                 await puller.kick()
 

@@ -206,6 +206,9 @@ class SttStage:
             if dec is not None:
                 await dec.close()
         if self.frontend is not None:
+            # the spares' native VAD sessions end on the thread that made them, now, not in a
+            # garbage collection on whatever thread (the event loop's included) runs it later
+            await asyncio.get_running_loop().run_in_executor(self.frontend, self._spare.clear)
             await asyncio.to_thread(self.frontend.shutdown, wait=True)
         log.info("stt_stopped", finals=self.stats.finals)
 
