@@ -65,9 +65,12 @@ async def test_a_flood_of_one_frame_sessions_does_not_delay_a_caller(
     sent just before a caller speaks, against the default 32 places: the sessions that never
     spoke make room first, at once, so the caller's end of turn comes as soon as without them
     (before, they held every place until 2 s of quiet: 1.6-2.7 s later). Compared within one
-    run: the same caller's turn without the flood first."""
+    run: the same caller's turn without the flood first. Both come once the worker has a
+    segmenter ready for every place (``stt_places_ready``, a few seconds after its start;
+    before that, new sessions wait behind their making: 1.0 s later on a fresh clone's run)."""
     stage = SttStage(SttSettings(), engine=whisper)
     async with running(bus, stage) as tap:
+        await asyncio.wait_for(stage.places_ready(), 30)
         alone = await _caller_turn(bus, "alone", tap)
         await asyncio.gather(*(Feed.on(bus, f"flood-{i}").frame(SILENCE_FRAME)
                                for i in range(FLOOD)))

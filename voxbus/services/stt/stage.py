@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -191,10 +192,21 @@ class SttStage:
         one-frame ones) then costs no caller a wait behind their making."""
         assert self.frontend is not None
         loop = asyncio.get_running_loop()
+        began, made = time.monotonic(), 0
         while len(self._spare) + (self.stats.sessions_opened - self.stats.sessions_closed
                                   ) < self._places():
             self._spare.append(await loop.run_in_executor(self.frontend, self._new_segmenter))
+            made += 1
             await asyncio.sleep(SPARE_PAUSE_S)
+        # until then, a burst of new sessions waits behind the making of their segmenters
+        log.info("stt_places_ready", places=self._places(), made=made,
+                 ms=round(1000 * (time.monotonic() - began)))
+
+    async def places_ready(self) -> None:
+        """Wait until a segmenter is ready for every place (made in the background from
+        ``start``, a few seconds)."""
+        if self._filling is not None:
+            await asyncio.shield(self._filling)
 
     def _places(self) -> int:
         return self.settings.max_sessions or SPARES_UNLIMITED
