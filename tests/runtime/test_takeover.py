@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
@@ -98,10 +99,7 @@ async def test_a_barrier_closed_again_holds_new_messages_behind_one_lost_in_flig
     sub = await bus.js.pull_subscribe_bind("lost-p0", stream)
     handled: list[int] = []
 
-    async def handler(raw: object) -> None:
-        from nats.aio.msg import Msg
-
-        assert isinstance(raw, Msg)
+    async def handler(raw: Msg) -> None:
         handled.append(raw.metadata.sequence.stream)
         await raw.ack()
 

@@ -212,6 +212,9 @@ class Partition:
         self._pullers = TaskSet(f"pull-{region}-{index}")
         self.pulls: list[PullConsumer] = []
         self.barriers: list[Barrier] = []
+        #: Pulling is over (drain, abandon): a barrier closed now would hold nothing, and its
+        #: check would outlive the partition's tasks.
+        self._pulling_stopped = False
 
     def consumer_name(self) -> str:
         return f"{self.w.stage.name}-p{self.index}"
@@ -241,6 +244,8 @@ class Partition:
     def hold_until_redelivered(self) -> None:
         """The connection came back: messages the server sent on the old one and never arrived
         come again only at their ack timers; new ones wait behind them (``takeover``)."""
+        if self._pulling_stopped:
+            return
         for barrier in self.barriers:
             if barrier.close():
                 self._hold(barrier)
@@ -248,6 +253,7 @@ class Partition:
     async def _stop_pulling(self, timeout_s: float) -> None:
         """Ask for nothing more; what the requests still out bring is handed back at once (the
         next owner gets it before anything newer); held-back messages are handed back too."""
+        self._pulling_stopped = True
         for puller in self.pulls:
             puller.refuse()
         for barrier in self.barriers:
