@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
@@ -82,45 +81,3 @@ async def test_a_partition_taken_before_its_consumer_is_made_again_delivers(bus:
         assert out.session == session
     finally:
         await w.stop()
-
-
-async def test_a_barrier_closed_again_holds_new_messages_behind_one_lost_in_flight(
-    bus: Bus,
-) -> None:
-    """The connection came back from a server restarted on its store: it counts a message sent
-    on the old connection as delivered (it never arrived) and redelivers it only at its ack
-    timer. The barrier, closed again, holds what comes meanwhile; all pass in order."""
-    stream = streams.stream_of(REGION, Kind.AUDIO_IN)
-    session = "s-lost"
-    await bus.js.add_consumer(stream, js_api.ConsumerConfig(
-        durable_name="lost-p0", ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=1.0,
-        filter_subjects=[partition_filter(REGION, partition_of(session, bus.partitions),
-                                          Kind.AUDIO_IN)]))
-    sub = await bus.js.pull_subscribe_bind("lost-p0", stream)
-    handled: list[int] = []
-
-    async def handler(raw: Msg) -> None:
-        handled.append(raw.metadata.sequence.stream)
-        await raw.ack()
-
-    barrier = Barrier(bus.js, stream=stream, consumer="lost-p0", handler=handler, check_s=0.02)
-    barrier.open = True  # a partition's life so far
-    for i in range(3):
-        await bus.publish(REGION, AudioIn(session=session, seq=i, sample_rate_hz=16000,
-                                          capture_ns=time.time_ns(), pcm=b"\0\0" * 320))
-    lost = (await sub.fetch(1, timeout=2))[0]  # sent, never arrived: not acked
-    assert barrier.close()
-    task = asyncio.create_task(barrier.run())
-    try:
-        for raw in await sub.fetch(2, timeout=2):  # the new requests bring the next ones
-            await barrier.on_msg(raw)
-        await asyncio.sleep(0.3)
-        assert handled == [] and not barrier.open  # held behind the one outstanding
-        for raw in await sub.fetch(1, timeout=3):  # its ack timer ran out: it comes again
-            await barrier.on_msg(raw)
-        await asyncio.wait_for(task, 5)
-        first = lost.metadata.sequence.stream
-        assert handled == [first, first + 1, first + 2] and barrier.open
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

@@ -11,11 +11,6 @@ messages held), then they go through sorted by stream sequence (the order they w
 in) and the barrier is gone for the partition's life. After a clean hand-over (the previous
 owner drained) nothing is outstanding and the barrier opens on its first check; after a kill it
 waits for the dead replica's ack timers (``ack_wait`` from its last sign of life).
-
-The barrier closes again when the connection comes back (``close``): a server killed and
-restarted on its store remembers as delivered what it had sent on the old connection, which may
-never have arrived; it redelivers those only when their ack timers run out, while new messages
-flow at once. Held until then, they go first, in order.
 """
 
 from __future__ import annotations
@@ -70,15 +65,6 @@ class Barrier:
     def take_held(self) -> list[Held]:
         held, self._held = sorted(self._held.items()), {}
         return [h for _seq, h in held]
-
-    def close(self) -> bool:
-        """Hold messages back again until nothing is outstanding elsewhere (the connection came
-        back); ``run`` must then run again. False where it is not open (``run`` is running)."""
-        if not self.open:
-            return False
-        self.open = False
-        self.started = time.monotonic()
-        return True
 
     async def on_msg(self, raw: Msg) -> None:
         """The pull consumer's handler while this partition exists."""

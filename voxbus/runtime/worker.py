@@ -212,9 +212,6 @@ class Partition:
         self._pullers = TaskSet(f"pull-{region}-{index}")
         self.pulls: list[PullConsumer] = []
         self.barriers: list[Barrier] = []
-        #: Pulling is over (drain, abandon): a barrier closed now would hold nothing, and its
-        #: check would outlive the partition's tasks.
-        self._pulling_stopped = False
 
     def consumer_name(self) -> str:
         return f"{self.w.stage.name}-p{self.index}"
@@ -224,7 +221,7 @@ class Partition:
             barrier = Barrier(self.w.bus.js, stream=stream, consumer=self.consumer_name(),
                               handler=self.on_msg)
             self.barriers.append(barrier)
-            self._hold(barrier)
+            self._pullers.spawn(barrier.run(), name=f"barrier-{stream}-{self.index}")
             puller = PullConsumer(
                 self.w.bus.nc,
                 stream=stream,
@@ -238,22 +235,9 @@ class Partition:
             self.pulls.append(puller)
             self._pullers.spawn(puller.run(), name=f"pull-{stream}-{self.index}")
 
-    def _hold(self, barrier: Barrier) -> None:
-        self._pullers.spawn(barrier.run(), name=f"barrier-{barrier.stream}-{self.index}")
-
-    def hold_until_redelivered(self) -> None:
-        """The connection came back: messages the server sent on the old one and never arrived
-        come again only at their ack timers; new ones wait behind them (``takeover``)."""
-        if self._pulling_stopped:
-            return
-        for barrier in self.barriers:
-            if barrier.close():
-                self._hold(barrier)
-
     async def _stop_pulling(self, timeout_s: float) -> None:
         """Ask for nothing more; what the requests still out bring is handed back at once (the
         next owner gets it before anything newer); held-back messages are handed back too."""
-        self._pulling_stopped = True
         for puller in self.pulls:
             puller.refuse()
         for barrier in self.barriers:
@@ -497,7 +481,6 @@ class Worker:
         for leases in self._leases.values():
             leases.reconnected_at = time.monotonic()
         for part in list(self.partitions.values()):
-            part.hold_until_redelivered()  # before the new requests bring anything
             for puller in part.pulls:
                 await puller.kick()
 
